@@ -1,0 +1,328 @@
+//! Flow-matching samplers: the Euler ODE, the Flow-GRPO SDE and coefficient-preserving
+//! sampling (CPS).
+//!
+//! Convention: `x_t = (1−t) x₀ + t ε`, velocity `v = ε − x₀`, generation `t: 1 → 0` on a
+//! [`FlowGrid`], step `k` goes from `t = t_k` to `t' = t_{k+1}` with `Δt = t' − t < 0`.
+//! From the velocity: `x̂₀ = x_t − t v` and `ε̂ = x_t + (1−t) v`.
+//!
+//! **Euler ODE** (deterministic, no log-prob): `x_{t'} = x_t + Δt · v`.
+//!
+//! **Flow-GRPO SDE.** The reverse-time SDE with the ODE's marginals is
+//! `dx = [v + σ_t²/(2t) (x + (1−t) v)] dt + σ_t dw̄` (the score of the linear path is
+//! `∇log p_t = −(x + (1−t) v)/t`). Its Euler–Maruyama step is Gaussian with
+//!
+//! ```text
+//! μ   = x (1 + σ_t² Δt / (2t)) + v (1 + σ_t² (1−t) / (2t)) Δt
+//! std = σ_t √(−Δt),   σ_t = a √(t / (1 − t))  (a = noise_level, 0.7 in Flow-GRPO)
+//! ```
+//!
+//! At `t = 1` the `1 − t` under the root is replaced by `1 − t_1` (the next grid point), as in
+//! the official code. This is **not** the seed document's placeholder drift
+//! `v + ½σ²(−v/σ)`, which does not preserve the marginals (a test keeps that check).
+//!
+//! **CPS** (Wang & Yu 2025, "coefficient-preserving sampling"): with `s = t' · sin(a π/2)`,
+//!
+//! ```text
+//! μ = (1 − t') x̂₀ + √(t'² − s²) ε̂,     std = s
+//! ```
+//!
+//! so the next latent keeps exactly the coefficients `(1 − t', t')` of a clean sample and unit
+//! noise. The official code drops the constant terms of its log-prob; here the full Gaussian
+//! log-density is returned (constants cancel in ratios and do not change gradients).
+//! CPS's last step (t' = 0) is deterministic.
+//!
+//! The SDE and CPS samplers accept an optional **window** of steps `[start, end)` outside
+//! which they take the Euler step (Flow-GRPO-Fast / MixGRPO: noise, and training, on a few
+//! steps only).
+
+use std::ops::Range;
+
+use align_core::{LogProbReduction, Parameterization};
+use burn::tensor::Tensor;
+
+use crate::error::{Result, SamplerError};
+use crate::flow_grid::FlowGrid;
+use crate::step::{Sampler, StepOutput, Transition, check_step, finish};
+
+fn require_velocity(sampler: &'static str, p: Parameterization) -> Result<()> {
+    if p == Parameterization::FlowVelocity {
+        Ok(())
+    } else {
+        Err(SamplerError::UnsupportedParameterization {
+            sampler,
+            parameterization: p,
+        })
+    }
+}
+
+fn pred_x0(x: Tensor<4>, v: Tensor<4>, t: f64) -> Tensor<4> {
+    x - v.mul_scalar(t)
+}
+
+fn euler_mean(x: Tensor<4>, v: Tensor<4>, dt: f64) -> Tensor<4> {
+    x + v.mul_scalar(dt)
+}
+
+fn check_window(window: &Option<Range<usize>>, steps: usize) -> Result<()> {
+    if let Some(w) = window
+        && (w.start >= w.end || w.end > steps)
+    {
+        return Err(SamplerError::config(
+            "sde_window",
+            format!(
+                "{}..{} is not a non-empty range within 0..{steps}",
+                w.start, w.end
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn in_window(window: &Option<Range<usize>>, k: usize) -> bool {
+    window.as_ref().is_none_or(|w| w.contains(&k))
+}
+
+/// The deterministic flow Euler ODE sampler.
+#[derive(Debug, Clone)]
+pub struct FlowEulerSampler {
+    grid: FlowGrid,
+}
+
+impl FlowEulerSampler {
+    /// An Euler sampler on `grid`.
+    pub fn new(grid: FlowGrid) -> Self {
+        Self { grid }
+    }
+
+    /// The time grid.
+    pub fn grid(&self) -> &FlowGrid {
+        &self.grid
+    }
+}
+
+impl Sampler for FlowEulerSampler {
+    fn name(&self) -> &'static str {
+        "flow-euler"
+    }
+
+    fn num_steps(&self) -> usize {
+        self.grid.num_steps()
+    }
+
+    fn model_time(&self, k: usize) -> f64 {
+        self.grid.times()[k]
+    }
+
+    fn latent_times(&self) -> Vec<f64> {
+        self.grid.times().to_vec()
+    }
+
+    fn step_std(&self, _k: usize) -> f64 {
+        0.0
+    }
+
+    fn step(
+        &self,
+        k: usize,
+        x: Tensor<4>,
+        model_output: Tensor<4>,
+        parameterization: Parameterization,
+        transition: Transition,
+        reduction: LogProbReduction,
+    ) -> Result<StepOutput> {
+        check_step(self.name(), k, self.num_steps())?;
+        require_velocity(self.name(), parameterization)?;
+        let (t, t_next) = self.grid.interval(k);
+        let x0 = pred_x0(x.clone(), model_output.clone(), t);
+        let mean = euler_mean(x, model_output, t_next - t);
+        finish(mean, 0.0, x0, transition, reduction)
+    }
+}
+
+/// The Flow-GRPO marginal-preserving SDE sampler.
+#[derive(Debug, Clone)]
+pub struct FlowSdeSampler {
+    grid: FlowGrid,
+    noise_level: f64,
+    window: Option<Range<usize>>,
+}
+
+impl FlowSdeSampler {
+    /// An SDE sampler with `σ_t = noise_level · √(t/(1−t))` (Flow-GRPO: 0.7).
+    ///
+    /// # Errors
+    /// `noise_level` negative or not finite.
+    pub fn new(grid: FlowGrid, noise_level: f64) -> Result<Self> {
+        if !(noise_level.is_finite() && noise_level >= 0.0) {
+            return Err(SamplerError::config(
+                "noise_level",
+                format!("{noise_level} must be finite and ≥ 0"),
+            ));
+        }
+        Ok(Self {
+            grid,
+            noise_level,
+            window: None,
+        })
+    }
+
+    /// Inject noise only on steps in `window`; Euler steps elsewhere.
+    ///
+    /// # Errors
+    /// An empty window or one beyond the grid.
+    pub fn with_window(mut self, window: Option<Range<usize>>) -> Result<Self> {
+        check_window(&window, self.grid.num_steps())?;
+        self.window = window;
+        Ok(self)
+    }
+
+    /// The time grid.
+    pub fn grid(&self) -> &FlowGrid {
+        &self.grid
+    }
+
+    /// `σ_t` at step `k` (with the `t = 1` clamp).
+    pub fn sigma(&self, k: usize) -> f64 {
+        let t = self.grid.times()[k];
+        let denom_t = if t >= 1.0 { self.grid.times()[1] } else { t };
+        self.noise_level * (t / (1.0 - denom_t)).sqrt()
+    }
+}
+
+impl Sampler for FlowSdeSampler {
+    fn name(&self) -> &'static str {
+        "flow-sde"
+    }
+
+    fn num_steps(&self) -> usize {
+        self.grid.num_steps()
+    }
+
+    fn model_time(&self, k: usize) -> f64 {
+        self.grid.times()[k]
+    }
+
+    fn latent_times(&self) -> Vec<f64> {
+        self.grid.times().to_vec()
+    }
+
+    fn step_std(&self, k: usize) -> f64 {
+        if !in_window(&self.window, k) {
+            return 0.0;
+        }
+        let (t, t_next) = self.grid.interval(k);
+        self.sigma(k) * (t - t_next).sqrt()
+    }
+
+    fn step(
+        &self,
+        k: usize,
+        x: Tensor<4>,
+        model_output: Tensor<4>,
+        parameterization: Parameterization,
+        transition: Transition,
+        reduction: LogProbReduction,
+    ) -> Result<StepOutput> {
+        check_step(self.name(), k, self.num_steps())?;
+        require_velocity(self.name(), parameterization)?;
+        let (t, t_next) = self.grid.interval(k);
+        let dt = t_next - t;
+        let x0 = pred_x0(x.clone(), model_output.clone(), t);
+        if !in_window(&self.window, k) {
+            let mean = euler_mean(x, model_output, dt);
+            return finish(mean, 0.0, x0, transition, reduction);
+        }
+        let s2 = self.sigma(k).powi(2);
+        let mean = x.mul_scalar(1.0 + s2 * dt / (2.0 * t))
+            + model_output.mul_scalar((1.0 + s2 * (1.0 - t) / (2.0 * t)) * dt);
+        finish(mean, self.step_std(k), x0, transition, reduction)
+    }
+}
+
+/// Coefficient-preserving sampling (CPS).
+#[derive(Debug, Clone)]
+pub struct CpsSampler {
+    grid: FlowGrid,
+    noise_level: f64,
+    window: Option<Range<usize>>,
+}
+
+impl CpsSampler {
+    /// A CPS sampler with noise fraction `noise_level ∈ [0, 1]` (Flow-GRPO-Fast: 0.8).
+    ///
+    /// # Errors
+    /// `noise_level` outside `[0, 1]`.
+    pub fn new(grid: FlowGrid, noise_level: f64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&noise_level) {
+            return Err(SamplerError::config(
+                "noise_level",
+                format!("{noise_level} must lie in [0, 1] for CPS"),
+            ));
+        }
+        Ok(Self {
+            grid,
+            noise_level,
+            window: None,
+        })
+    }
+
+    /// Inject noise only on steps in `window`; Euler steps elsewhere.
+    ///
+    /// # Errors
+    /// An empty window or one beyond the grid.
+    pub fn with_window(mut self, window: Option<Range<usize>>) -> Result<Self> {
+        check_window(&window, self.grid.num_steps())?;
+        self.window = window;
+        Ok(self)
+    }
+}
+
+impl Sampler for CpsSampler {
+    fn name(&self) -> &'static str {
+        "cps"
+    }
+
+    fn num_steps(&self) -> usize {
+        self.grid.num_steps()
+    }
+
+    fn model_time(&self, k: usize) -> f64 {
+        self.grid.times()[k]
+    }
+
+    fn latent_times(&self) -> Vec<f64> {
+        self.grid.times().to_vec()
+    }
+
+    fn step_std(&self, k: usize) -> f64 {
+        if !in_window(&self.window, k) {
+            return 0.0;
+        }
+        let (_, t_next) = self.grid.interval(k);
+        t_next * (self.noise_level * std::f64::consts::FRAC_PI_2).sin()
+    }
+
+    fn step(
+        &self,
+        k: usize,
+        x: Tensor<4>,
+        model_output: Tensor<4>,
+        parameterization: Parameterization,
+        transition: Transition,
+        reduction: LogProbReduction,
+    ) -> Result<StepOutput> {
+        check_step(self.name(), k, self.num_steps())?;
+        require_velocity(self.name(), parameterization)?;
+        let (t, t_next) = self.grid.interval(k);
+        let x0 = pred_x0(x.clone(), model_output.clone(), t);
+        if !in_window(&self.window, k) {
+            let mean = euler_mean(x, model_output, t_next - t);
+            return finish(mean, 0.0, x0, transition, reduction);
+        }
+        let std = self.step_std(k);
+        let eps = x + model_output.mul_scalar(1.0 - t);
+        let mean = x0.clone().mul_scalar(1.0 - t_next)
+            + eps.mul_scalar((t_next * t_next - std * std).max(0.0).sqrt());
+        finish(mean, std, x0, transition, reduction)
+    }
+}

@@ -1,0 +1,119 @@
+//! Time grids for flow-matching samplers.
+//!
+//! Flow time runs `t: 1 → 0` during generation (`t = 1` noise, `t = 0` data), so every step has
+//! `Δt = t_{k+1} − t_k < 0`. The grid is `K + 1` evenly spaced points from 1 to 0, optionally
+//! warped by the SD3 timestep shift `t' = s·t / (1 + (s − 1)·t)`, which keeps more steps at
+//! high noise for `s > 1` (SD3 uses `s = 3`).
+
+use crate::error::{Result, SamplerError};
+
+/// The SD3 timestep shift `s·t / (1 + (s − 1)·t)`; identity for `s = 1`, fixes 0 and 1.
+pub fn shift_time(t: f64, shift: f64) -> f64 {
+    shift * t / (1.0 + (shift - 1.0) * t)
+}
+
+/// A descending flow time grid `1 = t_0 > t_1 > … > t_K = 0`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowGrid {
+    times: Vec<f64>,
+}
+
+impl FlowGrid {
+    /// `num_steps + 1` points from 1 to 0, warped by `shift`.
+    ///
+    /// # Errors
+    /// `num_steps == 0`, or a shift that is not finite and positive.
+    ///
+    /// # Example
+    /// ```
+    /// let g = align_samplers::FlowGrid::new(2, 3.0).unwrap();
+    /// assert_eq!(g.times(), &[1.0, 0.75, 0.0]);
+    /// ```
+    pub fn new(num_steps: usize, shift: f64) -> Result<Self> {
+        if num_steps == 0 {
+            return Err(SamplerError::config("num_steps", "must be at least 1"));
+        }
+        if !(shift.is_finite() && shift > 0.0) {
+            return Err(SamplerError::config(
+                "shift",
+                format!("{shift} is not a finite positive number"),
+            ));
+        }
+        let times = (0..=num_steps)
+            .map(|i| {
+                let t = 1.0 - i as f64 / num_steps as f64;
+                shift_time(t, shift)
+            })
+            .collect();
+        Ok(Self { times })
+    }
+
+    /// A grid from explicit times.
+    ///
+    /// # Errors
+    /// Fewer than two points, not strictly decreasing, or outside `[0, 1]`.
+    pub fn from_times(times: Vec<f64>) -> Result<Self> {
+        if times.len() < 2 {
+            return Err(SamplerError::config(
+                "times",
+                "need at least two grid points",
+            ));
+        }
+        if times.iter().any(|t| !(0.0..=1.0).contains(t)) {
+            return Err(SamplerError::config(
+                "times",
+                "every time must lie in [0, 1]",
+            ));
+        }
+        if times.windows(2).any(|w| w[1] >= w[0]) {
+            return Err(SamplerError::config(
+                "times",
+                "must be strictly decreasing (1 → 0)",
+            ));
+        }
+        Ok(Self { times })
+    }
+
+    /// The `K + 1` grid points.
+    pub fn times(&self) -> &[f64] {
+        &self.times
+    }
+
+    /// Number of steps `K`.
+    pub fn num_steps(&self) -> usize {
+        self.times.len() - 1
+    }
+
+    /// `(t_k, t_{k+1})` of step `k`.
+    pub fn interval(&self, k: usize) -> (f64, f64) {
+        (self.times[k], self.times[k + 1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn grids_are_strictly_decreasing_from_one_to_zero(k in 1usize..300, shift in 0.1f64..10.0) {
+            let g = FlowGrid::new(k, shift).unwrap();
+            prop_assert_eq!(g.num_steps(), k);
+            prop_assert_eq!(g.times()[0], 1.0);
+            prop_assert_eq!(g.times()[k], 0.0);
+            prop_assert!(g.times().windows(2).all(|w| w[1] < w[0]));
+        }
+    }
+
+    #[test]
+    fn shift_is_the_sd3_formula() {
+        assert_eq!(shift_time(0.5, 1.0), 0.5);
+        assert!((shift_time(0.5, 3.0) - 0.75).abs() < 1e-15);
+        assert!((shift_time(0.2, 3.0) - 0.6 / 1.4).abs() < 1e-15);
+        assert!(FlowGrid::new(0, 1.0).is_err());
+        assert!(FlowGrid::new(4, 0.0).is_err());
+        assert!(FlowGrid::from_times(vec![1.0, 1.0, 0.0]).is_err());
+        assert!(FlowGrid::from_times(vec![1.0, 0.3, 0.0]).is_ok());
+    }
+}

@@ -1,0 +1,116 @@
+//! Test models shared by the sampler tests.
+#![allow(dead_code)]
+
+use align_core::{Condition, Denoiser, Parameterization};
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// The exact flow velocity of per-channel Gaussian data `x₀ ~ N(m_c, s_c²)` under
+/// `x_t = (1−t) x₀ + t ε`:
+/// `v = E[ε | x_t] − E[x₀ | x_t]`, with `V = (1−t)² s² + t²`,
+/// `E[x₀|x_t] = m + (1−t) s² / V · (x_t − (1−t) m)` and `E[ε|x_t] = t / V · (x_t − (1−t) m)`.
+pub struct GaussianFlow {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl GaussianFlow {
+    fn channel(&self, v: &[f32], device: &Device) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len(), 1, 1]), device)
+    }
+}
+
+impl Denoiser for GaussianFlow {
+    fn parameterization(&self) -> Parameterization {
+        Parameterization::FlowVelocity
+    }
+
+    fn predict(&self, x: Tensor<4>, t: Tensor<1>, _c: &Condition) -> Tensor<4> {
+        let device = x.device();
+        let b = x.dims()[0];
+        let t = t.reshape([b, 1, 1, 1]);
+        let one_minus = t.clone().neg().add_scalar(1.0);
+        let m = self.channel(&self.mean, &device);
+        let s2 = self.channel(&self.std, &device).square();
+        let var = one_minus.clone().square() * s2.clone() + t.clone().square();
+        let centred = x - one_minus.clone() * m.clone();
+        let e_x0 = m + (one_minus * s2 / var.clone()) * centred.clone();
+        let e_eps = t / var * centred;
+        e_eps - e_x0
+    }
+}
+
+/// A small MLP denoiser on flattened latents with a time input and the mean context token.
+#[derive(Module, Debug)]
+pub struct TinyMlp {
+    input: Linear,
+    hidden: Linear,
+    output: Linear,
+    #[module(skip)]
+    parameterization_id: usize,
+}
+
+impl TinyMlp {
+    pub fn new(
+        elements: usize,
+        context: usize,
+        parameterization: Parameterization,
+        device: &Device,
+    ) -> Self {
+        let id = match parameterization {
+            Parameterization::Epsilon => 0,
+            Parameterization::VPrediction => 1,
+            Parameterization::Sample => 2,
+            Parameterization::FlowVelocity => 3,
+        };
+        Self {
+            input: LinearConfig::new(elements + 1 + context, 32).init(device),
+            hidden: LinearConfig::new(32, 32).init(device),
+            output: LinearConfig::new(32, elements).init(device),
+            parameterization_id: id,
+        }
+    }
+}
+
+impl Denoiser for TinyMlp {
+    fn parameterization(&self) -> Parameterization {
+        [
+            Parameterization::Epsilon,
+            Parameterization::VPrediction,
+            Parameterization::Sample,
+            Parameterization::FlowVelocity,
+        ][self.parameterization_id]
+    }
+
+    fn predict(&self, x: Tensor<4>, t: Tensor<1>, c: &Condition) -> Tensor<4> {
+        let dims = x.dims();
+        let b = dims[0];
+        let flat: Tensor<2> = x.reshape([b as i32, -1]);
+        let scale = if self.parameterization_id == 3 {
+            1.0
+        } else {
+            1.0 / 1000.0
+        };
+        let t = t.reshape([b, 1]).mul_scalar(scale);
+        let ctx: Tensor<2> = c.context.clone().mean_dim(1).reshape([b as i32, -1]);
+        let h = silu(self.input.forward(Tensor::cat(vec![flat, t, ctx], 1)));
+        let h = silu(self.hidden.forward(h));
+        self.output.forward(h).reshape(dims)
+    }
+}
+
+/// A condition of `b` rows of one token with `d` features, row `i` filled with `value + i`.
+pub fn condition(b: usize, d: usize, value: f32, device: &Device) -> Condition {
+    let v: Vec<f32> = (0..b).flat_map(|i| vec![value + i as f32; d]).collect();
+    Condition::new(Tensor::from_data(TensorData::new(v, [b, 1, d]), device))
+}
+
+pub fn host4(t: &Tensor<4>) -> Vec<f32> {
+    t.clone().into_data().try_to_vec::<f32>().unwrap()
+}
+
+pub fn host1(t: &Tensor<1>) -> Vec<f32> {
+    t.clone().into_data().try_to_vec::<f32>().unwrap()
+}
