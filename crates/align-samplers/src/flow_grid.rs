@@ -40,9 +40,11 @@ impl FlowGrid {
             ));
         }
         let times = (0..=num_steps)
-            .map(|i| {
-                let t = 1.0 - i as f64 / num_steps as f64;
-                shift_time(t, shift)
+            .map(|i| match i {
+                // Exact endpoints: the shift formula can round 1 to 1 + 2⁻⁵².
+                0 => 1.0,
+                i if i == num_steps => 0.0,
+                i => shift_time(1.0 - i as f64 / num_steps as f64, shift).clamp(0.0, 1.0),
             })
             .collect();
         Ok(Self { times })

@@ -51,6 +51,7 @@ pub mod flow_grid;
 pub mod rollout;
 pub mod schedule;
 pub mod step;
+pub mod toy;
 
 pub use cfg::{cfg_combine, guided_predict};
 pub use config::SamplerConfig;

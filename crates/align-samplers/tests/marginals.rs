@@ -4,6 +4,7 @@
 //! velocity field (see `common::GaussianFlow`). Sampling it with the SDE from `x_1 ~ N(0, I)`
 //! must reproduce the data's mean and variance for every noise level. The seed document's
 //! placeholder drift `v + ½σ²(−v/σ)` must not — that negative check stays.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -16,10 +17,7 @@ const N: usize = 20_000;
 const STEPS: usize = 100;
 
 fn data() -> GaussianFlow {
-    GaussianFlow {
-        mean: vec![0.5, -1.0],
-        std: vec![0.3, 0.8],
-    }
+    GaussianFlow::new(vec![0.5, -1.0], vec![0.3, 0.8])
 }
 
 /// Per-channel mean and variance of `[N, 2, 1, 1]` samples.

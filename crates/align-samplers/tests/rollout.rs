@@ -1,5 +1,6 @@
 //! Rollouts: bit-exact replay from host-keyed noise, bit-exact re-scoring at θ = θ_old, and
 //! classifier-free guidance.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -129,10 +130,7 @@ fn a_sample_does_not_depend_on_its_batch() {
     // Elementwise model: batch composition cannot change the arithmetic, so a sub-batch replays
     // to the very same bits (sample ids, not batch positions, key the noise).
     let device = align_core::test_device();
-    let model = GaussianFlow {
-        mean: vec![0.2],
-        std: vec![0.5],
-    };
+    let model = GaussianFlow::new(vec![0.2], vec![0.5]);
     let sampler = FlowSdeSampler::new(FlowGrid::new(6, 1.0).unwrap(), 0.7).unwrap();
     let cond = condition(4, 1, 0.0, &device);
     let batch = RolloutBatch {
@@ -275,10 +273,7 @@ fn guidance_combines_batched_or_not_and_checks_its_inputs() {
 fn rollout_reports_bad_batches_and_non_finite_latents() {
     let device = align_core::test_device();
     let sampler = SamplerConfig::flow_sde(3, 0.7).build().unwrap();
-    let model = GaussianFlow {
-        mean: vec![0.0],
-        std: vec![f32::NAN],
-    };
+    let model = GaussianFlow::new(vec![0.0], vec![f32::NAN]);
     let cond = condition(1, 1, 0.0, &device);
     let mut batch = RolloutBatch {
         condition: &cond,

@@ -1,5 +1,6 @@
 //! Properties of single sampler steps: exact log-probs, re-scoring, DDIM/DDPM equivalences,
 //! parameterization consistency and refusals.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

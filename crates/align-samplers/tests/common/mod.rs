@@ -1,5 +1,5 @@
 //! Test models shared by the sampler tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use align_core::{Condition, Denoiser, Parameterization};
 use burn::module::Module;
@@ -7,40 +7,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
-/// The exact flow velocity of per-channel Gaussian data `x₀ ~ N(m_c, s_c²)` under
-/// `x_t = (1−t) x₀ + t ε`:
-/// `v = E[ε | x_t] − E[x₀ | x_t]`, with `V = (1−t)² s² + t²`,
-/// `E[x₀|x_t] = m + (1−t) s² / V · (x_t − (1−t) m)` and `E[ε|x_t] = t / V · (x_t − (1−t) m)`.
-pub struct GaussianFlow {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
-
-impl GaussianFlow {
-    fn channel(&self, v: &[f32], device: &Device) -> Tensor<4> {
-        Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len(), 1, 1]), device)
-    }
-}
-
-impl Denoiser for GaussianFlow {
-    fn parameterization(&self) -> Parameterization {
-        Parameterization::FlowVelocity
-    }
-
-    fn predict(&self, x: Tensor<4>, t: Tensor<1>, _c: &Condition) -> Tensor<4> {
-        let device = x.device();
-        let b = x.dims()[0];
-        let t = t.reshape([b, 1, 1, 1]);
-        let one_minus = t.clone().neg().add_scalar(1.0);
-        let m = self.channel(&self.mean, &device);
-        let s2 = self.channel(&self.std, &device).square();
-        let var = one_minus.clone().square() * s2.clone() + t.clone().square();
-        let centred = x - one_minus.clone() * m.clone();
-        let e_x0 = m + (one_minus * s2 / var.clone()) * centred.clone();
-        let e_eps = t / var * centred;
-        e_eps - e_x0
-    }
-}
+#[allow(unused_imports)]
+pub use align_samplers::toy::GaussianFlowField as GaussianFlow;
 
 /// A small MLP denoiser on flattened latents with a time input and the mean context token.
 #[derive(Module, Debug)]
