@@ -1,1 +1,262 @@
-fn main() {}
+//! `align`: post-train diffusion and flow-matching models toward a reward or preferences.
+//!
+//! Today the binary reports the workspace's status and runs a sampler self-check on the
+//! selected device; the training commands arrive with their crates (see `align status`).
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use align_core::{Backend, Condition, compiled_backends, resolve_backend, select_device};
+use align_samplers::toy::GaussianFlowField;
+use align_samplers::{
+    FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, replay, rescore, rollout,
+};
+use burn::tensor::{Device, Tensor};
+use clap::{Parser, Subcommand};
+
+/// Post-train diffusion and flow-matching models toward a reward or human preferences.
+#[derive(Parser, Debug)]
+#[command(name = "align", version, about)]
+struct Cli {
+    /// Backend to run on: flex (default), ndarray, wgpu, wgpu-cpu, cuda[:N].
+    /// Overrides the BURN_DEVICE environment variable.
+    #[arg(long, global = true)]
+    device: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The main job. For now: the workspace status and a sampler self-check on the device.
+    Quickstart,
+    /// What is implemented, what is planned, and which backends this binary has.
+    Status,
+    /// Sampler self-check: marginals, bit-exact replay and re-scoring on the device.
+    Check {
+        /// Number of samples.
+        #[arg(long, default_value_t = 4096)]
+        samples: usize,
+        /// Sampler steps.
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+    },
+}
+
+/// One row of the status table.
+struct CrateStatus {
+    name: &'static str,
+    state: &'static str,
+    what: &'static str,
+}
+
+const CRATES: &[CrateStatus] = &[
+    CrateStatus {
+        name: "align-core",
+        state: "ready",
+        what: "Trajectory, Gaussian log-prob/KL, advantages (batch, per-prompt, group, per-step), PPO-clip, global-norm clipping, keyed noise, Denoiser, devices",
+    },
+    CrateStatus {
+        name: "align-samplers",
+        state: "ready",
+        what: "DDPM/scaled-linear/squared-cos schedules; DDPM, DDIM(eta), flow Euler, Flow-GRPO SDE, CPS with exact log-probs; CFG; rollout/rescore/replay",
+    },
+    CrateStatus {
+        name: "align-data",
+        state: "planned",
+        what: "the Shapes world, prompts with held-out split, image folders, preference data (issue #3)",
+    },
+    CrateStatus {
+        name: "align-models",
+        state: "planned",
+        what: "UNet, DiT, text encoder, LoRA, pretraining, shipped base models (issue #3)",
+    },
+    CrateStatus {
+        name: "align-rewards",
+        state: "planned",
+        what: "ShapeEval, JPEG, learned proxy RM, ensembles, hacking monitor (issue #4)",
+    },
+    CrateStatus {
+        name: "align-rl",
+        state: "planned",
+        what: "DDPO-SF/IS, DPOK, Flow-GRPO, DenseGRPO, SDPO and the runner (issue #5)",
+    },
+    CrateStatus {
+        name: "align-backprop",
+        state: "planned",
+        what: "ReFL, DRaFT(-K/-LV), AlignProp, adjoint methods (issue #6)",
+    },
+    CrateStatus {
+        name: "align-pref",
+        state: "planned",
+        what: "Diffusion-DPO, D3PO, SPO, KTO, MaPO, RWR, DSPO (issue #7)",
+    },
+];
+
+fn print_status(backend: Backend) {
+    println!(
+        "align {} — post-training for diffusion and flow-matching models",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!(
+        "device: {backend} (compiled in: {})",
+        compiled_backends().join(", ")
+    );
+    println!();
+    for c in CRATES {
+        println!("  {:<15} {:<8} {}", c.name, c.state, c.what);
+    }
+    println!();
+}
+
+fn bits(t: &Tensor<4>) -> Result<Vec<u32>, String> {
+    t.clone()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map(|v| v.iter().map(|x| x.to_bits()).collect())
+        .map_err(|e| format!("reading a latent back: {e:?}"))
+}
+
+/// Samples a 1-D Gaussian through the Flow-GRPO SDE, then replays and re-scores it.
+fn self_check(
+    device: &Device,
+    backend: Backend,
+    samples: usize,
+    steps: usize,
+) -> Result<(), String> {
+    if samples < 2 || steps < 1 {
+        return Err("check: --samples must be ≥ 2 and --steps ≥ 1".into());
+    }
+    let start = Instant::now();
+    let (m, s) = (0.5f32, 0.3f32);
+    let model = GaussianFlowField::new(vec![m], vec![s]);
+    let sampler = FlowSdeSampler::new(FlowGrid::new(steps, 1.0).map_err(|e| e.to_string())?, 0.7)
+        .map_err(|e| e.to_string())?;
+    let cond = Condition::new(Tensor::zeros([samples, 1, 1], device));
+    let batch = RolloutBatch {
+        condition: &cond,
+        uncond: None,
+        sample_ids: (0..samples as u64).collect(),
+        condition_ids: vec![0; samples],
+        group_ids: None,
+        sample_shape: [1, 1, 1],
+    };
+    let config = RolloutConfig {
+        seed: 2024,
+        ..RolloutConfig::default()
+    };
+    let traj = rollout(&model, &sampler, &batch, &config).map_err(|e| e.to_string())?;
+    let x = traj
+        .final_sample()
+        .clone()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let std = (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    println!("sampler self-check on {backend}:");
+    println!(
+        "  flow SDE (noise level 0.7, {steps} steps), {samples} samples of N({m}, {s}²): \
+         mean {mean:.3}, std {std:.3}"
+    );
+    let again = replay(&model, &sampler, &traj, &cond, None).map_err(|e| e.to_string())?;
+    let mut identical = true;
+    for (a, b) in traj.latents.iter().zip(&again.latents) {
+        identical &= bits(a)? == bits(b)?;
+    }
+    println!(
+        "  replay from noise keys: {} ({} latents)",
+        if identical {
+            "bit-identical"
+        } else {
+            "DIFFERENT"
+        },
+        traj.latents.len()
+    );
+    let mut exact = true;
+    for k in traj.stochastic_steps() {
+        let lp = rescore(&model, &sampler, &traj, k, &cond, None)
+            .map_err(|e| e.to_string())?
+            .log_prob
+            .ok_or("re-scored step lost its log-prob")?;
+        let stored = traj.log_probs[k]
+            .clone()
+            .ok_or("stored step has no log-prob")?;
+        exact &= lp.into_data() == stored.into_data();
+    }
+    println!(
+        "  re-scored log-probs at θ = θ_old: {}",
+        if exact {
+            "bit-identical (PPO ratio exactly 1)"
+        } else {
+            "DIFFERENT"
+        }
+    );
+    println!("  took {:.2} s", start.elapsed().as_secs_f64());
+    let moments_ok = (mean - m as f64).abs() < 0.05 && (std / s as f64 - 1.0).abs() < 0.1;
+    if identical && exact && moments_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "self-check failed on {backend}: moments ok = {moments_ok}, replay exact = {identical}, re-score exact = {exact}"
+        ))
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let backend = resolve_backend(cli.device.as_deref()).map_err(|e| e.to_string())?;
+    let device = select_device(cli.device.as_deref()).map_err(|e| e.to_string())?;
+    match cli.command {
+        Command::Status => {
+            print_status(backend);
+            Ok(())
+        }
+        Command::Check { samples, steps } => self_check(&device, backend, samples, steps),
+        Command::Quickstart => {
+            print_status(backend);
+            self_check(&device, backend, 4096, 40)?;
+            println!();
+            println!(
+                "The alignment quickstart (Flow-GRPO on the shipped Shapes flow model) arrives with \
+                 the RL crate; until then this command checks that sampling works on your device."
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_check_passes_on_the_test_device() {
+        let device = align_core::test_device();
+        self_check(&device, Backend::Flex, 2000, 20).unwrap();
+    }
+
+    #[test]
+    fn bad_device_is_one_clear_error() {
+        let cli = Cli::parse_from(["align", "--device", "tpu", "status"]);
+        let err = run(cli).unwrap_err();
+        assert!(err.contains("tpu") && !err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn bad_check_arguments_are_errors() {
+        let device = align_core::test_device();
+        assert!(self_check(&device, Backend::Flex, 1, 10).is_err());
+    }
+}
