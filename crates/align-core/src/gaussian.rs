@@ -244,6 +244,44 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// ∂/∂μ log N(x; μ, σ²) = (x − μ)/σ² (÷ d for Mean), ∂/∂σ_i = z_i²/σ_i − 1/σ_i, and
+        /// ∂/∂μ_p KL = (μ_p − μ_q)/σ_q²: autodiff against the closed-form gradients.
+        #[test]
+        fn gradients_match_their_closed_forms(seed in 0u64..1000, d in 1usize..12, std in 0.1f64..3.0, mean_red in any::<bool>()) {
+            let device = crate::test_device().autodiff();
+            let reduction = if mean_red { LogProbReduction::Mean } else { LogProbReduction::Sum };
+            let div = if mean_red { d as f64 } else { 1.0 };
+            let x = standard_normal(NoiseKey::initial(seed, 0), d);
+            let mu = standard_normal(NoiseKey::initial(seed, 1), d);
+            let mu_t = tensor(mu.clone(), 1, &device).require_grad();
+            let lp = gaussian_log_prob(tensor(x.clone(), 1, &device), mu_t.clone(), std, reduction);
+            let g = mu_t.grad(&lp.sum().backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            for i in 0..d {
+                let expect = (x[i] as f64 - mu[i] as f64) / (std * std) / div;
+                prop_assert!((g[i] as f64 - expect).abs() < 1e-4 * (1.0 + expect.abs()), "dμ {} vs {}", g[i], expect);
+            }
+            let s: Vec<f32> = standard_normal(NoiseKey::initial(seed, 2), d).into_iter().map(|v| 0.2 + v.abs()).collect();
+            let s_t = tensor(s.clone(), 1, &device).require_grad();
+            let lp = gaussian_log_prob_diag(tensor(x.clone(), 1, &device), tensor(mu.clone(), 1, &device), s_t.clone(), reduction);
+            let g = s_t.grad(&lp.sum().backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            for i in 0..d {
+                let z = (x[i] as f64 - mu[i] as f64) / s[i] as f64;
+                let expect = (z * z - 1.0) / s[i] as f64 / div;
+                prop_assert!((g[i] as f64 - expect).abs() < 1e-3 * (1.0 + expect.abs()), "dσ {} vs {}", g[i], expect);
+            }
+            let mp_t = tensor(x.clone(), 1, &device).require_grad();
+            let kl = gaussian_kl(mp_t.clone(), std, tensor(mu.clone(), 1, &device), std * 1.3, reduction);
+            let g = mp_t.grad(&kl.sum().backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            for i in 0..d {
+                let expect = (x[i] as f64 - mu[i] as f64) / (1.69 * std * std) / div;
+                prop_assert!((g[i] as f64 - expect).abs() < 1e-4 * (1.0 + expect.abs()), "dKL {} vs {}", g[i], expect);
+            }
+        }
+    }
+
     #[test]
     fn kl_matches_a_monte_carlo_estimate() {
         // KL(p‖q) = E_p[log p − log q]. Estimate it from 40 000 host-drawn samples of p.
