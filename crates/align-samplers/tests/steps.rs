@@ -366,3 +366,71 @@ fn windowed_sde_is_stochastic_only_inside_the_window() {
     let stochastic: Vec<usize> = (0..10).filter(|&k| s.step_std(k) > 0.0).collect();
     assert_eq!(stochastic, vec![2, 3]);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// On the full schedule (every training timestep) DDPM is Ho et al.'s sampler:
+    /// `μ = (x_t − β_t/√(1−ᾱ_t) ε̂)/√α_t` and `σ² = β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t`.
+    #[test]
+    fn full_schedule_ddpm_is_ho_et_al(t in 1usize..1000, seed in 0u64..1000, cosine in any::<bool>()) {
+        let beta = if cosine { BetaSchedule::squared_cos() } else { BetaSchedule::ddpm_linear() };
+        let schedule = NoiseSchedule::new(beta, 1000).unwrap();
+        let timesteps: Vec<usize> = (0..1000).rev().collect();
+        let k = 999 - t;
+        let ddpm = DdpmSampler::new(schedule.clone(), timesteps.clone(), DdpmVariance::FixedSmall).unwrap();
+        let large = DdpmSampler::new(schedule.clone(), timesteps, DdpmVariance::FixedLarge).unwrap();
+        let (b, a, a_prev) = (schedule.beta(t), schedule.alpha_bar(t), schedule.alpha_bar(t - 1));
+        let tilde = (1.0 - a_prev) / (1.0 - a) * b;
+        prop_assert!((ddpm.step_std(k).powi(2) - tilde).abs() < 1e-12 * tilde.max(1e-12));
+        prop_assert!((large.step_std(k).powi(2) - b).abs() < 1e-12 * b);
+        let x = noise(seed, 1, 1);
+        let eps = noise(seed, 2, 1);
+        let mean = ddpm.step(k, x.clone(), eps.clone(), Parameterization::Epsilon, Transition::Mean, LogProbReduction::Mean).unwrap().mean;
+        let (xs, es, ms) = (host4(&x), host4(&eps), host4(&mean));
+        for i in 0..xs.len() {
+            let ho = (xs[i] as f64 - b / (1.0 - a).sqrt() * es[i] as f64) / (1.0 - b).sqrt();
+            prop_assert!((ms[i] as f64 - ho).abs() < 1e-3 * (1.0 + ho.abs()), "{} vs {ho}", ms[i]);
+        }
+    }
+}
+
+#[test]
+fn ddim_step_hand_computed() {
+    // Two training steps, β = (0.1, 0.2): ᾱ = (0.9, 0.72). One DDIM step from t = 1 to t' = 0
+    // with η = 1, x_t = 1, ε̂ = 0.5:
+    //   x̂₀ = (1 − √0.28·0.5)/√0.72,  σ = √(0.1/0.28)·√(1 − 0.72/0.9) = √(0.1/0.28 · 0.2),
+    //   μ  = √0.9 x̂₀ + √(0.1 − σ²)·0.5.
+    let device = align_core::test_device();
+    let schedule = NoiseSchedule::new(
+        BetaSchedule::Linear {
+            beta_start: 0.1,
+            beta_end: 0.2,
+        },
+        2,
+    )
+    .unwrap();
+    let ddim = DdimSampler::new(schedule, vec![1, 0], 1.0).unwrap();
+    let x = Tensor::<4>::ones([1, 1, 1, 1], &device);
+    let eps = Tensor::<4>::ones([1, 1, 1, 1], &device).mul_scalar(0.5);
+    let out = ddim
+        .step(
+            0,
+            x,
+            eps,
+            Parameterization::Epsilon,
+            Transition::Mean,
+            LogProbReduction::Sum,
+        )
+        .unwrap();
+    let x0 = (1.0 - 0.28f64.sqrt() * 0.5) / 0.72f64.sqrt();
+    let var: f64 = 0.1 / 0.28 * 0.2;
+    let mu = 0.9f64.sqrt() * x0 + (0.1 - var).sqrt() * 0.5;
+    assert!((out.std - var.sqrt()).abs() < 1e-12);
+    assert!(
+        (host4(&out.mean)[0] as f64 - mu).abs() < 1e-6,
+        "{:?} vs {mu}",
+        host4(&out.mean)
+    );
+    assert!((host4(&out.pred_x0)[0] as f64 - x0).abs() < 1e-6);
+}
