@@ -179,7 +179,15 @@ pub fn rollout<M: Denoiser + ?Sized, S: Sampler + ?Sized>(
             config.reduction,
         )?;
         x = out.prev_sample.detach();
-        let peak: f32 = x.clone().abs().max().into_scalar();
+        let peak: f32 =
+            x.clone()
+                .abs()
+                .max()
+                .try_into_scalar()
+                .map_err(|e| CoreError::Readback {
+                    what: format!("{} latent after step {k}", sampler.name()),
+                    reason: format!("{e:?}"),
+                })?;
         if !peak.is_finite() {
             return Err(CoreError::NonFinite {
                 what: format!("{} latent after step {k}", sampler.name()),
