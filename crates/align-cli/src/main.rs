@@ -110,12 +110,33 @@ fn print_status(backend: Backend) {
     println!();
 }
 
-fn bits(t: &Tensor<4>) -> Result<Vec<u32>, String> {
+fn host<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>, String> {
     t.clone()
         .into_data()
         .try_to_vec::<f32>()
-        .map(|v| v.iter().map(|x| x.to_bits()).collect())
-        .map_err(|e| format!("reading a latent back: {e:?}"))
+        .map_err(|e| format!("reading a tensor back: {e:?}"))
+}
+
+/// Largest relative difference between two runs of the same computation (0 = bit-identical).
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            if x.to_bits() == y.to_bits() {
+                0.0
+            } else {
+                ((x - y).abs() / x.abs().max(y.abs()).max(f32::MIN_POSITIVE)) as f64
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+fn describe(diff: f64) -> String {
+    if diff == 0.0 {
+        "bit-identical".into()
+    } else {
+        format!("agree to {diff:.1e} (relative)")
+    }
 }
 
 /// Samples a 1-D Gaussian through the Flow-GRPO SDE, then replays and re-scores it.
@@ -162,20 +183,16 @@ fn self_check(
          mean {mean:.3}, std {std:.3}"
     );
     let again = replay(&model, &sampler, &traj, &cond, None).map_err(|e| e.to_string())?;
-    let mut identical = true;
+    let mut replay_diff: f64 = 0.0;
     for (a, b) in traj.latents.iter().zip(&again.latents) {
-        identical &= bits(a)? == bits(b)?;
+        replay_diff = replay_diff.max(max_rel_diff(&host(a)?, &host(b)?));
     }
     println!(
         "  replay from noise keys: {} ({} latents)",
-        if identical {
-            "bit-identical"
-        } else {
-            "DIFFERENT"
-        },
+        describe(replay_diff),
         traj.latents.len()
     );
-    let mut exact = true;
+    let mut rescore_diff: f64 = 0.0;
     for k in traj.stochastic_steps() {
         let lp = rescore(&model, &sampler, &traj, k, &cond, None)
             .map_err(|e| e.to_string())?
@@ -184,23 +201,32 @@ fn self_check(
         let stored = traj.log_probs[k]
             .clone()
             .ok_or("stored step has no log-prob")?;
-        exact &= lp.into_data() == stored.into_data();
+        rescore_diff = rescore_diff.max(max_rel_diff(&host(&lp)?, &host(&stored)?));
     }
     println!(
-        "  re-scored log-probs at θ = θ_old: {}",
-        if exact {
-            "bit-identical (PPO ratio exactly 1)"
+        "  re-scored log-probs at θ = θ_old: {}{}",
+        describe(rescore_diff),
+        if rescore_diff == 0.0 {
+            " (PPO ratio exactly 1)"
         } else {
-            "DIFFERENT"
+            ""
         }
     );
     println!("  took {:.2} s", start.elapsed().as_secs_f64());
     let moments_ok = (mean - m as f64).abs() < 0.05 && (std / s as f64 - 1.0).abs() < 0.1;
-    if identical && exact && moments_ok {
+    // CPU backends reproduce exactly; autotuned GPU kernels may differ by a few ulps.
+    let tolerance = if backend.is_bitwise_reproducible() {
+        0.0
+    } else {
+        1e-6
+    };
+    let reproduced = replay_diff <= tolerance && rescore_diff <= tolerance;
+    if reproduced && moments_ok {
         Ok(())
     } else {
         Err(format!(
-            "self-check failed on {backend}: moments ok = {moments_ok}, replay exact = {identical}, re-score exact = {exact}"
+            "self-check failed on {backend}: moments ok = {moments_ok}, replay difference \
+             {replay_diff:.1e}, re-score difference {rescore_diff:.1e} (allowed {tolerance:.0e})"
         ))
     }
 }

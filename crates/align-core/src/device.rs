@@ -42,6 +42,17 @@ impl Backend {
         }
     }
 
+    /// Whether repeating a computation on this backend reproduces it bit for bit.
+    ///
+    /// True for the CPU backends. CubeCL backends (wgpu, cuda) autotune their kernels at run
+    /// time: the first calls of a shape may run different reduction kernels (different
+    /// summation orders), so re-scoring a stored transition agrees with its rollout log-prob
+    /// only to a few ulps there, and the PPO ratio at `θ = θ_old` is `1 ± 1e-7` rather than
+    /// exactly 1. Host-keyed noise, and hence every sampled latent, is unaffected.
+    pub fn is_bitwise_reproducible(&self) -> bool {
+        matches!(self, Backend::Flex | Backend::Ndarray)
+    }
+
     /// Whether this binary was compiled with the backend.
     pub fn is_compiled(&self) -> bool {
         compiled_backends().contains(&self.feature())

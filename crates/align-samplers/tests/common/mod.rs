@@ -82,3 +82,22 @@ pub fn host4(t: &Tensor<4>) -> Vec<f32> {
 pub fn host1(t: &Tensor<1>) -> Vec<f32> {
     t.clone().into_data().try_to_vec::<f32>().unwrap()
 }
+
+/// Asserts two `f32` vectors are equal: bit for bit on backends that reproduce computations
+/// exactly (flex, ndarray); within 8 ulps (relative 1e-6) on autotuned GPU backends, whose
+/// reduction kernels may differ between calls (see `Backend::is_bitwise_reproducible`).
+pub fn assert_reproduced(a: &[f32], b: &[f32], what: &str) {
+    let backend = align_core::resolve_backend(None).unwrap();
+    if backend.is_bitwise_reproducible() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "{what}: not bit-identical on {backend}");
+    } else {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1e-30),
+                "{what} on {backend}: {x} vs {y}"
+            );
+        }
+    }
+}
