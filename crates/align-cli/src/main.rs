@@ -117,7 +117,7 @@ fn host<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>, String> {
         .map_err(|e| format!("reading a tensor back: {e:?}"))
 }
 
-/// Largest relative difference between two runs of the same computation (0 = bit-identical).
+/// Largest `|a − b| / (1 + |a|)` between two runs of the same computation (0 = bit-identical).
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
         .zip(b)
@@ -125,7 +125,7 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
             if x.to_bits() == y.to_bits() {
                 0.0
             } else {
-                ((x - y).abs() / x.abs().max(y.abs()).max(f32::MIN_POSITIVE)) as f64
+                ((x - y).abs() / (1.0 + x.abs().max(y.abs()))) as f64
             }
         })
         .fold(0.0, f64::max)
@@ -135,7 +135,7 @@ fn describe(diff: f64) -> String {
     if diff == 0.0 {
         "bit-identical".into()
     } else {
-        format!("agree to {diff:.1e} (relative)")
+        format!("agree to {diff:.1e} (|a − b| / (1 + |a|))")
     }
 }
 

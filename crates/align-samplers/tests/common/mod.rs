@@ -84,8 +84,9 @@ pub fn host1(t: &Tensor<1>) -> Vec<f32> {
 }
 
 /// Asserts two `f32` vectors are equal: bit for bit on backends that reproduce computations
-/// exactly (flex, ndarray); within 8 ulps (relative 1e-6) on autotuned GPU backends, whose
-/// reduction kernels may differ between calls (see `Backend::is_bitwise_reproducible`).
+/// exactly (flex, ndarray); to `|a − b| ≤ 1e-5 (1 + |a|)` on autotuned GPU backends, whose
+/// kernels may differ between calls (see `Backend::is_bitwise_reproducible`). A log-prob
+/// difference there is about `ε_f32 · |μ| / σ`: largest on late, low-noise steps.
 pub fn assert_reproduced(a: &[f32], b: &[f32], what: &str) {
     let backend = align_core::resolve_backend(None).unwrap();
     if backend.is_bitwise_reproducible() {
@@ -95,7 +96,7 @@ pub fn assert_reproduced(a: &[f32], b: &[f32], what: &str) {
         assert_eq!(a.len(), b.len(), "{what}");
         for (x, y) in a.iter().zip(b) {
             assert!(
-                (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1e-30),
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs().max(y.abs())),
                 "{what} on {backend}: {x} vs {y}"
             );
         }
