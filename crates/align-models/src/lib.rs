@@ -1,11 +1,50 @@
 #![warn(missing_docs)]
 //! # align-models
 //!
-//! The denoisers `align` post-trains: an ε-/v-prediction UNet (ResBlocks, GroupNorm, self-
-//! and cross-attention, sinusoidal timestep embedding), a DiT with adaLN-Zero blocks for flow
-//! matching, and a small text encoder for the Shapes world — each implementing
-//! [`align_core::Denoiser`] — with LoRA through burn's `apply_lora` (the reference policy is
-//! "adapters off"), pretraining losses and safetensors checkpoints.
+//! The denoisers `align` post-trains, written for burn 0.22: a text-conditioned [`UNet`] for
+//! ε- or v-prediction (ResBlocks with GroupNorm, self- and cross-attention, sinusoidal
+//! timestep embeddings), a diffusion transformer [`DiT`] with adaLN-Zero blocks for flow
+//! matching, and a small [`TextEncoder`] that turns token ids into the
+//! [`align_core::Condition`] both models cross-attend to. Both models implement
+//! [`align_core::Denoiser`], so every sampler and algorithm of the workspace drives them.
 //!
-//! **Status:** not yet implemented (tracked by the "Shapes world and models" issue). This crate
-//! holds only its documentation so that the workspace's dependency graph is final.
+//! Configs follow burn's `XConfig` → `init(&device)` → `X::forward` pattern and have named
+//! presets: `tiny()` for tests, `small()` for the shipped Shapes-world models.
+//!
+//! ## Example
+//!
+//! ```
+//! use align_core::{Denoiser, Parameterization, select_device};
+//! use align_models::{DiTConfig, TextEncoderConfig};
+//! use burn::tensor::Tensor;
+//!
+//! let device = select_device(Some("flex")).unwrap();
+//! let text = TextEncoderConfig::tiny(12, 6).init(&device).unwrap();
+//! let dit = DiTConfig::tiny().init(&device).unwrap();
+//! let cond = text.encode(&[vec![3, 5, 7, 0, 0, 0]], &device).unwrap();
+//! let x = Tensor::<4>::ones([1, 3, 8, 8], &device);
+//! let v = dit.predict(x, Tensor::from_floats([0.5], &device), &cond);
+//! assert_eq!(v.dims(), [1, 3, 8, 8]);
+//! assert_eq!(dit.parameterization(), Parameterization::FlowVelocity);
+//! ```
+//!
+//! **Status:** the model architectures are implemented and tested; LoRA helpers, pretraining
+//! and the shipped base models are still to come (issue #3).
+
+pub mod attention;
+pub mod dit;
+pub mod error;
+pub mod resblock;
+pub mod text_encoder;
+pub mod timestep;
+pub mod unet;
+
+pub use attention::{
+    CrossAttention, CrossAttentionConfig, SpatialTransformer, SpatialTransformerConfig,
+};
+pub use dit::{DiT, DiTBlock, DiTConfig};
+pub use error::{ModelError, Result};
+pub use resblock::{ResBlock, ResBlockConfig};
+pub use text_encoder::{PAD_ID, TextEncoder, TextEncoderConfig};
+pub use timestep::{TimestepMlp, TimestepMlpConfig, timestep_embedding};
+pub use unet::{UNet, UNetBlock, UNetConfig, UNetLevel};
