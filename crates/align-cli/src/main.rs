@@ -69,8 +69,8 @@ const CRATES: &[CrateStatus] = &[
     },
     CrateStatus {
         name: "align-models",
-        state: "planned",
-        what: "UNet, DiT, text encoder, LoRA, pretraining, shipped base models (issue #3)",
+        state: "partial",
+        what: "UNet (eps/v), DiT (adaLN-Zero, flow velocity), text encoder; LoRA, pretraining, shipped base models to come (issue #3)",
     },
     CrateStatus {
         name: "align-rewards",
