@@ -34,6 +34,7 @@
 pub mod attention;
 pub mod dit;
 pub mod error;
+pub mod lora;
 pub mod resblock;
 pub mod text_encoder;
 pub mod timestep;
@@ -44,6 +45,7 @@ pub use attention::{
 };
 pub use dit::{DiT, DiTBlock, DiTConfig};
 pub use error::{ModelError, Result};
+pub use lora::{LoraConfig, apply_lora, lora_factor_count, lora_parameter_count, with_lora_scale};
 pub use resblock::{ResBlock, ResBlockConfig};
 pub use text_encoder::{PAD_ID, TextEncoder, TextEncoderConfig};
 pub use timestep::{TimestepMlp, TimestepMlpConfig, timestep_embedding};
