@@ -13,6 +13,14 @@ pub enum ModelError {
         /// Why it is rejected.
         reason: String,
     },
+    /// A checkpoint could not be written or read, or does not fit the model.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// An input does not fit the model.
     #[error("input `{what}`: expected {expected}, got {got}")]
     Input {

@@ -32,9 +32,11 @@
 //! and the shipped base models are still to come (issue #3).
 
 pub mod attention;
+pub mod checkpoint;
 pub mod dit;
 pub mod error;
 pub mod lora;
+pub mod pretrain;
 pub mod resblock;
 pub mod text_encoder;
 pub mod timestep;
@@ -43,9 +45,11 @@ pub mod unet;
 pub use attention::{
     CrossAttention, CrossAttentionConfig, SpatialTransformer, SpatialTransformerConfig,
 };
+pub use checkpoint::{load_safetensors, save_safetensors};
 pub use dit::{DiT, DiTBlock, DiTConfig};
 pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, apply_lora, lora_factor_count, lora_parameter_count, with_lora_scale};
+pub use pretrain::{cfg_dropout, ddpm_loss, flow_matching_loss};
 pub use resblock::{ResBlock, ResBlockConfig};
 pub use text_encoder::{PAD_ID, TextEncoder, TextEncoderConfig};
 pub use timestep::{TimestepMlp, TimestepMlpConfig, timestep_embedding};

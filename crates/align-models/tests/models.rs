@@ -294,3 +294,43 @@ fn configs_are_validated() {
     assert!(text.encode(&[vec![1, 2]], &device).is_err());
     assert!(text.encode(&[vec![1, 2, 3, 4, 10]], &device).is_err());
 }
+
+#[test]
+fn atomic_checkpoints_round_trip_and_reject_mismatches() {
+    use align_models::{load_safetensors, save_safetensors};
+    let device = device();
+    device.seed(12);
+    let dir = std::env::temp_dir().join(format!("align-models-ckpt-{}", std::process::id()));
+    let path = dir.join("nested").join("unet.safetensors");
+    let unet = UNetConfig::tiny().init(&device).unwrap().map(&mut Perturb);
+    save_safetensors(&unet, &path).unwrap();
+    // Saving again over an existing checkpoint works and leaves no temporary file behind.
+    save_safetensors(&unet, &path).unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, vec!["unet.safetensors".to_string()]);
+    let loaded = load_safetensors(UNetConfig::tiny().init(&device).unwrap(), &path).unwrap();
+    let cond = condition(1, 4, 16, &device);
+    let x = input(1, 3, 8, &device);
+    let t = Tensor::from_floats([42.0], &device);
+    assert_eq!(
+        host(unet.predict(x.clone(), t.clone(), &cond)),
+        host(loaded.predict(x, t, &cond))
+    );
+    // A checkpoint of another architecture is refused with the offending keys.
+    let err = load_safetensors(DiTConfig::tiny().init(&device).unwrap(), &path).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("unet.safetensors") && msg.contains("time.linear_1.weight"),
+        "{msg}"
+    );
+    let err = load_safetensors(
+        UNetConfig::tiny().init(&device).unwrap(),
+        &dir.join("absent.safetensors"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no such file"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
