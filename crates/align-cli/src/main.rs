@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "align", version, about)]
 struct Cli {
-    /// Backend to run on: flex (default), ndarray, wgpu, wgpu-cpu, cuda[:N].
+    /// Backend to run on: flex (default), ndarray, wgpu, wgpu-cpu, cuda or cuda:N.
     /// Overrides the BURN_DEVICE environment variable.
     #[arg(long, global = true)]
     device: Option<String>,
@@ -64,8 +64,8 @@ const CRATES: &[CrateStatus] = &[
     },
     CrateStatus {
         name: "align-data",
-        state: "planned",
-        what: "the Shapes world, prompts with held-out split, image folders, preference data (issue #3)",
+        state: "ready",
+        what: "the Shapes world: scenes, prompts, tokenizer, held-out split, ShapeEval verifier, eval set, image folders",
     },
     CrateStatus {
         name: "align-models",

@@ -9,7 +9,7 @@
 //! spacings; flow time grids with the SD3 shift; [`DdpmSampler`], [`DdimSampler`] (η),
 //! [`FlowEulerSampler`], the marginal-preserving Flow-GRPO SDE ([`FlowSdeSampler`]) and
 //! coefficient-preserving sampling ([`CpsSampler`]); classifier-free guidance
-//! ([`guided_predict`]); and [`rollout`] / [`rescore`] / [`replay`] over any
+//! ([`guided_predict`]); and [`rollout()`] / [`rescore`] / [`replay`] over any
 //! [`align_core::Denoiser`], with all noise drawn from host-side keys so that a trajectory
 //! replays bit-exactly.
 //!

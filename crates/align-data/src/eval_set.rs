@@ -1,0 +1,184 @@
+//! The fixed evaluation prompt set: train-part and held-out-part prompts with fixed seeds.
+//!
+//! [`EvalSet::standard`] has 32 training-part prompts and 32 held-out prompts, 4 seeds each
+//! (256 evaluation samples). It is built deterministically from [`Split::standard`] by
+//! [`EvalSet::build`] with the selection seed [`EVAL_SELECTION_SEED`]:
+//!
+//! - **train** (`n_train` prompts): `n_train / 4` one-group scenes and the rest two-group
+//!   scenes, each drawn without replacement from the train part;
+//! - **held-out** (`n_heldout` prompts): `n_heldout / 4` one-group scenes (all of which
+//!   contain a held-out pair); of the two-group rest, a quarter held out only through a
+//!   held-out combination and the others containing a held-out pair.
+//!
+//! "Drawn without replacement" means: the part's list (in [`SceneSpec::all`] order) is
+//! shuffled by Fisher–Yates with one `ChaCha8Rng::seed_from_u64(EVAL_SELECTION_SEED)`,
+//! used for the lists in the order above, and its first `k` entries are taken.
+//!
+//! Seeds: prompt `k` (counting train prompts first, then held-out ones, from 0) gets seeds
+//! `EVAL_SEED_BASE + k · seeds_per_prompt + j` for `j in 0..seeds_per_prompt`. They are
+//! meant for the initial noise of generation (and can render reference scenes).
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+use crate::sampling;
+use crate::split::{Split, SplitPart};
+use crate::world::SceneSpec;
+
+/// The seed that selects the prompts of [`EvalSet::standard`].
+pub const EVAL_SELECTION_SEED: u64 = 0x5EED_E7A1;
+
+/// The first evaluation seed.
+pub const EVAL_SEED_BASE: u64 = 1_000_000;
+
+/// One evaluation prompt with its seeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalPrompt {
+    /// The canonical prompt text.
+    pub prompt: String,
+    /// The scene it describes.
+    pub spec: SceneSpec,
+    /// Which part of the split it comes from.
+    pub part: SplitPart,
+    /// The seeds to evaluate it with.
+    pub seeds: Vec<u64>,
+}
+
+/// A fixed evaluation set (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalSet {
+    /// Prompts from the train part.
+    pub train: Vec<EvalPrompt>,
+    /// Prompts from the held-out part.
+    pub heldout: Vec<EvalPrompt>,
+}
+
+fn take_shuffled(rng: &mut ChaCha8Rng, mut list: Vec<SceneSpec>, k: usize) -> Vec<SceneSpec> {
+    sampling::shuffle(rng, &mut list);
+    list.truncate(k);
+    list
+}
+
+impl EvalSet {
+    /// 32 train + 32 held-out prompts, 4 seeds each, from the standard split.
+    pub fn standard() -> Self {
+        Self::build(&Split::standard(), 32, 32, 4)
+    }
+
+    /// An evaluation set of `n_train` + `n_heldout` prompts (fewer if a part has fewer
+    /// scenes) with `seeds_per_prompt` seeds each (see the module docs).
+    pub fn build(split: &Split, n_train: usize, n_heldout: usize, seeds_per_prompt: usize) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(EVAL_SELECTION_SEED);
+        let train_one = n_train / 4;
+        let mut train = take_shuffled(
+            &mut rng,
+            split.specs(SplitPart::Train, 1).to_vec(),
+            train_one,
+        );
+        train.extend(take_shuffled(
+            &mut rng,
+            split.specs(SplitPart::Train, 2).to_vec(),
+            n_train - train_one,
+        ));
+
+        let held_one = n_heldout / 4;
+        let held_two = n_heldout - held_one;
+        let held_combo = held_two / 4;
+        let pairs = split.heldout_pairs();
+        let (with_pair, combo_only): (Vec<SceneSpec>, Vec<SceneSpec>) = split
+            .specs(SplitPart::HeldOut, 2)
+            .iter()
+            .cloned()
+            .partition(|s| s.groups().iter().any(|g| pairs.contains(&g.pair())));
+        let mut heldout = take_shuffled(
+            &mut rng,
+            split.specs(SplitPart::HeldOut, 1).to_vec(),
+            held_one,
+        );
+        heldout.extend(take_shuffled(&mut rng, combo_only, held_combo));
+        heldout.extend(take_shuffled(&mut rng, with_pair, held_two - held_combo));
+
+        let mut k = 0u64;
+        let mut make = |specs: Vec<SceneSpec>, part| -> Vec<EvalPrompt> {
+            specs
+                .into_iter()
+                .map(|spec| {
+                    let first = EVAL_SEED_BASE + k * seeds_per_prompt as u64;
+                    k += 1;
+                    EvalPrompt {
+                        prompt: spec.to_string(),
+                        spec,
+                        part,
+                        seeds: (first..first + seeds_per_prompt as u64).collect(),
+                    }
+                })
+                .collect()
+        };
+        let train = make(train, SplitPart::Train);
+        let heldout = make(heldout, SplitPart::HeldOut);
+        Self { train, heldout }
+    }
+
+    /// All prompts, train first.
+    pub fn iter(&self) -> impl Iterator<Item = &EvalPrompt> {
+        self.train.iter().chain(&self.heldout)
+    }
+
+    /// Number of prompts.
+    pub fn len(&self) -> usize {
+        self.train.len() + self.heldout.len()
+    }
+
+    /// Whether the set has no prompts.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn standard_set() {
+        let split = Split::standard();
+        let set = EvalSet::standard();
+        assert_eq!(set, EvalSet::standard());
+        assert_eq!((set.train.len(), set.heldout.len()), (32, 32));
+        for p in &set.train {
+            assert!(!split.is_heldout(&p.spec), "{}", p.prompt);
+            assert_eq!(p.part, SplitPart::Train);
+        }
+        for p in &set.heldout {
+            assert!(split.is_heldout(&p.spec), "{}", p.prompt);
+            assert_eq!(p.part, SplitPart::HeldOut);
+        }
+        let prompts: HashSet<_> = set.iter().map(|p| p.prompt.clone()).collect();
+        assert_eq!(prompts.len(), 64);
+        let seeds: HashSet<_> = set.iter().flat_map(|p| p.seeds.clone()).collect();
+        assert_eq!(seeds.len(), 256);
+        for p in set.iter() {
+            assert_eq!(p.prompt.parse::<SceneSpec>().unwrap(), p.spec);
+        }
+        // Every held-out pair and at least one held-out combination is evaluated.
+        for pair in split.heldout_pairs() {
+            assert!(
+                set.heldout
+                    .iter()
+                    .any(|p| p.spec.groups().iter().any(|g| g.pair() == *pair))
+            );
+        }
+        assert_eq!(
+            set.heldout
+                .iter()
+                .filter(|p| !p
+                    .spec
+                    .groups()
+                    .iter()
+                    .any(|g| split.heldout_pairs().contains(&g.pair())))
+                .count(),
+            6
+        );
+    }
+}
