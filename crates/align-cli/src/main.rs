@@ -3,6 +3,9 @@
 //! Today the binary reports the workspace's status and runs a sampler self-check on the
 //! selected device; the training commands arrive with their crates (see `align status`).
 
+mod shapes_cmd;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -33,6 +36,75 @@ enum Command {
     Quickstart,
     /// What is implemented, what is planned, and which backends this binary has.
     Status,
+    /// Pretrain a Shapes-world text-to-image model (text encoder + UNet or DiT).
+    Pretrain {
+        /// Denoiser family: `unet` (DDPM, ε-prediction) or `dit` (flow matching).
+        #[arg(long, value_parser = ["unet", "dit"])]
+        model: String,
+        /// Size preset: `small` (shipped models) or `tiny` (tests).
+        #[arg(long, default_value = "small", value_parser = ["small", "tiny"])]
+        preset: String,
+        /// Optimizer steps.
+        #[arg(long, default_value_t = 4000)]
+        steps: usize,
+        /// Images per step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// AdamW learning rate.
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f64,
+        /// Run seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Evaluate, write a sample grid and checkpoint every N steps (0 = at the end only).
+        #[arg(long, default_value_t = 1000)]
+        eval_every: usize,
+        /// Probability of training on the null prompt (classifier-free guidance).
+        #[arg(long, default_value_t = 0.1)]
+        cfg_dropout: f64,
+        /// Output directory (model.json, model.safetensors, metrics.jsonl, samples/).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sample a PNG grid of one prompt from a model directory.
+    Sample {
+        /// Model directory (`model.json` + `model.safetensors`), e.g. `models/shapes-dit`.
+        #[arg(long)]
+        model: PathBuf,
+        /// Prompt, e.g. "two red circles".
+        #[arg(long)]
+        prompt: String,
+        /// Number of samples.
+        #[arg(long, default_value_t = 8)]
+        n: usize,
+        /// Sampler steps (0 = 50 DDIM steps for the UNet, 40 Euler steps for the flow model).
+        #[arg(long, default_value_t = 0)]
+        steps: usize,
+        /// Classifier-free guidance scale.
+        #[arg(long, default_value_t = 3.0)]
+        guidance: f64,
+        /// Seed of the initial noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// ShapeEval accuracy of a model on the fixed evaluation set (train and held-out).
+    Eval {
+        /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Seeds per prompt (the set has 4).
+        #[arg(long, default_value_t = 4)]
+        seeds: usize,
+        /// Sampler steps (0 = the family's default).
+        #[arg(long, default_value_t = 0)]
+        steps: usize,
+        /// Classifier-free guidance scale.
+        #[arg(long, default_value_t = 3.0)]
+        guidance: f64,
+    },
     /// Sampler self-check: marginals, bit-exact replay and re-scoring on the device.
     Check {
         /// Number of samples.
@@ -240,6 +312,75 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Check { samples, steps } => self_check(&device, backend, samples, steps),
+        Command::Pretrain {
+            model,
+            preset,
+            steps,
+            batch,
+            lr,
+            seed,
+            eval_every,
+            cfg_dropout,
+            out,
+        } => {
+            let options = shapes_cmd::PretrainOptions {
+                kind: if model == "unet" {
+                    align_models::DenoiserKind::Unet
+                } else {
+                    align_models::DenoiserKind::Dit
+                },
+                preset: if preset == "tiny" {
+                    align_models::Preset::Tiny
+                } else {
+                    align_models::Preset::Small
+                },
+                steps,
+                batch,
+                lr,
+                seed,
+                out,
+                eval_every,
+                cfg_dropout,
+                progress: true,
+            };
+            shapes_cmd::pretrain(&options, &device)
+        }
+        Command::Sample {
+            model,
+            prompt,
+            n,
+            steps,
+            guidance,
+            seed,
+            out,
+        } => {
+            let options = shapes_cmd::SampleOptions { steps, guidance };
+            shapes_cmd::sample(&model, &prompt, n, &out, options, seed, &device)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Eval {
+            model,
+            seeds,
+            steps,
+            guidance,
+        } => {
+            let options = shapes_cmd::SampleOptions { steps, guidance };
+            let (train, held) = shapes_cmd::eval(&model, seeds, options, &device)?;
+            println!(
+                "ShapeEval of {}: train {:.1}% ({}/{}), held-out {:.1}% ({}/{}); mean partial credit {:.3} / {:.3}",
+                model.display(),
+                100.0 * train.rate(),
+                train.passed,
+                train.total,
+                100.0 * held.rate(),
+                held.passed,
+                held.total,
+                train.partial,
+                held.partial
+            );
+            Ok(())
+        }
         Command::Quickstart => {
             print_status(backend);
             self_check(&device, backend, 4096, 40)?;

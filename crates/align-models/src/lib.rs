@@ -38,6 +38,7 @@ pub mod error;
 pub mod lora;
 pub mod pretrain;
 pub mod resblock;
+pub mod shapes;
 pub mod text_encoder;
 pub mod timestep;
 pub mod unet;
@@ -51,6 +52,9 @@ pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, apply_lora, lora_factor_count, lora_parameter_count, with_lora_scale};
 pub use pretrain::{cfg_dropout, ddpm_loss, flow_matching_loss};
 pub use resblock::{ResBlock, ResBlockConfig};
+pub use shapes::{
+    BatchDraws, DenoiserKind, Preset, SampleRequest, ShapesModel, ShapesModelConfig, TextToImage,
+};
 pub use text_encoder::{PAD_ID, TextEncoder, TextEncoderConfig};
 pub use timestep::{TimestepMlp, TimestepMlpConfig, timestep_embedding};
 pub use unet::{UNet, UNetBlock, UNetConfig, UNetLevel};

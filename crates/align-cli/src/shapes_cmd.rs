@@ -1,0 +1,453 @@
+//! `align pretrain`, `align sample` and `align eval` for the Shapes world.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use align_core::{Denoiser, clip_grad_norm};
+use align_data::{
+    EvalSet, Image, SceneSpec, ShapeEval, ShapesDataset, SplitPart, Tokenizer, WorldConfig,
+};
+use align_models::{BatchDraws, DenoiserKind, Preset, ShapesModel, ShapesModelConfig, TextToImage};
+use align_samplers::{Sampler, SamplerConfig};
+use burn::module::{Module, ModuleDisplay};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Options of `align pretrain`.
+#[derive(Debug, Clone)]
+pub struct PretrainOptions {
+    /// Denoiser family.
+    pub kind: DenoiserKind,
+    /// Size preset.
+    pub preset: Preset,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Learning rate (AdamW).
+    pub lr: f64,
+    /// Run seed.
+    pub seed: u64,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Evaluate, sample a grid and checkpoint every this many steps (0 = only at the end).
+    pub eval_every: usize,
+    /// Probability of replacing a prompt by the null prompt.
+    pub cfg_dropout: f64,
+    /// Whether to show a progress bar.
+    pub progress: bool,
+}
+
+/// Sampling settings of the two families: 50 DDIM steps (η = 0) for the UNet, 40 Euler steps for
+/// the flow model, both with classifier-free guidance.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleOptions {
+    /// Sampler steps (0 = the family's default: 50 DDIM or 40 Euler).
+    pub steps: usize,
+    /// Guidance scale.
+    pub guidance: f64,
+}
+
+fn sampler_for(
+    config: &ShapesModelConfig,
+    steps: usize,
+) -> Result<Box<dyn Sampler + Send + Sync>, String> {
+    let s = match config.kind {
+        DenoiserKind::Unet => SamplerConfig::Ddim {
+            num_train_timesteps: config.num_train_timesteps,
+            beta_schedule: align_samplers::BetaSchedule::ddpm_linear(),
+            num_steps: if steps == 0 { 50 } else { steps },
+            spacing: align_samplers::TimestepSpacing::Leading { offset: 1 },
+            eta: 0.0,
+            final_alpha: align_samplers::FinalAlpha::One,
+            clip_sample: Some(1.0),
+        },
+        DenoiserKind::Dit => SamplerConfig::FlowEuler {
+            num_steps: if steps == 0 { 40 } else { steps },
+            shift: 1.0,
+        },
+    };
+    s.build().map_err(|e| e.to_string())
+}
+
+fn images_to_tensor(images: &[&Image], device: &Device) -> Tensor<4> {
+    let (w, h) = (images[0].width, images[0].height);
+    let mut data = Vec::with_capacity(images.len() * 3 * w * h);
+    for im in images {
+        data.extend_from_slice(&im.data);
+    }
+    Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), device)
+}
+
+fn tensor_to_images(t: Tensor<4>) -> Result<Vec<Image>, String> {
+    let [b, c, h, w] = t.dims();
+    let data = t
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("reading samples back: {e:?}"))?;
+    let per = c * h * w;
+    (0..b)
+        .map(|i| {
+            Image::from_chw(w, h, data[i * per..(i + 1) * per].to_vec()).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Writes images as a PNG grid (`cols` per row, 1-pixel grey gutters), atomically.
+pub fn write_grid(images: &[Image], cols: usize, path: &Path) -> Result<(), String> {
+    if images.is_empty() {
+        return Err("no images to write".into());
+    }
+    let (w, h) = (images[0].width, images[0].height);
+    let cols = cols.clamp(1, images.len());
+    let rows = images.len().div_ceil(cols);
+    let (gw, gh) = ((w + 1) * cols + 1, (h + 1) * rows + 1);
+    let mut grid = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([96, 96, 96]));
+    for (i, im) in images.iter().enumerate() {
+        let (ox, oy) = (1 + (i % cols) * (w + 1), 1 + (i / cols) * (h + 1));
+        let rgb = im.to_rgb8();
+        for y in 0..h {
+            for x in 0..w {
+                let p = (y * w + x) * 3;
+                grid.put_pixel(
+                    (ox + x) as u32,
+                    (oy + y) as u32,
+                    image::Rgb([rgb[p], rgb[p + 1], rgb[p + 2]]),
+                );
+            }
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("png.tmp");
+    grid.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// ShapeEval accuracy of one model on prompts × seeds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accuracy {
+    /// Images that passed.
+    pub passed: usize,
+    /// Images scored.
+    pub total: usize,
+    /// Mean partial credit.
+    pub partial: f64,
+}
+
+impl Accuracy {
+    /// Fraction passed.
+    pub fn rate(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.passed as f64 / self.total as f64
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate<D: Module + ModuleDisplay + Denoiser>(
+    model: &TextToImage<D>,
+    config: &ShapesModelConfig,
+    prompts: &[String],
+    sample_ids: &[u64],
+    seed: u64,
+    options: SampleOptions,
+    device: &Device,
+) -> Result<Vec<Image>, String> {
+    let tok = Tokenizer::new();
+    let sampler = sampler_for(config, options.steps)?;
+    let mut out = Vec::with_capacity(prompts.len());
+    for (chunk_p, chunk_i) in prompts.chunks(64).zip(sample_ids.chunks(64)) {
+        let tokens: Vec<Vec<u32>> = chunk_p
+            .iter()
+            .map(|p| tok.encode(p).map_err(|e| format!("prompt `{p}`: {e}")))
+            .collect::<Result<_, _>>()?;
+        let null = vec![tok.null_prompt(); tokens.len()];
+        let request = align_models::SampleRequest {
+            tokens: &tokens,
+            null: &null,
+            sample_ids: chunk_i,
+            seed,
+            guidance_scale: options.guidance,
+        };
+        let x = model
+            .sample(sampler.as_ref(), &request, config.image_size, device)
+            .map_err(|e| e.to_string())?;
+        out.extend(tensor_to_images(x)?);
+    }
+    Ok(out)
+}
+
+fn evaluate<D: Module + ModuleDisplay + Denoiser>(
+    model: &TextToImage<D>,
+    config: &ShapesModelConfig,
+    seeds_per_prompt: usize,
+    options: SampleOptions,
+    device: &Device,
+) -> Result<(Accuracy, Accuracy), String> {
+    let set = EvalSet::standard();
+    let verifier = ShapeEval::default();
+    let mut result = (Accuracy::default(), Accuracy::default());
+    for (part, acc) in [(&set.train, &mut result.0), (&set.heldout, &mut result.1)] {
+        let mut prompts = Vec::new();
+        let mut ids = Vec::new();
+        let mut specs: Vec<&SceneSpec> = Vec::new();
+        for p in part.iter() {
+            for &s in p.seeds.iter().take(seeds_per_prompt) {
+                prompts.push(p.prompt.clone());
+                ids.push(s);
+                specs.push(&p.spec);
+            }
+        }
+        let images = generate(model, config, &prompts, &ids, 0, options, device)?;
+        for (im, spec) in images.iter().zip(specs) {
+            let r = verifier.score(im, spec);
+            acc.total += 1;
+            acc.passed += usize::from(r.pass);
+            acc.partial += r.partial_credit;
+        }
+        if acc.total > 0 {
+            acc.partial /= acc.total as f64;
+        }
+    }
+    Ok(result)
+}
+
+const GRID_PROMPTS: [&str; 8] = [
+    "one red circle",
+    "two blue squares",
+    "three yellow triangles",
+    "four green circles",
+    "two red circles",
+    "one yellow square and two blue triangles",
+    "one green triangle and one red square",
+    "three blue circles",
+];
+
+fn append_metrics(path: &Path, line: &str) -> Result<(), String> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
+    mut model: TextToImage<D>,
+    config: &ShapesModelConfig,
+    options: &PretrainOptions,
+    wrap: impl Fn(TextToImage<D>) -> ShapesModel,
+    device: &Device,
+) -> Result<(), String> {
+    let tok = Tokenizer::new();
+    let world = WorldConfig {
+        size: config.image_size,
+        ..WorldConfig::default()
+    };
+    let data =
+        ShapesDataset::new(world, SplitPart::Train, options.seed).map_err(|e| e.to_string())?;
+    let schedule = config.noise_schedule().map_err(|e| e.to_string())?;
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init();
+    let metrics = options.out.join("metrics.jsonl");
+    std::fs::create_dir_all(&options.out).map_err(|e| format!("{}: {e}", options.out.display()))?;
+    let bar = if options.progress {
+        let bar = ProgressBar::new(options.steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let start = Instant::now();
+    let mut ema_loss = f64::NAN;
+    for step in 0..options.steps {
+        let samples = data
+            .batch((step * options.batch) as u64, options.batch)
+            .map_err(|e| e.to_string())?;
+        let images: Vec<&Image> = samples.iter().map(|s| &s.image).collect();
+        let x0 = images_to_tensor(&images, device);
+        let tokens: Vec<Vec<u32>> = samples
+            .iter()
+            .map(|s| tok.encode(&s.prompt).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let null = vec![tok.null_prompt(); tokens.len()];
+        let draws = BatchDraws::new(
+            options.seed,
+            step as u64,
+            options.batch,
+            config.num_train_timesteps,
+            options.cfg_dropout,
+        );
+        let loss = model
+            .loss(x0, &tokens, &null, &draws, &schedule)
+            .map_err(|e| e.to_string())?;
+        let value: f32 = loss
+            .clone()
+            .try_into_scalar()
+            .map_err(|e| format!("reading the loss: {e:?}"))?;
+        if !value.is_finite() {
+            return Err(format!(
+                "loss became {value} at step {step}; the last checkpoint in {} is intact",
+                options.out.display()
+            ));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (grads, norm) = clip_grad_norm(&model, grads, 1.0).map_err(|e| e.to_string())?;
+        // Linear warm-up over the first 5 % of steps.
+        let warm = ((step + 1) as f64 / (options.steps as f64 * 0.05).max(1.0)).min(1.0);
+        model = optim.step(options.lr * warm, model, grads);
+        ema_loss = if ema_loss.is_nan() {
+            value as f64
+        } else {
+            0.98 * ema_loss + 0.02 * value as f64
+        };
+        bar.set_message(format!("loss {ema_loss:.4}"));
+        bar.inc(1);
+        let last = step + 1 == options.steps;
+        let mut line = format!(
+            "{{\"step\":{},\"loss\":{value},\"grad_norm\":{norm:.5},\"seconds\":{:.2}",
+            step + 1,
+            start.elapsed().as_secs_f64()
+        );
+        if last || (options.eval_every > 0 && (step + 1) % options.eval_every == 0) {
+            let valid = model.valid();
+            let inner = device.clone().inner();
+            let quick = SampleOptions {
+                steps: 0,
+                guidance: 3.0,
+            };
+            let (train, held) = evaluate(&valid, config, 1, quick, &inner)?;
+            let grid_prompts: Vec<String> = GRID_PROMPTS.iter().map(|s| s.to_string()).collect();
+            let ids: Vec<u64> = (0..GRID_PROMPTS.len() as u64).collect();
+            let grid = generate(&valid, config, &grid_prompts, &ids, 7, quick, &inner)?;
+            write_grid(
+                &grid,
+                4,
+                &options
+                    .out
+                    .join("samples")
+                    .join(format!("step-{:06}.png", step + 1)),
+            )?;
+            wrap(valid)
+                .save(config, &options.out)
+                .map_err(|e| e.to_string())?;
+            line.push_str(&format!(
+                ",\"eval_train_accuracy\":{:.4},\"eval_heldout_accuracy\":{:.4}",
+                train.rate(),
+                held.rate()
+            ));
+            let report = format!(
+                "step {}: loss {ema_loss:.4}, ShapeEval train {:.1}% held-out {:.1}% (1 seed per prompt)",
+                step + 1,
+                100.0 * train.rate(),
+                100.0 * held.rate()
+            );
+            if bar.is_hidden() {
+                println!("{report}");
+            } else {
+                bar.println(report);
+            }
+        }
+        line.push('}');
+        append_metrics(&metrics, &line)?;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// `align pretrain`.
+///
+/// # Errors
+/// Bad options, data or I/O errors, or a non-finite loss (the last checkpoint stays intact).
+pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<(), String> {
+    if options.steps == 0 || options.batch == 0 {
+        return Err("pretrain: --steps and --batch must be positive".into());
+    }
+    if !(options.lr.is_finite() && options.lr > 0.0) {
+        return Err(format!(
+            "pretrain: --lr {} must be a positive number",
+            options.lr
+        ));
+    }
+    let tok = Tokenizer::new();
+    let config = ShapesModelConfig::preset(
+        options.kind,
+        options.preset,
+        tok.vocab_size(),
+        tok.max_len(),
+    );
+    let ad = device.clone().autodiff();
+    ad.seed(options.seed);
+    std::fs::create_dir_all(&options.out).map_err(|e| format!("{}: {e}", options.out.display()))?;
+    config
+        .save(options.out.join("pretrain-model.json"))
+        .map_err(|e| format!("{}: {e}", options.out.display()))?;
+    match config.init(&ad).map_err(|e| e.to_string())? {
+        ShapesModel::Unet(m) => pretrain_loop(
+            *m,
+            &config,
+            options,
+            |m| ShapesModel::Unet(Box::new(m)),
+            &ad,
+        ),
+        ShapesModel::Dit(m) => {
+            pretrain_loop(*m, &config, options, |m| ShapesModel::Dit(Box::new(m)), &ad)
+        }
+    }
+}
+
+/// `align sample`: a grid of `n` samples of one prompt.
+///
+/// # Errors
+/// A model directory that does not load, an unknown prompt word, or an unwritable output.
+pub fn sample(
+    model_dir: &Path,
+    prompt: &str,
+    n: usize,
+    out: &Path,
+    options: SampleOptions,
+    seed: u64,
+    device: &Device,
+) -> Result<(), String> {
+    let (config, model) = ShapesModel::load(model_dir, device).map_err(|e| e.to_string())?;
+    let prompts = vec![prompt.to_string(); n.max(1)];
+    let ids: Vec<u64> = (0..prompts.len() as u64).collect();
+    let images = match &model {
+        ShapesModel::Unet(m) => {
+            generate(m.as_ref(), &config, &prompts, &ids, seed, options, device)?
+        }
+        ShapesModel::Dit(m) => {
+            generate(m.as_ref(), &config, &prompts, &ids, seed, options, device)?
+        }
+    };
+    write_grid(&images, 4, out)
+}
+
+/// `align eval`: ShapeEval accuracy on the fixed evaluation set (train and held-out parts).
+///
+/// # Errors
+/// A model directory that does not load.
+pub fn eval(
+    model_dir: &Path,
+    seeds_per_prompt: usize,
+    options: SampleOptions,
+    device: &Device,
+) -> Result<(Accuracy, Accuracy), String> {
+    let (config, model) = ShapesModel::load(model_dir, device).map_err(|e| e.to_string())?;
+    match &model {
+        ShapesModel::Unet(m) => evaluate(m.as_ref(), &config, seeds_per_prompt, options, device),
+        ShapesModel::Dit(m) => evaluate(m.as_ref(), &config, seeds_per_prompt, options, device),
+    }
+}
