@@ -2,26 +2,18 @@
 //! base model.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use align_core::{Condition, Denoiser};
 use align_models::{
     DiTConfig, LoraConfig, UNetConfig, apply_lora, lora_factor_count, lora_parameter_count,
     with_lora_scale,
 };
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-
-struct Perturb;
-
-impl ModuleMapper for Perturb {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        param.map(|t| {
-            let noise = t.random_like(Distribution::Normal(0.0, 0.05));
-            t + noise
-        })
-    }
-}
+use common::Perturb;
 
 fn host(t: Tensor<4>) -> Vec<u32> {
     t.into_data()

@@ -2,15 +2,17 @@
 //! device, and safetensors round-trips.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use align_core::{Condition, Denoiser, Parameterization};
 use align_models::{
     DiTConfig, ResBlockConfig, SpatialTransformerConfig, TextEncoderConfig, UNetConfig,
 };
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::Distribution;
+use common::Perturb;
 
 fn device() -> Device {
     align_core::test_device()
@@ -28,18 +30,6 @@ fn input(b: usize, c: usize, s: usize, device: &Device) -> Tensor<4> {
         .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
         .collect();
     Tensor::from_data(TensorData::new(v, [b, c, s, s]), device)
-}
-
-/// Adds small noise to every parameter, so zero-initialised projections stop hiding paths.
-struct Perturb;
-
-impl ModuleMapper for Perturb {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        param.map(|t| {
-            let noise = t.random_like(Distribution::Normal(0.0, 0.05));
-            t + noise
-        })
-    }
 }
 
 fn host(t: Tensor<4>) -> Vec<f32> {

@@ -16,7 +16,7 @@
 use align_core::{LogProbReduction, Parameterization};
 use burn::tensor::Tensor;
 
-use crate::ddpm::{ddpm_predictions, validate_timesteps};
+use crate::ddpm::{StridedSchedule, ddpm_predictions};
 use crate::error::{Result, SamplerError};
 use crate::schedule::NoiseSchedule;
 use crate::step::{Sampler, StepOutput, Transition, check_step, finish};
@@ -34,8 +34,7 @@ pub enum FinalAlpha {
 /// DDIM(η) with exact transition log-probs.
 #[derive(Debug, Clone)]
 pub struct DdimSampler {
-    schedule: NoiseSchedule,
-    timesteps: Vec<usize>,
+    steps: StridedSchedule,
     eta: f64,
     final_alpha: FinalAlpha,
     clip_sample: Option<f64>,
@@ -47,7 +46,7 @@ impl DdimSampler {
     /// # Errors
     /// Bad timesteps, or `eta` negative or not finite.
     pub fn new(schedule: NoiseSchedule, timesteps: Vec<usize>, eta: f64) -> Result<Self> {
-        validate_timesteps(&schedule, &timesteps)?;
+        let steps = StridedSchedule::new(schedule, timesteps)?;
         if !(eta.is_finite() && eta >= 0.0) {
             return Err(SamplerError::config(
                 "eta",
@@ -55,8 +54,7 @@ impl DdimSampler {
             ));
         }
         Ok(Self {
-            schedule,
-            timesteps,
+            steps,
             eta,
             final_alpha: FinalAlpha::First,
             clip_sample: None,
@@ -82,20 +80,16 @@ impl DdimSampler {
 
     /// The descending timesteps.
     pub fn timesteps(&self) -> &[usize] {
-        &self.timesteps
+        self.steps.timesteps()
     }
 
     /// `(ᾱ_t, ᾱ')` of step `k`.
     pub fn alphas(&self, k: usize) -> (f64, f64) {
-        let a = self.schedule.alpha_bar(self.timesteps[k]);
-        let a_prev = match self.timesteps.get(k + 1) {
-            Some(&t) => self.schedule.alpha_bar(t),
-            None => match self.final_alpha {
-                FinalAlpha::First => self.schedule.alpha_bar(0),
-                FinalAlpha::One => 1.0,
-            },
+        let last = match self.final_alpha {
+            FinalAlpha::First => self.steps.first_alpha_bar(),
+            FinalAlpha::One => 1.0,
         };
-        (a, a_prev)
+        self.steps.alphas(k, last)
     }
 }
 
@@ -105,17 +99,15 @@ impl Sampler for DdimSampler {
     }
 
     fn num_steps(&self) -> usize {
-        self.timesteps.len()
+        self.steps.num_steps()
     }
 
     fn model_time(&self, k: usize) -> f64 {
-        self.timesteps[k] as f64
+        self.steps.model_time(k)
     }
 
     fn latent_times(&self) -> Vec<f64> {
-        let mut t: Vec<f64> = self.timesteps.iter().map(|&t| t as f64).collect();
-        t.push(-1.0);
-        t
+        self.steps.latent_times()
     }
 
     fn step_std(&self, k: usize) -> f64 {

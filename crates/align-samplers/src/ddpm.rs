@@ -74,11 +74,62 @@ pub(crate) fn ddpm_predictions(
     }
 }
 
+/// A DDPM training schedule restricted to descending sampling timesteps (shared by the DDPM
+/// and DDIM samplers).
+#[derive(Debug, Clone)]
+pub(crate) struct StridedSchedule {
+    schedule: NoiseSchedule,
+    timesteps: Vec<usize>,
+}
+
+impl StridedSchedule {
+    pub(crate) fn new(schedule: NoiseSchedule, timesteps: Vec<usize>) -> Result<Self> {
+        validate_timesteps(&schedule, &timesteps)?;
+        Ok(Self {
+            schedule,
+            timesteps,
+        })
+    }
+
+    pub(crate) fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
+    pub(crate) fn num_steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    pub(crate) fn model_time(&self, k: usize) -> f64 {
+        self.timesteps[k] as f64
+    }
+
+    /// Timesteps of the latents, `−1` for the clean end.
+    pub(crate) fn latent_times(&self) -> Vec<f64> {
+        let mut t: Vec<f64> = self.timesteps.iter().map(|&t| t as f64).collect();
+        t.push(-1.0);
+        t
+    }
+
+    /// `ᾱ` of training timestep 0.
+    pub(crate) fn first_alpha_bar(&self) -> f64 {
+        self.schedule.alpha_bar(0)
+    }
+
+    /// `(ᾱ_t, ᾱ')` of step `k`, with `ᾱ' = final_alpha_bar` after the last step.
+    pub(crate) fn alphas(&self, k: usize, final_alpha_bar: f64) -> (f64, f64) {
+        let a = self.schedule.alpha_bar(self.timesteps[k]);
+        let a_prev = self
+            .timesteps
+            .get(k + 1)
+            .map_or(final_alpha_bar, |&t| self.schedule.alpha_bar(t));
+        (a, a_prev)
+    }
+}
+
 /// DDPM ancestral sampling with exact transition log-probs.
 #[derive(Debug, Clone)]
 pub struct DdpmSampler {
-    schedule: NoiseSchedule,
-    timesteps: Vec<usize>,
+    steps: StridedSchedule,
     variance: DdpmVariance,
     clip_sample: Option<f64>,
 }
@@ -93,10 +144,8 @@ impl DdpmSampler {
         timesteps: Vec<usize>,
         variance: DdpmVariance,
     ) -> Result<Self> {
-        validate_timesteps(&schedule, &timesteps)?;
         Ok(Self {
-            schedule,
-            timesteps,
+            steps: StridedSchedule::new(schedule, timesteps)?,
             variance,
             clip_sample: None,
         })
@@ -110,17 +159,12 @@ impl DdpmSampler {
 
     /// The descending timesteps.
     pub fn timesteps(&self) -> &[usize] {
-        &self.timesteps
+        self.steps.timesteps()
     }
 
-    /// `(ᾱ_t, ᾱ')` of step `k`.
+    /// `(ᾱ_t, ᾱ')` of step `k` (ᾱ' = 1 after the last step).
     fn alphas(&self, k: usize) -> (f64, f64) {
-        let a = self.schedule.alpha_bar(self.timesteps[k]);
-        let a_prev = self
-            .timesteps
-            .get(k + 1)
-            .map_or(1.0, |&t| self.schedule.alpha_bar(t));
-        (a, a_prev)
+        self.steps.alphas(k, 1.0)
     }
 
     /// Mean coefficients `(c_x0, c_xt)` and σ of step `k`.
@@ -167,17 +211,15 @@ impl Sampler for DdpmSampler {
     }
 
     fn num_steps(&self) -> usize {
-        self.timesteps.len()
+        self.steps.num_steps()
     }
 
     fn model_time(&self, k: usize) -> f64 {
-        self.timesteps[k] as f64
+        self.steps.model_time(k)
     }
 
     fn latent_times(&self) -> Vec<f64> {
-        let mut t: Vec<f64> = self.timesteps.iter().map(|&t| t as f64).collect();
-        t.push(-1.0);
-        t
+        self.steps.latent_times()
     }
 
     fn step_std(&self, k: usize) -> f64 {

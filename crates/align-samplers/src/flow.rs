@@ -63,46 +63,37 @@ fn euler_mean(x: Tensor<4>, v: Tensor<4>, dt: f64) -> Tensor<4> {
     x + v.mul_scalar(dt)
 }
 
-fn check_window(window: &Option<Range<usize>>, steps: usize) -> Result<()> {
-    if let Some(w) = window
-        && (w.start >= w.end || w.end > steps)
-    {
-        return Err(SamplerError::config(
-            "sde_window",
-            format!(
-                "{}..{} is not a non-empty range within 0..{steps}",
-                w.start, w.end
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn in_window(window: &Option<Range<usize>>, k: usize) -> bool {
-    window.as_ref().is_none_or(|w| w.contains(&k))
-}
-
-/// The deterministic flow Euler ODE sampler.
+/// A flow grid and the window of steps that inject noise (all steps when `None`).
 #[derive(Debug, Clone)]
-pub struct FlowEulerSampler {
+struct WindowedGrid {
     grid: FlowGrid,
+    window: Option<Range<usize>>,
 }
 
-impl FlowEulerSampler {
-    /// An Euler sampler on `grid`.
-    pub fn new(grid: FlowGrid) -> Self {
-        Self { grid }
+impl WindowedGrid {
+    fn new(grid: FlowGrid) -> Self {
+        Self { grid, window: None }
     }
 
-    /// The time grid.
-    pub fn grid(&self) -> &FlowGrid {
-        &self.grid
+    fn with_window(mut self, window: Option<Range<usize>>) -> Result<Self> {
+        let steps = self.grid.num_steps();
+        if let Some(w) = &window
+            && (w.start >= w.end || w.end > steps)
+        {
+            return Err(SamplerError::config(
+                "sde_window",
+                format!(
+                    "{}..{} is not a non-empty range within 0..{steps}",
+                    w.start, w.end
+                ),
+            ));
+        }
+        self.window = window;
+        Ok(self)
     }
-}
 
-impl Sampler for FlowEulerSampler {
-    fn name(&self) -> &'static str {
-        "flow-euler"
+    fn is_stochastic(&self, k: usize) -> bool {
+        self.window.as_ref().is_none_or(|w| w.contains(&k))
     }
 
     fn num_steps(&self) -> usize {
@@ -115,6 +106,44 @@ impl Sampler for FlowEulerSampler {
 
     fn latent_times(&self) -> Vec<f64> {
         self.grid.times().to_vec()
+    }
+}
+
+/// The deterministic flow Euler ODE sampler.
+#[derive(Debug, Clone)]
+pub struct FlowEulerSampler {
+    steps: WindowedGrid,
+}
+
+impl FlowEulerSampler {
+    /// An Euler sampler on `grid`.
+    pub fn new(grid: FlowGrid) -> Self {
+        Self {
+            steps: WindowedGrid::new(grid),
+        }
+    }
+
+    /// The time grid.
+    pub fn grid(&self) -> &FlowGrid {
+        &self.steps.grid
+    }
+}
+
+impl Sampler for FlowEulerSampler {
+    fn name(&self) -> &'static str {
+        "flow-euler"
+    }
+
+    fn num_steps(&self) -> usize {
+        self.steps.num_steps()
+    }
+
+    fn model_time(&self, k: usize) -> f64 {
+        self.steps.model_time(k)
+    }
+
+    fn latent_times(&self) -> Vec<f64> {
+        self.steps.latent_times()
     }
 
     fn step_std(&self, _k: usize) -> f64 {
@@ -132,7 +161,7 @@ impl Sampler for FlowEulerSampler {
     ) -> Result<StepOutput> {
         check_step(self.name(), k, self.num_steps())?;
         require_velocity(self.name(), parameterization)?;
-        let (t, t_next) = self.grid.interval(k);
+        let (t, t_next) = self.steps.grid.interval(k);
         let x0 = pred_x0(x.clone(), model_output.clone(), t);
         let mean = euler_mean(x, model_output, t_next - t);
         finish(mean, 0.0, x0, transition, reduction)
@@ -142,9 +171,8 @@ impl Sampler for FlowEulerSampler {
 /// The Flow-GRPO marginal-preserving SDE sampler.
 #[derive(Debug, Clone)]
 pub struct FlowSdeSampler {
-    grid: FlowGrid,
+    steps: WindowedGrid,
     noise_level: f64,
-    window: Option<Range<usize>>,
 }
 
 impl FlowSdeSampler {
@@ -160,9 +188,8 @@ impl FlowSdeSampler {
             ));
         }
         Ok(Self {
-            grid,
+            steps: WindowedGrid::new(grid),
             noise_level,
-            window: None,
         })
     }
 
@@ -171,20 +198,20 @@ impl FlowSdeSampler {
     /// # Errors
     /// An empty window or one beyond the grid.
     pub fn with_window(mut self, window: Option<Range<usize>>) -> Result<Self> {
-        check_window(&window, self.grid.num_steps())?;
-        self.window = window;
+        self.steps = self.steps.with_window(window)?;
         Ok(self)
     }
 
     /// The time grid.
     pub fn grid(&self) -> &FlowGrid {
-        &self.grid
+        &self.steps.grid
     }
 
     /// `σ_t` at step `k` (with the `t = 1` clamp).
     pub fn sigma(&self, k: usize) -> f64 {
-        let t = self.grid.times()[k];
-        let denom_t = if t >= 1.0 { self.grid.times()[1] } else { t };
+        let times = self.steps.grid.times();
+        let t = times[k];
+        let denom_t = if t >= 1.0 { times[1] } else { t };
         self.noise_level * (t / (1.0 - denom_t)).sqrt()
     }
 }
@@ -195,22 +222,22 @@ impl Sampler for FlowSdeSampler {
     }
 
     fn num_steps(&self) -> usize {
-        self.grid.num_steps()
+        self.steps.num_steps()
     }
 
     fn model_time(&self, k: usize) -> f64 {
-        self.grid.times()[k]
+        self.steps.model_time(k)
     }
 
     fn latent_times(&self) -> Vec<f64> {
-        self.grid.times().to_vec()
+        self.steps.latent_times()
     }
 
     fn step_std(&self, k: usize) -> f64 {
-        if !in_window(&self.window, k) {
+        if !self.steps.is_stochastic(k) {
             return 0.0;
         }
-        let (t, t_next) = self.grid.interval(k);
+        let (t, t_next) = self.steps.grid.interval(k);
         self.sigma(k) * (t - t_next).sqrt()
     }
 
@@ -225,10 +252,10 @@ impl Sampler for FlowSdeSampler {
     ) -> Result<StepOutput> {
         check_step(self.name(), k, self.num_steps())?;
         require_velocity(self.name(), parameterization)?;
-        let (t, t_next) = self.grid.interval(k);
+        let (t, t_next) = self.steps.grid.interval(k);
         let dt = t_next - t;
         let x0 = pred_x0(x.clone(), model_output.clone(), t);
-        if !in_window(&self.window, k) {
+        if !self.steps.is_stochastic(k) {
             let mean = euler_mean(x, model_output, dt);
             return finish(mean, 0.0, x0, transition, reduction);
         }
@@ -242,9 +269,8 @@ impl Sampler for FlowSdeSampler {
 /// Coefficient-preserving sampling (CPS).
 #[derive(Debug, Clone)]
 pub struct CpsSampler {
-    grid: FlowGrid,
+    steps: WindowedGrid,
     noise_level: f64,
-    window: Option<Range<usize>>,
 }
 
 impl CpsSampler {
@@ -260,9 +286,8 @@ impl CpsSampler {
             ));
         }
         Ok(Self {
-            grid,
+            steps: WindowedGrid::new(grid),
             noise_level,
-            window: None,
         })
     }
 
@@ -271,8 +296,7 @@ impl CpsSampler {
     /// # Errors
     /// An empty window or one beyond the grid.
     pub fn with_window(mut self, window: Option<Range<usize>>) -> Result<Self> {
-        check_window(&window, self.grid.num_steps())?;
-        self.window = window;
+        self.steps = self.steps.with_window(window)?;
         Ok(self)
     }
 }
@@ -283,22 +307,22 @@ impl Sampler for CpsSampler {
     }
 
     fn num_steps(&self) -> usize {
-        self.grid.num_steps()
+        self.steps.num_steps()
     }
 
     fn model_time(&self, k: usize) -> f64 {
-        self.grid.times()[k]
+        self.steps.model_time(k)
     }
 
     fn latent_times(&self) -> Vec<f64> {
-        self.grid.times().to_vec()
+        self.steps.latent_times()
     }
 
     fn step_std(&self, k: usize) -> f64 {
-        if !in_window(&self.window, k) {
+        if !self.steps.is_stochastic(k) {
             return 0.0;
         }
-        let (_, t_next) = self.grid.interval(k);
+        let (_, t_next) = self.steps.grid.interval(k);
         t_next * (self.noise_level * std::f64::consts::FRAC_PI_2).sin()
     }
 
@@ -313,9 +337,9 @@ impl Sampler for CpsSampler {
     ) -> Result<StepOutput> {
         check_step(self.name(), k, self.num_steps())?;
         require_velocity(self.name(), parameterization)?;
-        let (t, t_next) = self.grid.interval(k);
+        let (t, t_next) = self.steps.grid.interval(k);
         let x0 = pred_x0(x.clone(), model_output.clone(), t);
-        if !in_window(&self.window, k) {
+        if !self.steps.is_stochastic(k) {
             let mean = euler_mean(x, model_output, t_next - t);
             return finish(mean, 0.0, x0, transition, reduction);
         }
