@@ -422,6 +422,58 @@ mod tests {
     }
 
     #[test]
+    fn pretrain_then_sample_writes_a_png_grid() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-cli-pretrain-{}", std::process::id()));
+        let options = shapes_cmd::PretrainOptions {
+            kind: align_models::DenoiserKind::Dit,
+            preset: align_models::Preset::Tiny,
+            steps: 3,
+            batch: 4,
+            lr: 1e-3,
+            seed: 0,
+            out: dir.clone(),
+            eval_every: 0,
+            cfg_dropout: 0.1,
+            progress: false,
+        };
+        shapes_cmd::pretrain(&options, &device).unwrap();
+        assert!(dir.join("model.safetensors").is_file() && dir.join("model.json").is_file());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
+        assert!(dir.join("samples").join("step-000003.png").is_file());
+        let out = dir.join("grid.png");
+        let sample = shapes_cmd::SampleOptions {
+            steps: 4,
+            guidance: 2.0,
+        };
+        shapes_cmd::sample(&dir, "two red circles", 6, &out, sample, 0, &device).unwrap();
+        let png = image::open(&out).unwrap();
+        // 4 columns × 2 rows of 32×32 tiles with 1-pixel gutters.
+        assert_eq!((png.width(), png.height()), (4 * 33 + 1, 2 * 33 + 1));
+        let err = shapes_cmd::sample(&dir, "two purple circles", 1, &out, sample, 0, &device)
+            .unwrap_err();
+        assert!(err.contains("purple"), "{err}");
+        let err = shapes_cmd::sample(
+            &dir.join("missing"),
+            "one red circle",
+            1,
+            &out,
+            sample,
+            0,
+            &device,
+        )
+        .unwrap_err();
+        assert!(err.contains("model.json"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn bad_check_arguments_are_errors() {
         let device = align_core::test_device();
         assert!(self_check(&device, Backend::Flex, 1, 10).is_err());
