@@ -45,7 +45,7 @@ pub struct UNetConfig {
     #[config(default = 1)]
     pub num_res_blocks: usize,
     /// Whether each level has attention (same length as `channel_mults`).
-    #[config(default = "vec![false, true, true]")]
+    #[config(default = "vec![false, false, true]")]
     pub attention: Vec<bool>,
     /// Width of the condition's text tokens.
     #[config(default = 64)]
