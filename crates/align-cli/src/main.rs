@@ -142,7 +142,7 @@ const CRATES: &[CrateStatus] = &[
     CrateStatus {
         name: "align-models",
         state: "partial",
-        what: "UNet (eps/v), DiT (adaLN-Zero, flow velocity), text encoder; LoRA, pretraining, shipped base models to come (issue #3)",
+        what: "UNet (eps/v), DiT (adaLN-Zero), text encoder, LoRA, pretraining (`align pretrain|sample|eval`); shipped base models to come (issue #3)",
     },
     CrateStatus {
         name: "align-rewards",
