@@ -91,22 +91,17 @@ pub trait Sampler {
         transition: Transition,
         reduction: LogProbReduction,
     ) -> Result<(Tensor<4>, Tensor<1>, Tensor<4>, f64)> {
+        let deterministic = || SamplerError::Deterministic {
+            sampler: self.name(),
+            step: k,
+            hint: "use DDPM, DDIM with η > 0, the flow SDE or CPS for policy gradients",
+        };
         if self.step_std(k) <= 0.0 || matches!(transition, Transition::Mean) {
-            return Err(SamplerError::Deterministic {
-                sampler: self.name(),
-                step: k,
-                hint: "use DDPM, DDIM with η > 0, the flow SDE or CPS for policy gradients",
-            });
+            return Err(deterministic());
         }
         let out = self.step(k, x, model_output, parameterization, transition, reduction)?;
-        match out.log_prob {
-            Some(lp) => Ok((out.prev_sample, lp, out.mean, out.std)),
-            None => Err(SamplerError::Deterministic {
-                sampler: self.name(),
-                step: k,
-                hint: "use DDPM, DDIM with η > 0, the flow SDE or CPS for policy gradients",
-            }),
-        }
+        let log_prob = out.log_prob.ok_or_else(deterministic)?;
+        Ok((out.prev_sample, log_prob, out.mean, out.std))
     }
 }
 
