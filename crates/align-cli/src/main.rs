@@ -146,8 +146,8 @@ const CRATES: &[CrateStatus] = &[
     },
     CrateStatus {
         name: "align-rewards",
-        state: "planned",
-        what: "ShapeEval, JPEG, learned proxy RM, ensembles, hacking monitor (issue #4)",
+        state: "partial",
+        what: "Reward trait, ShapeEval, JPEG, aesthetic proxies, ensembles + penalties; learned RM, external, monitor to come (issue #4)",
     },
     CrateStatus {
         name: "align-rl",

@@ -1,9 +1,76 @@
 #![warn(missing_docs)]
 //! # align-rewards
 //!
-//! Rewards for alignment: a `Reward` trait (images + prompts → scores, with an optional
-//! differentiable path), the gold ShapeEval reward, DDPO's JPEG (in)compressibility, a learned
-//! proxy reward model, aesthetic proxies, external rewards over a local command or HTTP,
-//! ensembles with z-scoring and hard penalties, and the reward-hacking monitor.
+//! Rewards for aligning diffusion and flow models. A [`Reward`] maps a batch of generated
+//! images `x: [B, 3, H, W]` with values in **`[-1, 1]`** and their `B` prompts to `B` finite
+//! scores `r(x_b, c_b)`; a differentiable reward can also return the scores as a `[B]` tensor
+//! whose gradients reach the pixels (for direct reward backpropagation).
 //!
-//! **Status:** not yet implemented (tracked by the "Rewards" issue).
+//! Provided rewards:
+//!
+//! - [`ShapeEvalReward`]: the exact Shapes-world verifier as a gold reward (pass / fail, or
+//!   partial credit over the prompt's attributes).
+//! - [`Jpeg`]: DDPO's JPEG compressibility (`−kB`) and incompressibility (`kB`) at quality 95.
+//! - [`Brightness`], [`Saturation`], [`Contrast`]: differentiable aesthetic proxies.
+//! - [`Ensemble`]: members normalised ([`Normalize`]: none, batch z-score, running z-score),
+//!   aggregated ([`Aggregate`]: weighted mean, min, mean − k·std), then hard [`Penalty`]s
+//!   `R −= λ · q` subtracted on their raw scale. An ensemble is differentiable when all its
+//!   members and penalties are.
+//!
+//! ## Example
+//!
+//! Score a batch with a differentiable proxy and with an ensemble:
+//!
+//! ```
+//! use align_rewards::{Aggregate, Brightness, Contrast, Ensemble, Jpeg, Normalize, Reward};
+//! use burn::prelude::*;
+//!
+//! let device = align_core::test_device();
+//! // Two 8×8 images: one dark (−0.5 everywhere), one bright (0.5 everywhere).
+//! let dark = Tensor::<4>::full([1, 3, 8, 8], -0.5, &device);
+//! let bright = Tensor::<4>::full([1, 3, 8, 8], 0.5, &device);
+//! let images = Tensor::cat(vec![dark, bright], 0);
+//! let prompts = vec!["a dark image".to_string(), "a bright image".to_string()];
+//!
+//! let brightness = Brightness.score(&images, &prompts)?;
+//! assert!((brightness[0] - 0.25).abs() < 1e-6 && (brightness[1] - 0.75).abs() < 1e-6);
+//!
+//! // z-scored brightness, minus a hard penalty of 0.1 per kB of JPEG.
+//! let ensemble = Ensemble::new(Normalize::batch_z(), Aggregate::WeightedMean)?
+//!     .member(Brightness, 1.0)?
+//!     .member(Contrast, 0.0)? // weight 0: reported, but takes no part
+//!     .penalty(Jpeg::incompressibility(), 0.1)?;
+//! let scores = ensemble.score(&images, &prompts)?;
+//! let kb = Jpeg::incompressibility().score(&images, &prompts)?;
+//! assert!((scores[1] - (1.0 - 0.1 * kb[1])).abs() < 1e-6);
+//! # Ok::<(), align_rewards::RewardError>(())
+//! ```
+//!
+//! ## Modules
+//!
+//! - [`reward`]: the [`Reward`] trait and tensor ↔ [`align_data::Image`] helpers.
+//! - [`shape_eval`], [`jpeg`], [`aesthetic`]: the rewards.
+//! - [`ensemble`]: ensembles, and the pure aggregation functions behind them.
+//! - [`error`]: the error type, [`RewardError`].
+//!
+//! **Not yet here:** a learned proxy reward model, external rewards (local command, HTTP),
+//! and the reward-hacking monitor.
+
+pub mod aesthetic;
+pub mod ensemble;
+pub mod error;
+pub mod jpeg;
+pub mod reward;
+pub mod shape_eval;
+
+pub use aesthetic::{Brightness, CONTRAST_EPS, Contrast, Saturation};
+pub use ensemble::{
+    Aggregate, DEFAULT_EPS, Ensemble, Normalize, Penalty, RunningStats, aggregate, apply_penalties,
+    z_score,
+};
+pub use error::{Result, RewardError};
+pub use jpeg::{JPEG_QUALITY, Jpeg};
+pub use reward::{
+    Reward, check_batch, check_finite, images_to_tensor, read_scores, tensor_to_images,
+};
+pub use shape_eval::{ShapeEvalMode, ShapeEvalReward};
