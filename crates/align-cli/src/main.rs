@@ -62,6 +62,13 @@ enum Command {
         /// Probability of training on the null prompt (classifier-free guidance).
         #[arg(long, default_value_t = 0.1)]
         cfg_dropout: f64,
+        /// Largest decay of the weight average that is saved and sampled (0 = none).
+        #[arg(long, default_value_t = 0.999)]
+        ema: f64,
+        /// Continue the run in `--out` from its last checkpoint up to `--steps` (the optimizer
+        /// moments restart; a short warm-up follows).
+        #[arg(long)]
+        resume: bool,
         /// Output directory (model.json, model.safetensors, metrics.jsonl, samples/).
         #[arg(long)]
         out: PathBuf,
@@ -321,6 +328,8 @@ fn run(cli: Cli) -> Result<(), String> {
             seed,
             eval_every,
             cfg_dropout,
+            ema,
+            resume,
             out,
         } => {
             let options = shapes_cmd::PretrainOptions {
@@ -341,6 +350,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 out,
                 eval_every,
                 cfg_dropout,
+                ema_decay: ema,
+                resume,
                 progress: true,
             };
             shapes_cmd::pretrain(&options, &device)
@@ -435,6 +446,8 @@ mod tests {
             out: dir.clone(),
             eval_every: 0,
             cfg_dropout: 0.1,
+            ema_decay: 0.9,
+            resume: false,
             progress: false,
         };
         shapes_cmd::pretrain(&options, &device).unwrap();
@@ -447,6 +460,24 @@ mod tests {
             3
         );
         assert!(dir.join("samples").join("step-000003.png").is_file());
+        // --resume continues from the checkpoint to the new --steps, appending metrics.
+        let resumed = shapes_cmd::PretrainOptions {
+            steps: 5,
+            resume: true,
+            ..options.clone()
+        };
+        shapes_cmd::pretrain(&resumed, &device).unwrap();
+        let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 5);
+        assert!(lines.lines().last().unwrap().starts_with("{\"step\":5,"));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("train-state").join("step.txt")).unwrap(),
+            "5\n"
+        );
+        // Nothing left to do is an error that says so, and the checkpoint stays.
+        let err = shapes_cmd::pretrain(&resumed, &device).unwrap_err();
+        assert!(err.contains("already at step 5"), "{err}");
+        assert!(dir.join("model.safetensors").is_file());
         let out = dir.join("grid.png");
         let sample = shapes_cmd::SampleOptions {
             steps: 4,

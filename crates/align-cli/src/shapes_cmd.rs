@@ -8,7 +8,9 @@ use align_core::{Denoiser, clip_grad_norm};
 use align_data::{
     EvalSet, Image, SceneSpec, ShapeEval, ShapesDataset, SplitPart, Tokenizer, WorldConfig,
 };
-use align_models::{BatchDraws, DenoiserKind, Preset, ShapesModel, ShapesModelConfig, TextToImage};
+use align_models::{
+    BatchDraws, DenoiserKind, EmaConfig, Preset, ShapesModel, ShapesModelConfig, TextToImage,
+};
 use align_samplers::{Sampler, SamplerConfig};
 use burn::module::{Module, ModuleDisplay};
 use burn::optim::{AdamWConfig, GradientsParams};
@@ -36,8 +38,29 @@ pub struct PretrainOptions {
     pub eval_every: usize,
     /// Probability of replacing a prompt by the null prompt.
     pub cfg_dropout: f64,
+    /// Largest decay of the weight EMA that is saved and sampled (0 = no averaging).
+    pub ema_decay: f64,
+    /// Continue the run in `out` from its last checkpoint (`train-state/`).
+    pub resume: bool,
     /// Whether to show a progress bar.
     pub progress: bool,
+}
+
+/// Where a run keeps what `--resume` needs: the raw (not averaged) weights and the step.
+const TRAIN_STATE: &str = "train-state";
+
+fn read_resume_step(out: &Path) -> Result<usize, String> {
+    let path = out.join(TRAIN_STATE).join("step.txt");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.trim()
+        .parse()
+        .map_err(|e| format!("{}: not a step number ({e})", path.display()))
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Sampling settings of the two families: 50 DDIM steps (η = 0) for the UNet, 40 Euler steps for
@@ -239,8 +262,11 @@ fn append_metrics(path: &Path, line: &str) -> Result<(), String> {
     writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
     mut model: TextToImage<D>,
+    ema_start: TextToImage<D>,
+    first_step: usize,
     config: &ShapesModelConfig,
     options: &PretrainOptions,
     wrap: impl Fn(TextToImage<D>) -> ShapesModel,
@@ -270,9 +296,20 @@ fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
     } else {
         ProgressBar::hidden()
     };
+    bar.set_position(first_step as u64);
+    let mut ema = EmaConfig::new()
+        .with_decay(options.ema_decay)
+        .init(ema_start)
+        .map_err(|e| e.to_string())?;
+    // A resumed run starts with fresh optimizer moments: warm up again.
+    let warmup = if first_step == 0 {
+        (options.steps as f64 * 0.05).max(1.0)
+    } else {
+        (options.steps as f64 * 0.01).clamp(1.0, 100.0)
+    };
     let start = Instant::now();
     let mut ema_loss = f64::NAN;
-    for step in 0..options.steps {
+    for step in first_step..options.steps {
         let samples = data
             .batch((step * options.batch) as u64, options.batch)
             .map_err(|e| e.to_string())?;
@@ -305,9 +342,10 @@ fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let (grads, norm) = clip_grad_norm(&model, grads, 1.0).map_err(|e| e.to_string())?;
-        // Linear warm-up over the first 5 % of steps.
-        let warm = ((step + 1) as f64 / (options.steps as f64 * 0.05).max(1.0)).min(1.0);
+        // Linear warm-up over the first 5 % of steps (1 %, at most 100, after a resume).
+        let warm = ((step + 1 - first_step) as f64 / warmup).min(1.0);
         model = optim.step(options.lr * warm, model, grads);
+        ema.update(&model.valid()).map_err(|e| e.to_string())?;
         ema_loss = if ema_loss.is_nan() {
             value as f64
         } else {
@@ -322,7 +360,7 @@ fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
             start.elapsed().as_secs_f64()
         );
         if last || (options.eval_every > 0 && (step + 1) % options.eval_every == 0) {
-            let valid = model.valid();
+            let valid = ema.average().clone();
             let inner = device.clone().inner();
             let quick = SampleOptions {
                 steps: 0,
@@ -340,6 +378,13 @@ fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
                     .join("samples")
                     .join(format!("step-{:06}.png", step + 1)),
             )?;
+            // Raw weights first, then the step, then the averaged model: an interrupted write
+            // leaves the previous checkpoint (or a consistent older step) in place.
+            let state = options.out.join(TRAIN_STATE);
+            wrap(model.valid())
+                .save(config, &state)
+                .map_err(|e| e.to_string())?;
+            write_atomically(&state.join("step.txt"), &format!("{}\n", step + 1))?;
             wrap(valid)
                 .save(config, &options.out)
                 .map_err(|e| e.to_string())?;
@@ -391,19 +436,103 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<(), String
     let ad = device.clone().autodiff();
     ad.seed(options.seed);
     std::fs::create_dir_all(&options.out).map_err(|e| format!("{}: {e}", options.out.display()))?;
-    config
-        .save(options.out.join("pretrain-model.json"))
-        .map_err(|e| format!("{}: {e}", options.out.display()))?;
-    match config.init(&ad).map_err(|e| e.to_string())? {
-        ShapesModel::Unet(m) => pretrain_loop(
-            *m,
-            &config,
-            options,
-            |m| ShapesModel::Unet(Box::new(m)),
-            &ad,
-        ),
+    let (config, first_step, model) = if options.resume {
+        let step = read_resume_step(&options.out)?;
+        let (config, model) =
+            ShapesModel::load(&options.out.join(TRAIN_STATE), &ad).map_err(|e| e.to_string())?;
+        if config.kind != options.kind {
+            return Err(format!(
+                "pretrain --resume: {} holds a {:?} model, not {:?}",
+                options.out.display(),
+                config.kind,
+                options.kind
+            ));
+        }
+        if step >= options.steps {
+            return Err(format!(
+                "pretrain --resume: {} is already at step {step}; ask for more --steps",
+                options.out.display()
+            ));
+        }
+        (config, step, model)
+    } else {
+        config
+            .save(options.out.join("pretrain-model.json"))
+            .map_err(|e| format!("{}: {e}", options.out.display()))?;
+        let model = config.init(&ad).map_err(|e| e.to_string())?;
+        (config, 0, model)
+    };
+    // The average restarts from the saved average (same parameter ids as the raw weights).
+    let inner = device.clone().inner();
+    let saved_average = if options.resume {
+        Some(
+            ShapesModel::load(&options.out, &inner)
+                .map_err(|e| e.to_string())?
+                .1,
+        )
+    } else {
+        None
+    };
+    match model {
+        ShapesModel::Unet(m) => {
+            let start = match saved_average {
+                Some(ShapesModel::Unet(a)) => copy_weights(m.valid(), &a),
+                _ => m.valid(),
+            };
+            pretrain_loop(
+                *m,
+                start,
+                first_step,
+                &config,
+                options,
+                |m| ShapesModel::Unet(Box::new(m)),
+                &ad,
+            )
+        }
         ShapesModel::Dit(m) => {
-            pretrain_loop(*m, &config, options, |m| ShapesModel::Dit(Box::new(m)), &ad)
+            let start = match saved_average {
+                Some(ShapesModel::Dit(a)) => copy_weights(m.valid(), &a),
+                _ => m.valid(),
+            };
+            pretrain_loop(
+                *m,
+                start,
+                first_step,
+                &config,
+                options,
+                |m| ShapesModel::Dit(Box::new(m)),
+                &ad,
+            )
+        }
+    }
+}
+
+/// `target` (keeping its parameter ids) with the values of `source`, a module of the same
+/// architecture: the saved average re-attached to the ids of the resumed raw weights.
+fn copy_weights<M: Module>(target: M, source: &M) -> M {
+    let mut values = Vec::new();
+    source.visit(&mut CollectValues(&mut values));
+    target.map(&mut ReplaceValues(values.into_iter()))
+}
+
+struct CollectValues<'a>(&'a mut Vec<burn::tensor::TensorData>);
+
+impl burn::module::ModuleVisitor for CollectValues<'_> {
+    fn visit_float<const R: usize>(&mut self, param: &burn::module::Param<Tensor<R>>) {
+        self.0.push(param.val().into_data());
+    }
+}
+
+struct ReplaceValues<I>(I);
+
+impl<I: Iterator<Item = burn::tensor::TensorData>> burn::module::ModuleMapper for ReplaceValues<I> {
+    fn map_float<const R: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<R>>,
+    ) -> burn::module::Param<Tensor<R>> {
+        match self.0.next() {
+            Some(data) => param.map(|t| Tensor::from_data(data, &t.device())),
+            None => param,
         }
     }
 }

@@ -64,9 +64,10 @@ impl DiTConfig {
             .with_context_dim(16)
     }
 
-    /// The preset of the shipped Shapes-world model.
+    /// The preset of the shipped Shapes-world model: 2×2 patches (256 tokens for 32×32), so
+    /// that 6–9 px shapes span several tokens and their edges need not follow patch borders.
     pub fn small() -> Self {
-        Self::new()
+        Self::new().with_patch_size(2)
     }
 
     /// Number of tokens `N`.

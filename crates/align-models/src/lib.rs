@@ -34,6 +34,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod dit;
+pub mod ema;
 pub mod error;
 pub mod lora;
 pub mod pretrain;
@@ -48,6 +49,7 @@ pub use attention::{
 };
 pub use checkpoint::{load_safetensors, save_safetensors};
 pub use dit::{DiT, DiTBlock, DiTConfig};
+pub use ema::{Ema, EmaConfig};
 pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, apply_lora, lora_factor_count, lora_parameter_count, with_lora_scale};
 pub use pretrain::{cfg_dropout, ddpm_loss, flow_matching_loss};
