@@ -146,7 +146,7 @@ mod tests {
     use burn::nn::{Linear, LinearConfig};
 
     fn weights(m: &Linear) -> Vec<f32> {
-        m.weight.val().into_data().to_vec::<f32>().unwrap()
+        m.weight.val().into_data().try_to_vec::<f32>().unwrap()
     }
 
     #[test]
