@@ -2,7 +2,7 @@
 //! prediction).
 //!
 //! ```text
-//! tokens = PatchEmbed(x) + P                       [B, N, d],  N = (H/p)(W/p)
+//! tokens = PatchEmbed(x) + P                       [B, N, d],  N = (H/p)(W/p), P 2-D sin-cos
 //! c      = TimestepMlp(1000 t) + Linear(mean of unpadded context tokens)
 //! block:  (s₁, a₁, g₁, s₂, a₂, g₂) = Linear_zero(SiLU(c))
 //!         h = h + g₁ ⊙ SelfAttn((1 + a₁) ⊙ LN(h) + s₁)
@@ -89,10 +89,19 @@ impl DiTConfig {
                 ),
             ));
         }
-        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) || !self.dim.is_multiple_of(2) {
+        if self.dim == 0 || !self.dim.is_multiple_of(4) {
+            return Err(ModelError::config(
+                "dim",
+                format!(
+                    "{} must be a positive multiple of 4 (2-D sin-cos positions)",
+                    self.dim
+                ),
+            ));
+        }
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return Err(ModelError::config(
                 "heads",
-                format!("{} must divide the even dim {}", self.heads, self.dim),
+                format!("{} must divide dim {}", self.heads, self.dim),
             ));
         }
         let d = self.dim;
@@ -120,11 +129,14 @@ impl DiTConfig {
             patch_embed: Conv2dConfig::new([self.channels, d], [p, p])
                 .with_stride([p, p])
                 .init(device),
-            positions: Initializer::Normal {
-                mean: 0.0,
-                std: 0.02,
-            }
-            .init([self.num_tokens(), d], device),
+            positions: Param::from_tensor(Tensor::from_data(
+                TensorData::new(
+                    sincos_positions(self.image_size / p, d),
+                    [self.num_tokens(), d],
+                ),
+                device,
+            ))
+            .set_require_grad(false),
             time: TimestepMlpConfig::new(d, d).init(device),
             text_pool: LinearConfig::new(self.context_dim, d).init(device),
             blocks,
@@ -136,6 +148,42 @@ impl DiTConfig {
             image_size: self.image_size,
         })
     }
+}
+
+/// Fixed 2-D sine–cosine positional embeddings of a `g × g` token grid, row-major, `[g², d]`
+/// flattened.
+///
+/// The first `d/2` features encode the token's row `r`, the last `d/2` its column `c`; within
+/// each half, with `k = d/4` frequencies `ω_i = 10000^(−i/k)`,
+///
+/// ```text
+/// e(r)[i] = sin(r ω_i),   e(r)[k + i] = cos(r ω_i),   i = 0..k
+/// ```
+///
+/// (as in the DiT and MAE papers). Unlike small random learned embeddings, they tell every
+/// block from the first step where a token lies and which tokens are neighbours.
+///
+/// `d` must be a multiple of 4 (checked by [`DiTConfig::init`]).
+pub fn sincos_positions(g: usize, d: usize) -> Vec<f32> {
+    let k = d / 4;
+    let mut out = Vec::with_capacity(g * g * d);
+    let axis = |pos: usize, out: &mut Vec<f32>| {
+        for i in 0..k {
+            let w = 10000f64.powf(-(i as f64) / k as f64);
+            out.push((pos as f64 * w).sin() as f32);
+        }
+        for i in 0..k {
+            let w = 10000f64.powf(-(i as f64) / k as f64);
+            out.push((pos as f64 * w).cos() as f32);
+        }
+    };
+    for r in 0..g {
+        for c in 0..g {
+            axis(r, &mut out);
+            axis(c, &mut out);
+        }
+    }
+    out
 }
 
 /// One adaLN-Zero transformer block with cross-attention to text.
@@ -181,7 +229,8 @@ impl DiTBlock {
 pub struct DiT {
     /// Patch embedding (a `p×p` stride-`p` convolution).
     pub patch_embed: Conv2d,
-    /// Learned positional embeddings `[N, d]`.
+    /// Positional embeddings `[N, d]`: fixed 2-D sine–cosine ([`sincos_positions`]), not
+    /// trained.
     pub positions: Param<Tensor<2>>,
     /// Timestep embedding.
     pub time: TimestepMlp,
@@ -250,5 +299,47 @@ impl Denoiser for DiT {
 
     fn predict(&self, x_t: Tensor<4>, t: Tensor<1>, condition: &Condition) -> Tensor<4> {
         self.forward(x_t, t, condition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sincos_positions_hand_computed() {
+        // g = 2, d = 4: one frequency (ω = 1) per axis; token 1 is row 0, column 1.
+        let p = sincos_positions(2, 4);
+        assert_eq!(p.len(), 16);
+        let want = [0.0, 1.0, 1f64.sin() as f32, 1f64.cos() as f32];
+        for (a, b) in p[4..8].iter().zip(want) {
+            assert!((a - b).abs() < 1e-7, "{a} vs {b}");
+        }
+        // Token 2 is row 1, column 0: the halves swap.
+        assert_eq!(&p[8..10], &p[6..8]);
+        assert_eq!(&p[10..12], &p[4..6]);
+        // Every token's embedding is distinct.
+        let p = sincos_positions(16, 96);
+        let rows: Vec<&[f32]> = p.chunks(96).collect();
+        for i in 0..rows.len() {
+            for j in 0..i {
+                assert!(rows[i] != rows[j], "tokens {i} and {j} coincide");
+            }
+        }
+    }
+
+    #[test]
+    fn positions_are_fixed_sincos_and_dim_is_checked() {
+        let device = align_core::test_device();
+        let dit = DiTConfig::tiny().init(&device).unwrap();
+        let got = dit.positions.val().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(got, sincos_positions(4, 16));
+        assert!(!dit.positions.is_require_grad());
+        let err = DiTConfig::tiny()
+            .with_dim(18)
+            .with_heads(2)
+            .init(&device)
+            .unwrap_err();
+        assert!(err.to_string().contains("dim"), "{err}");
     }
 }
