@@ -60,6 +60,7 @@ pub mod aesthetic;
 pub mod ensemble;
 pub mod error;
 pub mod jpeg;
+pub mod monitor;
 pub mod reward;
 pub mod shape_eval;
 
@@ -70,6 +71,9 @@ pub use ensemble::{
 };
 pub use error::{Result, RewardError};
 pub use jpeg::{JPEG_QUALITY, Jpeg};
+pub use monitor::{
+    HackingMonitor, HackingMonitorConfig, Reading, Verdict, Warning, same_prompt_diversity,
+};
 pub use reward::{
     Reward, check_batch, check_finite, images_to_tensor, read_scores, tensor_to_images,
 };
