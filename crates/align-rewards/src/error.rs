@@ -83,6 +83,15 @@ pub enum RewardError {
         /// The encoder's message.
         reason: String,
     },
+    /// An external scorer (command or HTTP service) failed: it could not be started, timed
+    /// out, exited with an error, or answered something other than one finite score per image.
+    #[error("external reward `{reward}`: {reason}")]
+    External {
+        /// The reward's name.
+        reward: String,
+        /// What went wrong, with an excerpt of the scorer's output.
+        reason: String,
+    },
     /// An error from `align-data` (image construction, ShapeEval configuration); boxed
     /// because `DataError` is large.
     #[error(transparent)]

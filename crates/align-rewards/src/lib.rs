@@ -16,6 +16,11 @@
 //!   aggregated ([`Aggregate`]: weighted mean, min, mean − k·std), then hard [`Penalty`]s
 //!   `R −= λ · q` subtracted on their raw scale. An ensemble is differentiable when all its
 //!   members and penalties are.
+//! - [`CommandReward`], [`HttpReward`]: scorers outside Rust, reached through a local program
+//!   or a loopback HTTP endpoint (PNGs + prompts in, `{"scores": [...]}` out), with timeouts.
+//!
+//! [`HackingMonitor`] watches a run for reward hacking: proxy up while gold goes down, and
+//! same-prompt diversity collapse ([`same_prompt_diversity`]).
 //!
 //! ## Example
 //!
@@ -51,14 +56,16 @@
 //! - [`reward`]: the [`Reward`] trait and tensor ↔ [`align_data::Image`] helpers.
 //! - [`shape_eval`], [`jpeg`], [`aesthetic`]: the rewards.
 //! - [`ensemble`]: ensembles, and the pure aggregation functions behind them.
+//! - [`external`]: command and HTTP rewards.
+//! - [`monitor`]: the reward-hacking monitor.
 //! - [`error`]: the error type, [`RewardError`].
 //!
-//! **Not yet here:** a learned proxy reward model, external rewards (local command, HTTP),
-//! and the reward-hacking monitor.
+//! **Not yet here:** the learned proxy reward model (`align train-reward`).
 
 pub mod aesthetic;
 pub mod ensemble;
 pub mod error;
+pub mod external;
 pub mod jpeg;
 pub mod monitor;
 pub mod reward;
@@ -70,6 +77,7 @@ pub use ensemble::{
     z_score,
 };
 pub use error::{Result, RewardError};
+pub use external::{CommandReward, HttpReward};
 pub use jpeg::{JPEG_QUALITY, Jpeg};
 pub use monitor::{
     HackingMonitor, HackingMonitorConfig, Reading, Verdict, Warning, same_prompt_diversity,
