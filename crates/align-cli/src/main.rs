@@ -3,6 +3,7 @@
 //! Today the binary reports the workspace's status and runs a sampler self-check on the
 //! selected device; the training commands arrive with their crates (see `align status`).
 
+mod reward_cmd;
 mod shapes_cmd;
 
 use std::path::PathBuf;
@@ -100,6 +101,48 @@ enum Command {
     /// ShapeEval accuracy of a model on the fixed evaluation set (train and held-out).
     Eval {
         /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Seeds per prompt (the set has 4).
+        #[arg(long, default_value_t = 4)]
+        seeds: usize,
+        /// Sampler steps (0 = the family's default).
+        #[arg(long, default_value_t = 0)]
+        steps: usize,
+        /// Classifier-free guidance scale.
+        #[arg(long, default_value_t = 3.0)]
+        guidance: f64,
+    },
+    /// Train the learned proxy reward model of the Shapes world.
+    TrainReward {
+        /// Size preset: `small` (shipped) or `tiny` (tests).
+        #[arg(long, default_value = "small", value_parser = ["small", "tiny"])]
+        preset: String,
+        /// Optimizer steps.
+        #[arg(long, default_value_t = 3000)]
+        steps: usize,
+        /// Examples per step (half true prompts, half corrupted).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// AdamW learning rate.
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Seed of data, augmentation and initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Largest Gaussian pixel-noise level of the augmentation.
+        #[arg(long, default_value_t = 0.35)]
+        noise_max: f64,
+        /// Output directory (reward-model.json, reward-model.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Agreement of a proxy reward model with ShapeEval on a base model's samples.
+    EvalReward {
+        /// Proxy reward model directory.
+        #[arg(long)]
+        reward_model: PathBuf,
+        /// Base model directory whose samples are judged.
         #[arg(long)]
         model: PathBuf,
         /// Seeds per prompt (the set has 4).
@@ -392,6 +435,57 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::TrainReward {
+            preset,
+            steps,
+            batch,
+            lr,
+            seed,
+            noise_max,
+            out,
+        } => {
+            let config = if preset == "tiny" {
+                align_rewards::ProxyRewardConfig::tiny()
+            } else {
+                align_rewards::ProxyRewardConfig::small()
+            };
+            let options = align_rewards::ProxyTrainOptions {
+                steps,
+                batch,
+                lr,
+                seed,
+                noise_max,
+            };
+            let acc = reward_cmd::train_reward(&config, &options, &out, true, &device)?;
+            println!(
+                "wrote {}; accuracy on rendered held-out scenes (true vs corrupted prompts): {:.1}%",
+                out.display(),
+                100.0 * acc
+            );
+            Ok(())
+        }
+        Command::EvalReward {
+            reward_model,
+            model,
+            seeds,
+            steps,
+            guidance,
+        } => {
+            let options = shapes_cmd::SampleOptions { steps, guidance };
+            let (train, held) =
+                reward_cmd::eval_reward(&reward_model, &model, seeds, options, &device)?;
+            for (name, a) in [("train prompts", train), ("held-out prompts", held)] {
+                println!(
+                    "proxy vs ShapeEval on {} samples, {name}: agreement {:.1}% of {} (accepts {:.1}% of gold passes, rejects {:.1}% of gold failures)",
+                    model.display(),
+                    100.0 * a.accuracy,
+                    a.n,
+                    100.0 * a.true_positive_rate,
+                    100.0 * a.true_negative_rate
+                );
+            }
+            Ok(())
+        }
         Command::Quickstart => {
             print_status(backend);
             self_check(&device, backend, 4096, 40)?;
@@ -501,6 +595,56 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("model.json"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn train_reward_writes_a_model_that_scores() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-cli-reward-{}", std::process::id()));
+        let options = align_rewards::ProxyTrainOptions {
+            steps: 2,
+            batch: 8,
+            ..Default::default()
+        };
+        let config = align_rewards::ProxyRewardConfig::tiny();
+        let acc = reward_cmd::train_reward(&config, &options, &dir, false, &device).unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        assert!(dir.join("reward-model.safetensors").is_file());
+        let bad = align_rewards::ProxyTrainOptions {
+            steps: 0,
+            ..options
+        };
+        let err = reward_cmd::train_reward(&config, &bad, &dir, false, &device).unwrap_err();
+        assert!(
+            err.starts_with("train-reward:") && !err.contains('\n'),
+            "{err}"
+        );
+        // Agreement with ShapeEval on a (tiny, untrained) base model's samples.
+        let base = dir.join("base");
+        let pretrain = shapes_cmd::PretrainOptions {
+            kind: align_models::DenoiserKind::Dit,
+            preset: align_models::Preset::Tiny,
+            steps: 1,
+            batch: 2,
+            lr: 1e-3,
+            seed: 0,
+            out: base.clone(),
+            eval_every: 0,
+            cfg_dropout: 0.1,
+            ema_decay: 0.9,
+            resume: false,
+            progress: false,
+        };
+        shapes_cmd::pretrain(&pretrain, &device).unwrap();
+        let sample = shapes_cmd::SampleOptions {
+            steps: 2,
+            guidance: 1.0,
+        };
+        let (train, held) = reward_cmd::eval_reward(&dir, &base, 1, sample, &device).unwrap();
+        assert_eq!((train.n, held.n), (32, 32));
+        assert!((0.0..=1.0).contains(&held.accuracy));
+        assert!(reward_cmd::eval_reward(&base, &base, 1, sample, &device).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 

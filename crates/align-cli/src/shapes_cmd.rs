@@ -564,6 +564,58 @@ pub fn sample(
     write_grid(&images, 4, out)
 }
 
+/// Images of a model on the fixed evaluation set with their prompts and gold verdicts:
+/// `(train part, held-out part)`, each a list of `(image, prompt, ShapeEval pass)`.
+///
+/// # Errors
+/// A model directory that does not load.
+#[allow(clippy::type_complexity)]
+pub fn eval_images(
+    model_dir: &Path,
+    seeds_per_prompt: usize,
+    options: SampleOptions,
+    device: &Device,
+) -> Result<(Vec<(Image, String, bool)>, Vec<(Image, String, bool)>), String> {
+    let (config, model) = ShapesModel::load(model_dir, device).map_err(|e| e.to_string())?;
+    let set = EvalSet::standard();
+    let verifier = ShapeEval::default();
+    let mut parts = Vec::new();
+    for part in [&set.train, &set.heldout] {
+        let mut prompts = Vec::new();
+        let mut ids = Vec::new();
+        let mut specs: Vec<&SceneSpec> = Vec::new();
+        for p in part.iter() {
+            for &s in p.seeds.iter().take(seeds_per_prompt) {
+                prompts.push(p.prompt.clone());
+                ids.push(s);
+                specs.push(&p.spec);
+            }
+        }
+        let images = match &model {
+            ShapesModel::Unet(m) => {
+                generate(m.as_ref(), &config, &prompts, &ids, 0, options, device)?
+            }
+            ShapesModel::Dit(m) => {
+                generate(m.as_ref(), &config, &prompts, &ids, 0, options, device)?
+            }
+        };
+        parts.push(
+            images
+                .into_iter()
+                .zip(prompts)
+                .zip(specs)
+                .map(|((im, p), spec)| {
+                    let pass = verifier.score(&im, spec).pass;
+                    (im, p, pass)
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    let heldout = parts.pop().unwrap_or_default();
+    let train = parts.pop().unwrap_or_default();
+    Ok((train, heldout))
+}
+
 /// `align eval`: ShapeEval accuracy on the fixed evaluation set (train and held-out parts).
 ///
 /// # Errors

@@ -83,6 +83,14 @@ pub enum RewardError {
         /// The encoder's message.
         reason: String,
     },
+    /// Reading or writing a file failed.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// An external scorer (command or HTTP service) failed: it could not be started, timed
     /// out, exited with an error, or answered something other than one finite score per image.
     #[error("external reward `{reward}`: {reason}")]

@@ -58,9 +58,11 @@
 //! - [`ensemble`]: ensembles, and the pure aggregation functions behind them.
 //! - [`external`]: command and HTTP rewards.
 //! - [`monitor`]: the reward-hacking monitor.
+//! - [`proxy`]: the learned proxy reward model and its training.
 //! - [`error`]: the error type, [`RewardError`].
 //!
-//! **Not yet here:** the learned proxy reward model (`align train-reward`).
+//! [`ProxyReward`] is a learned, differentiable and deliberately imperfect proxy of the
+//! verifier (a small CNN trained by [`train_proxy`], `align train-reward`).
 
 pub mod aesthetic;
 pub mod ensemble;
@@ -68,6 +70,7 @@ pub mod error;
 pub mod external;
 pub mod jpeg;
 pub mod monitor;
+pub mod proxy;
 pub mod reward;
 pub mod shape_eval;
 
@@ -81,6 +84,10 @@ pub use external::{CommandReward, HttpReward};
 pub use jpeg::{JPEG_QUALITY, Jpeg};
 pub use monitor::{
     HackingMonitor, HackingMonitorConfig, Reading, Verdict, Warning, same_prompt_diversity,
+};
+pub use proxy::{
+    Agreement, ProxyBatch, ProxyReward, ProxyRewardConfig, ProxyTrainOptions, ProxyTrainReport,
+    agreement, bce_with_logits, corrupt_prompt, proxy_batch, train_proxy,
 };
 pub use reward::{
     Reward, check_batch, check_finite, images_to_tensor, read_scores, tensor_to_images,
