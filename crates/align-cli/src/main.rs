@@ -192,12 +192,12 @@ const CRATES: &[CrateStatus] = &[
     CrateStatus {
         name: "align-models",
         state: "partial",
-        what: "UNet (eps/v), DiT (adaLN-Zero), text encoder, LoRA, pretraining (`align pretrain|sample|eval`); shipped base models to come (issue #3)",
+        what: "UNet (eps/v), DiT (adaLN-Zero), text encoder, LoRA, weight EMA, pretraining (`align pretrain [--resume]|sample|eval`); shipped base models to come (issue #3)",
     },
     CrateStatus {
         name: "align-rewards",
         state: "partial",
-        what: "Reward trait, ShapeEval, JPEG, aesthetic proxies, ensembles + penalties; learned RM, external, monitor to come (issue #4)",
+        what: "Reward trait, ShapeEval, JPEG, aesthetic proxies, ensembles + penalties, external (command/HTTP), hacking monitor, learned proxy RM (`align train-reward|eval-reward`)",
     },
     CrateStatus {
         name: "align-rl",
