@@ -365,7 +365,8 @@ impl Default for ProxyTrainOptions {
 }
 
 /// Batch `step` of `part` (a pure function of the dataset's seed, `options.seed` and `step`):
-/// scenes `step·B .. (step+1)·B`, half with their own prompt, half with a corrupted one, each
+/// scenes `step·B .. (step+1)·B`, half with their own prompt, half with a corrupted one (kept
+/// inside the dataset's split part, so training never sees a held-out combination), each
 /// image augmented as `clamp(a·x + b + s·ε, −1, 1)` with `a ~ U[0.8, 1.1]`, `b ~ U[−0.1, 0.1]`,
 /// `s ~ U[0, noise_max]`, `ε ~ N(0, I)`.
 ///
@@ -390,7 +391,17 @@ pub fn proxy_batch(
         prompts.push(if positive {
             s.prompt.clone()
         } else {
-            corrupt_prompt(&s.spec, &mut rng)
+            // Stay inside the dataset's split part: a training batch must never show a
+            // held-out attribute combination, not even as a negative (the model would learn
+            // "held-out pair ⇒ false", which is leakage, not prompt following).
+            loop {
+                let p = corrupt_prompt(&s.spec, &mut rng);
+                if p.parse::<SceneSpec>()
+                    .is_ok_and(|spec| data.split().part(&spec) == data.part())
+                {
+                    break p;
+                }
+            }
         });
         let a = 0.8 + 0.3 * uniform(&mut rng);
         let off = 0.2 * uniform(&mut rng) - 0.1;
@@ -643,6 +654,10 @@ mod tests {
             b.images.into_data().try_to_vec::<f32>().unwrap()
         );
         assert_eq!(a.labels.iter().sum::<f32>(), 8.0);
+        let split = data.split();
+        for p in &a.prompts {
+            assert_eq!(split.part(&p.parse().unwrap()), SplitPart::Train, "{p}");
+        }
         let c = proxy_batch(&data, 6, &tiny_options(), &device).unwrap();
         assert_ne!(a.prompts, c.prompts);
     }
