@@ -648,6 +648,52 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// The acceptance check of the shipped base models: they load from the repository and
+    /// `align sample` writes a grid (few sampler steps here, to stay quick).
+    #[test]
+    fn shipped_models_sample_from_the_repository() {
+        let device = align_core::test_device();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+        for name in ["shapes-unet", "shapes-dit"] {
+            let out = std::env::temp_dir()
+                .join(format!("align-shipped-{name}-{}.png", std::process::id()));
+            let options = shapes_cmd::SampleOptions {
+                steps: 4,
+                guidance: 3.0,
+            };
+            shapes_cmd::sample(
+                &root.join(name),
+                "two red circles",
+                4,
+                &out,
+                options,
+                0,
+                &device,
+            )
+            .unwrap();
+            let png = image::open(&out).unwrap();
+            assert_eq!((png.width(), png.height()), (4 * 33 + 1, 33 + 1), "{name}");
+            std::fs::remove_file(&out).ok();
+        }
+        let rm = root.join("proxy-rm");
+        let (_, proxy) = align_rewards::ProxyReward::load(&rm, &device).unwrap();
+        // A rendered "two red circles" scene: its own prompt scores above a wrong one.
+        let spec: align_data::SceneSpec = "two red circles".parse().unwrap();
+        let scene =
+            align_data::render_seeded(&spec, &align_data::WorldConfig::default(), 5).unwrap();
+        let pixels = scene.image.data.clone();
+        let images = Tensor::<4>::from_data(
+            burn::tensor::TensorData::new([pixels.clone(), pixels].concat(), [2, 3, 32, 32]),
+            &device,
+        );
+        let prompts = [
+            "two red circles".to_string(),
+            "two blue squares".to_string(),
+        ];
+        let s = align_rewards::Reward::score(&proxy, &images, &prompts).unwrap();
+        assert!(s[0] > s[1], "{s:?}");
+    }
+
     #[test]
     fn bad_check_arguments_are_errors() {
         let device = align_core::test_device();
