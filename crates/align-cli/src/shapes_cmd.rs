@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use align_core::{Denoiser, clip_grad_norm};
 use align_data::{
-    EvalSet, Image, SceneSpec, ShapeEval, ShapesDataset, SplitPart, Tokenizer, WorldConfig,
+    EvalPrompt, EvalSet, Image, SceneSpec, ShapeEval, ShapesDataset, SplitPart, Tokenizer,
+    WorldConfig,
 };
 use align_models::{
     BatchDraws, DenoiserKind, EmaConfig, Preset, ShapesModel, ShapesModelConfig, TextToImage,
@@ -95,7 +96,21 @@ fn sampler_for(
     s.build().map_err(|e| e.to_string())
 }
 
-fn images_to_tensor(images: &[&Image], device: &Device) -> Tensor<4> {
+/// A progress bar of `len` steps with the CLI's style, or a hidden one.
+pub(crate) fn progress_bar(len: usize, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Images `[B, 3, H, W]` from host images of equal size.
+pub(crate) fn images_to_tensor(images: &[&Image], device: &Device) -> Tensor<4> {
     let (w, h) = (images[0].width, images[0].height);
     let mut data = Vec::with_capacity(images.len() * 3 * w * h);
     for im in images {
@@ -207,6 +222,25 @@ fn generate<D: Module + ModuleDisplay + Denoiser>(
     Ok(out)
 }
 
+/// Prompts, sample ids (seeds) and scene specs of one part of the evaluation set, with at most
+/// `seeds_per_prompt` seeds each.
+fn eval_requests(
+    part: &[EvalPrompt],
+    seeds_per_prompt: usize,
+) -> (Vec<String>, Vec<u64>, Vec<&SceneSpec>) {
+    let mut prompts = Vec::new();
+    let mut ids = Vec::new();
+    let mut specs = Vec::new();
+    for p in part {
+        for &s in p.seeds.iter().take(seeds_per_prompt) {
+            prompts.push(p.prompt.clone());
+            ids.push(s);
+            specs.push(&p.spec);
+        }
+    }
+    (prompts, ids, specs)
+}
+
 fn evaluate<D: Module + ModuleDisplay + Denoiser>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
@@ -218,16 +252,7 @@ fn evaluate<D: Module + ModuleDisplay + Denoiser>(
     let verifier = ShapeEval::default();
     let mut result = (Accuracy::default(), Accuracy::default());
     for (part, acc) in [(&set.train, &mut result.0), (&set.heldout, &mut result.1)] {
-        let mut prompts = Vec::new();
-        let mut ids = Vec::new();
-        let mut specs: Vec<&SceneSpec> = Vec::new();
-        for p in part.iter() {
-            for &s in p.seeds.iter().take(seeds_per_prompt) {
-                prompts.push(p.prompt.clone());
-                ids.push(s);
-                specs.push(&p.spec);
-            }
-        }
+        let (prompts, ids, specs) = eval_requests(part, seeds_per_prompt);
         let images = generate(model, config, &prompts, &ids, 0, options, device)?;
         for (im, spec) in images.iter().zip(specs) {
             let r = verifier.score(im, spec);
@@ -286,16 +311,7 @@ fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
         .init();
     let metrics = options.out.join("metrics.jsonl");
     std::fs::create_dir_all(&options.out).map_err(|e| format!("{}: {e}", options.out.display()))?;
-    let bar = if options.progress {
-        let bar = ProgressBar::new(options.steps as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(options.steps, options.progress);
     bar.set_position(first_step as u64);
     let mut ema = EmaConfig::new()
         .with_decay(options.ema_decay)
@@ -581,16 +597,7 @@ pub fn eval_images(
     let verifier = ShapeEval::default();
     let mut parts = Vec::new();
     for part in [&set.train, &set.heldout] {
-        let mut prompts = Vec::new();
-        let mut ids = Vec::new();
-        let mut specs: Vec<&SceneSpec> = Vec::new();
-        for p in part.iter() {
-            for &s in p.seeds.iter().take(seeds_per_prompt) {
-                prompts.push(p.prompt.clone());
-                ids.push(s);
-                specs.push(&p.spec);
-            }
-        }
+        let (prompts, ids, specs) = eval_requests(part, seeds_per_prompt);
         let images = match &model {
             ShapesModel::Unet(m) => {
                 generate(m.as_ref(), &config, &prompts, &ids, 0, options, device)?
