@@ -177,6 +177,19 @@ impl BatchDraws {
     }
 }
 
+/// The text-to-image model is a denoiser of already-encoded conditions (see
+/// [`TextToImage::encode`]): alignment code re-scores transitions with the whole model, so a
+/// trainable text encoder receives its gradient through the condition.
+impl<D: Module + Denoiser> Denoiser for TextToImage<D> {
+    fn parameterization(&self) -> Parameterization {
+        self.denoiser.parameterization()
+    }
+
+    fn predict(&self, x_t: Tensor<4>, t: Tensor<1>, condition: &Condition) -> Tensor<4> {
+        self.denoiser.predict(x_t, t, condition)
+    }
+}
+
 impl<D: Module + Denoiser> TextToImage<D> {
     /// Encodes token rows into a condition.
     ///

@@ -1,0 +1,182 @@
+//! The [`OnlineAlgorithm`] trait and the update loop all online-RL algorithms share.
+//!
+//! One iteration of every algorithm here is: roll out a batch with the current policy (θ_old),
+//! score the final samples, turn rewards into advantages (the algorithm's choice), then for
+//! `inner_epochs` passes over the batch, split into `minibatches` shuffled parts, compute the
+//! step-by-step policy gradient ([`crate::policy_gradients`]) and hand it to the caller's
+//! optimizer. The first minibatch of the first epoch is always evaluated at `θ = θ_old`.
+
+use align_core::Trajectory;
+use align_samplers::Sampler;
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use align_core::Denoiser;
+
+use crate::error::{Result, RlError};
+use crate::objective::{KlPenalty, Objective};
+use crate::update::{Encode, PolicyGradientInputs, UpdateStats, policy_gradients};
+
+/// An online policy-gradient algorithm: how it weighs samples and what it minimises.
+pub trait OnlineAlgorithm {
+    /// Short name (`"ddpo-sf"`, `"flow-grpo"`, …).
+    fn name(&self) -> &'static str;
+    /// The policy term.
+    fn objective(&self) -> Objective;
+    /// The KL penalty to the reference, if any.
+    fn kl(&self) -> Option<KlPenalty>;
+    /// Passes over each rollout batch (1 for on-policy REINFORCE).
+    fn inner_epochs(&self) -> usize;
+    /// Optimizer steps per pass.
+    fn minibatches(&self) -> usize;
+    /// Advantages of the batch's samples from their terminal rewards; may update internal
+    /// statistics (per-prompt trackers), which are then part of a checkpoint.
+    ///
+    /// # Errors
+    /// Non-finite rewards or mismatched lengths.
+    fn advantages(&mut self, trajectory: &Trajectory, rewards: &[f64]) -> Result<Vec<f64>>;
+    /// Whether samples whose advantage is exactly 0 are left out of the update (Flow-GRPO
+    /// drops groups whose rewards are all equal).
+    fn drop_zero_advantages(&self) -> bool {
+        false
+    }
+}
+
+/// The stochastic steps of a trajectory: the steps an algorithm can train.
+pub fn trainable_steps(trajectory: &Trajectory) -> Vec<usize> {
+    trajectory.stochastic_steps()
+}
+
+/// What one iteration updates and with what.
+pub struct Iteration<'a, M, S: ?Sized> {
+    /// The reference policy (no gradients), if the algorithm has a KL penalty.
+    pub reference: Option<&'a M>,
+    /// The sampler of the rollout.
+    pub sampler: &'a S,
+    /// The rollout (from the policy at the start of the iteration).
+    pub trajectory: &'a Trajectory,
+    /// Its terminal rewards.
+    pub rewards: &'a [f64],
+    /// Steps to train (default: [`trainable_steps`]).
+    pub steps: &'a [usize],
+    /// Prompt encoder.
+    pub encode: &'a Encode<'a, M>,
+    /// Seed of the minibatch shuffles (combine the run seed and the iteration).
+    pub shuffle_seed: u64,
+}
+
+/// Diagnostics of one iteration.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IterationStats {
+    /// Mean terminal reward of the batch.
+    pub reward_mean: f64,
+    /// Its population standard deviation.
+    pub reward_std: f64,
+    /// Fraction of samples dropped for a zero advantage.
+    pub zero_advantage_fraction: f64,
+    /// Optimizer steps taken.
+    pub optimizer_steps: usize,
+    /// Mean of the updates' statistics.
+    pub update: UpdateStats,
+}
+
+fn shuffled(n: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    idx
+}
+
+/// Runs one iteration: advantages, then `inner_epochs × minibatches` gradient steps, each
+/// applied with `apply(policy, grads)` (the caller's clipping + optimizer).
+///
+/// # Errors
+/// Bad rewards, a failing update or a failing `apply`; the policy passed to the last
+/// successful `apply` is lost only if the caller drops it — on error nothing is returned, so
+/// callers keep their last checkpoint.
+pub fn run_iteration<A, M, S>(
+    algorithm: &mut A,
+    mut policy: M,
+    it: Iteration<'_, M, S>,
+    apply: &mut dyn FnMut(M, GradientsParams) -> Result<M>,
+) -> Result<(M, IterationStats)>
+where
+    A: OnlineAlgorithm + ?Sized,
+    M: Module + Denoiser,
+    S: Sampler + ?Sized,
+{
+    let b = it.trajectory.batch_size();
+    if it.rewards.len() != b {
+        return Err(align_core::CoreError::shape("rewards", b, it.rewards.len()).into());
+    }
+    let epochs = algorithm.inner_epochs();
+    let parts = algorithm.minibatches();
+    if epochs == 0 || parts == 0 || parts > b {
+        return Err(RlError::config(
+            "inner_epochs / minibatches",
+            format!("need ≥ 1 epoch and 1..={b} minibatches, got {epochs} and {parts}"),
+        ));
+    }
+    let advantages = algorithm.advantages(it.trajectory, it.rewards)?;
+    let kept: Vec<usize> = if algorithm.drop_zero_advantages() {
+        (0..b).filter(|&i| advantages[i] != 0.0).collect()
+    } else {
+        (0..b).collect()
+    };
+    let n = b as f64;
+    let mean = it.rewards.iter().sum::<f64>() / n;
+    let mut stats = IterationStats {
+        reward_mean: mean,
+        reward_std: (it.rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt(),
+        zero_advantage_fraction: 1.0 - kept.len() as f64 / n,
+        ..IterationStats::default()
+    };
+    if kept.is_empty() {
+        return Ok((policy, stats));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(it.shuffle_seed);
+    let mut count = 0.0;
+    for _ in 0..epochs {
+        let order: Vec<usize> = shuffled(kept.len(), &mut rng)
+            .into_iter()
+            .map(|i| kept[i])
+            .collect();
+        let size = order.len().div_ceil(parts);
+        for chunk in order.chunks(size.max(1)) {
+            let sub = it.trajectory.select(chunk)?;
+            let adv: Vec<f64> = chunk.iter().map(|&i| advantages[i]).collect();
+            let (grads, s) = policy_gradients(PolicyGradientInputs {
+                policy: &policy,
+                reference: it.reference,
+                sampler: it.sampler,
+                trajectory: &sub,
+                advantages: &adv,
+                steps: it.steps,
+                encode: it.encode,
+                objective: algorithm.objective(),
+                kl: algorithm.kl(),
+            })?;
+            policy = apply(policy, grads)?;
+            stats.optimizer_steps += 1;
+            count += 1.0;
+            let u = &mut stats.update;
+            u.loss += s.loss;
+            u.policy_loss += s.policy_loss;
+            u.kl += s.kl;
+            u.clip_fraction += s.clip_fraction;
+            u.max_ratio_deviation = u.max_ratio_deviation.max(s.max_ratio_deviation);
+            u.steps = s.steps;
+            u.samples += s.samples;
+        }
+    }
+    let u = &mut stats.update;
+    u.loss /= count;
+    u.policy_loss /= count;
+    u.kl /= count;
+    u.clip_fraction /= count;
+    Ok((policy, stats))
+}

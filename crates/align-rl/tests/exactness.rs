@@ -1,0 +1,249 @@
+//! Exactness of the shared update path on a real (tiny) LoRA-adapted text-to-image DiT:
+//! ratio exactly 1 at θ = θ_old, PPO gradient = REINFORCE gradient there, KL exactly 0 to the
+//! adapters-off reference before any update (and > 0 after one).
+
+use align_core::{Condition, Trajectory, test_device};
+use align_data::Tokenizer;
+use align_models::{DiT, LoraConfig, ShapesModel, TextToImage, apply_lora, with_lora_scale};
+use align_rl::{
+    KlEstimator, KlPenalty, Objective, PolicyGradientInputs, UpdateStats, policy_gradients,
+};
+use align_samplers::{FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, rollout};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, Tensor};
+
+type Policy = TextToImage<DiT>;
+
+const PROMPTS: [&str; 3] = [
+    "two red circles",
+    "one blue square",
+    "three green triangles",
+];
+
+fn tokens(ids: &[usize]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let tok = Tokenizer::new();
+    let rows = ids
+        .iter()
+        .map(|&i| tok.encode(PROMPTS[i]).expect("prompt"))
+        .collect();
+    (rows, vec![tok.null_prompt(); ids.len()])
+}
+
+fn encode(m: &Policy, ids: &[usize]) -> Result<(Condition, Option<Condition>), String> {
+    let device = m.text.devices()[0].clone();
+    let (rows, null) = tokens(ids);
+    let c = m.encode(&rows, &device).map_err(|e| e.to_string())?;
+    let u = m.encode(&null, &device).map_err(|e| e.to_string())?;
+    Ok((c, Some(u)))
+}
+
+/// The shipped flow model (`models/shapes-dit`) with fresh LoRA adapters: adapters off is
+/// exactly the base. (A randomly initialised DiT is useless here: adaLN-Zero makes its output
+/// identically zero, so no adapter would receive a gradient.)
+fn base(device: &Device) -> Policy {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-dit");
+    let (_, model) = ShapesModel::load(&dir, device).expect("shipped DiT");
+    let ShapesModel::Dit(m) = model else {
+        unreachable!("models/shapes-dit holds a DiT")
+    };
+    device.seed(11);
+    apply_lora(*m, &LoraConfig::new()).expect("lora")
+}
+
+/// [`base`] with the adapters moved off zero by one SGD step, so adapters matter.
+fn policy(device: &Device) -> Policy {
+    let p = base(device);
+    let traj = roll(&p, 2, 3.0);
+    let (g, _) = grads(&p, None, &traj, &[1.0, -1.0], Objective::Reinforce, None);
+    SgdConfig::new().init().step(1.0, p, g)
+}
+
+fn sampler() -> FlowSdeSampler {
+    FlowSdeSampler::new(FlowGrid::new(4, 1.0).expect("grid"), 0.7).expect("sde")
+}
+
+fn roll(policy: &Policy, b: usize, guidance: f64) -> Trajectory {
+    let ids: Vec<usize> = (0..b).map(|i| i % PROMPTS.len()).collect();
+    let valid = policy.clone().no_grad();
+    let (c, u) = encode(&valid, &ids).expect("encode");
+    rollout(
+        &valid,
+        &sampler(),
+        &RolloutBatch {
+            condition: &c,
+            uncond: u.as_ref(),
+            sample_ids: (0..b as u64).collect(),
+            condition_ids: ids,
+            group_ids: None,
+            sample_shape: [3, 32, 32],
+        },
+        &RolloutConfig {
+            seed: 5,
+            guidance_scale: guidance,
+            keep_means: true,
+            ..RolloutConfig::default()
+        },
+    )
+    .expect("rollout")
+}
+
+fn grads(
+    policy: &Policy,
+    reference: Option<&Policy>,
+    traj: &Trajectory,
+    adv: &[f64],
+    objective: Objective,
+    kl: Option<KlPenalty>,
+) -> (GradientsParams, UpdateStats) {
+    let s = sampler();
+    let steps: Vec<usize> = (0..4).collect();
+    policy_gradients(PolicyGradientInputs {
+        policy,
+        reference,
+        sampler: &s,
+        trajectory: traj,
+        advantages: adv,
+        steps: &steps,
+        encode: &encode,
+        objective,
+        kl,
+    })
+    .expect("update")
+}
+
+/// Flattened gradients of every parameter, in visiting order.
+struct Flatten<'a>(&'a GradientsParams, Vec<f32>);
+impl ModuleVisitor for Flatten<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.0.get::<D>(param.id) {
+            self.1
+                .extend(g.into_data().try_to_vec::<f32>().expect("f32 gradient"));
+        }
+    }
+}
+
+fn flat(policy: &Policy, g: &GradientsParams) -> Vec<f32> {
+    let mut v = Flatten(g, Vec::new());
+    policy.visit(&mut v);
+    v.1
+}
+
+#[test]
+fn ratio_is_exactly_one_at_theta_old_for_any_batch_size() {
+    let device = test_device().autodiff();
+    let p = policy(&device);
+    for b in [1, 2, 5] {
+        let traj = roll(&p, b, 4.5);
+        let adv: Vec<f64> = (0..b).map(|i| i as f64 - 1.0).collect();
+        let (_, stats) = grads(
+            &p,
+            None,
+            &traj,
+            &adv,
+            Objective::PpoClip { clip_range: 1e-4 },
+            None,
+        );
+        if !align_core::resolve_backend(None)
+            .expect("backend")
+            .is_bitwise_reproducible()
+        {
+            assert!(stats.max_ratio_deviation < 1e-5, "b={b}: {stats:?}");
+        } else {
+            assert_eq!(stats.max_ratio_deviation, 0.0, "b={b}: {stats:?}");
+            assert_eq!(stats.clip_fraction, 0.0, "b={b}");
+        }
+    }
+}
+
+#[test]
+fn ppo_gradient_equals_reinforce_gradient_at_theta_old() {
+    let device = test_device().autodiff();
+    let p = policy(&device);
+    let traj = roll(&p, 3, 3.0);
+    let adv = [1.5, -0.5, 0.25];
+    let (g_ppo, _) = grads(
+        &p,
+        None,
+        &traj,
+        &adv,
+        Objective::PpoClip { clip_range: 1e-4 },
+        None,
+    );
+    let (g_sf, _) = grads(&p, None, &traj, &adv, Objective::Reinforce, None);
+    let (a, b) = (flat(&p, &g_ppo), flat(&p, &g_sf));
+    assert_eq!(a.len(), b.len());
+    assert!(!a.is_empty(), "LoRA factors must receive gradients");
+    let norm: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!(norm > 0.0);
+    let diff: f32 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt();
+    assert!(
+        diff <= 1e-5 * norm,
+        "‖g_ppo − g_sf‖ = {diff}, ‖g_sf‖ = {norm}"
+    );
+    // Negative check: flipping an advantage changes the gradient.
+    let (g_flip, _) = grads(
+        &p,
+        None,
+        &traj,
+        &[-1.5, -0.5, 0.25],
+        Objective::Reinforce,
+        None,
+    );
+    let c = flat(&p, &g_flip);
+    let diff: f32 = c
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt();
+    assert!(diff > 1e-3 * norm);
+}
+
+#[test]
+fn kl_to_adapters_off_reference_is_zero_before_training_and_positive_after() {
+    let device = test_device().autodiff();
+    // A fresh adapter (B = 0) is exactly the base model.
+    let p = base(&device);
+    let reference = with_lora_scale(p.clone(), 0.0).no_grad();
+    let traj = roll(&p, 3, 4.5);
+    let adv = [1.0, -1.0, 0.5];
+    for estimator in [KlEstimator::ClosedForm, KlEstimator::K3] {
+        let kl = Some(KlPenalty {
+            beta: 0.1,
+            estimator,
+        });
+        let (_, stats) = grads(
+            &p,
+            Some(&reference),
+            &traj,
+            &adv,
+            Objective::PpoClip { clip_range: 1e-4 },
+            kl,
+        );
+        assert_eq!(stats.kl, 0.0, "{estimator:?}");
+    }
+    // One SGD step on the policy moves it away from the reference.
+    let kl = Some(KlPenalty {
+        beta: 0.1,
+        estimator: KlEstimator::ClosedForm,
+    });
+    let (g, _) = grads(&p, Some(&reference), &traj, &adv, Objective::Reinforce, kl);
+    let mut sgd = SgdConfig::new().init();
+    let moved = sgd.step(0.5, p.clone(), g);
+    let reference = with_lora_scale(moved.clone(), 0.0).no_grad();
+    let (_, stats) = grads(
+        &moved,
+        Some(&reference),
+        &traj,
+        &adv,
+        Objective::Reinforce,
+        kl,
+    );
+    assert!(stats.kl > 0.0, "{stats:?}");
+}
