@@ -42,6 +42,28 @@ pub enum CoreError {
         /// The offending value.
         value: f64,
     },
+    /// A run directory or checkpoint could not be read or written.
+    #[error("{path}: {reason}")]
+    Checkpoint {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A training run stopped on a non-finite loss, reward or statistic.
+    #[error(
+        "{metric} became {value} at iteration {iteration}; the last good checkpoint in {dir} is intact"
+    )]
+    Diverged {
+        /// The metric.
+        metric: String,
+        /// Its value.
+        value: f64,
+        /// The iteration.
+        iteration: usize,
+        /// The run directory.
+        dir: String,
+    },
     /// Reading a tensor back to the host failed.
     #[error("could not read tensor `{what}` back to the host: {reason}")]
     Readback {

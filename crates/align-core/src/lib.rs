@@ -53,6 +53,7 @@ pub mod error;
 pub mod gaussian;
 pub mod noise;
 pub mod ppo;
+pub mod runner;
 pub mod trajectory;
 
 pub use advantages::{
@@ -71,6 +72,7 @@ pub use gaussian::{
 };
 pub use noise::{NoiseKey, noise_tensor, standard_normal};
 pub use ppo::{PpoClipOutput, ppo_clip_loss};
+pub use runner::{Control, Job, Metrics, RunOutcome, Runner, RunnerConfig};
 pub use trajectory::Trajectory;
 
 /// The device tests run on: `BURN_DEVICE` if set (so `cargo xtask test --backend ndarray`

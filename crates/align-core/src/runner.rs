@@ -1,0 +1,737 @@
+//! The training runner every alignment algorithm plugs into.
+//!
+//! A [`Job`] knows how to do one iteration (roll out, score, compute gradients) and calls the
+//! runner's `apply` for each optimizer step; the [`Runner`] owns everything else:
+//!
+//! - the optimizer: AdamW with explicit `ε` and weight decay (burn's defaults differ from
+//!   PyTorch's; the defaults here are the published DDPO / Flow-GRPO values);
+//! - global-norm gradient clipping ([`crate::clip_grad_norm`]) before every step;
+//! - `metrics.jsonl`: one JSON line per iteration (`iteration` plus the job's metrics,
+//!   `grad_norm` and `optimizer_steps`);
+//! - stopping: a non-finite metric stops the run with [`CoreError::Diverged`] *before*
+//!   anything of that iteration is written, so the last good checkpoint stays intact; a KL
+//!   budget (`kl` metric above `kl_budget`) or a job's [`Control::Stop`] stops it cleanly;
+//! - checkpoints: the model (burnpack, which keeps parameter ids), the optimizer state, the
+//!   iteration and the job's state (trackers, counters) in `checkpoint-NNNNNN/`, written to a
+//!   temporary directory and renamed, then published by atomically replacing `LATEST`. Only
+//!   the latest checkpoint is kept;
+//! - resume: [`Runner::run`] with `resume = true` continues from `LATEST`, truncating
+//!   `metrics.jsonl` to the checkpointed iteration. With all randomness keyed by (seed,
+//!   iteration, sample) a resumed run is bit-identical to an uninterrupted one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::store::{BurnpackStore, ModuleSnapshot};
+
+use crate::clip::clip_grad_norm;
+use crate::error::{CoreError, Result};
+
+/// Named scalar metrics of one iteration.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// What a job asks the runner to do after an iteration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Keep going.
+    Continue,
+    /// Stop after checkpointing this iteration, for the stated reason.
+    Stop(String),
+}
+
+/// One alignment algorithm, as the runner drives it.
+pub trait Job<M: Module> {
+    /// Runs iteration `iteration` (0-based): collect data with `model`, compute gradients and
+    /// call `apply(model, grads)` for each optimizer step. Returns the updated model and the
+    /// iteration's metrics (`kl`, if reported, is checked against the KL budget).
+    ///
+    /// # Errors
+    /// Anything that makes the iteration unusable; the runner then stops without writing.
+    fn iteration(
+        &mut self,
+        model: M,
+        iteration: usize,
+        apply: &mut dyn FnMut(M, GradientsParams) -> Result<M>,
+    ) -> Result<(M, Metrics)>;
+
+    /// The job's resumable state (trackers, counters) as JSON.
+    ///
+    /// # Errors
+    /// State that cannot be serialised.
+    fn state(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Restores [`Job::state`] from a checkpoint.
+    ///
+    /// # Errors
+    /// State that does not belong to this job.
+    fn restore(&mut self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called after each iteration with the updated model (evaluation, sample grids, the
+    /// reward-hacking monitor); may add metrics or stop the run.
+    ///
+    /// # Errors
+    /// A failing evaluation.
+    fn after_iteration(
+        &mut self,
+        _model: &M,
+        _iteration: usize,
+        _metrics: &mut Metrics,
+    ) -> Result<Control> {
+        Ok(Control::Continue)
+    }
+}
+
+/// Runner settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// Iterations to run (a resumed run continues up to this number).
+    pub iterations: usize,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// AdamW decoupled weight decay (PyTorch's default is 1e-2; DDPO and Flow-GRPO use 1e-4).
+    pub weight_decay: f64,
+    /// AdamW ε.
+    pub adam_eps: f64,
+    /// AdamW β₁.
+    pub beta1: f64,
+    /// AdamW β₂.
+    pub beta2: f64,
+    /// Global gradient-norm clip (`None` = no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// Checkpoint every this many iterations (and always at the end).
+    pub checkpoint_every: usize,
+    /// Stop when an iteration's `kl` metric exceeds this.
+    pub kl_budget: Option<f64>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            iterations: 100,
+            learning_rate: 3e-4,
+            weight_decay: 1e-4,
+            adam_eps: 1e-8,
+            beta1: 0.9,
+            beta2: 0.999,
+            max_grad_norm: Some(1.0),
+            checkpoint_every: 1,
+            kl_budget: None,
+        }
+    }
+}
+
+impl RunnerConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`CoreError::Config`] naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if self.iterations == 0 {
+            return Err(CoreError::config("iterations", "must be at least 1"));
+        }
+        if !positive(self.learning_rate) {
+            return Err(CoreError::config(
+                "learning_rate",
+                "must be a positive number",
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(CoreError::config("weight_decay", "must be a number ≥ 0"));
+        }
+        if !positive(self.adam_eps) {
+            return Err(CoreError::config("adam_eps", "must be a positive number"));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(b.is_finite() && (0.0..1.0).contains(&b)) {
+                return Err(CoreError::config(name, "must lie in [0, 1)"));
+            }
+        }
+        if let Some(c) = self.max_grad_norm
+            && !positive(c)
+        {
+            return Err(CoreError::config(
+                "max_grad_norm",
+                "must be a positive number",
+            ));
+        }
+        if self.checkpoint_every == 0 {
+            return Err(CoreError::config("checkpoint_every", "must be at least 1"));
+        }
+        if let Some(k) = self.kl_budget
+            && !positive(k)
+        {
+            return Err(CoreError::config("kl_budget", "must be a positive number"));
+        }
+        Ok(())
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        AdamWConfig::new()
+            .with_beta_1(self.beta1 as f32)
+            .with_beta_2(self.beta2 as f32)
+            .with_epsilon(self.adam_eps as f32)
+            .with_weight_decay(self.weight_decay as f32)
+            .init()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunOutcome<M> {
+    /// The final model.
+    pub model: M,
+    /// Iterations completed (including those before a resume).
+    pub iterations: usize,
+    /// Why the run stopped early, if it did.
+    pub stopped: Option<String>,
+}
+
+/// Drives a [`Job`] in a run directory.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    config: RunnerConfig,
+    dir: PathBuf,
+}
+
+/// Name of the file that points at the latest complete checkpoint.
+pub const LATEST: &str = "LATEST";
+/// Name of the metrics file.
+pub const METRICS: &str = "metrics.jsonl";
+
+fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> CoreError {
+    CoreError::Checkpoint {
+        path: path.display().to_string(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointState {
+    iteration: usize,
+    job: serde_json::Value,
+}
+
+/// Writes `text` to `path` through a temporary file and a rename.
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(|e| io(&tmp, "writing", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, "renaming into place", e))
+}
+
+impl Runner {
+    /// A runner writing into `dir`.
+    ///
+    /// # Errors
+    /// An invalid configuration.
+    pub fn new(config: RunnerConfig, dir: impl Into<PathBuf>) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            dir: dir.into(),
+        })
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The latest complete checkpoint directory, if any.
+    ///
+    /// # Errors
+    /// An unreadable `LATEST` file or one naming a missing checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<PathBuf>> {
+        let latest = self.dir.join(LATEST);
+        if !latest.exists() {
+            return Ok(None);
+        }
+        let name = std::fs::read_to_string(&latest).map_err(|e| io(&latest, "reading", e))?;
+        let path = self.dir.join(name.trim());
+        if !path.join("state.json").is_file() {
+            return Err(io(
+                &latest,
+                "names a checkpoint that is incomplete",
+                name.trim(),
+            ));
+        }
+        Ok(Some(path))
+    }
+
+    fn save_checkpoint<M: Module>(
+        &self,
+        model: &M,
+        optim: &ModuleOptimizer,
+        iteration: usize,
+        job: serde_json::Value,
+    ) -> Result<()> {
+        let name = format!("checkpoint-{iteration:06}");
+        let final_dir = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, "removing a stale temporary", e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "creating", e))?;
+        let mut store = BurnpackStore::from_file(tmp.join("model.bpk"))
+            .auto_extension(false)
+            .overwrite(true);
+        model
+            .save_into(&mut store)
+            .map_err(|e| io(&tmp, "writing the model", format!("{e:?}")))?;
+        optim
+            .to_record()
+            .save(tmp.join("optimizer.bpk"))
+            .map_err(|e| io(&tmp, "writing the optimizer state", format!("{e:?}")))?;
+        let state = serde_json::to_string_pretty(&CheckpointState { iteration, job })
+            .map_err(|e| io(&tmp, "serialising the state", e))?;
+        std::fs::write(tmp.join("state.json"), state).map_err(|e| io(&tmp, "writing state", e))?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)
+                .map_err(|e| io(&final_dir, "replacing an older copy", e))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, "renaming into place", e))?;
+        write_atomically(&self.dir.join(LATEST), &format!("{name}\n"))?;
+        // Older checkpoints are removed only once the new one is published.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with("checkpoint-") && file != name {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the first `iterations` lines of `metrics.jsonl` (a resumed run rewrites the rest).
+    fn truncate_metrics(&self, iterations: usize) -> Result<()> {
+        let path = self.dir.join(METRICS);
+        if !path.exists() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, "reading", e))?;
+        let kept: String = text
+            .lines()
+            .take(iterations)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_atomically(&path, &kept)
+    }
+
+    fn append_metrics(&self, iteration: usize, metrics: &Metrics) -> Result<()> {
+        let path = self.dir.join(METRICS);
+        let mut line = serde_json::Map::new();
+        line.insert("iteration".into(), serde_json::Value::from(iteration));
+        for (k, v) in metrics {
+            line.insert(k.clone(), serde_json::Value::from(*v));
+        }
+        let text = serde_json::Value::Object(line).to_string();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(&path, "opening", e))?;
+        writeln!(f, "{text}").map_err(|e| io(&path, "appending", e))
+    }
+
+    /// Runs `job` on `model` until the configured number of iterations, a stop, or an error.
+    ///
+    /// `model` is the starting point (its architecture, LoRA adapters included, must match the
+    /// checkpoint when resuming: the checkpoint's weights and parameter ids replace its own).
+    ///
+    /// # Errors
+    /// I/O errors, a job error, a non-finite metric ([`CoreError::Diverged`]); a fresh run in a
+    /// directory that already holds a checkpoint (pass `resume`, or choose another directory —
+    /// nothing is overwritten); `resume` without a checkpoint.
+    pub fn run<M: Module, J: Job<M>>(
+        &self,
+        model: M,
+        job: &mut J,
+        resume: bool,
+    ) -> Result<RunOutcome<M>> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, "creating", e))?;
+        let existing = self.latest_checkpoint()?;
+        let mut optim = self.config.optimizer();
+        let (mut model, start) = match (resume, existing) {
+            (false, Some(_)) => {
+                return Err(io(
+                    &self.dir,
+                    "already holds a run",
+                    "resume it (--resume) or choose another directory",
+                ));
+            }
+            (true, None) => {
+                return Err(io(&self.dir, "cannot resume", "it holds no checkpoint"));
+            }
+            (false, None) => {
+                self.truncate_metrics(0)?;
+                (model, 0)
+            }
+            (true, Some(ckpt)) => {
+                let state_path = ckpt.join("state.json");
+                let text = std::fs::read_to_string(&state_path)
+                    .map_err(|e| io(&state_path, "reading", e))?;
+                let state: CheckpointState =
+                    serde_json::from_str(&text).map_err(|e| io(&state_path, "parsing", e))?;
+                let mut model = model;
+                let mut store =
+                    BurnpackStore::from_file(ckpt.join("model.bpk")).auto_extension(false);
+                let applied = model
+                    .load_from(&mut store)
+                    .map_err(|e| io(&ckpt, "loading the model", format!("{e:?}")))?;
+                if !applied.missing.is_empty() || !applied.errors.is_empty() {
+                    return Err(io(
+                        &ckpt,
+                        "does not match the model",
+                        format!("missing {:?}, errors {:?}", applied.missing, applied.errors),
+                    ));
+                }
+                let record = OptimizerRecord::load(ckpt.join("optimizer.bpk"))
+                    .map_err(|e| io(&ckpt, "loading the optimizer state", format!("{e:?}")))?;
+                optim = optim.load_record(record);
+                job.restore(&state.job)?;
+                self.truncate_metrics(state.iteration)?;
+                (model, state.iteration)
+            }
+        };
+        let mut stopped = None;
+        let mut done = start;
+        for it in start..self.config.iterations {
+            let mut norms: Vec<f64> = Vec::new();
+            let lr = self.config.learning_rate;
+            let clip = self.config.max_grad_norm;
+            let optim_ref = &mut optim;
+            let mut apply = |m: M, grads: GradientsParams| -> Result<M> {
+                let grads = match clip {
+                    Some(c) => {
+                        let (g, norm) = clip_grad_norm(&m, grads, c)?;
+                        norms.push(norm);
+                        g
+                    }
+                    None => grads,
+                };
+                Ok(optim_ref.step(lr, m, grads))
+            };
+            let (next, mut metrics) = job.iteration(model, it, &mut apply)?;
+            model = next;
+            if !norms.is_empty() {
+                metrics.insert(
+                    "grad_norm".into(),
+                    norms.iter().sum::<f64>() / norms.len() as f64,
+                );
+            }
+            metrics.insert("optimizer_steps".into(), norms.len() as f64);
+            let control = job.after_iteration(&model, it, &mut metrics)?;
+            if let Some((name, &value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
+                return Err(CoreError::Diverged {
+                    metric: name.clone(),
+                    value,
+                    iteration: it + 1,
+                    dir: self.dir.display().to_string(),
+                });
+            }
+            if let Control::Stop(reason) = control {
+                stopped = Some(reason);
+            }
+            if let (Some(budget), Some(&kl)) = (self.config.kl_budget, metrics.get("kl"))
+                && kl > budget
+            {
+                stopped = Some(format!(
+                    "KL to the reference {kl:.4} exceeded the budget {budget} at iteration {}",
+                    it + 1
+                ));
+            }
+            self.append_metrics(it + 1, &metrics)?;
+            done = it + 1;
+            let last = done == self.config.iterations;
+            if last || stopped.is_some() || done % self.config.checkpoint_every == 0 {
+                self.save_checkpoint(&model, &optim, done, job.state()?)?;
+            }
+            if stopped.is_some() {
+                break;
+            }
+        }
+        Ok(RunOutcome {
+            model,
+            iterations: done,
+            stopped,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::{NoiseKey, noise_tensor};
+    use burn::module::Param;
+    use burn::tensor::{Device, Tensor};
+
+    #[derive(Module, Debug)]
+    struct Weights {
+        w: Param<Tensor<1>>,
+    }
+
+    /// Regression toward an iteration-keyed random target, two optimizer steps per iteration,
+    /// with a counter as resumable state and an optional poisoned iteration.
+    struct Toy {
+        seen: usize,
+        poison_at: Option<usize>,
+        kl_per_iteration: f64,
+    }
+
+    impl Job<Weights> for Toy {
+        fn iteration(
+            &mut self,
+            mut model: Weights,
+            iteration: usize,
+            apply: &mut dyn FnMut(Weights, GradientsParams) -> Result<Weights>,
+        ) -> Result<(Weights, Metrics)> {
+            let device = model.w.val().device();
+            let mut loss_sum = 0.0;
+            for half in 0..2 {
+                let key = NoiseKey::transition(9, iteration as u64, half);
+                let target: Tensor<1> = noise_tensor(&[key], [1, 1, 4], &device)?.reshape([4]);
+                let loss = (model.w.val() - target).square().sum();
+                loss_sum += f64::from(loss.clone().into_scalar::<f32>());
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = apply(model, grads)?;
+            }
+            self.seen += 1;
+            let mut m = Metrics::new();
+            m.insert("loss".into(), loss_sum / 2.0);
+            m.insert("seen".into(), self.seen as f64);
+            m.insert("kl".into(), self.kl_per_iteration * (iteration + 1) as f64);
+            if self.poison_at == Some(iteration) {
+                m.insert("reward".into(), f64::NAN);
+            }
+            Ok((model, m))
+        }
+        fn state(&self) -> Result<serde_json::Value> {
+            Ok(serde_json::json!({ "seen": self.seen }))
+        }
+        fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+            self.seen = state["seen"].as_u64().unwrap_or_default() as usize;
+            Ok(())
+        }
+    }
+
+    fn toy() -> Toy {
+        Toy {
+            seen: 0,
+            poison_at: None,
+            kl_per_iteration: 0.0,
+        }
+    }
+
+    fn weights(device: &Device) -> Weights {
+        Weights {
+            w: Param::from_tensor(Tensor::from_floats([0.5, -1.0, 2.0, 0.0], device)),
+        }
+    }
+
+    fn config(iterations: usize) -> RunnerConfig {
+        RunnerConfig {
+            iterations,
+            learning_rate: 0.05,
+            max_grad_norm: Some(1.5),
+            ..RunnerConfig::default()
+        }
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("align-runner-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn bytes(path: PathBuf) -> Vec<u8> {
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn a_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+        let device = crate::test_device().autodiff();
+        let start = weights(&device);
+        let (a, b) = (tempdir("full"), tempdir("halves"));
+        let full = Runner::new(config(6), &a)
+            .unwrap()
+            .run(start.clone(), &mut toy(), false)
+            .unwrap();
+        Runner::new(config(3), &b)
+            .unwrap()
+            .run(start.clone(), &mut toy(), false)
+            .unwrap();
+        let mut job = toy();
+        let resumed = Runner::new(config(6), &b)
+            .unwrap()
+            .run(start, &mut job, true)
+            .unwrap();
+        assert_eq!(job.seen, 6, "the job's state was restored");
+        assert_eq!(full.iterations, 6);
+        assert_eq!(resumed.iterations, 6);
+        let w = |m: &Weights| m.w.val().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(w(&full.model), w(&resumed.model));
+        for file in ["model.bpk", "optimizer.bpk", "state.json"] {
+            assert_eq!(
+                bytes(a.join("checkpoint-000006").join(file)),
+                bytes(b.join("checkpoint-000006").join(file)),
+                "{file}"
+            );
+        }
+        assert_eq!(bytes(a.join(METRICS)), bytes(b.join(METRICS)));
+        assert_eq!(
+            std::fs::read_to_string(a.join(METRICS))
+                .unwrap()
+                .lines()
+                .count(),
+            6
+        );
+        // Negative check: a run that restarts without the optimizer state differs.
+        let c = tempdir("restart");
+        let half = Runner::new(config(3), &c)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        let restarted = Runner::new(config(3), tempdir("restart2"))
+            .unwrap()
+            .run(half.model, &mut toy(), false)
+            .unwrap();
+        assert_ne!(w(&full.model), w(&restarted.model));
+        for d in [a, b, c] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    #[test]
+    fn a_nan_metric_stops_the_run_and_keeps_the_last_checkpoint() {
+        let device = crate::test_device().autodiff();
+        let dir = tempdir("nan");
+        let mut job = Toy {
+            poison_at: Some(3),
+            ..toy()
+        };
+        let err = Runner::new(config(10), &dir)
+            .unwrap()
+            .run(weights(&device), &mut job, false)
+            .unwrap_err();
+        match &err {
+            CoreError::Diverged {
+                metric, iteration, ..
+            } => {
+                assert_eq!(metric, "reward");
+                assert_eq!(*iteration, 4);
+            }
+            other => panic!("expected Diverged, got {other}"),
+        }
+        assert!(err.to_string().contains("last good checkpoint"));
+        let latest = std::fs::read_to_string(dir.join(LATEST)).unwrap();
+        assert_eq!(latest.trim(), "checkpoint-000003");
+        assert!(dir.join("checkpoint-000003/model.bpk").is_file());
+        assert_eq!(
+            std::fs::read_to_string(dir.join(METRICS))
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
+        // The run resumes from there once the cause is gone.
+        let out = Runner::new(config(5), &dir)
+            .unwrap()
+            .run(weights(&device), &mut toy(), true)
+            .unwrap();
+        assert_eq!(out.iterations, 5);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn kl_budget_stops_cleanly_with_a_checkpoint() {
+        let device = crate::test_device().autodiff();
+        let dir = tempdir("kl");
+        let mut job = Toy {
+            kl_per_iteration: 0.1,
+            ..toy()
+        };
+        let out = Runner::new(
+            RunnerConfig {
+                kl_budget: Some(0.25),
+                ..config(10)
+            },
+            &dir,
+        )
+        .unwrap()
+        .run(weights(&device), &mut job, false)
+        .unwrap();
+        assert_eq!(out.iterations, 3, "KL 0.3 > 0.25 at the third iteration");
+        assert!(out.stopped.unwrap().contains("budget"));
+        assert_eq!(
+            std::fs::read_to_string(dir.join(LATEST)).unwrap().trim(),
+            "checkpoint-000003"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn existing_runs_are_never_overwritten_and_resume_needs_a_checkpoint() {
+        let device = crate::test_device().autodiff();
+        let dir = tempdir("guard");
+        let r = Runner::new(config(2), &dir).unwrap();
+        assert!(r.run(weights(&device), &mut toy(), true).is_err());
+        r.run(weights(&device), &mut toy(), false).unwrap();
+        let err = r.run(weights(&device), &mut toy(), false).unwrap_err();
+        assert!(err.to_string().contains("already holds a run"), "{err}");
+        assert!(dir.join("checkpoint-000002/state.json").is_file());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        for (cfg, field) in [
+            (
+                RunnerConfig {
+                    iterations: 0,
+                    ..config(1)
+                },
+                "iterations",
+            ),
+            (
+                RunnerConfig {
+                    learning_rate: f64::NAN,
+                    ..config(1)
+                },
+                "learning_rate",
+            ),
+            (
+                RunnerConfig {
+                    beta2: 1.0,
+                    ..config(1)
+                },
+                "beta2",
+            ),
+            (
+                RunnerConfig {
+                    max_grad_norm: Some(0.0),
+                    ..config(1)
+                },
+                "max_grad_norm",
+            ),
+            (
+                RunnerConfig {
+                    checkpoint_every: 0,
+                    ..config(1)
+                },
+                "checkpoint_every",
+            ),
+        ] {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+}
