@@ -4,6 +4,7 @@
 //! selected device; the training commands arrive with their crates (see `align status`).
 
 mod reward_cmd;
+mod rl_cmd;
 mod shapes_cmd;
 
 use std::path::PathBuf;
@@ -33,8 +34,31 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The main job. For now: the workspace status and a sampler self-check on the device.
-    Quickstart,
+    /// The main job: Flow-GRPO on the shipped flow model toward the gold ShapeEval reward, with
+    /// before/after grids, metrics and report.json / report.md in the run directory.
+    Quickstart {
+        /// Run directory.
+        #[arg(long, default_value = "runs/quickstart")]
+        out: PathBuf,
+        /// Iterations (default: the quickstart config's).
+        #[arg(long)]
+        iterations: Option<usize>,
+        /// Continue an interrupted run in `--out`.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Run an online-RL algorithm from a TOML config (see `configs/`).
+    Train {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override the config's run directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue an interrupted run.
+        #[arg(long)]
+        resume: bool,
+    },
     /// What is implemented, what is planned, and which backends this binary has.
     Status,
     /// Pretrain a Shapes-world text-to-image model (text encoder + UNet or DiT).
@@ -486,17 +510,51 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Quickstart => {
-            print_status(backend);
-            self_check(&device, backend, 4096, 40)?;
-            println!();
-            println!(
-                "The alignment quickstart (Flow-GRPO on the shipped Shapes flow model) arrives with \
-                 the RL crate; until then this command checks that sampling works on your device."
-            );
+        Command::Quickstart {
+            out,
+            iterations,
+            resume,
+        } => {
+            let mut config = rl_cmd::TrainConfig {
+                out,
+                ..rl_cmd::TrainConfig::default()
+            };
+            if let Some(n) = iterations {
+                config.runner.iterations = n;
+            }
+            let report = rl_cmd::train(&config, resume, true, &device)?;
+            print_report(&config.out, &report);
+            Ok(())
+        }
+        Command::Train {
+            config,
+            out,
+            resume,
+        } => {
+            let mut config = rl_cmd::TrainConfig::from_file(&config)?;
+            if let Some(out) = out {
+                config.out = out;
+            }
+            let report = rl_cmd::train(&config, resume, true, &device)?;
+            print_report(&config.out, &report);
             Ok(())
         }
     }
+}
+
+fn print_report(dir: &std::path::Path, r: &rl_cmd::Report) {
+    println!(
+        "{}: ShapeEval held-out {:.1}% → {:.1}%, train {:.1}% → {:.1}%, diversity ratio {:.2}, KL {:.2e}, {:.0} s",
+        r.algorithm,
+        100.0 * r.base.heldout_accuracy,
+        100.0 * r.final_.heldout_accuracy,
+        100.0 * r.base.train_accuracy,
+        100.0 * r.final_.train_accuracy,
+        r.final_.diversity_ratio,
+        r.final_.kl,
+        r.wall_seconds
+    );
+    println!("report: {}", dir.join("report.md").display());
 }
 
 fn main() -> ExitCode {

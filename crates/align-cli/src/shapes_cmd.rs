@@ -74,7 +74,7 @@ pub struct SampleOptions {
     pub guidance: f64,
 }
 
-fn sampler_for(
+pub(crate) fn sampler_for(
     config: &ShapesModelConfig,
     steps: usize,
 ) -> Result<Box<dyn Sampler + Send + Sync>, String> {
@@ -119,7 +119,7 @@ pub(crate) fn images_to_tensor(images: &[&Image], device: &Device) -> Tensor<4> 
     Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), device)
 }
 
-fn tensor_to_images(t: Tensor<4>) -> Result<Vec<Image>, String> {
+pub(crate) fn tensor_to_images(t: Tensor<4>) -> Result<Vec<Image>, String> {
     let [b, c, h, w] = t.dims();
     let data = t
         .into_data()
@@ -189,7 +189,7 @@ impl Accuracy {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn generate<D: Module + ModuleDisplay + Denoiser>(
+pub(crate) fn generate<D: Module + ModuleDisplay + Denoiser>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
     prompts: &[String],
@@ -241,7 +241,7 @@ fn eval_requests(
     (prompts, ids, specs)
 }
 
-fn evaluate<D: Module + ModuleDisplay + Denoiser>(
+pub(crate) fn evaluate<D: Module + ModuleDisplay + Denoiser>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
     seeds_per_prompt: usize,
@@ -267,7 +267,7 @@ fn evaluate<D: Module + ModuleDisplay + Denoiser>(
     Ok(result)
 }
 
-const GRID_PROMPTS: [&str; 8] = [
+pub(crate) const GRID_PROMPTS: [&str; 8] = [
     "one red circle",
     "two blue squares",
     "three yellow triangles",

@@ -42,6 +42,9 @@ pub enum CoreError {
         /// The offending value.
         value: f64,
     },
+    /// An error reported by a training job (an algorithm, a reward, a model).
+    #[error("{0}")]
+    Job(String),
     /// A run directory or checkpoint could not be read or written.
     #[error("{path}: {reason}")]
     Checkpoint {

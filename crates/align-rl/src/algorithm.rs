@@ -42,6 +42,17 @@ pub trait OnlineAlgorithm {
     fn drop_zero_advantages(&self) -> bool {
         false
     }
+    /// Resumable state (per-prompt statistics) for checkpoints.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restores [`OnlineAlgorithm::state`].
+    ///
+    /// # Errors
+    /// State of another algorithm.
+    fn restore(&mut self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The stochastic steps of a trajectory: the steps an algorithm can train.

@@ -99,4 +99,16 @@ impl OnlineAlgorithm for Dpok {
         clip_advantages(&mut adv, self.config.adv_clip_max);
         Ok(adv)
     }
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.tracker).unwrap_or(serde_json::Value::Null)
+    }
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        if state.is_null() {
+            return Ok(());
+        }
+        self.tracker = serde_json::from_value(state.clone()).map_err(|e| {
+            RlError::config("checkpoint state", format!("not a prompt tracker: {e}"))
+        })?;
+        Ok(())
+    }
 }

@@ -1,0 +1,787 @@
+//! `align train` (online RL from a TOML config) and `align quickstart` (Flow-GRPO on the
+//! shipped flow model toward the gold ShapeEval reward).
+//!
+//! Both drive [`align_core::Runner`] with [`ShapesRl`], a [`Job`] that rolls out the LoRA-adapted
+//! Shapes model on training-split prompts, scores the samples with ShapeEval and runs one
+//! iteration of an `align-rl` algorithm. The reference policy is the same model with adapters
+//! off.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use align_core::{Condition, CoreError, Denoiser, Job, Metrics, Runner, RunnerConfig};
+use align_data::{Image, Split, SplitPart, Tokenizer};
+use align_models::{
+    DenoiserKind, LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora,
+    with_lora_scale,
+};
+use align_rewards::{Reward, ShapeEvalMode, ShapeEvalReward, same_prompt_diversity};
+use align_rl::{
+    Ddpo, DdpoConfig, DdpoVariant, Dpok, DpokConfig, FlowGrpo, FlowGrpoConfig, Iteration,
+    OnlineAlgorithm, RlError, run_iteration,
+};
+use align_samplers::{RolloutBatch, RolloutConfig, Sampler, SamplerConfig, rollout};
+use burn::module::{Module, ModuleDisplay};
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::shapes_cmd::{
+    Accuracy, GRID_PROMPTS, SampleOptions, evaluate, generate, progress_bar, write_grid,
+};
+
+/// Which online-RL algorithm a config runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlgorithmName {
+    /// Flow-GRPO (flow model).
+    FlowGrpo,
+    /// DDPO, score-function estimator (UNet).
+    DdpoSf,
+    /// DDPO, importance sampling with PPO-clip (UNet).
+    DdpoIs,
+    /// DPOK (UNet).
+    Dpok,
+}
+
+/// Which gold reward to optimise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RewardName {
+    /// ShapeEval pass/fail.
+    ShapeEval,
+    /// ShapeEval partial credit (fraction of attributes right).
+    ShapeEvalPartial,
+}
+
+/// The `[lora]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank.
+    pub rank: usize,
+    /// α.
+    pub alpha: f64,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 8.0,
+        }
+    }
+}
+
+/// An `align train` configuration file (TOML). Every field has a default.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Algorithm.
+    pub algorithm: AlgorithmName,
+    /// Base model directory.
+    pub model: PathBuf,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Run seed (prompts, noise, minibatch order).
+    pub seed: u64,
+    /// Reward.
+    pub reward: RewardName,
+    /// Distinct prompts per iteration.
+    pub prompts_per_iteration: usize,
+    /// Samples per prompt (the GRPO group size).
+    pub group_size: usize,
+    /// Sampler steps of training rollouts.
+    pub train_steps: usize,
+    /// Flow SDE noise level `a` (flow models) or DDIM η (UNet).
+    pub noise_level: f64,
+    /// Classifier-free guidance scale of rollouts and re-scoring.
+    pub guidance: f64,
+    /// Evaluate every N iterations (0 = only before and after).
+    pub eval_every: usize,
+    /// Evaluation seeds per prompt.
+    pub eval_seeds: usize,
+    /// LoRA adapters.
+    pub lora: LoraSection,
+    /// Optimizer, clipping, checkpoints, KL budget.
+    pub runner: RunnerConfig,
+    /// Flow-GRPO hyper-parameters.
+    pub flow_grpo: FlowGrpoConfig,
+    /// DDPO hyper-parameters (`variant` is set by `algorithm`).
+    pub ddpo: DdpoConfig,
+    /// DPOK hyper-parameters.
+    pub dpok: DpokConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: AlgorithmName::FlowGrpo,
+            model: default_model_dir("shapes-dit"),
+            out: PathBuf::from("runs/quickstart"),
+            seed: 0,
+            reward: RewardName::ShapeEvalPartial,
+            prompts_per_iteration: 4,
+            group_size: 8,
+            train_steps: 10,
+            noise_level: 0.7,
+            guidance: 3.0,
+            eval_every: 0,
+            eval_seeds: 1,
+            lora: LoraSection::default(),
+            runner: RunnerConfig {
+                iterations: 20,
+                learning_rate: 3e-4,
+                ..RunnerConfig::default()
+            },
+            flow_grpo: FlowGrpoConfig::default(),
+            ddpo: DdpoConfig::default(),
+            dpok: DpokConfig::default(),
+        }
+    }
+}
+
+/// `models/<name>` of the repository this binary was built from, or of the working directory.
+pub fn default_model_dir(name: &str) -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name);
+    if built.join("model.json").is_file() {
+        built
+    } else {
+        PathBuf::from("models").join(name)
+    }
+}
+
+impl TrainConfig {
+    /// Reads and checks a TOML file; errors name the file and the field.
+    ///
+    /// # Errors
+    /// Unreadable file, TOML errors, unknown fields, invalid values.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: TrainConfig = toml::from_str(&text)
+            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim()))?;
+        config
+            .validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot.
+    ///
+    /// # Errors
+    /// The first invalid field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.prompts_per_iteration == 0 || self.group_size == 0 {
+            return Err("prompts_per_iteration and group_size must be ≥ 1".into());
+        }
+        if self.train_steps == 0 {
+            return Err("train_steps must be ≥ 1".into());
+        }
+        if !(self.noise_level.is_finite() && self.noise_level > 0.0) {
+            return Err(format!("noise_level {} must be positive", self.noise_level));
+        }
+        if !(self.guidance.is_finite() && self.guidance >= 1.0) {
+            return Err(format!("guidance {} must be ≥ 1", self.guidance));
+        }
+        if self.eval_seeds == 0 {
+            return Err("eval_seeds must be ≥ 1".into());
+        }
+        self.runner.validate().map_err(|e| e.to_string())
+    }
+}
+
+fn rl_err(e: RlError) -> CoreError {
+    CoreError::Job(e.to_string())
+}
+
+/// The online-RL job on a Shapes model.
+pub struct ShapesRl<D: Module + Denoiser> {
+    algorithm: Box<dyn OnlineAlgorithm>,
+    sampler: Box<dyn Sampler + Send + Sync>,
+    reference: TextToImage<D>,
+    prompts: Vec<String>,
+    tokens: Vec<Vec<u32>>,
+    null: Vec<u32>,
+    reward: ShapeEvalReward,
+    config: TrainConfig,
+    model_config: ShapesModelConfig,
+    image_size: usize,
+    bar: indicatif::ProgressBar,
+}
+
+/// Conditions (and null-prompt conditions) of prompt-table entries `ids`.
+fn encode_prompts<D: Module + Denoiser>(
+    tokens: &[Vec<u32>],
+    null: &[u32],
+    m: &TextToImage<D>,
+    ids: &[usize],
+) -> Result<(Condition, Option<Condition>), String> {
+    let device = m.text.devices()[0].clone();
+    let rows: Vec<Vec<u32>> = ids.iter().map(|&i| tokens[i].clone()).collect();
+    let nulls = vec![null.to_vec(); ids.len()];
+    let c = m.encode(&rows, &device).map_err(|e| e.to_string())?;
+    let u = m.encode(&nulls, &device).map_err(|e| e.to_string())?;
+    Ok((c, Some(u)))
+}
+
+impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
+    /// The prompts of iteration `it`: `prompts_per_iteration` training-split prompts, each
+    /// `group_size` times.
+    fn batch_prompts(&self, it: usize) -> Vec<usize> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ 0x726c_7072_6f6d_7074);
+        rng.set_stream(it as u64);
+        let mut ids = Vec::new();
+        for _ in 0..self.config.prompts_per_iteration {
+            let p = (rng.next_u64() % self.prompts.len() as u64) as usize;
+            ids.extend(std::iter::repeat_n(p, self.config.group_size));
+        }
+        ids
+    }
+}
+
+impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
+    fn iteration(
+        &mut self,
+        model: TextToImage<D>,
+        iteration: usize,
+        apply: &mut dyn FnMut(
+            TextToImage<D>,
+            GradientsParams,
+        ) -> align_core::Result<TextToImage<D>>,
+    ) -> align_core::Result<(TextToImage<D>, Metrics)> {
+        let ids = self.batch_prompts(iteration);
+        let b = ids.len();
+        // Roll out on the training device without a graph: the update re-scores with the same
+        // kernels, so the PPO ratio at θ_old is exactly 1.
+        let frozen = model.clone().no_grad();
+        let (cond, uncond) =
+            encode_prompts(&self.tokens, &self.null, &frozen, &ids).map_err(CoreError::Job)?;
+        let traj = rollout(
+            &frozen,
+            self.sampler.as_ref(),
+            &RolloutBatch {
+                condition: &cond,
+                uncond: uncond.as_ref(),
+                sample_ids: (0..b as u64).map(|i| (iteration * b) as u64 + i).collect(),
+                condition_ids: ids.clone(),
+                group_ids: None,
+                sample_shape: [3, self.image_size, self.image_size],
+            },
+            &RolloutConfig {
+                seed: self.config.seed,
+                guidance_scale: self.config.guidance,
+                keep_means: true,
+                ..RolloutConfig::default()
+            },
+        )
+        .map_err(|e| CoreError::Job(e.to_string()))?;
+        let images = traj.final_sample().clone().clamp(-1.0, 1.0);
+        let prompts: Vec<String> = ids.iter().map(|&i| self.prompts[i].clone()).collect();
+        let rewards = self
+            .reward
+            .score(&images, &prompts)
+            .map_err(|e| CoreError::Job(e.to_string()))?;
+        let steps = traj.stochastic_steps();
+        let (tokens, null) = (&self.tokens, &self.null);
+        let encode = |m: &TextToImage<D>, ids: &[usize]| encode_prompts(tokens, null, m, ids);
+        let mut apply_rl = |m, g| apply(m, g).map_err(|e| RlError::Encode(e.to_string()));
+        let (model, stats) = run_iteration(
+            self.algorithm.as_mut(),
+            model,
+            Iteration {
+                reference: Some(&self.reference),
+                sampler: self.sampler.as_ref(),
+                trajectory: &traj,
+                rewards: &rewards,
+                steps: &steps,
+                encode: &encode,
+                shuffle_seed: self.config.seed.wrapping_add(iteration as u64),
+            },
+            &mut apply_rl,
+        )
+        .map_err(rl_err)?;
+        let mut m = Metrics::new();
+        m.insert("reward_mean".into(), stats.reward_mean);
+        m.insert("reward_std".into(), stats.reward_std);
+        m.insert(
+            "zero_advantage_fraction".into(),
+            stats.zero_advantage_fraction,
+        );
+        m.insert("loss".into(), stats.update.loss);
+        m.insert("policy_loss".into(), stats.update.policy_loss);
+        m.insert("kl".into(), stats.update.kl);
+        m.insert("clip_fraction".into(), stats.update.clip_fraction);
+        self.bar.set_message(format!(
+            "reward {:.3}  kl {:.2e}",
+            stats.reward_mean, stats.update.kl
+        ));
+        self.bar.inc(1);
+        Ok((model, m))
+    }
+
+    fn state(&self) -> align_core::Result<serde_json::Value> {
+        Ok(self.algorithm.state())
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> align_core::Result<()> {
+        self.algorithm.restore(state).map_err(rl_err)
+    }
+
+    fn after_iteration(
+        &mut self,
+        model: &TextToImage<D>,
+        iteration: usize,
+        metrics: &mut Metrics,
+    ) -> align_core::Result<align_core::Control> {
+        let every = self.config.eval_every;
+        if every > 0 && (iteration + 1) % every == 0 {
+            let valid = model.valid();
+            let device = valid.text.devices()[0].clone();
+            let (train, held) =
+                evaluate_model(&valid, &self.model_config, self.config.eval_seeds, &device)
+                    .map_err(CoreError::Job)?;
+            metrics.insert("eval_train_accuracy".into(), train.rate());
+            metrics.insert("eval_heldout_accuracy".into(), held.rate());
+            self.bar.println(format!(
+                "iteration {}: ShapeEval train {:.1}% held-out {:.1}%",
+                iteration + 1,
+                100.0 * train.rate(),
+                100.0 * held.rate()
+            ));
+        }
+        Ok(align_core::Control::Continue)
+    }
+}
+
+fn evaluate_model<D: Module + Denoiser + ModuleDisplay>(
+    model: &TextToImage<D>,
+    config: &ShapesModelConfig,
+    seeds: usize,
+    device: &Device,
+) -> Result<(Accuracy, Accuracy), String> {
+    evaluate(
+        model,
+        config,
+        seeds,
+        SampleOptions {
+            steps: 0,
+            guidance: 3.0,
+        },
+        device,
+    )
+}
+
+/// Grid prompts × `seeds` samples, and their same-prompt diversity.
+fn grid_and_diversity<D: Module + Denoiser + ModuleDisplay>(
+    model: &TextToImage<D>,
+    config: &ShapesModelConfig,
+    seeds: usize,
+    device: &Device,
+) -> Result<(Vec<Image>, f64), String> {
+    let mut prompts = Vec::new();
+    let mut ids = Vec::new();
+    let mut groups = Vec::new();
+    for s in 0..seeds {
+        for (g, p) in GRID_PROMPTS.iter().enumerate() {
+            prompts.push(p.to_string());
+            ids.push(10_000 + (g * seeds + s) as u64);
+            groups.push(g as u64);
+        }
+    }
+    let options = SampleOptions {
+        steps: 0,
+        guidance: 3.0,
+    };
+    let images = generate(model, config, &prompts, &ids, 7, options, device)?;
+    let refs: Vec<&Image> = images.iter().collect();
+    let t = crate::shapes_cmd::images_to_tensor(&refs, device);
+    let diversity = same_prompt_diversity(&t, &groups).map_err(|e| e.to_string())?;
+    Ok((images, diversity))
+}
+
+/// What `align quickstart` / `align train` report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    /// Algorithm name.
+    pub algorithm: String,
+    /// Base model directory.
+    pub model: String,
+    /// Before training.
+    pub base: Snapshot,
+    /// After training.
+    #[serde(rename = "final")]
+    pub final_: Snapshot,
+    /// Iterations run.
+    pub iterations: usize,
+    /// Why the run stopped early, if it did.
+    pub stopped: Option<String>,
+    /// Wall time of the run (evaluations included, build excluded).
+    pub wall_seconds: f64,
+}
+
+/// Accuracy and diversity at one point of a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Snapshot {
+    /// ShapeEval pass rate on the training part of the evaluation set.
+    pub train_accuracy: f64,
+    /// ShapeEval pass rate on the held-out part.
+    pub heldout_accuracy: f64,
+    /// Mean partial credit, held-out part.
+    pub heldout_partial_credit: f64,
+    /// Same-prompt diversity of the grid samples.
+    pub diversity: f64,
+    /// `diversity / base diversity`.
+    pub diversity_ratio: f64,
+    /// Mean per-step KL to the reference in the last iteration.
+    pub kl: f64,
+    /// Mean training reward in the last iteration.
+    pub reward_mean: f64,
+}
+
+fn write_report(dir: &Path, report: &Report) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    let path = dir.join("report.json");
+    std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    let pct = |x: f64| format!("{:.1} %", 100.0 * x);
+    let md = format!(
+        "# Run report: {alg}\n\nBase model: `{model}`. Iterations: {it}{stop}. Wall time: {wall:.0} s.\n\n\
+| | base | final |\n|---|---|---|\n\
+| ShapeEval train | {bt} | {ft} |\n| ShapeEval held-out | {bh} | {fh} |\n\
+| held-out partial credit | {bp:.3} | {fp:.3} |\n| same-prompt diversity | {bd:.4} | {fd:.4} ({fr}) |\n\
+| per-step KL to reference | — | {kl:.3e} |\n\n\
+Grids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). Curves: `metrics.jsonl`.\n",
+        alg = report.algorithm,
+        model = report.model,
+        it = report.iterations,
+        stop = report
+            .stopped
+            .as_ref()
+            .map(|s| format!(" (stopped: {s})"))
+            .unwrap_or_default(),
+        wall = report.wall_seconds,
+        bt = pct(report.base.train_accuracy),
+        ft = pct(report.final_.train_accuracy),
+        bh = pct(report.base.heldout_accuracy),
+        fh = pct(report.final_.heldout_accuracy),
+        bp = report.base.heldout_partial_credit,
+        fp = report.final_.heldout_partial_credit,
+        bd = report.base.diversity,
+        fd = report.final_.diversity,
+        fr = pct(report.final_.diversity_ratio),
+        kl = report.final_.kl,
+    );
+    let path = dir.join("report.md");
+    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn build_algorithm(
+    config: &TrainConfig,
+    prompts: &[String],
+) -> Result<Box<dyn OnlineAlgorithm>, String> {
+    Ok(match config.algorithm {
+        AlgorithmName::FlowGrpo => {
+            Box::new(FlowGrpo::new(config.flow_grpo.clone()).map_err(|e| e.to_string())?)
+        }
+        AlgorithmName::DdpoSf | AlgorithmName::DdpoIs => {
+            let variant = if config.algorithm == AlgorithmName::DdpoSf {
+                DdpoVariant::Sf
+            } else {
+                DdpoVariant::Is
+            };
+            Box::new(
+                Ddpo::new(
+                    DdpoConfig {
+                        variant,
+                        ..config.ddpo.clone()
+                    },
+                    prompts.to_vec(),
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        }
+        AlgorithmName::Dpok => {
+            Box::new(Dpok::new(config.dpok.clone(), prompts.to_vec()).map_err(|e| e.to_string())?)
+        }
+    })
+}
+
+fn train_sampler(
+    config: &TrainConfig,
+    model: &ShapesModelConfig,
+) -> Result<Box<dyn Sampler + Send + Sync>, String> {
+    let s = match model.kind {
+        DenoiserKind::Dit => SamplerConfig::flow_sde(config.train_steps, config.noise_level),
+        DenoiserKind::Unet => SamplerConfig::Ddim {
+            num_train_timesteps: model.num_train_timesteps,
+            beta_schedule: align_samplers::BetaSchedule::ddpm_linear(),
+            num_steps: config.train_steps,
+            spacing: align_samplers::TimestepSpacing::Leading { offset: 1 },
+            eta: config.noise_level,
+            final_alpha: align_samplers::FinalAlpha::One,
+            clip_sample: Some(1.0),
+        },
+    };
+    s.build().map_err(|e| e.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_model<D: Module + Denoiser + ModuleDisplay>(
+    base: TextToImage<D>,
+    model_config: &ShapesModelConfig,
+    config: &TrainConfig,
+    resume: bool,
+    progress: bool,
+    device: &Device,
+) -> Result<Report, String> {
+    let started = Instant::now();
+    let ad = device.clone().autodiff();
+    let inner_model = base.clone();
+    let policy = apply_lora(
+        base.to_device(&ad),
+        &LoraConfig::new()
+            .with_rank(config.lora.rank)
+            .with_alpha(config.lora.alpha),
+    )
+    .map_err(|e| format!("lora: {e}"))?;
+    let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
+    let tok = Tokenizer::new();
+    let split = Split::standard();
+    let prompts: Vec<String> = split
+        .all_specs(SplitPart::Train)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let tokens = prompts
+        .iter()
+        .map(|p| tok.encode(p).map_err(|e| format!("prompt `{p}`: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
+    let seeds = 4;
+    let bar = progress_bar(config.runner.iterations, progress);
+    let mut report = Report {
+        algorithm: format!("{:?}", config.algorithm),
+        model: config.model.display().to_string(),
+        ..Report::default()
+    };
+    // Base measurements (skipped when resuming: they are in the report of the first part).
+    let (base_train, base_held) =
+        evaluate_model(&inner_model, model_config, config.eval_seeds, device)?;
+    let (grid, base_div) = grid_and_diversity(&inner_model, model_config, seeds, device)?;
+    write_grid(
+        &grid,
+        GRID_PROMPTS.len(),
+        &config.out.join("grid-before.png"),
+    )?;
+    report.base = Snapshot {
+        train_accuracy: base_train.rate(),
+        heldout_accuracy: base_held.rate(),
+        heldout_partial_credit: base_held.partial,
+        diversity: base_div,
+        diversity_ratio: 1.0,
+        ..Snapshot::default()
+    };
+    let msg = format!(
+        "base: ShapeEval train {:.1}% held-out {:.1}%, diversity {base_div:.4}",
+        100.0 * base_train.rate(),
+        100.0 * base_held.rate()
+    );
+    if bar.is_hidden() {
+        println!("{msg}");
+    } else {
+        bar.println(msg);
+    }
+    let mut job = ShapesRl {
+        algorithm: build_algorithm(config, &prompts)?,
+        sampler: train_sampler(config, model_config)?,
+        reference,
+        prompts,
+        tokens,
+        null: tok.null_prompt(),
+        reward: ShapeEvalReward::new(match config.reward {
+            RewardName::ShapeEval => ShapeEvalMode::Pass,
+            RewardName::ShapeEvalPartial => ShapeEvalMode::PartialCredit,
+        }),
+        config: config.clone(),
+        model_config: model_config.clone(),
+        image_size: model_config.image_size,
+        bar: bar.clone(),
+    };
+    let runner = Runner::new(config.runner.clone(), &config.out).map_err(|e| e.to_string())?;
+    let outcome = runner
+        .run(policy, &mut job, resume)
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let trained = outcome.model.valid();
+    let (train, held) = evaluate_model(&trained, model_config, config.eval_seeds, device)?;
+    let (grid, div) = grid_and_diversity(&trained, model_config, seeds, device)?;
+    write_grid(
+        &grid,
+        GRID_PROMPTS.len(),
+        &config.out.join("grid-after.png"),
+    )?;
+    let last = read_last_metrics(&config.out.join(align_core::runner::METRICS));
+    report.final_ = Snapshot {
+        train_accuracy: train.rate(),
+        heldout_accuracy: held.rate(),
+        heldout_partial_credit: held.partial,
+        diversity: div,
+        diversity_ratio: if base_div > 0.0 { div / base_div } else { 0.0 },
+        kl: last.get("kl").copied().unwrap_or(0.0),
+        reward_mean: last.get("reward_mean").copied().unwrap_or(0.0),
+    };
+    report.iterations = outcome.iterations;
+    report.stopped = outcome.stopped;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    write_report(&config.out, &report)?;
+    Ok(report)
+}
+
+fn read_last_metrics(path: &Path) -> Metrics {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.lines().last().map(str::to_string))
+        .and_then(|l| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&l).ok())
+        .map(|m| {
+            m.into_iter()
+                .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `align train --config <file>` (and `align quickstart`, which is `train` with the defaults).
+///
+/// # Errors
+/// Bad configuration, a model that does not load or does not fit the algorithm, run errors.
+pub fn train(
+    config: &TrainConfig,
+    resume: bool,
+    progress: bool,
+    device: &Device,
+) -> Result<Report, String> {
+    config.validate()?;
+    let (model_config, model) =
+        ShapesModel::load(&config.model, device).map_err(|e| e.to_string())?;
+    let wants_flow = config.algorithm == AlgorithmName::FlowGrpo;
+    match model {
+        ShapesModel::Dit(m) if wants_flow => {
+            train_model(*m, &model_config, config, resume, progress, device)
+        }
+        ShapesModel::Unet(m) if !wants_flow => {
+            train_model(*m, &model_config, config, resume, progress, device)
+        }
+        _ => Err(format!(
+            "{}: {:?} needs a {} model",
+            config.model.display(),
+            config.algorithm,
+            if wants_flow {
+                "flow (DiT)"
+            } else {
+                "DDPM (UNet)"
+            }
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_reject_unknown_fields_and_bad_values_by_name() {
+        let dir = std::env::temp_dir().join(format!("align-train-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "algorithm = \"flow-grpo\"\ngroup_sise = 4\n").unwrap();
+        let err = TrainConfig::from_file(&bad).unwrap_err();
+        assert!(
+            err.contains("bad.toml") && err.contains("group_sise"),
+            "{err}"
+        );
+        std::fs::write(&bad, "[runner]\nlearning_rate = -1.0\n").unwrap();
+        let err = TrainConfig::from_file(&bad).unwrap_err();
+        assert!(err.contains("learning_rate"), "{err}");
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "algorithm = \"ddpo-is\"\n[ddpo]\ninner_epochs = 2\n").unwrap();
+        let c = TrainConfig::from_file(&good).unwrap();
+        assert_eq!(c.algorithm, AlgorithmName::DdpoIs);
+        assert_eq!(c.ddpo.inner_epochs, 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                TrainConfig::from_file(&path).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "one config per algorithm in configs/");
+    }
+
+    /// A whole Flow-GRPO run on a tiny model for two iterations: report fields, grids,
+    /// metrics and a checkpoint appear; resuming to three iterations continues the run.
+    #[test]
+    fn a_tiny_flow_grpo_run_writes_its_run_directory_and_resumes() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tok = Tokenizer::new();
+        let mc = ShapesModelConfig::preset(
+            DenoiserKind::Dit,
+            align_models::Preset::Tiny,
+            tok.vocab_size(),
+            tok.max_len(),
+        );
+        device.seed(2);
+        let model = mc.init(&device).unwrap();
+        let model_dir = dir.join("base");
+        model.save(&mc, &model_dir).unwrap();
+        let mut config = TrainConfig {
+            model: model_dir,
+            out: dir.join("run"),
+            prompts_per_iteration: 2,
+            group_size: 2,
+            train_steps: 2,
+            ..TrainConfig::default()
+        };
+        config.runner.iterations = 2;
+        let report = train(&config, false, false, &device).unwrap();
+        assert_eq!(report.iterations, 2);
+        for f in [
+            "report.json",
+            "report.md",
+            "grid-before.png",
+            "grid-after.png",
+            "metrics.jsonl",
+            "LATEST",
+        ] {
+            assert!(config.out.join(f).is_file(), "{f}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(config.out.join("report.json")).unwrap())
+                .unwrap();
+        for field in ["algorithm", "wall_seconds"] {
+            assert!(json.get(field).is_some(), "{field}");
+        }
+        for field in ["heldout_accuracy", "train_accuracy"] {
+            assert!(json["base"][field].is_number(), "base.{field}");
+            assert!(json["final"][field].is_number(), "final.{field}");
+        }
+        assert!(json["final"]["diversity_ratio"].is_number());
+        assert!(json["final"]["kl"].is_number());
+        config.runner.iterations = 3;
+        let report = train(&config, true, false, &device).unwrap();
+        assert_eq!(report.iterations, 3);
+        let lines = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
