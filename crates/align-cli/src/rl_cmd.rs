@@ -102,6 +102,8 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Evaluation seeds per prompt.
     pub eval_seeds: usize,
+    /// Sampler steps of evaluations and grids (0 = the family's default: 40 Euler / 50 DDIM).
+    pub eval_steps: usize,
     /// LoRA adapters.
     pub lora: LoraSection,
     /// Optimizer, clipping, checkpoints, KL budget.
@@ -129,6 +131,7 @@ impl Default for TrainConfig {
             guidance: 3.0,
             eval_every: 0,
             eval_seeds: 1,
+            eval_steps: 0,
             lora: LoraSection::default(),
             runner: RunnerConfig {
                 iterations: 20,
@@ -340,9 +343,8 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
         if every > 0 && (iteration + 1) % every == 0 {
             let valid = model.valid();
             let device = valid.text.devices()[0].clone();
-            let (train, held) =
-                evaluate_model(&valid, &self.model_config, self.config.eval_seeds, &device)
-                    .map_err(CoreError::Job)?;
+            let (train, held) = evaluate_model(&valid, &self.model_config, &self.config, &device)
+                .map_err(CoreError::Job)?;
             metrics.insert("eval_train_accuracy".into(), train.rate());
             metrics.insert("eval_heldout_accuracy".into(), held.rate());
             self.bar.println(format!(
@@ -359,15 +361,15 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
 fn evaluate_model<D: Module + Denoiser + ModuleDisplay>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
-    seeds: usize,
+    train: &TrainConfig,
     device: &Device,
 ) -> Result<(Accuracy, Accuracy), String> {
     evaluate(
         model,
         config,
-        seeds,
+        train.eval_seeds,
         SampleOptions {
-            steps: 0,
+            steps: train.eval_steps,
             guidance: 3.0,
         },
         device,
@@ -379,6 +381,7 @@ fn grid_and_diversity<D: Module + Denoiser + ModuleDisplay>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
     seeds: usize,
+    steps: usize,
     device: &Device,
 ) -> Result<(Vec<Image>, f64), String> {
     let mut prompts = Vec::new();
@@ -392,7 +395,7 @@ fn grid_and_diversity<D: Module + Denoiser + ModuleDisplay>(
         }
     }
     let options = SampleOptions {
-        steps: 0,
+        steps,
         guidance: 3.0,
     };
     let images = generate(model, config, &prompts, &ids, 7, options, device)?;
@@ -537,10 +540,9 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
     device: &Device,
 ) -> Result<Report, String> {
     let started = Instant::now();
-    let ad = device.clone().autodiff();
-    let inner_model = base.clone();
+    let inner_model = base.valid();
     let policy = apply_lora(
-        base.to_device(&ad),
+        base,
         &LoraConfig::new()
             .with_rank(config.lora.rank)
             .with_alpha(config.lora.alpha),
@@ -567,9 +569,9 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         ..Report::default()
     };
     // Base measurements (skipped when resuming: they are in the report of the first part).
-    let (base_train, base_held) =
-        evaluate_model(&inner_model, model_config, config.eval_seeds, device)?;
-    let (grid, base_div) = grid_and_diversity(&inner_model, model_config, seeds, device)?;
+    let (base_train, base_held) = evaluate_model(&inner_model, model_config, config, device)?;
+    let (grid, base_div) =
+        grid_and_diversity(&inner_model, model_config, seeds, config.eval_steps, device)?;
     write_grid(
         &grid,
         GRID_PROMPTS.len(),
@@ -615,8 +617,8 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     let trained = outcome.model.valid();
-    let (train, held) = evaluate_model(&trained, model_config, config.eval_seeds, device)?;
-    let (grid, div) = grid_and_diversity(&trained, model_config, seeds, device)?;
+    let (train, held) = evaluate_model(&trained, model_config, config, device)?;
+    let (grid, div) = grid_and_diversity(&trained, model_config, seeds, config.eval_steps, device)?;
     write_grid(
         &grid,
         GRID_PROMPTS.len(),
@@ -663,8 +665,9 @@ pub fn train(
     device: &Device,
 ) -> Result<Report, String> {
     config.validate()?;
+    // Loaded on the autodiff device: its LoRA factors are the trainable parameters.
     let (model_config, model) =
-        ShapesModel::load(&config.model, device).map_err(|e| e.to_string())?;
+        ShapesModel::load(&config.model, &device.clone().autodiff()).map_err(|e| e.to_string())?;
     let wants_flow = config.algorithm == AlgorithmName::FlowGrpo;
     match model {
         ShapesModel::Dit(m) if wants_flow => {
@@ -709,6 +712,46 @@ mod tests {
         let c = TrainConfig::from_file(&good).unwrap();
         assert_eq!(c.algorithm, AlgorithmName::DdpoIs);
         assert_eq!(c.ddpo.inner_epochs, 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Flow-GRPO on the shipped DiT for two iterations: the adapters receive gradients (the
+    /// optimizer steps), the KL to the adapters-off reference becomes positive, the run stays
+    /// finite.
+    #[test]
+    fn flow_grpo_updates_the_shipped_dit() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-dit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = TrainConfig {
+            out: dir.clone(),
+            prompts_per_iteration: 2,
+            group_size: 3,
+            train_steps: 3,
+            eval_steps: 2,
+            ..TrainConfig::default()
+        };
+        config.runner.iterations = 2;
+        config.runner.learning_rate = 1e-2;
+        train(&config, false, false, &device).unwrap();
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let steps: f64 = rows
+            .iter()
+            .map(|r| r["optimizer_steps"].as_f64().unwrap())
+            .sum();
+        assert!(steps >= 1.0, "{text}");
+        assert!(
+            rows.iter().any(|r| r["kl"].as_f64().unwrap() > 0.0),
+            "{text}"
+        );
+        assert!(
+            rows.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

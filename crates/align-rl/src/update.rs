@@ -190,7 +190,15 @@ where
             .try_into_scalar()
             .map_err(|e| RlError::Encode(format!("reading the ratio: {e:?}")))?;
         stats.max_ratio_deviation = stats.max_ratio_deviation.max(f64::from(dev));
-        let grads = terms.loss.div_scalar(n).backward();
+        let loss = terms.loss.div_scalar(n);
+        if !loss.is_tracked() {
+            return Err(RlError::config(
+                "policy",
+                "no trainable parameter reaches the loss: put the model on an autodiff device \
+                 (`device.autodiff()`) and leave its adapters trainable",
+            ));
+        }
+        let grads = loss.backward();
         acc.accumulate(
             inputs.policy,
             GradientsParams::from_grads(grads, inputs.policy),
