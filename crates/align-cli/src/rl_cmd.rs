@@ -98,6 +98,9 @@ pub struct TrainConfig {
     pub noise_level: f64,
     /// Classifier-free guidance scale of rollouts and re-scoring.
     pub guidance: f64,
+    /// Flow models: train only SDE steps `[start, end)` of the rollout; the others are ODE
+    /// steps ("Flow-GRPO-Fast"). `None` = every step stochastic.
+    pub sde_window: Option<(usize, usize)>,
     /// Evaluate every N iterations (0 = only before and after).
     pub eval_every: usize,
     /// Evaluation seeds per prompt.
@@ -129,6 +132,7 @@ impl Default for TrainConfig {
             train_steps: 10,
             noise_level: 0.7,
             guidance: 3.0,
+            sde_window: None,
             eval_every: 0,
             eval_seeds: 1,
             eval_steps: 0,
@@ -188,6 +192,14 @@ impl TrainConfig {
         }
         if !(self.guidance.is_finite() && self.guidance >= 1.0) {
             return Err(format!("guidance {} must be ≥ 1", self.guidance));
+        }
+        if let Some((a, b)) = self.sde_window
+            && !(a < b && b <= self.train_steps)
+        {
+            return Err(format!(
+                "sde_window [{a}, {b}) must be a non-empty range inside 0..{}",
+                self.train_steps
+            ));
         }
         if self.eval_seeds == 0 {
             return Err("eval_seeds must be ≥ 1".into());
@@ -340,7 +352,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
         metrics: &mut Metrics,
     ) -> align_core::Result<align_core::Control> {
         let every = self.config.eval_every;
-        if every > 0 && (iteration + 1) % every == 0 {
+        if every > 0 && (iteration + 1).is_multiple_of(every) {
             let valid = model.valid();
             let device = valid.text.devices()[0].clone();
             let (train, held) = evaluate_model(&valid, &self.model_config, &self.config, &device)
@@ -426,7 +438,7 @@ pub struct Report {
 }
 
 /// Accuracy and diversity at one point of a run.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// ShapeEval pass rate on the training part of the evaluation set.
     pub train_accuracy: f64,
@@ -516,7 +528,12 @@ fn train_sampler(
     model: &ShapesModelConfig,
 ) -> Result<Box<dyn Sampler + Send + Sync>, String> {
     let s = match model.kind {
-        DenoiserKind::Dit => SamplerConfig::flow_sde(config.train_steps, config.noise_level),
+        DenoiserKind::Dit => SamplerConfig::FlowSde {
+            num_steps: config.train_steps,
+            shift: 1.0,
+            noise_level: config.noise_level,
+            window: config.sde_window,
+        },
         DenoiserKind::Unet => SamplerConfig::Ddim {
             num_train_timesteps: model.num_train_timesteps,
             beta_schedule: align_samplers::BetaSchedule::ddpm_linear(),
@@ -568,27 +585,46 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         model: config.model.display().to_string(),
         ..Report::default()
     };
-    // Base measurements (skipped when resuming: they are in the report of the first part).
-    let (base_train, base_held) = evaluate_model(&inner_model, model_config, config, device)?;
-    let (grid, base_div) =
-        grid_and_diversity(&inner_model, model_config, seeds, config.eval_steps, device)?;
-    write_grid(
-        &grid,
-        GRID_PROMPTS.len(),
-        &config.out.join("grid-before.png"),
-    )?;
-    report.base = Snapshot {
-        train_accuracy: base_train.rate(),
-        heldout_accuracy: base_held.rate(),
-        heldout_partial_credit: base_held.partial,
-        diversity: base_div,
-        diversity_ratio: 1.0,
-        ..Snapshot::default()
+    // Base measurements, made once per run directory (a resumed run reuses `base.json`).
+    let base_path = config.out.join("base.json");
+    let saved: Option<Snapshot> = if resume {
+        std::fs::read_to_string(&base_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    } else {
+        None
     };
+    report.base = match saved {
+        Some(b) => b,
+        None => {
+            let (base_train, base_held) =
+                evaluate_model(&inner_model, model_config, config, device)?;
+            let (grid, base_div) =
+                grid_and_diversity(&inner_model, model_config, seeds, config.eval_steps, device)?;
+            write_grid(
+                &grid,
+                GRID_PROMPTS.len(),
+                &config.out.join("grid-before.png"),
+            )?;
+            let b = Snapshot {
+                train_accuracy: base_train.rate(),
+                heldout_accuracy: base_held.rate(),
+                heldout_partial_credit: base_held.partial,
+                diversity: base_div,
+                diversity_ratio: 1.0,
+                ..Snapshot::default()
+            };
+            let json = serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?;
+            std::fs::write(&base_path, json)
+                .map_err(|e| format!("{}: {e}", base_path.display()))?;
+            b
+        }
+    };
+    let base_div = report.base.diversity;
     let msg = format!(
         "base: ShapeEval train {:.1}% held-out {:.1}%, diversity {base_div:.4}",
-        100.0 * base_train.rate(),
-        100.0 * base_held.rate()
+        100.0 * report.base.train_accuracy,
+        100.0 * report.base.heldout_accuracy
     );
     if bar.is_hidden() {
         println!("{msg}");

@@ -358,6 +358,15 @@ impl Runner {
         resume: bool,
     ) -> Result<RunOutcome<M>> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, "creating", e))?;
+        // Temporaries of a killed run never became checkpoints: remove them.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with(".checkpoint-") && file.contains(".tmp-") {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         let existing = self.latest_checkpoint()?;
         let mut optim = self.config.optimizer();
         let (mut model, start) = match (resume, existing) {
@@ -452,7 +461,7 @@ impl Runner {
             self.append_metrics(it + 1, &metrics)?;
             done = it + 1;
             let last = done == self.config.iterations;
-            if last || stopped.is_some() || done % self.config.checkpoint_every == 0 {
+            if last || stopped.is_some() || done.is_multiple_of(self.config.checkpoint_every) {
                 self.save_checkpoint(&model, &optim, done, job.state()?)?;
             }
             if stopped.is_some() {

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Crash-safety check of the training runner on a real Flow-GRPO run of the shipped flow model.
+#
+# 1. Runs the reference: `align train` with the quickstart's algorithm and hyper-parameters (a
+#    smaller batch and fewer iterations, so the check takes minutes), uninterrupted.
+# 2. Runs the same config again, killing it with SIGKILL at random moments KILLS times and
+#    resuming it (`--resume`) after each kill, until it finishes.
+# 3. Compares the final checkpoints (model, optimizer state, job state) and metrics.jsonl
+#    byte for byte. Exit status 0 = identical.
+#
+# Usage: scripts/kill-resume.sh            (after `cargo build --release -p align-cli`)
+#        KILLS=5 ITERATIONS=6 SEED=1 scripts/kill-resume.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/align}
+KILLS=${KILLS:-5}
+ITERATIONS=${ITERATIONS:-6}
+SEED=${SEED:-$RANDOM}
+WORK=${WORK:-runs/kill-resume}
+rm -rf "$WORK"
+mkdir -p "$WORK"
+cat > "$WORK/config.toml" <<TOML
+# The quickstart (configs/flow-grpo.toml) with a smaller batch and fast evaluations.
+algorithm = "flow-grpo"
+model = "models/shapes-dit"
+prompts_per_iteration = 2
+group_size = 4
+train_steps = 10
+noise_level = 0.7
+guidance = 3.0
+eval_steps = 4
+[runner]
+iterations = $ITERATIONS
+learning_rate = 3e-4
+[flow_grpo]
+minibatches = 2
+TOML
+echo "reference run ($ITERATIONS iterations)"
+t0=$(date +%s)
+"$BIN" train --config "$WORK/config.toml" --out "$WORK/reference" > "$WORK/reference.log" 2>&1
+t1=$(date +%s)
+span=$(( t1 - t0 ))
+echo "  $span s"
+RANDOM=$SEED
+kills=0
+attempt=0
+while true; do
+  args=(train --config "$WORK/config.toml" --out "$WORK/killed")
+  if [ -f "$WORK/killed/LATEST" ]; then args+=(--resume); fi
+  "$BIN" "${args[@]}" >> "$WORK/killed.log" 2>&1 &
+  pid=$!
+  attempt=$(( attempt + 1 ))
+  if [ "$kills" -lt "$KILLS" ]; then
+    delay=$(( 5 + RANDOM % (span > 10 ? span - 5 : 5) ))
+    for _ in $(seq "$delay"); do
+      sleep 1
+      kill -0 "$pid" 2>/dev/null || break
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -9 "$pid"
+      wait "$pid" 2>/dev/null || true
+      kills=$(( kills + 1 ))
+      echo "  kill $kills after ${delay} s; checkpoint: $(cat "$WORK/killed/LATEST" 2>/dev/null || echo none)"
+      continue
+    fi
+  fi
+  wait "$pid"
+  break
+done
+echo "finished after $kills kills and $attempt starts"
+last="checkpoint-$(printf %06d "$ITERATIONS")"
+status=0
+for f in "$last/model.bpk" "$last/optimizer.bpk" "$last/state.json" metrics.jsonl; do
+  if cmp -s "$WORK/reference/$f" "$WORK/killed/$f"; then
+    echo "  identical: $f"
+  else
+    echo "  DIFFERENT: $f"
+    status=1
+  fi
+done
+exit $status
