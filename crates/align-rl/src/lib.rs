@@ -6,7 +6,8 @@
 //! toward a reward using rollouts of the policy itself. DDPO-SF (REINFORCE), DDPO-IS
 //! (per-step PPO-clip), DPOK (policy gradient + per-step closed-form KL to the reference) and
 //! Flow-GRPO (group-relative advantages on the marginal-preserving flow SDE, with the "Fast"
-//! window) — one file each, all through one update path:
+//! window) — one file each, all through one update path — and SDPO's dense-reward and
+//! pair-loss mathematics ([`sdpo`]; its training loop is not wired yet):
 //!
 //! - [`step_loss`]: the per-step objective (formula in its module docs);
 //! - [`policy_gradients`]: re-scores stored transitions step by step (one step's graph at a
@@ -59,6 +60,7 @@ pub mod dpok;
 pub mod error;
 pub mod flow_grpo;
 pub mod objective;
+pub mod sdpo;
 pub mod update;
 
 pub use algorithm::{Iteration, IterationStats, OnlineAlgorithm, run_iteration, trainable_steps};
@@ -67,4 +69,5 @@ pub use dpok::{Dpok, DpokConfig};
 pub use error::{Result, RlError};
 pub use flow_grpo::{FlowGrpo, FlowGrpoConfig};
 pub use objective::{KlEstimator, KlPenalty, Objective, StepInputs, StepLoss, step_loss};
+pub use sdpo::{anchor_step, cosine_similarity, dense_rewards, sdpo_pair_loss, step_weight};
 pub use update::{Encode, PolicyGradientInputs, UpdateStats, policy_gradients};
