@@ -15,7 +15,10 @@ use align_models::{
     DenoiserKind, LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora,
     with_lora_scale,
 };
-use align_rewards::{Reward, ShapeEvalMode, ShapeEvalReward, same_prompt_diversity};
+use align_rewards::{
+    HackingMonitor, HackingMonitorConfig, Reading, Reward, ShapeEvalMode, ShapeEvalReward,
+    same_prompt_diversity,
+};
 use align_rl::{
     Ddpo, DdpoConfig, DdpoVariant, Dpok, DpokConfig, FlowGrpo, FlowGrpoConfig, Iteration,
     OnlineAlgorithm, RlError, run_iteration,
@@ -111,6 +114,9 @@ pub struct TrainConfig {
     pub lora: LoraSection,
     /// Optimizer, clipping, checkpoints, KL budget.
     pub runner: RunnerConfig,
+    /// Reward-hacking monitor, consulted at each evaluation (`eval_every`); with
+    /// `stop_on_hacking` a warning stops the run (after a checkpoint).
+    pub monitor: HackingMonitorConfig,
     /// Flow-GRPO hyper-parameters.
     pub flow_grpo: FlowGrpoConfig,
     /// DDPO hyper-parameters (`variant` is set by `algorithm`).
@@ -142,6 +148,7 @@ impl Default for TrainConfig {
                 learning_rate: 3e-4,
                 ..RunnerConfig::default()
             },
+            monitor: HackingMonitorConfig::default(),
             flow_grpo: FlowGrpoConfig::default(),
             ddpo: DdpoConfig::default(),
             dpok: DpokConfig::default(),
@@ -225,6 +232,7 @@ pub struct ShapesRl<D: Module + Denoiser> {
     model_config: ShapesModelConfig,
     image_size: usize,
     bar: indicatif::ProgressBar,
+    monitor: HackingMonitor,
 }
 
 /// Conditions (and null-prompt conditions) of prompt-table entries `ids`.
@@ -338,11 +346,20 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
     }
 
     fn state(&self) -> align_core::Result<serde_json::Value> {
-        Ok(self.algorithm.state())
+        let monitor = serde_json::to_value(&self.monitor)
+            .map_err(|e| CoreError::Job(format!("saving the monitor: {e}")))?;
+        Ok(serde_json::json!({ "algorithm": self.algorithm.state(), "monitor": monitor }))
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> align_core::Result<()> {
-        self.algorithm.restore(state).map_err(rl_err)
+        self.algorithm
+            .restore(&state["algorithm"])
+            .map_err(rl_err)?;
+        if !state["monitor"].is_null() {
+            self.monitor = serde_json::from_value(state["monitor"].clone())
+                .map_err(|e| CoreError::Job(format!("checkpoint monitor state: {e}")))?;
+        }
+        Ok(())
     }
 
     fn after_iteration(
@@ -357,16 +374,67 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
             let device = valid.text.devices()[0].clone();
             let (train, held) = evaluate_model(&valid, &self.model_config, &self.config, &device)
                 .map_err(CoreError::Job)?;
+            let (_, diversity) = grid_and_diversity(
+                &valid,
+                &self.model_config,
+                4,
+                self.config.eval_steps,
+                &device,
+            )
+            .map_err(CoreError::Job)?;
             metrics.insert("eval_train_accuracy".into(), train.rate());
             metrics.insert("eval_heldout_accuracy".into(), held.rate());
+            metrics.insert("eval_diversity".into(), diversity);
             self.bar.println(format!(
-                "iteration {}: ShapeEval train {:.1}% held-out {:.1}%",
+                "iteration {}: ShapeEval train {:.1}% held-out {:.1}%, diversity {diversity:.4}",
                 iteration + 1,
                 100.0 * train.rate(),
                 100.0 * held.rate()
             ));
+            let verdict = self
+                .monitor
+                .observe(monitor_reading(
+                    iteration + 1,
+                    self.config.reward,
+                    &held,
+                    diversity,
+                    metrics.get("kl").copied().unwrap_or(0.0),
+                ))
+                .map_err(|e| CoreError::Job(e.to_string()))?;
+            metrics.insert("hacking_warnings".into(), verdict.warnings.len() as f64);
+            for w in &verdict.warnings {
+                self.bar.println(format!("warning: {w}"));
+            }
+            if verdict.stop {
+                let reasons: Vec<String> = verdict.warnings.iter().map(|w| w.to_string()).collect();
+                return Ok(align_core::Control::Stop(format!(
+                    "reward-hacking monitor: {}",
+                    reasons.join("; ")
+                )));
+            }
         }
         Ok(align_core::Control::Continue)
+    }
+}
+
+/// A monitor reading from a held-out evaluation: the optimized reward (proxy) against the gold
+/// pass rate, with diversity and KL.
+fn monitor_reading(
+    step: usize,
+    reward: RewardName,
+    held: &Accuracy,
+    diversity: f64,
+    kl: f64,
+) -> Reading {
+    Reading {
+        step: step as u64,
+        proxy: match reward {
+            RewardName::ShapeEval => held.rate(),
+            RewardName::ShapeEvalPartial => held.partial,
+        },
+        gold: held.rate(),
+        diversity,
+        kl,
     }
 }
 
@@ -631,6 +699,22 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
     } else {
         bar.println(msg);
     }
+    let mut monitor = config.monitor.init().map_err(|e| format!("monitor: {e}"))?;
+    if !resume {
+        // The base model is the monitor's baseline.
+        monitor
+            .observe(Reading {
+                step: 0,
+                proxy: match config.reward {
+                    RewardName::ShapeEval => report.base.heldout_accuracy,
+                    RewardName::ShapeEvalPartial => report.base.heldout_partial_credit,
+                },
+                gold: report.base.heldout_accuracy,
+                diversity: report.base.diversity,
+                kl: 0.0,
+            })
+            .map_err(|e| format!("monitor: {e}"))?;
+    }
     let mut job = ShapesRl {
         algorithm: build_algorithm(config, &prompts)?,
         sampler: train_sampler(config, model_config)?,
@@ -646,6 +730,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         model_config: model_config.clone(),
         image_size: model_config.image_size,
         bar: bar.clone(),
+        monitor,
     };
     let runner = Runner::new(config.runner.clone(), &config.out).map_err(|e| e.to_string())?;
     let outcome = runner

@@ -100,6 +100,7 @@ pub fn same_prompt_diversity(images: &Tensor<4>, group_ids: &[u64]) -> Result<f6
 
 /// Thresholds of the [`HackingMonitor`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HackingMonitorConfig {
     /// Diversity below this fraction of the baseline's is a collapse. Default 0.5.
     pub diversity_floor: f64,
