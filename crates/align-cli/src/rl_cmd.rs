@@ -650,7 +650,10 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
     let bar = progress_bar(config.runner.iterations, progress);
     let mut report = Report {
         algorithm: format!("{:?}", config.algorithm),
-        model: config.model.display().to_string(),
+        model: std::fs::canonicalize(&config.model)
+            .unwrap_or_else(|_| config.model.clone())
+            .display()
+            .to_string(),
         ..Report::default()
     };
     // Base measurements, made once per run directory (a resumed run reuses `base.json`).

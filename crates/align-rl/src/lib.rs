@@ -7,7 +7,7 @@
 //! (per-step PPO-clip), DPOK (policy gradient + per-step closed-form KL to the reference) and
 //! Flow-GRPO (group-relative advantages on the marginal-preserving flow SDE, with the "Fast"
 //! window) — one file each, all through one update path — and SDPO's dense-reward and
-//! pair-loss mathematics ([`sdpo`]; its training loop is not wired yet):
+//! pair-loss update ([`Sdpo`]):
 //!
 //! - [`step_loss`]: the per-step objective (formula in its module docs);
 //! - [`policy_gradients`]: re-scores stored transitions step by step (one step's graph at a
@@ -69,5 +69,8 @@ pub use dpok::{Dpok, DpokConfig};
 pub use error::{Result, RlError};
 pub use flow_grpo::{FlowGrpo, FlowGrpoConfig};
 pub use objective::{KlEstimator, KlPenalty, Objective, StepInputs, StepLoss, step_loss};
-pub use sdpo::{anchor_step, cosine_similarity, dense_rewards, sdpo_pair_loss, step_weight};
+pub use sdpo::{
+    Sdpo, SdpoConfig, anchor_step, cosine_similarity, dense_rewards, sdpo_pair_loss, step_weight,
+    trajectory_dense_rewards,
+};
 pub use update::{Encode, PolicyGradientInputs, UpdateStats, policy_gradients};

@@ -26,9 +26,19 @@
 //! `log π_old ± ε` and takes the element-wise maximum. These formulas follow the official code
 //! (the paper gives none in closed form); see `../shared/notes/seeds-checklist.md` §1.B.
 
+use align_core::{
+    Denoiser, StepPromptStatTracker, Trajectory, clip_advantages, discounted_returns,
+};
+use align_samplers::{Sampler, rescore};
+use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 
 use crate::error::{Result, RlError};
+use crate::objective::Objective;
+use crate::update::{Encode, UpdateStats};
 
 /// Cosine similarity of two flattened vectors (0 if either is zero).
 pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
@@ -161,10 +171,289 @@ pub fn step_weight(k: usize, lambda: f64, log_scale: f64) -> f64 {
     lambda.powi(k as i32) / log_scale
 }
 
+/// SDPO hyper-parameters (official defaults).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SdpoConfig {
+    /// Discount γ of the dense returns.
+    pub gamma: f64,
+    /// Temporal weight base λ (`w_k = λ^k / log_scale`).
+    pub lambda: f64,
+    /// Temporal weight scale.
+    pub log_scale: f64,
+    /// Clip range ε of the clipped loss (`None` = unclipped).
+    pub clip_range: Option<f64>,
+    /// Advantage clip.
+    pub adv_clip_max: f64,
+    /// Per-(prompt, step) return buffer.
+    pub buffer_size: usize,
+    /// Returns a (prompt, step) needs before its own statistics are used.
+    pub min_count: usize,
+}
+
+impl Default for SdpoConfig {
+    fn default() -> Self {
+        Self {
+            gamma: 0.99,
+            lambda: 0.99,
+            log_scale: 1.0,
+            clip_range: Some(1e-4),
+            adv_clip_max: 5.0,
+            buffer_size: 32,
+            min_count: 16,
+        }
+    }
+}
+
+/// SDPO with its per-(prompt, step) statistics.
+#[derive(Debug, Clone)]
+pub struct Sdpo {
+    config: SdpoConfig,
+    tracker: StepPromptStatTracker,
+    prompts: Vec<String>,
+}
+
+/// Dense rewards of every trajectory of a batch (rollouts kept `x̂₀`): per sample, the anchor
+/// step is found from its `x̂₀` similarities, `score` is called three times (first, anchor and
+/// last `x̂₀` of every sample, each a `[B, C, H, W]` batch) and the other steps interpolated.
+///
+/// # Errors
+/// A trajectory without `x̂₀`, fewer than 3 steps, or a failing `score`.
+pub fn trajectory_dense_rewards(
+    trajectory: &Trajectory,
+    score: &mut dyn FnMut(Tensor<4>) -> Result<Vec<f64>>,
+) -> Result<Vec<Vec<f64>>> {
+    let k = trajectory.pred_x0.len();
+    if k != trajectory.num_steps() || k < 3 {
+        return Err(RlError::config(
+            "sdpo",
+            "roll out with keep_pred_x0 and at least 3 steps",
+        ));
+    }
+    let b = trajectory.batch_size();
+    let host: Vec<Vec<f32>> = trajectory
+        .pred_x0
+        .iter()
+        .map(|t| {
+            t.clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| RlError::Encode(format!("reading x̂₀: {e:?}")))
+        })
+        .collect::<Result<_>>()?;
+    let per = host[0].len() / b;
+    let sample = |step: usize, i: usize| host[step][i * per..(i + 1) * per].to_vec();
+    let per_sample: Vec<Vec<Vec<f32>>> = (0..b)
+        .map(|i| (0..k).map(|step| sample(step, i)).collect())
+        .collect();
+    let anchors: Vec<usize> = per_sample
+        .iter()
+        .map(|s| anchor_step(s))
+        .collect::<Result<_>>()?;
+    let dims = trajectory.pred_x0[0].dims();
+    let device = trajectory.pred_x0[0].device();
+    let gather = |steps: &[usize]| -> Tensor<4> {
+        let data: Vec<f32> = steps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &st)| sample(st, i))
+            .collect();
+        Tensor::from_data(burn::tensor::TensorData::new(data, dims), &device)
+    };
+    let r_first = score(gather(&vec![0; b]))?;
+    let r_anchor = score(gather(&anchors))?;
+    let r_last = score(gather(&vec![k - 1; b]))?;
+    (0..b)
+        .map(|i| {
+            dense_rewards(
+                &per_sample[i],
+                anchors[i],
+                [r_first[i], r_anchor[i], r_last[i]],
+            )
+        })
+        .collect()
+}
+
+impl Sdpo {
+    /// SDPO over a prompt table (`condition_ids` index it).
+    ///
+    /// # Errors
+    /// Invalid tracker sizes or weights.
+    pub fn new(config: SdpoConfig, prompts: Vec<String>) -> Result<Self> {
+        let unit = |v: f64| v.is_finite() && v > 0.0 && v <= 1.0;
+        if !unit(config.gamma) || !unit(config.lambda) {
+            return Err(RlError::config("gamma / lambda", "must lie in (0, 1]"));
+        }
+        if !(config.log_scale.is_finite() && config.log_scale > 0.0) {
+            return Err(RlError::config("log_scale", "must be positive"));
+        }
+        if let Some(eps) = config.clip_range {
+            Objective::PpoClip { clip_range: eps }.validate()?;
+        }
+        let tracker = StepPromptStatTracker::new(config.buffer_size, config.min_count, 1e-6)?;
+        Ok(Self {
+            config,
+            tracker,
+            prompts,
+        })
+    }
+
+    /// Per-sample, per-step advantages `Â[b][k]` from dense rewards: discounted returns,
+    /// standardised per (prompt, step), clipped.
+    ///
+    /// # Errors
+    /// Mismatched shapes, unknown condition ids, non-finite rewards.
+    pub fn step_advantages(
+        &mut self,
+        trajectory: &Trajectory,
+        dense: &[Vec<f64>],
+    ) -> Result<Vec<Vec<f64>>> {
+        let b = trajectory.batch_size();
+        let k = trajectory.num_steps();
+        if dense.len() != b || dense.iter().any(|d| d.len() != k) {
+            return Err(align_core::CoreError::shape(
+                "dense rewards",
+                format!("{b} × {k}"),
+                dense.len(),
+            )
+            .into());
+        }
+        let prompts = crate::ddpo::prompt_keys(&self.prompts, &trajectory.condition_ids)?;
+        let returns: Vec<Vec<f64>> = dense
+            .iter()
+            .map(|r| discounted_returns(r, self.config.gamma))
+            .collect();
+        let mut keys = Vec::with_capacity(b * k);
+        let mut values = Vec::with_capacity(b * k);
+        for (i, g) in returns.iter().enumerate() {
+            for (step, &v) in g.iter().enumerate() {
+                keys.push((prompts[i].clone(), step));
+                values.push(v);
+            }
+        }
+        let mut adv = self.tracker.update(&keys, &values)?;
+        clip_advantages(&mut adv, self.config.adv_clip_max);
+        Ok(adv.chunks(k).map(<[f64]>::to_vec).collect())
+    }
+
+    /// One SDPO iteration on a batch of pairs (samples `2i` and `2i + 1` share a prompt):
+    /// dense advantages, then one optimizer step per trained step, visiting the steps in a
+    /// shuffled order (the official code shuffles per sample; here one permutation per
+    /// iteration is shared by the batch, so each update re-scores one step).
+    ///
+    /// # Errors
+    /// An odd batch, pairs with different prompts, or any error of the update.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_iteration<M, S>(
+        &mut self,
+        mut policy: M,
+        sampler: &S,
+        trajectory: &Trajectory,
+        dense: &[Vec<f64>],
+        encode: &Encode<'_, M>,
+        shuffle_seed: u64,
+        apply: &mut dyn FnMut(M, GradientsParams) -> Result<M>,
+    ) -> Result<(M, UpdateStats)>
+    where
+        M: Module + Denoiser,
+        S: Sampler + ?Sized,
+    {
+        let b = trajectory.batch_size();
+        if !b.is_multiple_of(2) || b == 0 {
+            return Err(RlError::config(
+                "sdpo",
+                format!("needs pairs; batch of {b}"),
+            ));
+        }
+        let ids = &trajectory.condition_ids;
+        if (0..b / 2).any(|i| ids[2 * i] != ids[2 * i + 1]) {
+            return Err(RlError::config(
+                "sdpo",
+                "samples 2i and 2i+1 must share a prompt",
+            ));
+        }
+        let adv = self.step_advantages(trajectory, dense)?;
+        let mut steps = trajectory.stochastic_steps();
+        let mut rng = ChaCha8Rng::seed_from_u64(shuffle_seed);
+        for i in (1..steps.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            steps.swap(i, j);
+        }
+        let mut stats = UpdateStats {
+            steps: steps.len(),
+            samples: b,
+            ..UpdateStats::default()
+        };
+        let device_of = |c: &align_core::Condition| c.context.device();
+        for &k in &steps {
+            let (cond, uncond) = encode(&policy, ids).map_err(RlError::Encode)?;
+            let device = device_of(&cond);
+            let out = rescore(&policy, sampler, trajectory, k, &cond, uncond.as_ref())?;
+            let lp = out
+                .log_prob
+                .ok_or(align_samplers::SamplerError::Deterministic {
+                    sampler: sampler.name(),
+                    step: k,
+                    hint: "SDPO needs a stochastic sampler (DDIM η > 0, the flow SDE)",
+                })?;
+            let old = trajectory.log_probs[k]
+                .clone()
+                .ok_or(align_samplers::SamplerError::Deterministic {
+                    sampler: sampler.name(),
+                    step: k,
+                    hint: "SDPO needs a stochastic sampler",
+                })?
+                .to_device(&device);
+            let pick = |t: Tensor<1>, parity: usize| {
+                let idx: Vec<i64> = (0..b / 2).map(|i| (2 * i + parity) as i64).collect();
+                t.select(
+                    0,
+                    Tensor::<1, burn::tensor::Int>::from_ints(idx.as_slice(), &device),
+                )
+            };
+            let a = |parity: usize| {
+                let v: Vec<f32> = (0..b / 2).map(|i| adv[2 * i + parity][k] as f32).collect();
+                Tensor::<1>::from_floats(v.as_slice(), &device)
+            };
+            let loss = sdpo_pair_loss(
+                pick(lp.clone(), 0),
+                pick(old.clone(), 0),
+                pick(lp, 1),
+                pick(old, 1),
+                a(0),
+                a(1),
+                step_weight(k, self.config.lambda, self.config.log_scale),
+                self.config.clip_range,
+            );
+            let value: f32 = loss
+                .clone()
+                .detach()
+                .try_into_scalar()
+                .map_err(|e| RlError::Encode(format!("reading the loss: {e:?}")))?;
+            if !value.is_finite() {
+                return Err(RlError::NonFinite {
+                    what: format!("SDPO loss at step {k}"),
+                    value: f64::from(value),
+                });
+            }
+            if !loss.is_tracked() {
+                return Err(RlError::config(
+                    "policy",
+                    "no trainable parameter reaches the loss",
+                ));
+            }
+            stats.loss += f64::from(value) / steps.len() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &policy);
+            policy = apply(policy, grads)?;
+        }
+        stats.policy_loss = stats.loss;
+        Ok((policy, stats))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use align_core::discounted_returns;
     use proptest::prelude::*;
 
     fn unit(i: usize, n: usize) -> Vec<f32> {

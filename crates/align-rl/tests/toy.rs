@@ -7,7 +7,7 @@
 use align_core::{Condition, Denoiser, Parameterization, Trajectory, test_device};
 use align_rl::{
     Ddpo, DdpoConfig, DdpoVariant, Dpok, DpokConfig, FlowGrpo, FlowGrpoConfig, Iteration,
-    OnlineAlgorithm, run_iteration,
+    OnlineAlgorithm, Sdpo, SdpoConfig, run_iteration, trajectory_dense_rewards,
 };
 use align_samplers::{RolloutBatch, RolloutConfig, Sampler, SamplerConfig, rollout};
 use burn::module::{Module, Param};
@@ -231,3 +231,80 @@ fn flow_grpo_raises_the_reward_and_its_kl_stays_bounded() {
 
 /// Mean per-step KL (mean-reduced over the 2 dimensions) allowed at the end of a penalised run.
 const KL_BOUND: f64 = 1.0;
+
+fn point_reward(x: Tensor<4>) -> Vec<f64> {
+    let x: Vec<f32> = x.into_data().try_to_vec::<f32>().expect("f32");
+    x.chunks(2)
+        .map(|p| -(f64::from(p[0]) - 1.0).powi(2) - (f64::from(p[1]) - 1.0).powi(2))
+        .collect()
+}
+
+#[test]
+fn sdpo_raises_the_reward_with_dense_step_rewards() {
+    let device = test_device().autodiff();
+    let sampler = ddim();
+    let mut policy = Toy::new(false, &device);
+    let mut adam = AdamConfig::new().init();
+    let mut algo = Sdpo::new(
+        // Unclipped: with ε = 1e-4 every update after an iteration's first sees ratios outside
+        // the clip range (the toy's one offset moves every step's mean), so the clipped loss
+        // learns about one step per iteration — too slow for a 30-iteration test.
+        SdpoConfig {
+            min_count: 4,
+            clip_range: None,
+            ..SdpoConfig::default()
+        },
+        prompts(),
+    )
+    .expect("config");
+    let b = 32;
+    let (mut first, mut last) = (0.0, 0.0);
+    let iterations = 30;
+    for it in 0..iterations {
+        let frozen = policy.clone().no_grad();
+        let (c, _) = encode(&frozen, &vec![0; b]).expect("encode");
+        let traj = rollout(
+            &frozen,
+            sampler.as_ref(),
+            &RolloutBatch {
+                condition: &c,
+                uncond: None,
+                sample_ids: (0..b as u64).map(|i| it as u64 * 1000 + i).collect(),
+                condition_ids: (0..b).map(|i| (i / 2) % 4).collect(),
+                group_ids: None,
+                sample_shape: [2, 1, 1],
+            },
+            &RolloutConfig {
+                seed: 3,
+                keep_pred_x0: true,
+                ..RolloutConfig::default()
+            },
+        )
+        .expect("rollout");
+        let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+        let reward = mean(&point_reward(traj.final_sample().clone()));
+        if it < 3 {
+            first += reward / 3.0;
+        }
+        if it >= iterations - 3 {
+            last += reward / 3.0;
+        }
+        let dense = trajectory_dense_rewards(&traj, &mut |x| Ok(point_reward(x))).expect("dense");
+        assert_eq!(dense.len(), b);
+        let mut apply = |m: Toy, g| Ok(adam.step(0.02, m, g));
+        let (p, stats) = algo
+            .run_iteration(
+                policy,
+                sampler.as_ref(),
+                &traj,
+                &dense,
+                &encode,
+                it as u64,
+                &mut apply,
+            )
+            .expect("iteration");
+        assert!(stats.loss.is_finite());
+        policy = p;
+    }
+    assert!(last > first + 0.5, "{first} → {last}");
+}
