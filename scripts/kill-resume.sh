@@ -51,7 +51,8 @@ while true; do
   pid=$!
   attempt=$(( attempt + 1 ))
   if [ "$kills" -lt "$KILLS" ]; then
-    delay=$(( 5 + RANDOM % (span > 10 ? span - 5 : 5) ))
+    # Somewhere in the first half of a full run: start-up, evaluation, an iteration, a checkpoint.
+    delay=$(( 3 + RANDOM % (span / 2 > 3 ? span / 2 : 3) ))
     for _ in $(seq "$delay"); do
       sleep 1
       kill -0 "$pid" 2>/dev/null || break

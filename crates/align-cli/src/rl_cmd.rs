@@ -626,6 +626,8 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
 ) -> Result<Report, String> {
     let started = Instant::now();
     let inner_model = base.valid();
+    // LoRA's A factors are drawn from the device RNG: seed it so a run is reproducible.
+    device.clone().autodiff().seed(config.seed);
     let policy = apply_lora(
         base,
         &LoraConfig::new()

@@ -23,7 +23,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::tensor::{Bool, Int, Tensor};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 
@@ -200,6 +201,59 @@ pub struct RunOutcome<M> {
 pub struct Runner {
     config: RunnerConfig,
     dir: PathBuf,
+}
+
+struct PathIds {
+    path: Vec<String>,
+}
+
+impl PathIds {
+    fn id(&self) -> ParamId {
+        // FNV-1a over the module path: stable across processes and runs.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.path.join(".").bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        ParamId::from(h)
+    }
+}
+
+impl ModuleMapper for PathIds {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.id = self.id();
+        param
+    }
+    fn map_int<const D: usize>(
+        &mut self,
+        mut param: Param<Tensor<D, Int>>,
+    ) -> Param<Tensor<D, Int>> {
+        param.id = self.id();
+        param
+    }
+    fn map_bool<const D: usize>(
+        &mut self,
+        mut param: Param<Tensor<D, Bool>>,
+    ) -> Param<Tensor<D, Bool>> {
+        param.id = self.id();
+        param
+    }
+}
+
+/// `module` with every parameter id replaced by a hash of the parameter's module path.
+///
+/// burn draws parameter ids at random, and optimizer state and burnpack checkpoints are keyed
+/// by them, so two runs of the same configuration would write different checkpoint bytes.
+/// [`Runner::run`] applies this to a fresh run's model, which makes checkpoints (model and
+/// optimizer state) byte-identical across processes.
+pub fn path_param_ids<M: Module>(module: M) -> M {
+    module.map(&mut PathIds { path: Vec::new() })
 }
 
 /// Name of the file that points at the latest complete checkpoint.
@@ -382,7 +436,7 @@ impl Runner {
             }
             (false, None) => {
                 self.truncate_metrics(0)?;
-                (model, 0)
+                (path_param_ids(model), 0)
             }
             (true, Some(ckpt)) => {
                 let state_path = ckpt.join("state.json");
@@ -615,6 +669,28 @@ mod tests {
             .unwrap();
         assert_ne!(w(&full.model), w(&restarted.model));
         for d in [a, b, c] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    #[test]
+    fn checkpoints_do_not_depend_on_random_parameter_ids() {
+        let device = crate::test_device().autodiff();
+        // Two models with equal values but different (random) parameter ids, as two processes
+        // would build them.
+        let (a, b) = (tempdir("ids-a"), tempdir("ids-b"));
+        let (m1, m2) = (weights(&device), weights(&device));
+        assert_ne!(m1.w.id, m2.w.id);
+        Runner::new(config(2), &a).unwrap().run(m1, &mut toy(), false).unwrap();
+        Runner::new(config(2), &b).unwrap().run(m2, &mut toy(), false).unwrap();
+        for file in ["model.bpk", "optimizer.bpk"] {
+            assert_eq!(
+                bytes(a.join("checkpoint-000002").join(file)),
+                bytes(b.join("checkpoint-000002").join(file)),
+                "{file}"
+            );
+        }
+        for d in [a, b] {
             let _ = std::fs::remove_dir_all(d);
         }
     }
