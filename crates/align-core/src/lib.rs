@@ -72,7 +72,9 @@ pub use gaussian::{
 };
 pub use noise::{NoiseKey, noise_tensor, standard_normal};
 pub use ppo::{PpoClipOutput, ppo_clip_loss};
-pub use runner::{Control, Job, Metrics, RunOutcome, Runner, RunnerConfig, path_param_ids};
+pub use runner::{
+    Control, Job, Metrics, RunOutcome, Runner, RunnerConfig, burnpack_digest, path_param_ids,
+};
 pub use trajectory::Trajectory;
 
 /// The device tests run on: `BURN_DEVICE` if set (so `cargo xtask test --backend ndarray`

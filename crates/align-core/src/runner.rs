@@ -24,9 +24,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
-use burn::tensor::{Bool, Int, Tensor};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::{Bool, Int, Tensor};
 
 use crate::clip::clip_grad_norm;
 use crate::error::{CoreError, Result};
@@ -256,6 +256,43 @@ pub fn path_param_ids<M: Module>(module: M) -> M {
     module.map(&mut PathIds { path: Vec::new() })
 }
 
+fn fnv(h: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *h ^= u64::from(b);
+        *h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+/// An order-independent digest of a burnpack file's content: its tensors (name and bytes, in
+/// name order) and scalars. burn writes optimizer state in hash-map order, so two files with
+/// the same state can differ byte for byte; their digests do not.
+///
+/// # Errors
+/// A file that is not burnpack.
+pub fn burnpack_digest(path: &Path) -> Result<String> {
+    let reader = burn::store::burn_pack::Reader::from_file(path)
+        .map_err(|e| io(path, "reading", format!("{e:?}")))?;
+    let mut names: Vec<String> = reader
+        .tensor_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    names.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for name in &names {
+        fnv(&mut h, name.as_bytes());
+        let data = reader
+            .tensor_data(name)
+            .map_err(|e| io(path, "reading a tensor", format!("{e:?}")))?;
+        fnv(&mut h, &data);
+    }
+    for (k, v) in reader.scalars() {
+        fnv(&mut h, k.as_bytes());
+        fnv(&mut h, format!("{v:?}").as_bytes());
+    }
+    Ok(format!("{h:016x} ({} tensors)", names.len()))
+}
+
 /// Name of the file that points at the latest complete checkpoint.
 pub const LATEST: &str = "LATEST";
 /// Name of the metrics file.
@@ -347,6 +384,13 @@ impl Runner {
         let state = serde_json::to_string_pretty(&CheckpointState { iteration, job })
             .map_err(|e| io(&tmp, "serialising the state", e))?;
         std::fs::write(tmp.join("state.json"), state).map_err(|e| io(&tmp, "writing state", e))?;
+        let digest = format!(
+            "model.bpk {}\noptimizer.bpk {}\n",
+            burnpack_digest(&tmp.join("model.bpk"))?,
+            burnpack_digest(&tmp.join("optimizer.bpk"))?
+        );
+        std::fs::write(tmp.join("digest.txt"), digest)
+            .map_err(|e| io(&tmp, "writing digest", e))?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)
                 .map_err(|e| io(&final_dir, "replacing an older copy", e))?;
@@ -642,7 +686,7 @@ mod tests {
         assert_eq!(resumed.iterations, 6);
         let w = |m: &Weights| m.w.val().into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(w(&full.model), w(&resumed.model));
-        for file in ["model.bpk", "optimizer.bpk", "state.json"] {
+        for file in ["model.bpk", "optimizer.bpk", "state.json", "digest.txt"] {
             assert_eq!(
                 bytes(a.join("checkpoint-000006").join(file)),
                 bytes(b.join("checkpoint-000006").join(file)),
@@ -681,8 +725,14 @@ mod tests {
         let (a, b) = (tempdir("ids-a"), tempdir("ids-b"));
         let (m1, m2) = (weights(&device), weights(&device));
         assert_ne!(m1.w.id, m2.w.id);
-        Runner::new(config(2), &a).unwrap().run(m1, &mut toy(), false).unwrap();
-        Runner::new(config(2), &b).unwrap().run(m2, &mut toy(), false).unwrap();
+        Runner::new(config(2), &a)
+            .unwrap()
+            .run(m1, &mut toy(), false)
+            .unwrap();
+        Runner::new(config(2), &b)
+            .unwrap()
+            .run(m2, &mut toy(), false)
+            .unwrap();
         for file in ["model.bpk", "optimizer.bpk"] {
             assert_eq!(
                 bytes(a.join("checkpoint-000002").join(file)),

@@ -254,10 +254,28 @@ fn gradient_checksum() {
     let device = test_device().autodiff();
     let p = base(&device);
     let traj = roll(&p, 3, 3.0);
-    let (g, _) = grads(&p, None, &traj, &[1.0, -0.5, 0.25], Objective::Reinforce, None);
+    let (g, _) = grads(
+        &p,
+        None,
+        &traj,
+        &[1.0, -0.5, 0.25],
+        Objective::Reinforce,
+        None,
+    );
     let v = flat(&p, &g);
-    let bits: u64 = v.iter().map(|x| u64::from(x.to_bits())).fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b));
-    let t: Vec<f32> = traj.final_sample().clone().into_data().try_to_vec::<f32>().unwrap();
-    let tb: u64 = t.iter().map(|x| u64::from(x.to_bits())).fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b));
+    let bits: u64 = v
+        .iter()
+        .map(|x| u64::from(x.to_bits()))
+        .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b));
+    let t: Vec<f32> = traj
+        .final_sample()
+        .clone()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let tb: u64 = t
+        .iter()
+        .map(|x| u64::from(x.to_bits()))
+        .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b));
     println!("CHECKSUM grads {bits:x} rollout {tb:x} n {}", v.len());
 }
