@@ -21,7 +21,7 @@ use align_rewards::{
 };
 use align_rl::{
     Ddpo, DdpoConfig, DdpoVariant, Dpok, DpokConfig, FlowGrpo, FlowGrpoConfig, Iteration,
-    OnlineAlgorithm, RlError, run_iteration,
+    OnlineAlgorithm, RlError, Sdpo, SdpoConfig, run_iteration, trajectory_dense_rewards,
 };
 use align_samplers::{RolloutBatch, RolloutConfig, Sampler, SamplerConfig, rollout};
 use burn::module::{Module, ModuleDisplay};
@@ -46,6 +46,8 @@ pub enum AlgorithmName {
     DdpoIs,
     /// DPOK (UNet).
     Dpok,
+    /// SDPO: dense x̂₀ rewards, squared pair loss (either model; `group_size` must be even).
+    Sdpo,
 }
 
 /// Which gold reward to optimise.
@@ -123,6 +125,8 @@ pub struct TrainConfig {
     pub ddpo: DdpoConfig,
     /// DPOK hyper-parameters.
     pub dpok: DpokConfig,
+    /// SDPO hyper-parameters.
+    pub sdpo: SdpoConfig,
 }
 
 impl Default for TrainConfig {
@@ -152,6 +156,7 @@ impl Default for TrainConfig {
             flow_grpo: FlowGrpoConfig::default(),
             ddpo: DdpoConfig::default(),
             dpok: DpokConfig::default(),
+            sdpo: SdpoConfig::default(),
         }
     }
 }
@@ -208,6 +213,12 @@ impl TrainConfig {
                 self.train_steps
             ));
         }
+        if self.algorithm == AlgorithmName::Sdpo && !self.group_size.is_multiple_of(2) {
+            return Err(format!(
+                "group_size {} must be even for SDPO (it trains on pairs)",
+                self.group_size
+            ));
+        }
         if self.eval_seeds == 0 {
             return Err("eval_seeds must be ≥ 1".into());
         }
@@ -219,9 +230,31 @@ fn rl_err(e: RlError) -> CoreError {
     CoreError::Job(e.to_string())
 }
 
+/// The algorithm a job runs: one of the shared-update algorithms, or SDPO (pairs, per-step
+/// advantages).
+enum Algorithm {
+    Online(Box<dyn OnlineAlgorithm>),
+    Sdpo(Sdpo),
+}
+
+impl Algorithm {
+    fn state(&self) -> serde_json::Value {
+        match self {
+            Algorithm::Online(a) => a.state(),
+            Algorithm::Sdpo(s) => s.state(),
+        }
+    }
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), RlError> {
+        match self {
+            Algorithm::Online(a) => a.restore(state),
+            Algorithm::Sdpo(s) => s.restore(state),
+        }
+    }
+}
+
 /// The online-RL job on a Shapes model.
 pub struct ShapesRl<D: Module + Denoiser> {
-    algorithm: Box<dyn OnlineAlgorithm>,
+    algorithm: Algorithm,
     sampler: Box<dyn Sampler + Send + Sync>,
     reference: TextToImage<D>,
     prompts: Vec<String>,
@@ -297,6 +330,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 seed: self.config.seed,
                 guidance_scale: self.config.guidance,
                 keep_means: true,
+                keep_pred_x0: matches!(self.algorithm, Algorithm::Sdpo(_)),
                 ..RolloutConfig::default()
             },
         )
@@ -311,21 +345,57 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
         let (tokens, null) = (&self.tokens, &self.null);
         let encode = |m: &TextToImage<D>, ids: &[usize]| encode_prompts(tokens, null, m, ids);
         let mut apply_rl = |m, g| apply(m, g).map_err(|e| RlError::Encode(e.to_string()));
-        let (model, stats) = run_iteration(
-            self.algorithm.as_mut(),
-            model,
-            Iteration {
-                reference: Some(&self.reference),
-                sampler: self.sampler.as_ref(),
-                trajectory: &traj,
-                rewards: &rewards,
-                steps: &steps,
-                encode: &encode,
-                shuffle_seed: self.config.seed.wrapping_add(iteration as u64),
-            },
-            &mut apply_rl,
-        )
-        .map_err(rl_err)?;
+        let shuffle_seed = self.config.seed.wrapping_add(iteration as u64);
+        let (model, stats) = match &mut self.algorithm {
+            Algorithm::Online(algorithm) => run_iteration(
+                algorithm.as_mut(),
+                model,
+                Iteration {
+                    reference: Some(&self.reference),
+                    sampler: self.sampler.as_ref(),
+                    trajectory: &traj,
+                    rewards: &rewards,
+                    steps: &steps,
+                    encode: &encode,
+                    shuffle_seed,
+                },
+                &mut apply_rl,
+            )
+            .map_err(rl_err)?,
+            Algorithm::Sdpo(sdpo) => {
+                let reward = &self.reward;
+                let mut score = |x: burn::tensor::Tensor<4>| {
+                    reward
+                        .score(&x.clamp(-1.0, 1.0), &prompts)
+                        .map_err(|e| RlError::Encode(e.to_string()))
+                };
+                let dense = trajectory_dense_rewards(&traj, &mut score).map_err(rl_err)?;
+                let (model, update) = sdpo
+                    .run_iteration(
+                        model,
+                        self.sampler.as_ref(),
+                        &traj,
+                        &dense,
+                        &encode,
+                        shuffle_seed,
+                        &mut apply_rl,
+                    )
+                    .map_err(rl_err)?;
+                let n = rewards.len() as f64;
+                let mean = rewards.iter().sum::<f64>() / n;
+                let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+                (
+                    model,
+                    align_rl::IterationStats {
+                        reward_mean: mean,
+                        reward_std: std,
+                        zero_advantage_fraction: 0.0,
+                        optimizer_steps: update.steps,
+                        update,
+                    },
+                )
+            }
+        };
         let mut m = Metrics::new();
         m.insert("reward_mean".into(), stats.reward_mean);
         m.insert("reward_std".into(), stats.reward_std);
@@ -560,11 +630,13 @@ Grids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). Curv
     std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn build_algorithm(
-    config: &TrainConfig,
-    prompts: &[String],
-) -> Result<Box<dyn OnlineAlgorithm>, String> {
-    Ok(match config.algorithm {
+fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Result<Algorithm, String> {
+    if config.algorithm == AlgorithmName::Sdpo {
+        return Ok(Algorithm::Sdpo(
+            Sdpo::new(config.sdpo.clone(), prompts.to_vec()).map_err(|e| e.to_string())?,
+        ));
+    }
+    Ok(Algorithm::Online(match config.algorithm {
         AlgorithmName::FlowGrpo => {
             Box::new(FlowGrpo::new(config.flow_grpo.clone()).map_err(|e| e.to_string())?)
         }
@@ -588,7 +660,8 @@ fn build_algorithm(
         AlgorithmName::Dpok => {
             Box::new(Dpok::new(config.dpok.clone(), prompts.to_vec()).map_err(|e| e.to_string())?)
         }
-    })
+        AlgorithmName::Sdpo => unreachable!("handled above"),
+    }))
 }
 
 fn train_sampler(
@@ -795,11 +868,12 @@ pub fn train(
     let (model_config, model) =
         ShapesModel::load(&config.model, &device.clone().autodiff()).map_err(|e| e.to_string())?;
     let wants_flow = config.algorithm == AlgorithmName::FlowGrpo;
+    let either = config.algorithm == AlgorithmName::Sdpo;
     match model {
-        ShapesModel::Dit(m) if wants_flow => {
+        ShapesModel::Dit(m) if wants_flow || either => {
             train_model(*m, &model_config, config, resume, progress, device)
         }
-        ShapesModel::Unet(m) if !wants_flow => {
+        ShapesModel::Unet(m) if !wants_flow || either => {
             train_model(*m, &model_config, config, resume, progress, device)
         }
         _ => Err(format!(
@@ -881,6 +955,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// SDPO through `align train` on the shipped UNet: pairs, dense rewards, one optimizer
+    /// step per trained step; an odd group size is refused by name.
+    #[test]
+    fn sdpo_trains_the_shipped_unet() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-sdpo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = TrainConfig {
+            algorithm: AlgorithmName::Sdpo,
+            model: default_model_dir("shapes-unet"),
+            out: dir.clone(),
+            prompts_per_iteration: 1,
+            group_size: 3,
+            train_steps: 3,
+            noise_level: 1.0,
+            eval_steps: 2,
+            ..TrainConfig::default()
+        };
+        config.runner.iterations = 1;
+        let err = train(&config, false, false, &device).unwrap_err();
+        assert!(err.contains("group_size 3 must be even"), "{err}");
+        config.group_size = 2;
+        train(&config, false, false, &device).unwrap();
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        // One optimizer step per stochastic step (DDIM's last step is deterministic here).
+        assert_eq!(row["optimizer_steps"].as_f64(), Some(2.0), "{text}");
+        assert!(row["loss"].as_f64().unwrap().is_finite());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn shipped_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
@@ -892,7 +997,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 4, "one config per algorithm in configs/");
+        assert!(n >= 5, "one config per algorithm in configs/");
     }
 
     /// A whole Flow-GRPO run on a tiny model for two iterations: report fields, grids,

@@ -298,6 +298,25 @@ impl Sdpo {
         })
     }
 
+    /// The per-(prompt, step) statistics, for checkpoints.
+    pub fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.tracker).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Restores [`Sdpo::state`].
+    ///
+    /// # Errors
+    /// State that is not an SDPO tracker.
+    pub fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        if state.is_null() {
+            return Ok(());
+        }
+        self.tracker = serde_json::from_value(state.clone()).map_err(|e| {
+            RlError::config("checkpoint state", format!("not an SDPO tracker: {e}"))
+        })?;
+        Ok(())
+    }
+
     /// Per-sample, per-step advantages `Â[b][k]` from dense rewards: discounted returns,
     /// standardised per (prompt, step), clipped.
     ///
