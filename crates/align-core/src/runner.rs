@@ -210,11 +210,8 @@ struct PathIds {
 impl PathIds {
     fn id(&self) -> ParamId {
         // FNV-1a over the module path: stable across processes and runs.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.path.join(".").bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        let mut h = FNV_OFFSET;
+        fnv(&mut h, self.path.join(".").as_bytes());
         ParamId::from(h)
     }
 }
@@ -256,6 +253,9 @@ pub fn path_param_ids<M: Module>(module: M) -> M {
     module.map(&mut PathIds { path: Vec::new() })
 }
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a, 64 bit: folds `bytes` into `h`.
 fn fnv(h: &mut u64, bytes: &[u8]) {
     for &b in bytes {
         *h ^= u64::from(b);
@@ -278,7 +278,7 @@ pub fn burnpack_digest(path: &Path) -> Result<String> {
         .map(|n| n.to_string())
         .collect();
     names.sort();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = FNV_OFFSET;
     for name in &names {
         fnv(&mut h, name.as_bytes());
         let data = reader

@@ -68,8 +68,59 @@ impl Default for DdpoConfig {
 #[derive(Debug, Clone)]
 pub struct Ddpo {
     config: DdpoConfig,
+    baseline: PromptBaseline,
+}
+
+/// DDPO's (and DPOK's) advantages: per-prompt running z-scores, clipped; the tracker is the
+/// algorithm's checkpointed state.
+#[derive(Debug, Clone)]
+pub(crate) struct PromptBaseline {
     tracker: PromptStatTracker,
     prompts: Vec<String>,
+    adv_clip_max: f64,
+}
+
+impl PromptBaseline {
+    pub(crate) fn new(
+        buffer_size: usize,
+        min_count: usize,
+        adv_clip_max: f64,
+        prompts: Vec<String>,
+    ) -> Result<Self> {
+        if !(adv_clip_max.is_finite() && adv_clip_max > 0.0) {
+            return Err(RlError::config("adv_clip_max", "must be positive"));
+        }
+        Ok(Self {
+            tracker: PromptStatTracker::new(buffer_size, min_count, 1e-6)?,
+            prompts,
+            adv_clip_max,
+        })
+    }
+
+    pub(crate) fn advantages(
+        &mut self,
+        trajectory: &Trajectory,
+        rewards: &[f64],
+    ) -> Result<Vec<f64>> {
+        let keys = prompt_keys(&self.prompts, &trajectory.condition_ids)?;
+        let mut adv = self.tracker.update(&keys, rewards)?;
+        clip_advantages(&mut adv, self.adv_clip_max);
+        Ok(adv)
+    }
+
+    pub(crate) fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.tracker).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub(crate) fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        if state.is_null() {
+            return Ok(());
+        }
+        self.tracker = serde_json::from_value(state.clone()).map_err(|e| {
+            RlError::config("checkpoint state", format!("not a prompt tracker: {e}"))
+        })?;
+        Ok(())
+    }
 }
 
 impl Ddpo {
@@ -85,25 +136,23 @@ impl Ddpo {
         if config.inner_epochs == 0 || config.minibatches == 0 {
             return Err(RlError::config("inner_epochs / minibatches", "must be ≥ 1"));
         }
-        if !(config.adv_clip_max.is_finite() && config.adv_clip_max > 0.0) {
-            return Err(RlError::config("adv_clip_max", "must be positive"));
-        }
-        let tracker = PromptStatTracker::new(config.buffer_size, config.min_count, 1e-6)?;
-        Ok(Self {
-            config,
-            tracker,
+        let baseline = PromptBaseline::new(
+            config.buffer_size,
+            config.min_count,
+            config.adv_clip_max,
             prompts,
-        })
+        )?;
+        Ok(Self { config, baseline })
     }
 
     /// The per-prompt statistics (saved in checkpoints).
     pub fn tracker(&self) -> &PromptStatTracker {
-        &self.tracker
+        &self.baseline.tracker
     }
 
     /// Restores the per-prompt statistics from a checkpoint.
     pub fn set_tracker(&mut self, tracker: PromptStatTracker) {
-        self.tracker = tracker;
+        self.baseline.tracker = tracker;
     }
 }
 
@@ -143,22 +192,13 @@ impl OnlineAlgorithm for Ddpo {
     }
 
     fn advantages(&mut self, trajectory: &Trajectory, rewards: &[f64]) -> Result<Vec<f64>> {
-        let keys = prompt_keys(&self.prompts, &trajectory.condition_ids)?;
-        let mut adv = self.tracker.update(&keys, rewards)?;
-        clip_advantages(&mut adv, self.config.adv_clip_max);
-        Ok(adv)
+        self.baseline.advantages(trajectory, rewards)
     }
     fn state(&self) -> serde_json::Value {
-        serde_json::to_value(&self.tracker).unwrap_or(serde_json::Value::Null)
+        self.baseline.state()
     }
     fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
-        if state.is_null() {
-            return Ok(());
-        }
-        self.tracker = serde_json::from_value(state.clone()).map_err(|e| {
-            RlError::config("checkpoint state", format!("not a prompt tracker: {e}"))
-        })?;
-        Ok(())
+        self.baseline.restore(state)
     }
 }
 

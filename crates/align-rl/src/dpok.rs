@@ -11,11 +11,11 @@
 //! base model — with LoRA, the same model with adapters off. Advantages are per-prompt
 //! standardised as in DDPO.
 
-use align_core::{PromptStatTracker, Trajectory, clip_advantages};
+use align_core::Trajectory;
 
 use crate::algorithm::OnlineAlgorithm;
-use crate::ddpo::prompt_keys;
-use crate::error::{Result, RlError};
+use crate::ddpo::PromptBaseline;
+use crate::error::Result;
 use crate::objective::{KlEstimator, KlPenalty, Objective};
 
 /// DPOK hyper-parameters.
@@ -47,8 +47,7 @@ impl Default for DpokConfig {
 #[derive(Debug, Clone)]
 pub struct Dpok {
     config: DpokConfig,
-    tracker: PromptStatTracker,
-    prompts: Vec<String>,
+    baseline: PromptBaseline,
 }
 
 impl Dpok {
@@ -62,15 +61,13 @@ impl Dpok {
             estimator: KlEstimator::ClosedForm,
         }
         .validate()?;
-        if !(config.adv_clip_max.is_finite() && config.adv_clip_max > 0.0) {
-            return Err(RlError::config("adv_clip_max", "must be positive"));
-        }
-        let tracker = PromptStatTracker::new(config.buffer_size, config.min_count, 1e-6)?;
-        Ok(Self {
-            config,
-            tracker,
+        let baseline = PromptBaseline::new(
+            config.buffer_size,
+            config.min_count,
+            config.adv_clip_max,
             prompts,
-        })
+        )?;
+        Ok(Self { config, baseline })
     }
 }
 
@@ -94,21 +91,12 @@ impl OnlineAlgorithm for Dpok {
         1
     }
     fn advantages(&mut self, trajectory: &Trajectory, rewards: &[f64]) -> Result<Vec<f64>> {
-        let keys = prompt_keys(&self.prompts, &trajectory.condition_ids)?;
-        let mut adv = self.tracker.update(&keys, rewards)?;
-        clip_advantages(&mut adv, self.config.adv_clip_max);
-        Ok(adv)
+        self.baseline.advantages(trajectory, rewards)
     }
     fn state(&self) -> serde_json::Value {
-        serde_json::to_value(&self.tracker).unwrap_or(serde_json::Value::Null)
+        self.baseline.state()
     }
     fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
-        if state.is_null() {
-            return Ok(());
-        }
-        self.tracker = serde_json::from_value(state.clone()).map_err(|e| {
-            RlError::config("checkpoint state", format!("not a prompt tracker: {e}"))
-        })?;
-        Ok(())
+        self.baseline.restore(state)
     }
 }
