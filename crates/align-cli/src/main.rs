@@ -3,6 +3,7 @@
 //! Today the binary reports the workspace's status and runs a sampler self-check on the
 //! selected device; the training commands arrive with their crates (see `align status`).
 
+mod plot;
 mod reward_cmd;
 mod rl_cmd;
 mod shapes_cmd;
@@ -55,9 +56,18 @@ enum Command {
         /// Override the config's run directory.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Override the config's number of iterations.
+        #[arg(long)]
+        iterations: Option<usize>,
         /// Continue an interrupted run.
         #[arg(long)]
         resume: bool,
+    },
+    /// Draw a run's reward and KL curves (`curves.png`) from its `metrics.jsonl`.
+    Plot {
+        /// Run directory.
+        #[arg(long)]
+        run: PathBuf,
     },
     /// What is implemented, what is planned, and which backends this binary has.
     Status,
@@ -510,6 +520,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Plot { run } => plot_run(&run),
         Command::Quickstart {
             out,
             iterations,
@@ -529,17 +540,29 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Train {
             config,
             out,
+            iterations,
             resume,
         } => {
             let mut config = rl_cmd::TrainConfig::from_file(&config)?;
             if let Some(out) = out {
                 config.out = out;
             }
+            if let Some(n) = iterations {
+                config.runner.iterations = n;
+            }
             let report = rl_cmd::train(&config, resume, true, &device)?;
             print_report(&config.out, &report);
             Ok(())
         }
     }
+}
+
+fn plot_run(run: &std::path::Path) -> Result<(), String> {
+    let curves = plot::Curves::read(&run.join(align_core::runner::METRICS))?;
+    let out = run.join("curves.png");
+    plot::write_curves(&curves, &run.display().to_string(), &out)?;
+    println!("{}", out.display());
+    Ok(())
 }
 
 fn print_report(dir: &std::path::Path, r: &rl_cmd::Report) {

@@ -20,10 +20,13 @@ use align_rewards::{
     same_prompt_diversity,
 };
 use align_rl::{
-    Ddpo, DdpoConfig, DdpoVariant, Dpok, DpokConfig, FlowGrpo, FlowGrpoConfig, Iteration,
-    OnlineAlgorithm, RlError, Sdpo, SdpoConfig, run_iteration, trajectory_dense_rewards,
+    Ddpo, DdpoConfig, DdpoVariant, DenseGrpo, DenseGrpoConfig, Dpok, DpokConfig, FlowGrpo,
+    FlowGrpoConfig, Iteration, OnlineAlgorithm, RlError, Sdpo, SdpoConfig, run_iteration,
+    step_reward_gains, trajectory_dense_rewards,
 };
-use align_samplers::{RolloutBatch, RolloutConfig, Sampler, SamplerConfig, rollout};
+use align_samplers::{
+    FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, SamplerConfig, rollout,
+};
 use burn::module::{Module, ModuleDisplay};
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
@@ -40,6 +43,8 @@ use crate::shapes_cmd::{
 pub enum AlgorithmName {
     /// Flow-GRPO (flow model).
     FlowGrpo,
+    /// DenseGRPO: Flow-GRPO with step-wise reward gains from ODE completions (flow model).
+    DenseGrpo,
     /// DDPO, score-function estimator (UNet).
     DdpoSf,
     /// DDPO, importance sampling with PPO-clip (UNet).
@@ -121,6 +126,8 @@ pub struct TrainConfig {
     pub monitor: HackingMonitorConfig,
     /// Flow-GRPO hyper-parameters.
     pub flow_grpo: FlowGrpoConfig,
+    /// DenseGRPO hyper-parameters.
+    pub dense_grpo: DenseGrpoConfig,
     /// DDPO hyper-parameters (`variant` is set by `algorithm`).
     pub ddpo: DdpoConfig,
     /// DPOK hyper-parameters.
@@ -148,12 +155,13 @@ impl Default for TrainConfig {
             eval_steps: 0,
             lora: LoraSection::default(),
             runner: RunnerConfig {
-                iterations: 20,
+                iterations: 10,
                 learning_rate: 3e-4,
                 ..RunnerConfig::default()
             },
             monitor: HackingMonitorConfig::default(),
             flow_grpo: FlowGrpoConfig::default(),
+            dense_grpo: DenseGrpoConfig::default(),
             ddpo: DdpoConfig::default(),
             dpok: DpokConfig::default(),
             sdpo: SdpoConfig::default(),
@@ -310,6 +318,20 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
     ) -> align_core::Result<(TextToImage<D>, Metrics)> {
         let ids = self.batch_prompts(iteration);
         let b = ids.len();
+        // DenseGRPO's calibrated per-step noise: this iteration's sampler.
+        if let Algorithm::Online(a) = &self.algorithm
+            && let Some(scales) = a.noise_scales()
+        {
+            let sampler = FlowSdeSampler::new(
+                FlowGrid::new(self.config.train_steps, 1.0)
+                    .map_err(|e| CoreError::Job(e.to_string()))?,
+                self.config.noise_level,
+            )
+            .and_then(|s| s.with_window(self.config.sde_window.map(|(a, b)| a..b)))
+            .and_then(|s| s.with_noise_scales(Some(scales)))
+            .map_err(|e| CoreError::Job(e.to_string()))?;
+            self.sampler = Box::new(sampler);
+        }
         // Roll out on the training device without a graph: the update re-scores with the same
         // kernels, so the PPO ratio at θ_old is exactly 1.
         let frozen = model.clone().no_grad();
@@ -342,6 +364,30 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
             .score(&images, &prompts)
             .map_err(|e| CoreError::Job(e.to_string()))?;
         let steps = traj.stochastic_steps();
+        // DenseGRPO: step-wise reward gains from ODE completions with the rollout policy.
+        let dense = match &self.algorithm {
+            Algorithm::Online(a) if a.uses_dense_rewards() => {
+                let reward = &self.reward;
+                let mut score = |x: burn::tensor::Tensor<4>| {
+                    reward
+                        .score(&x.clamp(-1.0, 1.0), &prompts)
+                        .map_err(|e| RlError::Encode(e.to_string()))
+                };
+                Some(
+                    step_reward_gains(
+                        &frozen,
+                        &traj,
+                        &cond,
+                        uncond.as_ref(),
+                        &steps,
+                        self.config.dense_grpo.ode_steps,
+                        &mut score,
+                    )
+                    .map_err(rl_err)?,
+                )
+            }
+            _ => None,
+        };
         let (tokens, null) = (&self.tokens, &self.null);
         let encode = |m: &TextToImage<D>, ids: &[usize]| encode_prompts(tokens, null, m, ids);
         let mut apply_rl = |m, g| apply(m, g).map_err(|e| RlError::Encode(e.to_string()));
@@ -355,6 +401,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                     sampler: self.sampler.as_ref(),
                     trajectory: &traj,
                     rewards: &rewards,
+                    dense_rewards: dense.as_deref(),
                     steps: &steps,
                     encode: &encode,
                     shuffle_seed,
@@ -605,7 +652,9 @@ fn write_report(dir: &Path, report: &Report) -> Result<(), String> {
 | ShapeEval train | {bt} | {ft} |\n| ShapeEval held-out | {bh} | {fh} |\n\
 | held-out partial credit | {bp:.3} | {fp:.3} |\n| same-prompt diversity | {bd:.4} | {fd:.4} ({fr}) |\n\
 | per-step KL to reference | — | {kl:.3e} |\n\n\
-Grids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). Curves: `metrics.jsonl`.\n",
+Grids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). \
+Curves: `curves.png` (top: mean training reward per iteration, and held-out ShapeEval accuracy at \
+periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.jsonl`.\n",
         alg = report.algorithm,
         model = report.model,
         it = report.iterations,
@@ -639,6 +688,9 @@ fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Result<Algorithm
     Ok(Algorithm::Online(match config.algorithm {
         AlgorithmName::FlowGrpo => {
             Box::new(FlowGrpo::new(config.flow_grpo.clone()).map_err(|e| e.to_string())?)
+        }
+        AlgorithmName::DenseGrpo => {
+            Box::new(DenseGrpo::new(config.dense_grpo.clone()).map_err(|e| e.to_string())?)
         }
         AlgorithmName::DdpoSf | AlgorithmName::DdpoIs => {
             let variant = if config.algorithm == AlgorithmName::DdpoSf {
@@ -833,6 +885,8 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         kl: last.get("kl").copied().unwrap_or(0.0),
         reward_mean: last.get("reward_mean").copied().unwrap_or(0.0),
     };
+    let curves = crate::plot::Curves::read(&config.out.join(align_core::runner::METRICS))?;
+    crate::plot::write_curves(&curves, &report.algorithm, &config.out.join("curves.png"))?;
     report.iterations = outcome.iterations;
     report.stopped = outcome.stopped;
     report.wall_seconds = started.elapsed().as_secs_f64();
@@ -867,7 +921,10 @@ pub fn train(
     // Loaded on the autodiff device: its LoRA factors are the trainable parameters.
     let (model_config, model) =
         ShapesModel::load(&config.model, &device.clone().autodiff()).map_err(|e| e.to_string())?;
-    let wants_flow = config.algorithm == AlgorithmName::FlowGrpo;
+    let wants_flow = matches!(
+        config.algorithm,
+        AlgorithmName::FlowGrpo | AlgorithmName::DenseGrpo
+    );
     let either = config.algorithm == AlgorithmName::Sdpo;
     match model {
         ShapesModel::Dit(m) if wants_flow || either => {
@@ -986,6 +1043,63 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// DenseGRPO through `align train` on a tiny DiT with noise calibration: dense gains
+    /// drive the update, the calibrated scales are checkpointed and survive a resume, and a
+    /// DDPM model is refused by name.
+    #[test]
+    fn dense_grpo_runs_checkpoints_its_noise_scales_and_resumes() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-dense-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tok = Tokenizer::new();
+        let mc = ShapesModelConfig::preset(
+            DenoiserKind::Dit,
+            align_models::Preset::Tiny,
+            tok.vocab_size(),
+            tok.max_len(),
+        );
+        device.seed(3);
+        let model = mc.init(&device).unwrap();
+        let model_dir = dir.join("base");
+        model.save(&mc, &model_dir).unwrap();
+        let mut config = TrainConfig {
+            algorithm: AlgorithmName::DenseGrpo,
+            model: default_model_dir("shapes-unet"),
+            out: dir.join("run"),
+            prompts_per_iteration: 2,
+            group_size: 2,
+            train_steps: 3,
+            eval_steps: 2,
+            ..TrainConfig::default()
+        };
+        config.dense_grpo.calibration = Some(align_rl::NoiseCalibration::default());
+        config.dense_grpo.ode_steps = Some(1);
+        config.runner.iterations = 2;
+        let err = train(&config, false, false, &device).unwrap_err();
+        assert!(err.contains("needs a flow (DiT) model"), "{err}");
+        config.model = model_dir;
+        train(&config, false, false, &device).unwrap();
+        let latest = std::fs::read_to_string(config.out.join("LATEST")).unwrap();
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(config.out.join(latest.trim()).join("state.json")).unwrap(),
+        )
+        .unwrap();
+        let scales = state["job"]["algorithm"]["noise_scales"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no noise scales in {state}"));
+        assert_eq!(scales.len(), 3);
+        config.runner.iterations = 3;
+        let report = train(&config, true, false, &device).unwrap();
+        assert_eq!(report.iterations, 3);
+        let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        for line in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(row["loss"].as_f64().unwrap().is_finite(), "{line}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn shipped_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
@@ -1034,6 +1148,7 @@ mod tests {
             "report.md",
             "grid-before.png",
             "grid-after.png",
+            "curves.png",
             "metrics.jsonl",
             "LATEST",
         ] {

@@ -17,7 +17,7 @@ use align_core::Denoiser;
 
 use crate::error::{Result, RlError};
 use crate::objective::{KlPenalty, Objective};
-use crate::update::{Encode, PolicyGradientInputs, UpdateStats, policy_gradients};
+use crate::update::{Advantages, Encode, PolicyGradientInputs, UpdateStats, policy_gradients};
 
 /// An online policy-gradient algorithm: how it weighs samples and what it minimises.
 pub trait OnlineAlgorithm {
@@ -37,6 +37,32 @@ pub trait OnlineAlgorithm {
     /// # Errors
     /// Non-finite rewards or mismatched lengths.
     fn advantages(&mut self, trajectory: &Trajectory, rewards: &[f64]) -> Result<Vec<f64>>;
+    /// Whether the algorithm learns from dense per-step rewards ([`Iteration::dense_rewards`])
+    /// instead of terminal ones (DenseGRPO).
+    fn uses_dense_rewards(&self) -> bool {
+        false
+    }
+    /// Per-sample, per-step advantages `Â[b][k]` from dense rewards `r[b][k]` (only the
+    /// entries at `steps` are read); may update internal state (noise calibration).
+    ///
+    /// # Errors
+    /// An algorithm without dense rewards, mismatched shapes, non-finite rewards.
+    fn step_advantages(
+        &mut self,
+        _trajectory: &Trajectory,
+        _dense: &[Vec<f64>],
+        _steps: &[usize],
+    ) -> Result<Vec<Vec<f64>>> {
+        Err(RlError::config(
+            "dense_rewards",
+            format!("{} learns from terminal rewards only", self.name()),
+        ))
+    }
+    /// Per-step multipliers of the sampler's noise level the next rollout should use
+    /// (DenseGRPO's calibrated exploration); `None` = the configured noise everywhere.
+    fn noise_scales(&self) -> Option<Vec<f64>> {
+        None
+    }
     /// Whether samples whose advantage is exactly 0 are left out of the update (Flow-GRPO
     /// drops groups whose rewards are all equal).
     fn drop_zero_advantages(&self) -> bool {
@@ -70,6 +96,9 @@ pub struct Iteration<'a, M, S: ?Sized> {
     pub trajectory: &'a Trajectory,
     /// Its terminal rewards.
     pub rewards: &'a [f64],
+    /// Dense per-step rewards `r[b][k]` (`K` per sample) for algorithms that use them
+    /// ([`OnlineAlgorithm::uses_dense_rewards`]); `None` otherwise.
+    pub dense_rewards: Option<&'a [Vec<f64>]>,
     /// Steps to train (default: [`trainable_steps`]).
     pub steps: &'a [usize],
     /// Prompt encoder.
@@ -132,9 +161,41 @@ where
             format!("need ≥ 1 epoch and 1..={b} minibatches, got {epochs} and {parts}"),
         ));
     }
-    let advantages = algorithm.advantages(it.trajectory, it.rewards)?;
+    // Per-sample advantages, or per-sample-and-step ones from dense rewards.
+    let per_step: Vec<Vec<f64>> = match (algorithm.uses_dense_rewards(), it.dense_rewards) {
+        (true, Some(dense)) => algorithm.step_advantages(it.trajectory, dense, it.steps)?,
+        (true, None) => {
+            return Err(RlError::config(
+                "dense_rewards",
+                format!("{} needs dense per-step rewards", algorithm.name()),
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(RlError::config(
+                "dense_rewards",
+                format!("{} learns from terminal rewards only", algorithm.name()),
+            ));
+        }
+        (false, None) => {
+            let a = algorithm.advantages(it.trajectory, it.rewards)?;
+            a.into_iter().map(|v| vec![v]).collect()
+        }
+    };
+    let dense = algorithm.uses_dense_rewards();
+    if per_step.len() != b {
+        return Err(align_core::CoreError::shape("advantages", b, per_step.len()).into());
+    }
+    let is_zero = |i: usize| {
+        if dense {
+            it.steps
+                .iter()
+                .all(|&k| per_step[i].get(k).is_none_or(|&a| a == 0.0))
+        } else {
+            per_step[i][0] == 0.0
+        }
+    };
     let kept: Vec<usize> = if algorithm.drop_zero_advantages() {
-        (0..b).filter(|&i| advantages[i] != 0.0).collect()
+        (0..b).filter(|&i| !is_zero(i)).collect()
     } else {
         (0..b).collect()
     };
@@ -159,13 +220,23 @@ where
         let size = order.len().div_ceil(parts);
         for chunk in order.chunks(size.max(1)) {
             let sub = it.trajectory.select(chunk)?;
-            let adv: Vec<f64> = chunk.iter().map(|&i| advantages[i]).collect();
+            let rows: Vec<Vec<f64>> = chunk.iter().map(|&i| per_step[i].clone()).collect();
+            let flat: Vec<f64> = if dense {
+                Vec::new()
+            } else {
+                rows.iter().map(|r| r[0]).collect()
+            };
+            let advantages = if dense {
+                Advantages::PerStep(&rows)
+            } else {
+                Advantages::PerSample(&flat)
+            };
             let (grads, s) = policy_gradients(PolicyGradientInputs {
                 policy: &policy,
                 reference: it.reference,
                 sampler: it.sampler,
                 trajectory: &sub,
-                advantages: &adv,
+                advantages,
                 steps: it.steps,
                 encode: it.encode,
                 objective: algorithm.objective(),

@@ -6,7 +6,8 @@
 //! toward a reward using rollouts of the policy itself. DDPO-SF (REINFORCE), DDPO-IS
 //! (per-step PPO-clip), DPOK (policy gradient + per-step closed-form KL to the reference) and
 //! Flow-GRPO (group-relative advantages on the marginal-preserving flow SDE, with the "Fast"
-//! window) — one file each, all through one update path — and SDPO's dense-reward and
+//! window), DenseGRPO (Flow-GRPO with step-wise reward gains from ODE completions,
+//! [`DenseGrpo`]) — one file each, all through one update path — and SDPO's dense-reward and
 //! pair-loss update ([`Sdpo`]):
 //!
 //! - [`step_loss`]: the per-step objective (formula in its module docs);
@@ -56,6 +57,7 @@
 
 pub mod algorithm;
 pub mod ddpo;
+pub mod dense_grpo;
 pub mod dpok;
 pub mod error;
 pub mod flow_grpo;
@@ -65,6 +67,9 @@ pub mod update;
 
 pub use algorithm::{Iteration, IterationStats, OnlineAlgorithm, run_iteration, trainable_steps};
 pub use ddpo::{Ddpo, DdpoConfig, DdpoVariant};
+pub use dense_grpo::{
+    DenseGrpo, DenseGrpoConfig, NoiseCalibration, completion_times, ode_complete, step_reward_gains,
+};
 pub use dpok::{Dpok, DpokConfig};
 pub use error::{Result, RlError};
 pub use flow_grpo::{FlowGrpo, FlowGrpoConfig};
@@ -73,4 +78,4 @@ pub use sdpo::{
     Sdpo, SdpoConfig, anchor_step, cosine_similarity, dense_rewards, sdpo_pair_loss, step_weight,
     trajectory_dense_rewards,
 };
-pub use update::{Encode, PolicyGradientInputs, UpdateStats, policy_gradients};
+pub use update::{Advantages, Encode, PolicyGradientInputs, UpdateStats, policy_gradients};

@@ -44,6 +44,40 @@ pub struct UpdateStats {
     pub samples: usize,
 }
 
+/// The advantages of an update: one per sample (shared by its steps, the terminal-reward
+/// algorithms) or one per sample and step (dense-reward algorithms: DenseGRPO).
+#[derive(Debug, Clone, Copy)]
+pub enum Advantages<'a> {
+    /// `Â[b]`, the same for every step of sample `b`.
+    PerSample(&'a [f64]),
+    /// `Â[b][k]`: sample `b` at generation-order step `k` (`K` entries per sample).
+    PerStep(&'a [Vec<f64>]),
+}
+
+impl Advantages<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Advantages::PerSample(a) => a.len(),
+            Advantages::PerStep(a) => a.len(),
+        }
+    }
+
+    /// The batch's advantages at step `k`.
+    fn at_step(&self, k: usize) -> Result<Vec<f32>> {
+        match self {
+            Advantages::PerSample(a) => Ok(a.iter().map(|&v| v as f32).collect()),
+            Advantages::PerStep(a) => a
+                .iter()
+                .map(|row| {
+                    row.get(k).map(|&v| v as f32).ok_or_else(|| {
+                        align_core::CoreError::shape("per-step advantages", k + 1, row.len()).into()
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What one gradient computation trains on.
 pub struct PolicyGradientInputs<'a, M, S: ?Sized> {
     /// The trainable policy (on an autodiff device).
@@ -55,8 +89,8 @@ pub struct PolicyGradientInputs<'a, M, S: ?Sized> {
     pub sampler: &'a S,
     /// The stored transitions (a minibatch of them).
     pub trajectory: &'a Trajectory,
-    /// One advantage per sample of `trajectory`.
-    pub advantages: &'a [f64],
+    /// Advantages of the samples of `trajectory` (per sample, or per sample and step).
+    pub advantages: Advantages<'a>,
     /// The generation-order steps to train (each stochastic).
     pub steps: &'a [usize],
     /// Prompt encoder.
@@ -153,17 +187,8 @@ where
             }
             _ => (None, None),
         };
-        let adv = Tensor::<1>::from_data(
-            TensorData::new(
-                inputs
-                    .advantages
-                    .iter()
-                    .map(|&a| a as f32)
-                    .collect::<Vec<_>>(),
-                [b],
-            ),
-            &device,
-        );
+        let adv =
+            Tensor::<1>::from_data(TensorData::new(inputs.advantages.at_step(k)?, [b]), &device);
         let terms = step_loss(
             StepInputs {
                 log_prob,

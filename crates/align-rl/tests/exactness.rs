@@ -6,7 +6,8 @@ use align_core::{Condition, Trajectory, test_device};
 use align_data::Tokenizer;
 use align_models::{DiT, LoraConfig, ShapesModel, TextToImage, apply_lora, with_lora_scale};
 use align_rl::{
-    KlEstimator, KlPenalty, Objective, PolicyGradientInputs, UpdateStats, policy_gradients,
+    Advantages, KlEstimator, KlPenalty, Objective, PolicyGradientInputs, UpdateStats,
+    policy_gradients,
 };
 use align_samplers::{FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, rollout};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -103,7 +104,7 @@ fn grads(
         reference,
         sampler: &s,
         trajectory: traj,
-        advantages: adv,
+        advantages: Advantages::PerSample(adv),
         steps: &steps,
         encode: &encode,
         objective,

@@ -6,9 +6,11 @@
 
 use align_core::{Condition, Denoiser, Parameterization, Trajectory, test_device};
 use align_rl::{
-    Ddpo, DdpoConfig, DdpoVariant, Dpok, DpokConfig, FlowGrpo, FlowGrpoConfig, Iteration,
-    OnlineAlgorithm, Sdpo, SdpoConfig, run_iteration, trajectory_dense_rewards,
+    Ddpo, DdpoConfig, DdpoVariant, DenseGrpo, DenseGrpoConfig, Dpok, DpokConfig, FlowGrpo,
+    FlowGrpoConfig, Iteration, NoiseCalibration, OnlineAlgorithm, Sdpo, SdpoConfig, run_iteration,
+    step_reward_gains, trajectory_dense_rewards,
 };
+use align_samplers::{FlowGrid, FlowSdeSampler};
 use align_samplers::{RolloutBatch, RolloutConfig, Sampler, SamplerConfig, rollout};
 use burn::module::{Module, Param};
 use burn::optim::AdamConfig;
@@ -116,6 +118,7 @@ fn train(
                 sampler,
                 trajectory: &traj,
                 rewards: &rewards,
+                dense_rewards: None,
                 steps: &steps,
                 encode: &encode,
                 shuffle_seed: it as u64,
@@ -307,4 +310,164 @@ fn sdpo_raises_the_reward_with_dense_step_rewards() {
         policy = p;
     }
     assert!(last > first + 0.5, "{first} → {last}");
+}
+
+/// DenseGRPO on the flow toy: dense gains from ODE completions (2 Euler steps), per-step
+/// group-relative advantages, Flow-GRPO's clipped update. Returns (first, last, max final KL,
+/// final noise scales).
+fn train_dense_grpo(config: DenseGrpoConfig, iterations: usize) -> (f64, f64, f64, Vec<f64>) {
+    let device = test_device().autodiff();
+    let mut policy = Toy::new(true, &device);
+    let reference = Toy::new(true, &device).no_grad();
+    let mut adam = AdamConfig::new().init();
+    let mut algo = DenseGrpo::new(config).expect("config");
+    let b = 32;
+    let (mut first, mut last, mut kl) = (0.0, 0.0, 0.0_f64);
+    for it in 0..iterations {
+        let sampler = FlowSdeSampler::new(FlowGrid::new(10, 1.0).expect("grid"), 0.7)
+            .expect("sde")
+            .with_noise_scales(algo.noise_scales())
+            .expect("scales");
+        let frozen = policy.clone().no_grad();
+        let (c, _) = encode(&frozen, &vec![0; b]).expect("encode");
+        let traj = rollout(
+            &frozen,
+            &sampler,
+            &RolloutBatch {
+                condition: &c,
+                uncond: None,
+                sample_ids: (0..b as u64).map(|i| it as u64 * 1000 + i).collect(),
+                condition_ids: (0..b).map(|i| i % 4).collect(),
+                group_ids: None,
+                sample_shape: [2, 1, 1],
+            },
+            &RolloutConfig {
+                seed: 5,
+                ..RolloutConfig::default()
+            },
+        )
+        .expect("rollout");
+        let rewards = reward(&traj);
+        let steps = traj.stochastic_steps();
+        let dense = step_reward_gains(&frozen, &traj, &c, None, &steps, Some(2), &mut |x| {
+            Ok(point_reward(x))
+        })
+        .expect("dense rewards");
+        // The last step's gain ends on the terminal reward.
+        let mut apply = |m: Toy, g| Ok(adam.step(0.05, m, g));
+        let (p, stats) = run_iteration(
+            &mut algo,
+            policy,
+            Iteration {
+                reference: Some(&reference),
+                sampler: &sampler,
+                trajectory: &traj,
+                rewards: &rewards,
+                dense_rewards: Some(&dense),
+                steps: &steps,
+                encode: &encode,
+                shuffle_seed: it as u64,
+            },
+            &mut apply,
+        )
+        .expect("iteration");
+        policy = p;
+        if it < 3 {
+            first += stats.reward_mean / 3.0;
+        }
+        if it >= iterations - 3 {
+            last += stats.reward_mean / 3.0;
+            kl = kl.max(stats.update.kl);
+        }
+    }
+    (first, last, kl, algo.noise_scales().unwrap_or_default())
+}
+
+#[test]
+fn dense_grpo_raises_the_reward_and_its_kl_stays_bounded() {
+    let (_, _, free_kl, _) = train_dense_grpo(
+        DenseGrpoConfig {
+            beta: 0.0,
+            ..DenseGrpoConfig::default()
+        },
+        30,
+    );
+    let (first, last, kl, _) = train_dense_grpo(
+        DenseGrpoConfig {
+            beta: 0.1,
+            ..DenseGrpoConfig::default()
+        },
+        30,
+    );
+    assert!(last > first + 0.5, "{first} → {last}");
+    assert!(kl < free_kl, "KL {kl} with β = 0.1, {free_kl} without");
+    assert!(kl < KL_BOUND, "KL {kl}");
+}
+
+#[test]
+fn dense_grpo_with_noise_calibration_learns_and_moves_its_scales() {
+    let (first, last, _, scales) = train_dense_grpo(
+        DenseGrpoConfig {
+            beta: 0.1,
+            calibration: Some(NoiseCalibration::default()),
+            ..DenseGrpoConfig::default()
+        },
+        30,
+    );
+    assert!(last > first + 0.5, "{first} → {last}");
+    assert_eq!(scales.len(), 10);
+    assert!(scales.iter().all(|s| (0.5..=2.0).contains(s)), "{scales:?}");
+    assert!(scales.iter().any(|&s| s != 1.0), "{scales:?}");
+}
+
+#[test]
+fn terminal_and_dense_reward_algorithms_refuse_each_others_inputs() {
+    let device = test_device().autodiff();
+    let policy = Toy::new(true, &device);
+    let sampler = sde();
+    let frozen = policy.clone().no_grad();
+    let (c, _) = encode(&frozen, &[0; 4]).expect("encode");
+    let traj = rollout(
+        &frozen,
+        sampler.as_ref(),
+        &RolloutBatch {
+            condition: &c,
+            uncond: None,
+            sample_ids: (0..4).collect(),
+            condition_ids: vec![0, 0, 1, 1],
+            group_ids: None,
+            sample_shape: [2, 1, 1],
+        },
+        &RolloutConfig::default(),
+    )
+    .expect("rollout");
+    let rewards = reward(&traj);
+    let steps = traj.stochastic_steps();
+    let dense = vec![vec![0.5; 10]; 4];
+    let mut apply = |m: Toy, _g| Ok(m);
+    let mut run = |algo: &mut dyn OnlineAlgorithm, dense: Option<&[Vec<f64>]>| {
+        run_iteration(
+            algo,
+            policy.clone(),
+            Iteration {
+                reference: None,
+                sampler: sampler.as_ref(),
+                trajectory: &traj,
+                rewards: &rewards,
+                dense_rewards: dense,
+                steps: &steps,
+                encode: &encode,
+                shuffle_seed: 0,
+            },
+            &mut apply,
+        )
+        .err()
+        .map(|e| e.to_string())
+    };
+    let mut grpo = FlowGrpo::new(FlowGrpoConfig::default()).expect("config");
+    let e = run(&mut grpo, Some(&dense)).expect("must refuse");
+    assert!(e.contains("terminal rewards only"), "{e}");
+    let mut dg = DenseGrpo::new(DenseGrpoConfig::default()).expect("config");
+    let e = run(&mut dg, None).expect("must refuse");
+    assert!(e.contains("needs dense per-step rewards"), "{e}");
 }

@@ -173,6 +173,7 @@ impl Sampler for FlowEulerSampler {
 pub struct FlowSdeSampler {
     steps: WindowedGrid,
     noise_level: f64,
+    noise_scales: Option<Vec<f64>>,
 }
 
 impl FlowSdeSampler {
@@ -190,6 +191,7 @@ impl FlowSdeSampler {
         Ok(Self {
             steps: WindowedGrid::new(grid),
             noise_level,
+            noise_scales: None,
         })
     }
 
@@ -202,6 +204,36 @@ impl FlowSdeSampler {
         Ok(self)
     }
 
+    /// Timestep-specific noise: step `k` uses `σ_k = scales[k] · noise_level · √(t/(1−t))`
+    /// (DenseGRPO's calibrated exploration). `None` = 1 everywhere; a scale of exactly 1 gives
+    /// bit for bit the unscaled step.
+    ///
+    /// # Errors
+    /// Not one scale per step, or a negative / non-finite scale.
+    pub fn with_noise_scales(mut self, scales: Option<Vec<f64>>) -> Result<Self> {
+        if let Some(s) = &scales {
+            if s.len() != self.steps.num_steps() {
+                return Err(SamplerError::config(
+                    "noise_scales",
+                    format!("{} scales for {} steps", s.len(), self.steps.num_steps()),
+                ));
+            }
+            if let Some(bad) = s.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+                return Err(SamplerError::config(
+                    "noise_scales",
+                    format!("{bad} must be finite and ≥ 0"),
+                ));
+            }
+        }
+        self.noise_scales = scales;
+        Ok(self)
+    }
+
+    /// The per-step noise scales, if set.
+    pub fn noise_scales(&self) -> Option<&[f64]> {
+        self.noise_scales.as_deref()
+    }
+
     /// The time grid.
     pub fn grid(&self) -> &FlowGrid {
         &self.steps.grid
@@ -212,7 +244,11 @@ impl FlowSdeSampler {
         let times = self.steps.grid.times();
         let t = times[k];
         let denom_t = if t >= 1.0 { times[1] } else { t };
-        self.noise_level * (t / (1.0 - denom_t)).sqrt()
+        let sigma = self.noise_level * (t / (1.0 - denom_t)).sqrt();
+        match &self.noise_scales {
+            Some(s) if s[k] != 1.0 => s[k] * sigma,
+            _ => sigma,
+        }
     }
 }
 

@@ -358,6 +358,57 @@ fn wrong_parameterization_and_range_are_errors() {
 }
 
 #[test]
+fn per_step_noise_scales_multiply_sigma_and_one_is_the_unscaled_step() {
+    let grid = FlowGrid::new(10, 1.0).unwrap();
+    let plain = FlowSdeSampler::new(grid.clone(), 0.7).unwrap();
+    let mut scales = vec![1.0; 10];
+    scales[5] = 1.5;
+    scales[7] = 0.0;
+    let scaled = FlowSdeSampler::new(grid, 0.7)
+        .unwrap()
+        .with_noise_scales(Some(scales))
+        .unwrap();
+    assert!((scaled.sigma(5) - 1.5 * 0.7).abs() < 1e-12);
+    assert_eq!(scaled.step_std(7), 0.0);
+    // Scale exactly 1: the same step, bit for bit (mean, std and log-prob).
+    let x = noise(1, 1, 3);
+    let v = noise(1, 2, 3);
+    let next = noise(1, 3, 3);
+    for k in [0, 2, 9] {
+        let run = |s: &FlowSdeSampler| {
+            s.step(
+                k,
+                x.clone(),
+                v.clone(),
+                Parameterization::FlowVelocity,
+                Transition::Rescore(next.clone()),
+                LogProbReduction::Mean,
+            )
+            .unwrap()
+        };
+        let (a, b) = (run(&plain), run(&scaled));
+        assert_eq!(a.std, b.std);
+        assert_eq!(host4(&a.mean), host4(&b.mean));
+        assert_eq!(
+            host1(a.log_prob.as_ref().unwrap()),
+            host1(b.log_prob.as_ref().unwrap())
+        );
+    }
+    let base = || FlowSdeSampler::new(FlowGrid::new(4, 1.0).unwrap(), 0.7).unwrap();
+    assert!(base().with_noise_scales(Some(vec![1.0; 3])).is_err());
+    assert!(
+        base()
+            .with_noise_scales(Some(vec![1.0, -0.1, 1.0, 1.0]))
+            .is_err()
+    );
+    assert!(
+        base()
+            .with_noise_scales(Some(vec![1.0, f64::NAN, 1.0, 1.0]))
+            .is_err()
+    );
+}
+
+#[test]
 fn windowed_sde_is_stochastic_only_inside_the_window() {
     let s = FlowSdeSampler::new(FlowGrid::new(10, 1.0).unwrap(), 0.7)
         .unwrap()
