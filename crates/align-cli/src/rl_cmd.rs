@@ -773,6 +773,19 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         .map(|p| tok.encode(p).map_err(|e| format!("prompt `{p}`: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
+    // Refuse to overwrite a run before spending minutes on the base evaluation.
+    let runner = Runner::new(config.runner.clone(), &config.out).map_err(|e| e.to_string())?;
+    if !resume
+        && runner
+            .latest_checkpoint()
+            .map_err(|e| e.to_string())?
+            .is_some()
+    {
+        return Err(format!(
+            "{}: already holds a run: resume it (--resume) or choose another directory",
+            config.out.display()
+        ));
+    }
     let seeds = 4;
     let bar = progress_bar(config.runner.iterations, progress);
     let mut report = Report {
@@ -862,7 +875,6 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         bar: bar.clone(),
         monitor,
     };
-    let runner = Runner::new(config.runner.clone(), &config.out).map_err(|e| e.to_string())?;
     let outcome = runner
         .run(policy, &mut job, resume)
         .map_err(|e| e.to_string())?;
@@ -1166,6 +1178,9 @@ mod tests {
         }
         assert!(json["final"]["diversity_ratio"].is_number());
         assert!(json["final"]["kl"].is_number());
+        // A finished run is never overwritten: refused before any evaluation.
+        let err = train(&config, false, false, &device).unwrap_err();
+        assert!(err.contains("already holds a run"), "{err}");
         config.runner.iterations = 3;
         let report = train(&config, true, false, &device).unwrap();
         assert_eq!(report.iterations, 3);

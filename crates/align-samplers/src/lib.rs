@@ -60,7 +60,7 @@ pub use ddpm::{DdpmSampler, DdpmVariance};
 pub use error::{Result, SamplerError};
 pub use flow::{CpsSampler, FlowEulerSampler, FlowSdeSampler};
 pub use flow_grid::{FlowGrid, shift_time};
-pub use rollout::{RolloutBatch, RolloutConfig, replay, rescore, rollout};
+pub use rollout::{RolloutBatch, RolloutConfig, pathwise_step, replay, rescore, rollout};
 pub use schedule::{
     BetaSchedule, NoiseSchedule, TimestepSpacing, squared_cos_alpha_bar, strided_timesteps,
 };

@@ -260,6 +260,54 @@ pub fn rescore<M: Denoiser + ?Sized, S: Sampler + ?Sized>(
     )
 }
 
+/// Re-runs transition `k` of a stored trajectory from a given `x_k` with the trajectory's own
+/// noise (re-derived from its keys): `x_{k+1} = μ_θ(x_k) + σ_k ε_k`, the reparameterised step.
+/// With `x_k` tracked (`require_grad`) and the model on an autodiff device, the output is
+/// differentiable with respect to `x_k` and the parameters through `μ` — the building block of
+/// reward backpropagation through the sampler (chained vector-Jacobian products). With the
+/// stored `x_k` and unchanged parameters it reproduces the stored `x_{k+1}`.
+///
+/// # Errors
+/// Step out of range, batch mismatch, or a model the sampler cannot use.
+pub fn pathwise_step<M: Denoiser + ?Sized, S: Sampler + ?Sized>(
+    model: &M,
+    sampler: &S,
+    trajectory: &Trajectory,
+    k: usize,
+    x: Tensor<4>,
+    condition: &Condition,
+    uncond: Option<&Condition>,
+) -> Result<StepOutput> {
+    if k >= trajectory.num_steps() || trajectory.num_steps() != sampler.num_steps() {
+        return Err(SamplerError::StepOutOfRange {
+            sampler: sampler.name(),
+            step: k,
+            steps: trajectory.num_steps().min(sampler.num_steps()),
+        });
+    }
+    let device = x.device();
+    let transition = if sampler.step_std(k) > 0.0 {
+        let keys: Vec<NoiseKey> = (0..trajectory.batch_size())
+            .map(|b| trajectory.transition_key(b, k))
+            .collect();
+        let dims = x.dims();
+        Transition::Sample(noise_tensor(&keys, [dims[1], dims[2], dims[3]], &device)?)
+    } else {
+        Transition::Mean
+    };
+    model_step(
+        model,
+        sampler,
+        k,
+        x,
+        condition,
+        uncond,
+        trajectory.guidance_scale,
+        transition,
+        trajectory.reduction,
+    )
+}
+
 /// Re-runs a trajectory from its stored noise keys (seed, sample ids, guidance, reduction):
 /// with the same model and sampler the result is bit-identical on a deterministic backend.
 ///

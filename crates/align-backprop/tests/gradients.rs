@@ -1,0 +1,338 @@
+//! Gradient truth of backpropagation through the sampler: the chained vector-Jacobian
+//! products equal plain autodiff through the unrolled sampler and central finite differences;
+//! truncation differentiates exactly the last K steps (K = T is full backprop, K = 0 gives a
+//! zero gradient) while the sampler always runs all T steps.
+#![allow(clippy::unwrap_used)]
+
+use align_backprop::{ChainInputs, Truncation, chain_gradients, reward_cotangent};
+use align_core::{Condition, Denoiser, Parameterization, Trajectory, test_device};
+use align_samplers::{
+    BetaSchedule, DdimSampler, FlowGrid, FlowSdeSampler, NoiseSchedule, RolloutBatch,
+    RolloutConfig, Sampler, TimestepSpacing, pathwise_step, rollout, strided_timesteps,
+};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+/// `prediction = tanh(w ⊙ x) + b + c·t`, per channel: nonlinear in x and θ, time-dependent.
+#[derive(Module, Debug)]
+struct Tiny {
+    w: Param<Tensor<1>>,
+    b: Param<Tensor<1>>,
+    c: Param<Tensor<1>>,
+    flow: bool,
+}
+
+impl Tiny {
+    fn new(flow: bool, device: &Device) -> Self {
+        Self {
+            w: Param::from_tensor(Tensor::from_floats([0.8, -0.6], device)),
+            b: Param::from_tensor(Tensor::from_floats([0.1, -0.2], device)),
+            c: Param::from_tensor(Tensor::from_floats([0.3, 0.05], device)),
+            flow,
+        }
+    }
+}
+
+impl Denoiser for Tiny {
+    fn parameterization(&self) -> Parameterization {
+        if self.flow {
+            Parameterization::FlowVelocity
+        } else {
+            Parameterization::Epsilon
+        }
+    }
+    fn predict(&self, x: Tensor<4>, t: Tensor<1>, _c: &Condition) -> Tensor<4> {
+        let b = x.dims()[0];
+        // DDPM timesteps are in 0..1000: scale them to O(1).
+        let t = if self.flow { t } else { t.div_scalar(1000.0) };
+        (x * self.w.val().reshape([1, 2, 1, 1])).tanh()
+            + self.b.val().reshape([1, 2, 1, 1])
+            + self.c.val().reshape([1, 2, 1, 1]) * t.reshape([b, 1, 1, 1])
+    }
+}
+
+struct Flatten<'a>(&'a GradientsParams, Vec<f64>);
+impl ModuleVisitor for Flatten<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        match self.0.get::<D>(param.id) {
+            Some(g) => self.1.extend(
+                g.into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap()
+                    .into_iter()
+                    .map(f64::from),
+            ),
+            None => self
+                .1
+                .extend(std::iter::repeat_n(0.0, param.val().shape().num_elements())),
+        }
+    }
+}
+
+fn flat(m: &Tiny, g: &GradientsParams) -> Vec<f64> {
+    let mut v = Flatten(g, Vec::new());
+    m.visit(&mut v);
+    v.1
+}
+
+fn samplers() -> Vec<(Box<dyn Sampler>, bool)> {
+    let schedule = NoiseSchedule::new(BetaSchedule::ddpm_linear(), 1000).unwrap();
+    let ts = strided_timesteps(1000, 6, TimestepSpacing::Leading { offset: 1 }).unwrap();
+    vec![
+        // Deterministic DDIM (η = 0), ε-model.
+        (
+            Box::new(DdimSampler::new(schedule.clone(), ts.clone(), 0.0).unwrap()),
+            false,
+        ),
+        // Stochastic DDIM (η = 1): the noise is fixed (reparameterised).
+        (
+            Box::new(DdimSampler::new(schedule, ts, 1.0).unwrap()),
+            false,
+        ),
+        // The Flow-GRPO SDE on a flow model.
+        (
+            Box::new(FlowSdeSampler::new(FlowGrid::new(5, 1.0).unwrap(), 0.7).unwrap()),
+            true,
+        ),
+    ]
+}
+
+fn cond(device: &Device, b: usize) -> Condition {
+    Condition::new(Tensor::zeros([b, 1, 1], device))
+}
+
+fn roll(policy: &Tiny, sampler: &dyn Sampler, device: &Device) -> Trajectory {
+    let c = cond(device, 3);
+    rollout(
+        &policy.clone().no_grad(),
+        sampler,
+        &RolloutBatch {
+            condition: &c,
+            uncond: None,
+            sample_ids: vec![4, 5, 6],
+            condition_ids: vec![0, 0, 0],
+            group_ids: None,
+            sample_shape: [2, 2, 2],
+        },
+        &RolloutConfig {
+            seed: 9,
+            ..RolloutConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A fixed smooth "reward direction": L = Σ w ⊙ x_T with w ≠ const.
+fn weights(device: &Device) -> Tensor<4> {
+    let v: Vec<f32> = (0..24).map(|i| ((i as f32) * 0.37).sin()).collect();
+    Tensor::<1>::from_floats(v.as_slice(), device).reshape([3, 2, 2, 2])
+}
+
+/// Plain autodiff through the unrolled sampler, with a stop-gradient at `x_s`.
+fn unrolled(policy: &Tiny, sampler: &dyn Sampler, traj: &Trajectory, s: usize) -> Vec<f64> {
+    let device = traj.latents[0].device();
+    let c = cond(&device, 3);
+    let mut x = traj.latents[s].clone().detach();
+    for k in s..traj.num_steps() {
+        x = pathwise_step(policy, sampler, traj, k, x, &c, None)
+            .unwrap()
+            .prev_sample;
+    }
+    let loss = (x * weights(&device)).sum();
+    if !loss.is_tracked() {
+        return vec![0.0; 6];
+    }
+    flat(
+        policy,
+        &GradientsParams::from_grads(loss.backward(), policy),
+    )
+}
+
+fn chained(policy: &Tiny, sampler: &dyn Sampler, traj: &Trajectory, s: usize) -> (Vec<f64>, usize) {
+    let device = traj.latents[0].device();
+    let c = cond(&device, 3);
+    let out = chain_gradients(ChainInputs {
+        policy,
+        sampler,
+        trajectory: traj,
+        condition: &c,
+        uncond: None,
+        first_step: s,
+        cotangent: weights(&device),
+    })
+    .unwrap();
+    (flat(policy, &out.grads), out.steps)
+}
+
+fn close(a: &[f64], b: &[f64], rel: f64) -> bool {
+    let scale = b.iter().fold(0.0_f64, |m, v| m.max(v.abs())).max(1e-6);
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= rel * scale)
+}
+
+#[test]
+fn chained_vjps_equal_unrolled_autodiff_for_every_truncation() {
+    let device = test_device().autodiff();
+    for (sampler, flow) in samplers() {
+        let policy = Tiny::new(flow, &device);
+        let traj = roll(&policy, sampler.as_ref(), &device);
+        let t = sampler.num_steps();
+        assert_eq!(traj.num_steps(), t, "the sampler always runs all T steps");
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for truncation in [
+            Truncation::Full,
+            Truncation::LastK(1),
+            Truncation::LastK(3),
+            Truncation::LastK(t),
+            Truncation::LastK(t + 4),
+            Truncation::RandomK { min: 0, max: t },
+        ] {
+            let s = truncation.first_step(t, &mut rng).unwrap();
+            let (g, steps) = chained(&policy, sampler.as_ref(), &traj, s);
+            let reference = unrolled(&policy, sampler.as_ref(), &traj, s);
+            assert_eq!(steps, t - s, "{} {truncation:?}", sampler.name());
+            assert!(
+                close(&g, &reference, 1e-4),
+                "{} {truncation:?}: chained {g:?} vs unrolled {reference:?}",
+                sampler.name()
+            );
+        }
+        // K = T is full backprop; K = 0 differentiates nothing.
+        let full = chained(&policy, sampler.as_ref(), &traj, 0).0;
+        let last_t = chained(&policy, sampler.as_ref(), &traj, t).0;
+        assert_eq!(last_t, vec![0.0; 6]);
+        assert!(full.iter().any(|v| v.abs() > 1e-3), "{full:?}");
+        let k_t = Truncation::LastK(t).first_step(t, &mut rng).unwrap();
+        assert_eq!(chained(&policy, sampler.as_ref(), &traj, k_t).0, full);
+    }
+}
+
+/// Central finite differences of `L(θ) = Σ w ⊙ x_T(θ)` (full chain, fixed noise keys).
+#[test]
+fn chained_gradient_matches_finite_differences() {
+    let device = test_device().autodiff();
+    for (sampler, flow) in samplers() {
+        let policy = Tiny::new(flow, &device);
+        let traj = roll(&policy, sampler.as_ref(), &device);
+        let (g, _) = chained(&policy, sampler.as_ref(), &traj, 0);
+        let loss_at = |p: &Tiny| -> f64 {
+            let tr = roll(p, sampler.as_ref(), &device);
+            let v: f32 = (tr.final_sample().clone() * weights(&device))
+                .sum()
+                .into_scalar();
+            f64::from(v)
+        };
+        let h = 1e-2_f32;
+        // Perturb each of the 6 parameters in turn.
+        for (i, &gi) in g.iter().enumerate() {
+            let bump = |delta: f32| {
+                let mut p = Tiny::new(flow, &device);
+                let (which, ch) = (i / 2, i % 2);
+                let mut vals = [[0.8, -0.6], [0.1, -0.2], [0.3, 0.05]];
+                vals[which][ch] += delta;
+                p.w = Param::from_tensor(Tensor::from_floats(vals[0], &device));
+                p.b = Param::from_tensor(Tensor::from_floats(vals[1], &device));
+                p.c = Param::from_tensor(Tensor::from_floats(vals[2], &device));
+                p
+            };
+            let fd = (loss_at(&bump(h)) - loss_at(&bump(-h))) / (2.0 * f64::from(h));
+            let tol = 2e-2 * fd.abs().max(0.1);
+            assert!(
+                (gi - fd).abs() <= tol,
+                "{} parameter {i}: chained {gi} vs finite differences {fd}",
+                sampler.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn reward_cotangent_is_the_gradient_of_minus_the_scaled_mean_reward() {
+    let device = test_device().autodiff();
+    let x = weights(&device);
+    // r_b = Σ x_b², so ∂(−s·mean r)/∂x = −2 s x / B.
+    let (r, g) = reward_cotangent(&x, 0.5, &|x: Tensor<4>| {
+        x.powf_scalar(2.0)
+            .sum_dim(1)
+            .sum_dim(2)
+            .sum_dim(3)
+            .reshape([3])
+    })
+    .unwrap();
+    assert_eq!(r.len(), 3);
+    let got: Vec<f32> = g.into_data().try_to_vec::<f32>().unwrap();
+    let want: Vec<f32> = (x.clone() * (-2.0 * 0.5 / 3.0))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    // A reward that ignores the sample has no gradient: a clear error, not a zero update.
+    let flat_reward = |x: Tensor<4>| Tensor::<1>::zeros([x.dims()[0]], &x.device());
+    assert!(reward_cotangent(&x, 1.0, &flat_reward).is_err());
+    let nan = |x: Tensor<4>| x.sum_dim(1).sum_dim(2).sum_dim(3).reshape([3]) * f32::NAN;
+    assert!(reward_cotangent(&x, 1.0, &nan).is_err());
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let device = test_device().autodiff();
+    let (sampler, _) = samplers().remove(2);
+    let policy = Tiny::new(true, &device);
+    let traj = roll(&policy, sampler.as_ref(), &device);
+    let c = cond(&device, 3);
+    let run = |s: usize, cot: Tensor<4>, p: &Tiny| {
+        chain_gradients(ChainInputs {
+            policy: p,
+            sampler: sampler.as_ref(),
+            trajectory: &traj,
+            condition: &c,
+            uncond: None,
+            first_step: s,
+            cotangent: cot,
+        })
+        .err()
+        .map(|e| e.to_string())
+    };
+    let e = run(9, weights(&device), &policy).unwrap();
+    assert!(e.contains("beyond"), "{e}");
+    let e = run(0, Tensor::zeros([3, 2, 2, 1], &device), &policy).unwrap();
+    assert!(e.contains("cotangent"), "{e}");
+    let e = run(0, weights(&device) * f32::NAN, &policy).unwrap();
+    assert!(e.contains("NaN"), "{e}");
+    let frozen = policy.clone().no_grad();
+    let e = run(0, weights(&device), &frozen).unwrap();
+    assert!(e.contains("autodiff"), "{e}");
+}
+
+#[test]
+fn pathwise_steps_from_stored_latents_reproduce_the_rollout() {
+    let device = test_device().autodiff();
+    for (sampler, flow) in samplers() {
+        let policy = Tiny::new(flow, &device);
+        let traj = roll(&policy, sampler.as_ref(), &device);
+        let c = cond(&device, 3);
+        for k in 0..traj.num_steps() {
+            let out = pathwise_step(
+                &policy,
+                sampler.as_ref(),
+                &traj,
+                k,
+                traj.latents[k].clone(),
+                &c,
+                None,
+            )
+            .unwrap();
+            let a: Vec<f32> = out.prev_sample.into_data().try_to_vec().unwrap();
+            let b: Vec<f32> = traj.latents[k + 1]
+                .clone()
+                .into_data()
+                .try_to_vec()
+                .unwrap();
+            assert_eq!(a, b, "{} step {k}", sampler.name());
+        }
+    }
+}
