@@ -25,6 +25,10 @@ use burn::tensor::Tensor;
 
 use crate::error::{BackpropError, Result};
 
+/// Turns the policy into the batch's `(condition, unconditional)`.
+pub type Encode<'a, M> =
+    dyn Fn(&M) -> std::result::Result<(Condition, Option<Condition>), String> + 'a;
+
 /// What a chained backward pass differentiates.
 pub struct ChainInputs<'a, M, S: ?Sized> {
     /// The trainable policy (on an autodiff device).
@@ -33,10 +37,10 @@ pub struct ChainInputs<'a, M, S: ?Sized> {
     pub sampler: &'a S,
     /// The rollout (all `T` latents, noise keys, guidance scale).
     pub trajectory: &'a Trajectory,
-    /// Conditions of the batch.
-    pub condition: &'a Condition,
-    /// Unconditional conditions (required when the rollout used guidance ≠ 1).
-    pub uncond: Option<&'a Condition>,
+    /// The batch's conditions and unconditional conditions (required when the rollout used
+    /// guidance ≠ 1) from the policy; called once per step, so a trainable text encoder gets
+    /// its gradient and no graph is shared between steps.
+    pub encode: &'a Encode<'a, M>,
     /// First differentiated step `s`: steps `s..T` carry gradient (`s = T`: none).
     pub first_step: usize,
     /// `∂L/∂x_T`, `[B, C, H, W]` (e.g. from [`reward_cotangent`]).
@@ -108,14 +112,15 @@ where
             .to_device(&device)
             .detach()
             .require_grad();
+        let (cond, uncond) = (inputs.encode)(inputs.policy).map_err(BackpropError::Encode)?;
         let out = pathwise_step(
             inputs.policy,
             inputs.sampler,
             traj,
             k,
             x.clone(),
-            inputs.condition,
-            inputs.uncond,
+            &cond,
+            uncond.as_ref(),
         )?;
         let vjp = (out.prev_sample * g.clone()).sum();
         if !vjp.is_tracked() {
@@ -156,14 +161,15 @@ where
 /// `r: [B, C, H, W] → [B]` (the reward model's own parameters get no update).
 ///
 /// # Errors
-/// A reward that does not depend on its input, or a non-finite reward or gradient.
+/// A failing reward, one that does not depend on its input, or a non-finite reward or
+/// gradient.
 pub fn reward_cotangent(
     x: &Tensor<4>,
     scale: f64,
-    reward: &dyn Fn(Tensor<4>) -> Tensor<1>,
+    reward: &dyn Fn(Tensor<4>) -> std::result::Result<Tensor<1>, String>,
 ) -> Result<(Vec<f64>, Tensor<4>)> {
     let x = x.clone().detach().autodiff().require_grad();
-    let r = reward(x.clone());
+    let r = reward(x.clone()).map_err(BackpropError::Reward)?;
     let values: Vec<f64> = r
         .clone()
         .into_data()

@@ -27,6 +27,12 @@ pub enum BackpropError {
         /// The offending value.
         value: f64,
     },
+    /// The caller's reward failed.
+    #[error("reward: {0}")]
+    Reward(String),
+    /// The caller's prompt encoder failed.
+    #[error("encoding prompts: {0}")]
+    Encode(String),
     /// Nothing reaches the parameters or the input (untracked tensors).
     #[error("{0}")]
     Untracked(String),

@@ -45,7 +45,8 @@
 //! }, &RolloutConfig::default()).unwrap();
 //! let first_step = Truncation::Full.first_step(3, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
 //! let out = chain_gradients(ChainInputs {
-//!     policy: &policy, sampler: &sampler, trajectory: &traj, condition: &cond, uncond: None,
+//!     policy: &policy, sampler: &sampler, trajectory: &traj,
+//!     encode: &|_: &Drift| Ok((cond.clone(), None)),
 //!     first_step, cotangent: Tensor::ones([2, 1, 2, 2], &device),
 //! }).unwrap();
 //! let g = out.grads.get::<1>(policy.theta.id).unwrap().into_data().try_to_vec::<f32>().unwrap();
@@ -57,6 +58,6 @@ pub mod chain;
 pub mod error;
 pub mod truncation;
 
-pub use chain::{ChainInputs, ChainOutput, chain_gradients, reward_cotangent};
+pub use chain::{ChainInputs, ChainOutput, Encode, chain_gradients, reward_cotangent};
 pub use error::{BackpropError, Result};
 pub use truncation::Truncation;

@@ -158,8 +158,7 @@ fn chained(policy: &Tiny, sampler: &dyn Sampler, traj: &Trajectory, s: usize) ->
         policy,
         sampler,
         trajectory: traj,
-        condition: &c,
-        uncond: None,
+        encode: &|_: &Tiny| Ok((c.clone(), None)),
         first_step: s,
         cotangent: weights(&device),
     })
@@ -271,10 +270,13 @@ fn reward_cotangent_is_the_gradient_of_minus_the_scaled_mean_reward() {
         assert!((a - b).abs() < 1e-6);
     }
     // A reward that ignores the sample has no gradient: a clear error, not a zero update.
-    let flat_reward = |x: Tensor<4>| Tensor::<1>::zeros([x.dims()[0]], &x.device());
+    let flat_reward = |x: Tensor<4>| Ok(Tensor::<1>::zeros([x.dims()[0]], &x.device()));
     assert!(reward_cotangent(&x, 1.0, &flat_reward).is_err());
-    let nan = |x: Tensor<4>| x.sum_dim(1).sum_dim(2).sum_dim(3).reshape([3]) * f32::NAN;
+    let nan = |x: Tensor<4>| Ok(x.sum_dim(1).sum_dim(2).sum_dim(3).reshape([3]) * f32::NAN);
     assert!(reward_cotangent(&x, 1.0, &nan).is_err());
+    let failing = |_x: Tensor<4>| Err("no such prompt".to_string());
+    let e = reward_cotangent(&x, 1.0, &failing).unwrap_err().to_string();
+    assert!(e.contains("no such prompt"), "{e}");
 }
 
 #[test]
@@ -289,8 +291,7 @@ fn bad_inputs_are_clear_errors() {
             policy: p,
             sampler: sampler.as_ref(),
             trajectory: &traj,
-            condition: &c,
-            uncond: None,
+            encode: &|_: &Tiny| Ok((c.clone(), None)),
             first_step: s,
             cotangent: cot,
         })

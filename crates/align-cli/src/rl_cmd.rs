@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use align_backprop::{ChainInputs, Truncation, chain_gradients, reward_cotangent};
 use align_core::{Condition, CoreError, Denoiser, Job, Metrics, Runner, RunnerConfig};
 use align_data::{Image, Split, SplitPart, Tokenizer};
 use align_models::{
@@ -16,8 +17,8 @@ use align_models::{
     with_lora_scale,
 };
 use align_rewards::{
-    HackingMonitor, HackingMonitorConfig, Reading, Reward, ShapeEvalMode, ShapeEvalReward,
-    same_prompt_diversity,
+    HackingMonitor, HackingMonitorConfig, ProxyReward, Reading, Reward, ShapeEvalMode,
+    ShapeEvalReward, same_prompt_diversity,
 };
 use align_rl::{
     Ddpo, DdpoConfig, DdpoVariant, DenseGrpo, DenseGrpoConfig, Dpok, DpokConfig, FlowGrpo,
@@ -53,6 +54,19 @@ pub enum AlgorithmName {
     Dpok,
     /// SDPO: dense x̂₀ rewards, squared pair loss (either model; `group_size` must be even).
     Sdpo,
+    /// DRaFT / DRaFT-K: reward backprop through the last K sampler steps (`[backprop]
+    /// truncation`), differentiable reward (`reward = "proxy"`), either model.
+    Draft,
+    /// AlignProp: DRaFT with a random truncation length per update (`truncation = { random_k =
+    /// { min, max } }`), either model.
+    AlignProp,
+}
+
+impl AlgorithmName {
+    /// Whether the algorithm back-propagates a differentiable reward through the sampler.
+    pub fn is_backprop(self) -> bool {
+        matches!(self, AlgorithmName::Draft | AlgorithmName::AlignProp)
+    }
 }
 
 /// Which gold reward to optimise.
@@ -63,6 +77,27 @@ pub enum RewardName {
     ShapeEval,
     /// ShapeEval partial credit (fraction of attributes right).
     ShapeEvalPartial,
+    /// The learned proxy reward model (`reward_model`): differentiable, imperfect.
+    Proxy,
+}
+
+/// The `[backprop]` table (DRaFT, AlignProp).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackpropSection {
+    /// Which steps carry gradient: `"full"`, `{ last_k = K }`, `{ random_k = { min, max } }`.
+    pub truncation: Truncation,
+    /// The loss is `−reward_scale · mean r(x_T)`.
+    pub reward_scale: f64,
+}
+
+impl Default for BackpropSection {
+    fn default() -> Self {
+        Self {
+            truncation: Truncation::LastK(1),
+            reward_scale: 1.0,
+        }
+    }
 }
 
 /// The `[lora]` table.
@@ -98,6 +133,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Reward.
     pub reward: RewardName,
+    /// The proxy reward model's directory (`reward = "proxy"`).
+    pub reward_model: PathBuf,
     /// Distinct prompts per iteration.
     pub prompts_per_iteration: usize,
     /// Samples per prompt (the GRPO group size).
@@ -134,6 +171,8 @@ pub struct TrainConfig {
     pub dpok: DpokConfig,
     /// SDPO hyper-parameters.
     pub sdpo: SdpoConfig,
+    /// DRaFT / AlignProp hyper-parameters.
+    pub backprop: BackpropSection,
 }
 
 impl Default for TrainConfig {
@@ -144,6 +183,7 @@ impl Default for TrainConfig {
             out: PathBuf::from("runs/quickstart"),
             seed: 0,
             reward: RewardName::ShapeEvalPartial,
+            reward_model: default_model_dir("proxy-rm"),
             prompts_per_iteration: 4,
             group_size: 8,
             train_steps: 10,
@@ -165,6 +205,7 @@ impl Default for TrainConfig {
             ddpo: DdpoConfig::default(),
             dpok: DpokConfig::default(),
             sdpo: SdpoConfig::default(),
+            backprop: BackpropSection::default(),
         }
     }
 }
@@ -174,7 +215,7 @@ pub fn default_model_dir(name: &str) -> PathBuf {
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../models")
         .join(name);
-    if built.join("model.json").is_file() {
+    if built.is_dir() {
         built
     } else {
         PathBuf::from("models").join(name)
@@ -207,8 +248,38 @@ impl TrainConfig {
         if self.train_steps == 0 {
             return Err("train_steps must be ≥ 1".into());
         }
-        if !(self.noise_level.is_finite() && self.noise_level > 0.0) {
-            return Err(format!("noise_level {} must be positive", self.noise_level));
+        let backprop = self.algorithm.is_backprop();
+        if !(self.noise_level.is_finite()
+            && (self.noise_level > 0.0 || backprop && self.noise_level == 0.0))
+        {
+            return Err(format!(
+                "noise_level {} must be positive (or 0 for draft / align-prop)",
+                self.noise_level
+            ));
+        }
+        if backprop && self.reward != RewardName::Proxy {
+            return Err(format!(
+                "{:?} back-propagates the reward: it needs a differentiable one (reward = \"proxy\")",
+                self.algorithm
+            ));
+        }
+        if self.algorithm == AlgorithmName::AlignProp
+            && !matches!(self.backprop.truncation, Truncation::RandomK { .. })
+        {
+            return Err(
+                "align-prop draws its truncation: set backprop.truncation = { random_k = { min = …, max = … } }"
+                    .into(),
+            );
+        }
+        self.backprop
+            .truncation
+            .validate()
+            .map_err(|e| format!("backprop.{e}"))?;
+        if !(self.backprop.reward_scale.is_finite() && self.backprop.reward_scale > 0.0) {
+            return Err(format!(
+                "backprop.reward_scale {} must be positive",
+                self.backprop.reward_scale
+            ));
         }
         if !(self.guidance.is_finite() && self.guidance >= 1.0) {
             return Err(format!("guidance {} must be ≥ 1", self.guidance));
@@ -243,6 +314,7 @@ fn rl_err(e: RlError) -> CoreError {
 enum Algorithm {
     Online(Box<dyn OnlineAlgorithm>),
     Sdpo(Sdpo),
+    Backprop(BackpropSection),
 }
 
 impl Algorithm {
@@ -250,12 +322,14 @@ impl Algorithm {
         match self {
             Algorithm::Online(a) => a.state(),
             Algorithm::Sdpo(s) => s.state(),
+            Algorithm::Backprop(_) => serde_json::Value::Null,
         }
     }
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), RlError> {
         match self {
             Algorithm::Online(a) => a.restore(state),
             Algorithm::Sdpo(s) => s.restore(state),
+            Algorithm::Backprop(_) => Ok(()),
         }
     }
 }
@@ -268,7 +342,8 @@ pub struct ShapesRl<D: Module + Denoiser> {
     prompts: Vec<String>,
     tokens: Vec<Vec<u32>>,
     null: Vec<u32>,
-    reward: ShapeEvalReward,
+    reward: Box<dyn Reward>,
+    gold: ShapeEvalReward,
     config: TrainConfig,
     model_config: ShapesModelConfig,
     image_size: usize,
@@ -303,6 +378,87 @@ impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
             ids.extend(std::iter::repeat_n(p, self.config.group_size));
         }
         ids
+    }
+}
+
+/// One DRaFT / AlignProp update's inputs.
+struct BackpropStep<'a, D: Module> {
+    section: BackpropSection,
+    model: TextToImage<D>,
+    iteration: usize,
+    ids: &'a [usize],
+    prompts: &'a [String],
+    traj: &'a align_core::Trajectory,
+    images: &'a burn::tensor::Tensor<4>,
+    apply: &'a mut dyn FnMut(TextToImage<D>, GradientsParams) -> align_core::Result<TextToImage<D>>,
+}
+
+impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
+    /// DRaFT / AlignProp: the proxy reward's gradient at the final sample, chained back through
+    /// the last K steps (K from the truncation, drawn per iteration for AlignProp).
+    fn backprop_iteration(
+        &mut self,
+        step: BackpropStep<'_, D>,
+    ) -> align_core::Result<(TextToImage<D>, Metrics)> {
+        let job = |e: String| CoreError::Job(e);
+        let gold = self
+            .gold
+            .score(step.images, step.prompts)
+            .map_err(|e| job(e.to_string()))?;
+        let reward = &self.reward;
+        let score = |x: burn::tensor::Tensor<4>| match reward
+            .score_differentiable(x.clamp(-1.0, 1.0), step.prompts)
+        {
+            Some(r) => r.map_err(|e| e.to_string()),
+            None => Err(format!("{} is not differentiable", reward.name())),
+        };
+        let (values, cotangent) =
+            reward_cotangent(step.traj.final_sample(), step.section.reward_scale, &score)
+                .map_err(|e| job(e.to_string()))?;
+        let t = self.sampler.num_steps();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ 0x6472_6166_7400);
+        rng.set_stream(step.iteration as u64);
+        let first_step = step
+            .section
+            .truncation
+            .first_step(t, &mut rng)
+            .map_err(|e| job(e.to_string()))?;
+        let (tokens, null) = (&self.tokens, &self.null);
+        let ids = step.ids;
+        let encode = |m: &TextToImage<D>| encode_prompts(tokens, null, m, ids);
+        let out = chain_gradients(ChainInputs {
+            policy: &step.model,
+            sampler: self.sampler.as_ref(),
+            trajectory: step.traj,
+            encode: &encode,
+            first_step,
+            cotangent,
+        })
+        .map_err(|e| job(e.to_string()))?;
+        let differentiated = out.steps;
+        let model = if differentiated > 0 {
+            (step.apply)(step.model, out.grads)?
+        } else {
+            step.model
+        };
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let std = (values.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let mut m = Metrics::new();
+        m.insert("reward_mean".into(), mean);
+        m.insert("reward_std".into(), std);
+        m.insert(
+            "gold_partial_credit".into(),
+            gold.iter().sum::<f64>() / gold.len() as f64,
+        );
+        m.insert("differentiated_steps".into(), differentiated as f64);
+        m.insert("kl".into(), 0.0);
+        self.bar.set_message(format!(
+            "proxy {mean:.3}  gold {:.3}  K {differentiated}",
+            m["gold_partial_credit"]
+        ));
+        self.bar.inc(1);
+        Ok((model, m))
     }
 }
 
@@ -359,6 +515,18 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
         .map_err(|e| CoreError::Job(e.to_string()))?;
         let images = traj.final_sample().clone().clamp(-1.0, 1.0);
         let prompts: Vec<String> = ids.iter().map(|&i| self.prompts[i].clone()).collect();
+        if let Algorithm::Backprop(section) = &self.algorithm {
+            return self.backprop_iteration(BackpropStep {
+                section: section.clone(),
+                model,
+                iteration,
+                ids: &ids,
+                prompts: &prompts,
+                traj: &traj,
+                images: &images,
+                apply,
+            });
+        }
         let rewards = self
             .reward
             .score(&images, &prompts)
@@ -409,6 +577,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 &mut apply_rl,
             )
             .map_err(rl_err)?,
+            Algorithm::Backprop(_) => unreachable!("returned above"),
             Algorithm::Sdpo(sdpo) => {
                 let reward = &self.reward;
                 let mut score = |x: burn::tensor::Tensor<4>| {
@@ -513,6 +682,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 .observe(monitor_reading(
                     iteration + 1,
                     self.config.reward,
+                    metrics.get("reward_mean").copied().unwrap_or(0.0),
                     &held,
                     diversity,
                     metrics.get("kl").copied().unwrap_or(0.0),
@@ -536,9 +706,12 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
 
 /// A monitor reading from a held-out evaluation: the optimized reward (proxy) against the gold
 /// pass rate, with diversity and KL.
+/// With the learned proxy as the reward, the proxy reading is the last training batch's mean
+/// proxy score (held-out images are scored by the gold verifier only).
 fn monitor_reading(
     step: usize,
     reward: RewardName,
+    batch_reward: f64,
     held: &Accuracy,
     diversity: f64,
     kl: f64,
@@ -548,6 +721,7 @@ fn monitor_reading(
         proxy: match reward {
             RewardName::ShapeEval => held.rate(),
             RewardName::ShapeEvalPartial => held.partial,
+            RewardName::Proxy => batch_reward,
         },
         gold: held.rate(),
         diversity,
@@ -679,7 +853,26 @@ periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.
     std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The training reward: ShapeEval (pass or partial credit) or the proxy reward model, loaded on
+/// the autodiff device without trainable parameters (its gradient reaches the images only).
+fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>, String> {
+    Ok(match config.reward {
+        RewardName::ShapeEval => Box::new(ShapeEvalReward::new(ShapeEvalMode::Pass)),
+        RewardName::ShapeEvalPartial => {
+            Box::new(ShapeEvalReward::new(ShapeEvalMode::PartialCredit))
+        }
+        RewardName::Proxy => {
+            let (_, proxy) = ProxyReward::load(&config.reward_model, &device.clone().autodiff())
+                .map_err(|e| format!("reward_model {}: {e}", config.reward_model.display()))?;
+            Box::new(proxy.no_grad())
+        }
+    })
+}
+
 fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Result<Algorithm, String> {
+    if config.algorithm.is_backprop() {
+        return Ok(Algorithm::Backprop(config.backprop.clone()));
+    }
     if config.algorithm == AlgorithmName::Sdpo {
         return Ok(Algorithm::Sdpo(
             Sdpo::new(config.sdpo.clone(), prompts.to_vec()).map_err(|e| e.to_string())?,
@@ -712,7 +905,9 @@ fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Result<Algorithm
         AlgorithmName::Dpok => {
             Box::new(Dpok::new(config.dpok.clone(), prompts.to_vec()).map_err(|e| e.to_string())?)
         }
-        AlgorithmName::Sdpo => unreachable!("handled above"),
+        AlgorithmName::Sdpo | AlgorithmName::Draft | AlgorithmName::AlignProp => {
+            unreachable!("handled above")
+        }
     }))
 }
 
@@ -786,6 +981,8 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
             config.out.display()
         ));
     }
+    // Load the reward before spending minutes on the base evaluation.
+    let reward = build_reward(config, device)?;
     let seeds = 4;
     let bar = progress_bar(config.runner.iterations, progress);
     let mut report = Report {
@@ -843,14 +1040,17 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         bar.println(msg);
     }
     let mut monitor = config.monitor.init().map_err(|e| format!("monitor: {e}"))?;
-    if !resume {
-        // The base model is the monitor's baseline.
+    if !resume && config.reward != RewardName::Proxy {
+        // The base model is the monitor's baseline (with the proxy reward, the first
+        // evaluation is: the base model's proxy score on held-out prompts is not measured).
         monitor
             .observe(Reading {
                 step: 0,
                 proxy: match config.reward {
                     RewardName::ShapeEval => report.base.heldout_accuracy,
-                    RewardName::ShapeEvalPartial => report.base.heldout_partial_credit,
+                    RewardName::ShapeEvalPartial | RewardName::Proxy => {
+                        report.base.heldout_partial_credit
+                    }
                 },
                 gold: report.base.heldout_accuracy,
                 diversity: report.base.diversity,
@@ -865,10 +1065,8 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         prompts,
         tokens,
         null: tok.null_prompt(),
-        reward: ShapeEvalReward::new(match config.reward {
-            RewardName::ShapeEval => ShapeEvalMode::Pass,
-            RewardName::ShapeEvalPartial => ShapeEvalMode::PartialCredit,
-        }),
+        reward,
+        gold: ShapeEvalReward::new(ShapeEvalMode::PartialCredit),
         config: config.clone(),
         model_config: model_config.clone(),
         image_size: model_config.image_size,
@@ -937,7 +1135,7 @@ pub fn train(
         config.algorithm,
         AlgorithmName::FlowGrpo | AlgorithmName::DenseGrpo
     );
-    let either = config.algorithm == AlgorithmName::Sdpo;
+    let either = config.algorithm == AlgorithmName::Sdpo || config.algorithm.is_backprop();
     match model {
         ShapesModel::Dit(m) if wants_flow || either => {
             train_model(*m, &model_config, config, resume, progress, device)
@@ -1109,6 +1307,62 @@ mod tests {
             let row: serde_json::Value = serde_json::from_str(line).unwrap();
             assert!(row["loss"].as_f64().unwrap().is_finite(), "{line}");
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// DRaFT-K and AlignProp through `align train` on the shipped UNet and proxy reward
+    /// model: exactly K steps are differentiated, the adapters move, the proxy and gold rewards
+    /// are logged; a non-differentiable reward and an AlignProp without a random truncation are
+    /// refused by name.
+    #[test]
+    fn draft_and_alignprop_backpropagate_the_proxy_reward() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-draft-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = TrainConfig {
+            algorithm: AlgorithmName::Draft,
+            model: default_model_dir("shapes-unet"),
+            out: dir.join("draft"),
+            prompts_per_iteration: 2,
+            group_size: 1,
+            train_steps: 4,
+            noise_level: 0.0,
+            eval_steps: 2,
+            ..TrainConfig::default()
+        };
+        config.backprop.truncation = Truncation::LastK(2);
+        config.runner.iterations = 2;
+        let err = train(&config, false, false, &device).unwrap_err();
+        assert!(err.contains("reward = \"proxy\""), "{err}");
+        config.reward = RewardName::Proxy;
+        train(&config, false, false, &device).unwrap();
+        let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
+        for line in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(row["differentiated_steps"].as_f64(), Some(2.0), "{line}");
+            assert!(row["grad_norm"].as_f64().unwrap() > 0.0, "{line}");
+            let proxy = row["reward_mean"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&proxy), "{line}");
+            assert!(row["gold_partial_credit"].as_f64().unwrap().is_finite());
+        }
+        config.algorithm = AlgorithmName::AlignProp;
+        config.out = dir.join("alignprop");
+        let err = train(&config, false, false, &device).unwrap_err();
+        assert!(err.contains("random_k"), "{err}");
+        config.backprop.truncation = Truncation::RandomK { min: 0, max: 4 };
+        config.runner.iterations = 3;
+        train(&config, false, false, &device).unwrap();
+        let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
+        let ks: Vec<f64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["differentiated_steps"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ks.len(), 3);
+        assert!(ks.iter().all(|&k| (0.0..=4.0).contains(&k)), "{ks:?}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
