@@ -253,11 +253,11 @@ fn reward_cotangent_is_the_gradient_of_minus_the_scaled_mean_reward() {
     let x = weights(&device);
     // r_b = Σ x_b², so ∂(−s·mean r)/∂x = −2 s x / B.
     let (r, g) = reward_cotangent(&x, 0.5, &|x: Tensor<4>| {
-        x.powf_scalar(2.0)
+        Ok(x.powf_scalar(2.0)
             .sum_dim(1)
             .sum_dim(2)
             .sum_dim(3)
-            .reshape([3])
+            .reshape([3]))
     })
     .unwrap();
     assert_eq!(r.len(), 3);
@@ -274,7 +274,7 @@ fn reward_cotangent_is_the_gradient_of_minus_the_scaled_mean_reward() {
     assert!(reward_cotangent(&x, 1.0, &flat_reward).is_err());
     let nan = |x: Tensor<4>| Ok(x.sum_dim(1).sum_dim(2).sum_dim(3).reshape([3]) * f32::NAN);
     assert!(reward_cotangent(&x, 1.0, &nan).is_err());
-    let failing = |_x: Tensor<4>| Err("no such prompt".to_string());
+    let failing = |_x: Tensor<4>| -> Result<Tensor<1>, String> { Err("no such prompt".into()) };
     let e = reward_cotangent(&x, 1.0, &failing).unwrap_err().to_string();
     assert!(e.contains("no such prompt"), "{e}");
 }
