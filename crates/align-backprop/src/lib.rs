@@ -9,8 +9,11 @@
 //! steps carry gradient; [`reward_cotangent`] turns a differentiable reward into the starting
 //! cotangent `∂L/∂x_T` of the loss `L = −scale · mean r`.
 //!
+//! [`reward_guided_sample`] is the training-free baseline: inference-time reward guidance
+//! (`x_{k+1} = step_k(x_k) + λ ∇_{x_k} r(x̂₀(x_k))`, the gradient taken through the model).
+//!
 //! Planned (tracked by the "Reward backprop" issue): ReFL's single late step with its hinge
-//! map, DRaFT-LV, the continuous adjoint, Adjoint Matching and inference-time reward guidance.
+//! map, DRaFT-LV, the continuous adjoint and Adjoint Matching.
 //!
 //! ## Example
 //!
@@ -56,8 +59,10 @@
 
 pub mod chain;
 pub mod error;
+pub mod guidance;
 pub mod truncation;
 
 pub use chain::{ChainInputs, ChainOutput, Encode, chain_gradients, reward_cotangent};
 pub use error::{BackpropError, Result};
+pub use guidance::{GuidanceReward, reward_guided_sample};
 pub use truncation::Truncation;

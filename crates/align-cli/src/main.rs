@@ -189,6 +189,28 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         guidance: f64,
     },
+    /// ShapeEval and proxy scores of the evaluation set sampled with inference-time reward
+    /// guidance toward the proxy reward model (`--scale 0`: plain sampling).
+    EvalGuided {
+        /// Proxy reward model directory.
+        #[arg(long)]
+        reward_model: PathBuf,
+        /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Guidance strength λ (x_{k+1} = step(x_k) + λ ∇r(x̂₀)).
+        #[arg(long)]
+        scale: f64,
+        /// Seeds per prompt (the set has 4).
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
+        /// Sampler steps (0 = the family's default).
+        #[arg(long, default_value_t = 0)]
+        steps: usize,
+        /// Classifier-free guidance scale.
+        #[arg(long, default_value_t = 3.0)]
+        guidance: f64,
+    },
     /// Sampler self-check: marginals, bit-exact replay and re-scoring on the device.
     Check {
         /// Number of samples.
@@ -496,6 +518,29 @@ fn run(cli: Cli) -> Result<(), String> {
                 out.display(),
                 100.0 * acc
             );
+            Ok(())
+        }
+        Command::EvalGuided {
+            reward_model,
+            model,
+            scale,
+            seeds,
+            steps,
+            guidance,
+        } => {
+            let options = shapes_cmd::SampleOptions { steps, guidance };
+            let (train, held) =
+                reward_cmd::eval_guided(&reward_model, &model, seeds, options, scale, &device)?;
+            for (name, p) in [("train", train), ("held-out", held)] {
+                println!(
+                    "reward guidance λ = {scale} on {}, {name} prompts ({} images): ShapeEval {:.1}%, partial credit {:.3}, proxy {:.3}",
+                    model.display(),
+                    p.n,
+                    100.0 * p.pass_rate,
+                    p.partial,
+                    p.proxy
+                );
+            }
             Ok(())
         }
         Command::EvalReward {

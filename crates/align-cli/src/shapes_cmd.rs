@@ -222,9 +222,66 @@ pub(crate) fn generate<D: Module + ModuleDisplay + Denoiser>(
     Ok(out)
 }
 
+/// Like [`generate`] (seed 0, the same noise keys), but every sampler step is moved up the
+/// proxy reward's gradient with strength `scale` (`align_backprop::reward_guided_sample`). The
+/// model and the proxy must be on the autodiff `device` with frozen parameters.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn generate_guided<D: Module + ModuleDisplay + Denoiser>(
+    model: &TextToImage<D>,
+    config: &ShapesModelConfig,
+    prompts: &[String],
+    sample_ids: &[u64],
+    options: SampleOptions,
+    proxy: &align_rewards::ProxyReward,
+    scale: f64,
+    device: &Device,
+) -> Result<Vec<Image>, String> {
+    use align_rewards::Reward;
+    let tok = Tokenizer::new();
+    let sampler = sampler_for(config, options.steps)?;
+    let mut out = Vec::with_capacity(prompts.len());
+    for (chunk_p, chunk_i) in prompts.chunks(32).zip(sample_ids.chunks(32)) {
+        let tokens: Vec<Vec<u32>> = chunk_p
+            .iter()
+            .map(|p| tok.encode(p).map_err(|e| format!("prompt `{p}`: {e}")))
+            .collect::<Result<_, _>>()?;
+        let null = vec![tok.null_prompt(); tokens.len()];
+        let cond = model.encode(&tokens, device).map_err(|e| e.to_string())?;
+        let uncond = model.encode(&null, device).map_err(|e| e.to_string())?;
+        let batch = align_samplers::RolloutBatch {
+            condition: &cond,
+            uncond: Some(&uncond),
+            sample_ids: chunk_i.to_vec(),
+            condition_ids: (0..tokens.len()).collect(),
+            group_ids: None,
+            sample_shape: [3, config.image_size, config.image_size],
+        };
+        let rollout = align_samplers::RolloutConfig {
+            seed: 0,
+            guidance_scale: options.guidance,
+            ..align_samplers::RolloutConfig::default()
+        };
+        let reward = |x: Tensor<4>| match proxy.score_differentiable(x.clamp(-1.0, 1.0), chunk_p) {
+            Some(r) => r.map_err(|e| e.to_string()),
+            None => Err("the proxy is not differentiable".to_string()),
+        };
+        let x = align_backprop::reward_guided_sample(
+            &model.denoiser,
+            sampler.as_ref(),
+            &batch,
+            &rollout,
+            &reward,
+            scale,
+        )
+        .map_err(|e| e.to_string())?;
+        out.extend(tensor_to_images(x.clamp(-1.0, 1.0))?);
+    }
+    Ok(out)
+}
+
 /// Prompts, sample ids (seeds) and scene specs of one part of the evaluation set, with at most
 /// `seeds_per_prompt` seeds each.
-fn eval_requests(
+pub(crate) fn eval_requests(
     part: &[EvalPrompt],
     seeds_per_prompt: usize,
 ) -> (Vec<String>, Vec<u64>, Vec<&SceneSpec>) {
