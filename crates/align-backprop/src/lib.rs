@@ -12,8 +12,11 @@
 //! [`reward_guided_sample`] is the training-free baseline: inference-time reward guidance
 //! (`x_{k+1} = step_k(x_k) + λ ∇_{x_k} r(x̂₀(x_k))`, the gradient taken through the model).
 //!
-//! Planned (tracked by the "Reward backprop" issue): ReFL's single late step with its hinge
-//! map, DRaFT-LV, the continuous adjoint and Adjoint Matching.
+//! [`refl_gradients`] is ReFL: the reward of the one-step prediction `x̂₀` at a random late step
+//! ([`late_step`]), through that step only, with the official hinge map ([`ReflLoss`]).
+//!
+//! Planned (tracked by the "Reward backprop" issue): DRaFT-LV, the continuous adjoint and
+//! Adjoint Matching.
 //!
 //! ## Example
 //!
@@ -60,9 +63,11 @@
 pub mod chain;
 pub mod error;
 pub mod guidance;
+pub mod refl;
 pub mod truncation;
 
 pub use chain::{ChainInputs, ChainOutput, Encode, chain_gradients, reward_cotangent};
 pub use error::{BackpropError, Result};
 pub use guidance::{GuidanceReward, reward_guided_sample};
+pub use refl::{ReflLoss, late_step, refl_gradients};
 pub use truncation::Truncation;

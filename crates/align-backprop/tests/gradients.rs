@@ -4,7 +4,9 @@
 //! zero gradient) while the sampler always runs all T steps.
 #![allow(clippy::unwrap_used)]
 
-use align_backprop::{ChainInputs, Truncation, chain_gradients, reward_cotangent};
+use align_backprop::{
+    ChainInputs, ReflLoss, Truncation, chain_gradients, refl_gradients, reward_cotangent,
+};
 use align_core::{Condition, Denoiser, Parameterization, Trajectory, test_device};
 use align_samplers::{
     BetaSchedule, DdimSampler, FlowGrid, FlowSdeSampler, NoiseSchedule, RolloutBatch,
@@ -336,4 +338,87 @@ fn pathwise_steps_from_stored_latents_reproduce_the_rollout() {
             assert_eq!(a, b, "{} step {k}", sampler.name());
         }
     }
+}
+
+/// ReFL's one-step gradient against central finite differences of
+/// `L(θ) = scale · mean φ(r(x̂₀(x_k; θ)))` with `x_k` fixed.
+#[test]
+fn refl_gradient_matches_finite_differences() {
+    let device = test_device().autodiff();
+    let (sampler, _) = samplers().remove(1);
+    let policy = Tiny::new(false, &device);
+    let traj = roll(&policy, sampler.as_ref(), &device);
+    let c = cond(&device, 3);
+    let k = 4;
+    // r_b = Σ w ⊙ x̂₀ per sample; φ(r) = −r (a hinge's margin would only add a constant that
+    // costs the f32 finite differences their precision).
+    let reward = |x: Tensor<4>| -> Result<Tensor<1>, String> {
+        Ok((x * weights(&test_device().autodiff()))
+            .sum_dim(1)
+            .sum_dim(2)
+            .sum_dim(3)
+            .reshape([3]))
+    };
+    let map = ReflLoss::Negative;
+    let (g, r) = refl_gradients(
+        &policy,
+        sampler.as_ref(),
+        &traj,
+        k,
+        &|_: &Tiny| Ok((c.clone(), None)),
+        &reward,
+        map,
+        0.5,
+    )
+    .unwrap();
+    assert_eq!(r.len(), 3);
+    let g = flat(&policy, &g);
+    let loss_at = |p: &Tiny| -> f64 {
+        let out = pathwise_step(
+            p,
+            sampler.as_ref(),
+            &traj,
+            k,
+            traj.latents[k].clone(),
+            &c,
+            None,
+        )
+        .unwrap();
+        let l: f32 = map
+            .apply(reward(out.pred_x0).unwrap())
+            .mean()
+            .mul_scalar(0.5)
+            .into_scalar();
+        f64::from(l)
+    };
+    let h = 1e-2_f32;
+    for (i, &gi) in g.iter().enumerate() {
+        let bump = |delta: f32| {
+            let mut vals = [[0.8, -0.6], [0.1, -0.2], [0.3, 0.05]];
+            vals[i / 2][i % 2] += delta;
+            let mut p = Tiny::new(false, &device);
+            p.w = Param::from_tensor(Tensor::from_floats(vals[0], &device));
+            p.b = Param::from_tensor(Tensor::from_floats(vals[1], &device));
+            p.c = Param::from_tensor(Tensor::from_floats(vals[2], &device));
+            p
+        };
+        let fd = (loss_at(&bump(h)) - loss_at(&bump(-h))) / (2.0 * f64::from(h));
+        assert!(
+            (gi - fd).abs() <= 2e-2 * fd.abs().max(0.05),
+            "parameter {i}: ReFL {gi} vs finite differences {fd}"
+        );
+    }
+    // Above the margin the hinge is flat: no gradient at all.
+    let (g0, _) = refl_gradients(
+        &policy,
+        sampler.as_ref(),
+        &traj,
+        k,
+        &|_: &Tiny| Ok((c.clone(), None)),
+        &reward,
+        ReflLoss::Hinge { margin: -1000.0 },
+        0.5,
+    )
+    .unwrap();
+    assert!(flat(&policy, &g0).iter().all(|&v| v == 0.0));
 }
