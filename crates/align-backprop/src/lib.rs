@@ -15,8 +15,11 @@
 //! [`refl_gradients`] is ReFL: the reward of the one-step prediction `x̂₀` at a random late step
 //! ([`late_step`]), through that step only, with the official hinge map ([`ReflLoss`]).
 //!
-//! Planned (tracked by the "Reward backprop" issue): DRaFT-LV, the continuous adjoint and
-//! Adjoint Matching.
+//! [`continuous_adjoint`] is the neural-ODE adjoint for the flow ODE with the signs corrected
+//! for generation `t: 1 → 0`; it re-integrates the state from the final sample and agrees with
+//! the discrete gradient as the grid is refined.
+//!
+//! Planned (tracked by the "Reward backprop" issue): DRaFT-LV and Adjoint Matching.
 //!
 //! ## Example
 //!
@@ -60,12 +63,14 @@
 //! assert_eq!(out.steps, 3);
 //! ```
 
+pub mod adjoint;
 pub mod chain;
 pub mod error;
 pub mod guidance;
 pub mod refl;
 pub mod truncation;
 
+pub use adjoint::{AdjointInputs, continuous_adjoint};
 pub use chain::{ChainInputs, ChainOutput, Encode, chain_gradients, reward_cotangent};
 pub use error::{BackpropError, Result};
 pub use guidance::{GuidanceReward, reward_guided_sample};
