@@ -19,7 +19,10 @@
 //! for generation `t: 1 → 0`; it re-integrates the state from the final sample and agrees with
 //! the discrete gradient as the grid is refined.
 //!
-//! Planned (tracked by the "Reward backprop" issue): DRaFT-LV and Adjoint Matching.
+//! [`draft_lv_gradients`] is DRaFT-LV: the last step re-run from several re-noised copies of
+//! the final sample.
+//!
+//! Planned (tracked by the "Reward backprop" issue): Adjoint Matching.
 //!
 //! ## Example
 //!
@@ -65,6 +68,7 @@
 
 pub mod adjoint;
 pub mod chain;
+pub mod draft_lv;
 pub mod error;
 pub mod guidance;
 pub mod refl;
@@ -72,6 +76,7 @@ pub mod truncation;
 
 pub use adjoint::{AdjointInputs, continuous_adjoint};
 pub use chain::{ChainInputs, ChainOutput, Encode, chain_gradients, reward_cotangent};
+pub use draft_lv::draft_lv_gradients;
 pub use error::{BackpropError, Result};
 pub use guidance::{GuidanceReward, reward_guided_sample};
 pub use refl::{ReflLoss, late_step, refl_gradients};

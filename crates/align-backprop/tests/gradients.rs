@@ -6,7 +6,7 @@
 
 use align_backprop::{
     AdjointInputs, ChainInputs, ReflLoss, Truncation, chain_gradients, continuous_adjoint,
-    refl_gradients, reward_cotangent,
+    draft_lv_gradients, refl_gradients, reward_cotangent,
 };
 use align_core::{Condition, Denoiser, Parameterization, Trajectory, test_device};
 use align_samplers::{
@@ -461,5 +461,90 @@ fn continuous_adjoint_converges_to_the_discrete_gradient() {
     assert!(
         fine < coarse / 5.0,
         "no convergence: {coarse} at 10 steps, {fine} at 200"
+    );
+}
+
+/// DRaFT-LV's gradient against finite differences of its own objective (the same re-noised
+/// copies), and the copies' noise is reproducible.
+#[test]
+fn draft_lv_gradient_matches_finite_differences() {
+    use align_core::{NoiseKey, noise_tensor};
+    let device = test_device().autodiff();
+    let (sampler, _) = samplers().remove(2);
+    let policy = Tiny::new(true, &device);
+    let traj = roll(&policy, sampler.as_ref(), &device);
+    let c = cond(&device, 3);
+    let reward = |x: Tensor<4>| -> Result<Tensor<1>, String> {
+        Ok((x * weights(&test_device().autodiff()))
+            .sum_dim(1)
+            .sum_dim(2)
+            .sum_dim(3)
+            .reshape([3]))
+    };
+    let (copies, seed, scale) = (3, 17, 0.5);
+    let run = |p: &Tiny| {
+        draft_lv_gradients(
+            p,
+            sampler.as_ref(),
+            &traj,
+            &|_: &Tiny| Ok((c.clone(), None)),
+            &reward,
+            copies,
+            seed,
+            scale,
+        )
+        .unwrap()
+    };
+    let (g, means) = run(&policy);
+    assert_eq!(means.len(), copies);
+    assert_eq!(run(&policy).1, means, "reproducible copies");
+    let g = flat(&policy, &g);
+    let k = traj.num_steps() - 1;
+    let t = traj.times[k];
+    let loss_at = |p: &Tiny| -> f64 {
+        let mut total = 0.0;
+        for copy in 0..copies {
+            let keys: Vec<NoiseKey> = traj
+                .sample_ids
+                .iter()
+                .map(|&s| NoiseKey::transition(seed, s, 1_000_000 + copy))
+                .collect();
+            let eps = noise_tensor(&keys, [2, 2, 2], &device).unwrap();
+            let xt = traj.final_sample().clone().mul_scalar(1.0 - t) + eps.mul_scalar(t);
+            let out = pathwise_step(p, sampler.as_ref(), &traj, k, xt, &c, None).unwrap();
+            let m: f32 = reward(out.prev_sample).unwrap().mean().into_scalar();
+            total += -scale * f64::from(m) / copies as f64;
+        }
+        total
+    };
+    let h = 1e-2_f32;
+    for (i, &gi) in g.iter().enumerate() {
+        let bump = |delta: f32| {
+            let mut vals = [[0.8, -0.6], [0.1, -0.2], [0.3, 0.05]];
+            vals[i / 2][i % 2] += delta;
+            let mut p = Tiny::new(true, &device);
+            p.w = Param::from_tensor(Tensor::from_floats(vals[0], &device));
+            p.b = Param::from_tensor(Tensor::from_floats(vals[1], &device));
+            p.c = Param::from_tensor(Tensor::from_floats(vals[2], &device));
+            p
+        };
+        let fd = (loss_at(&bump(h)) - loss_at(&bump(-h))) / (2.0 * f64::from(h));
+        assert!(
+            (gi - fd).abs() <= 2e-2 * fd.abs().max(0.05),
+            "parameter {i}: DRaFT-LV {gi} vs finite differences {fd}"
+        );
+    }
+    assert!(
+        draft_lv_gradients(
+            &policy,
+            sampler.as_ref(),
+            &traj,
+            &|_: &Tiny| Ok((c.clone(), None)),
+            &reward,
+            0,
+            seed,
+            scale
+        )
+        .is_err()
     );
 }
