@@ -22,7 +22,9 @@
 //! [`draft_lv_gradients`] is DRaFT-LV: the last step re-run from several re-noised copies of
 //! the final sample.
 //!
-//! Planned (tracked by the "Reward backprop" issue): Adjoint Matching.
+//! [`adjoint_matching_gradients`] is Adjoint Matching: on memoryless-SDE rollouts, regress the
+//! control onto the lean adjoint propagated with the base model's Jacobian, toward
+//! `p_base · exp(λ r)`.
 //!
 //! ## Example
 //!
@@ -67,6 +69,7 @@
 //! ```
 
 pub mod adjoint;
+pub mod adjoint_matching;
 pub mod chain;
 pub mod draft_lv;
 pub mod error;
@@ -75,6 +78,9 @@ pub mod refl;
 pub mod truncation;
 
 pub use adjoint::{AdjointInputs, continuous_adjoint};
+pub use adjoint_matching::{
+    AdjointMatchingInputs, MEMORYLESS_NOISE_LEVEL, adjoint_matching_gradients,
+};
 pub use chain::{ChainInputs, ChainOutput, Encode, chain_gradients, reward_cotangent};
 pub use draft_lv::draft_lv_gradients;
 pub use error::{BackpropError, Result};
