@@ -9,6 +9,9 @@
 //! steps carry gradient; [`reward_cotangent`] turns a differentiable reward into the starting
 //! cotangent `∂L/∂x_T` of the loss `L = −scale · mean r`.
 //!
+//! [`reference_penalty`] pulls the policy's step means toward the reference's (adapters off)
+//! at the differentiated steps, against over-optimisation.
+//!
 //! [`reward_guided_sample`] is the training-free baseline: inference-time reward guidance
 //! (`x_{k+1} = step_k(x_k) + λ ∇_{x_k} r(x̂₀(x_k))`, the gradient taken through the model).
 //!
@@ -75,6 +78,7 @@ pub mod draft_lv;
 pub mod error;
 pub mod guidance;
 pub mod refl;
+pub mod regularize;
 pub mod truncation;
 
 pub use adjoint::{AdjointInputs, continuous_adjoint};
@@ -86,4 +90,5 @@ pub use draft_lv::draft_lv_gradients;
 pub use error::{BackpropError, Result};
 pub use guidance::{GuidanceReward, reward_guided_sample};
 pub use refl::{ReflLoss, late_step, refl_gradients};
+pub use regularize::reference_penalty;
 pub use truncation::Truncation;

@@ -6,7 +6,7 @@
 
 use align_backprop::{
     AdjointInputs, ChainInputs, ReflLoss, Truncation, chain_gradients, continuous_adjoint,
-    draft_lv_gradients, refl_gradients, reward_cotangent,
+    draft_lv_gradients, reference_penalty, refl_gradients, reward_cotangent,
 };
 use align_core::{Condition, Denoiser, Parameterization, Trajectory, test_device};
 use align_samplers::{
@@ -544,6 +544,90 @@ fn draft_lv_gradient_matches_finite_differences() {
             0,
             seed,
             scale
+        )
+        .is_err()
+    );
+}
+
+/// The reference penalty: zero (value and gradient) at the reference, its value by hand at a
+/// moved policy, and its gradient against finite differences.
+#[test]
+fn reference_penalty_value_and_gradient() {
+    let device = test_device().autodiff();
+    let (sampler, _) = samplers().remove(2);
+    let reference = Tiny::new(true, &device).no_grad();
+    let policy = Tiny::new(true, &device);
+    let traj = roll(&policy, sampler.as_ref(), &device);
+    let c = cond(&device, 3);
+    let enc = |_: &Tiny| Ok((c.clone(), None));
+    let steps = [1, 3];
+    let (g, v) = reference_penalty(
+        &policy,
+        &reference,
+        sampler.as_ref(),
+        &traj,
+        &steps,
+        &enc,
+        0.7,
+    )
+    .unwrap();
+    assert_eq!(v, 0.0);
+    assert!(flat(&policy, &g).iter().all(|&x| x == 0.0));
+    // Shift b by δ: on the flow SDE, μ moves by δ (1 + σ²(1−t)/(2t)) Δt per element.
+    let mut moved = Tiny::new(true, &device);
+    moved.b = Param::from_tensor(Tensor::from_floats([0.1 + 0.2, -0.2 + 0.2], &device));
+    let (g, v) = reference_penalty(
+        &moved,
+        &reference,
+        sampler.as_ref(),
+        &traj,
+        &steps,
+        &enc,
+        0.7,
+    )
+    .unwrap();
+    let times = sampler.latent_times();
+    let mut want = 0.0;
+    for &k in &steps {
+        let (t, dt) = (times[k], times[k + 1] - times[k]);
+        let std = sampler.step_std(k);
+        let s2 = std * std / dt.abs();
+        let shift = 0.2 * (1.0 + s2 * (1.0 - t) / (2.0 * t)) * dt;
+        want += 0.7 * shift * shift / steps.len() as f64;
+    }
+    assert!((v - want).abs() < 1e-6 * want.max(1e-3), "{v} vs {want}");
+    let g = flat(&moved, &g);
+    let value_at = |p: &Tiny| {
+        reference_penalty(p, &reference, sampler.as_ref(), &traj, &steps, &enc, 0.7)
+            .unwrap()
+            .1
+    };
+    let h = 1e-2_f32;
+    for (i, &gi) in g.iter().enumerate() {
+        let bump = |delta: f32| {
+            let mut vals = [[0.8, -0.6], [0.3, 0.0], [0.3, 0.05]];
+            vals[i / 2][i % 2] += delta;
+            let mut p = Tiny::new(true, &device);
+            p.w = Param::from_tensor(Tensor::from_floats(vals[0], &device));
+            p.b = Param::from_tensor(Tensor::from_floats(vals[1], &device));
+            p.c = Param::from_tensor(Tensor::from_floats(vals[2], &device));
+            p
+        };
+        let fd = (value_at(&bump(h)) - value_at(&bump(-h))) / (2.0 * f64::from(h));
+        assert!(
+            (gi - fd).abs() <= 2e-2 * fd.abs().max(1e-3),
+            "parameter {i}: {gi} vs finite differences {fd}"
+        );
+    }
+    assert!(
+        reference_penalty(
+            &moved,
+            &reference,
+            sampler.as_ref(),
+            &traj,
+            &steps,
+            &enc,
+            -1.0
         )
         .is_err()
     );

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use align_backprop::{ChainInputs, Truncation, chain_gradients, reward_cotangent};
+use align_backprop::{
+    ChainInputs, Truncation, chain_gradients, reference_penalty, reward_cotangent,
+};
 use align_core::{Condition, CoreError, Denoiser, Job, Metrics, Runner, RunnerConfig};
 use align_data::{Image, Split, SplitPart, Tokenizer};
 use align_models::{
@@ -89,6 +91,9 @@ pub struct BackpropSection {
     pub truncation: Truncation,
     /// The loss is `−reward_scale · mean r(x_T)`.
     pub reward_scale: f64,
+    /// Weight β of the pull toward the reference (adapters off): β · mean (μ_θ − μ_ref)² of the
+    /// step means at the differentiated steps (`align_backprop::reference_penalty`); 0 = none.
+    pub reference_weight: f64,
 }
 
 impl Default for BackpropSection {
@@ -96,6 +101,7 @@ impl Default for BackpropSection {
         Self {
             truncation: Truncation::LastK(1),
             reward_scale: 1.0,
+            reference_weight: 0.0,
         }
     }
 }
@@ -275,6 +281,12 @@ impl TrainConfig {
             .truncation
             .validate()
             .map_err(|e| format!("backprop.{e}"))?;
+        if !(self.backprop.reference_weight.is_finite() && self.backprop.reference_weight >= 0.0) {
+            return Err(format!(
+                "backprop.reference_weight {} must be ≥ 0",
+                self.backprop.reference_weight
+            ));
+        }
         if !(self.backprop.reward_scale.is_finite() && self.backprop.reward_scale > 0.0) {
             return Err(format!(
                 "backprop.reward_scale {} must be positive",
@@ -436,8 +448,28 @@ impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
         })
         .map_err(|e| job(e.to_string()))?;
         let differentiated = out.steps;
+        let weight = step.section.reference_weight;
+        let (grads, penalty) = if weight > 0.0 && differentiated > 0 {
+            let steps: Vec<usize> = (first_step..t).collect();
+            let (pen, value) = reference_penalty(
+                &step.model,
+                &self.reference,
+                self.sampler.as_ref(),
+                step.traj,
+                &steps,
+                &encode,
+                weight,
+            )
+            .map_err(|e| job(e.to_string()))?;
+            let mut acc = burn::optim::GradientsAccumulator::<TextToImage<D>>::new();
+            acc.accumulate(&step.model, out.grads);
+            acc.accumulate(&step.model, pen);
+            (acc.grads(), value)
+        } else {
+            (out.grads, 0.0)
+        };
         let model = if differentiated > 0 {
-            (step.apply)(step.model, out.grads)?
+            (step.apply)(step.model, grads)?
         } else {
             step.model
         };
@@ -452,6 +484,7 @@ impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
             gold.iter().sum::<f64>() / gold.len() as f64,
         );
         m.insert("differentiated_steps".into(), differentiated as f64);
+        m.insert("reference_penalty".into(), penalty);
         m.insert("kl".into(), 0.0);
         self.bar.set_message(format!(
             "proxy {mean:.3}  gold {:.3}  K {differentiated}",
@@ -1350,6 +1383,7 @@ mod tests {
         let err = train(&config, false, false, &device).unwrap_err();
         assert!(err.contains("random_k"), "{err}");
         config.backprop.truncation = Truncation::RandomK { min: 0, max: 4 };
+        config.backprop.reference_weight = 0.1;
         config.runner.iterations = 3;
         train(&config, false, false, &device).unwrap();
         let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
@@ -1363,6 +1397,11 @@ mod tests {
             .collect();
         assert_eq!(ks.len(), 3);
         assert!(ks.iter().all(|&k| (0.0..=4.0).contains(&k)), "{ks:?}");
+        for l in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(l).unwrap();
+            let p = row["reference_penalty"].as_f64().unwrap();
+            assert!(p.is_finite() && p >= 0.0, "{l}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
