@@ -1,7 +1,8 @@
 //! `align`: post-train diffusion and flow-matching models toward a reward or preferences.
 //!
-//! Today the binary reports the workspace's status and runs a sampler self-check on the
-//! selected device; the training commands arrive with their crates (see `align status`).
+//! Commands: `quickstart` (the main job), `train` (online RL and reward backprop from a TOML
+//! config), `plot`, `pretrain`, `sample`, `eval`, `eval-guided`, `train-reward`, `eval-reward`,
+//! `check` and `status` (what is implemented and which backends this binary has).
 
 mod plot;
 mod reward_cmd;
@@ -248,7 +249,7 @@ const CRATES: &[CrateStatus] = &[
     CrateStatus {
         name: "align-models",
         state: "partial",
-        what: "UNet (eps/v), DiT (adaLN-Zero), text encoder, LoRA, weight EMA, pretraining (`align pretrain [--resume]|sample|eval`); shipped base models to come (issue #3)",
+        what: "UNet (eps/v), DiT (adaLN-Zero), text encoder, LoRA, weight EMA, pretraining (`align pretrain [--resume]|sample|eval`); shipped base models are interim, below target accuracy (issue #3)",
     },
     CrateStatus {
         name: "align-rewards",
@@ -257,13 +258,13 @@ const CRATES: &[CrateStatus] = &[
     },
     CrateStatus {
         name: "align-rl",
-        state: "planned",
-        what: "DDPO-SF/IS, DPOK, Flow-GRPO, DenseGRPO, SDPO and the runner (issue #5)",
+        state: "ready",
+        what: "DDPO-SF/IS, DPOK, Flow-GRPO (+Fast window), DenseGRPO, SDPO on one exact update path; runner in align-core (`align train|quickstart`)",
     },
     CrateStatus {
         name: "align-backprop",
-        state: "planned",
-        what: "ReFL, DRaFT(-K/-LV), AlignProp, adjoint methods (issue #6)",
+        state: "partial",
+        what: "chained-VJP backprop (DRaFT, DRaFT-K, AlignProp; `align train`), ReFL, DRaFT-LV, continuous adjoint, Adjoint Matching, reward guidance (`align eval-guided`); end-to-end runs to come (issue #6)",
     },
     CrateStatus {
         name: "align-pref",
