@@ -268,8 +268,8 @@ const CRATES: &[CrateStatus] = &[
     },
     CrateStatus {
         name: "align-pref",
-        state: "planned",
-        what: "Diffusion-DPO, D3PO, SPO, KTO, MaPO, RWR, DSPO (issue #7)",
+        state: "partial",
+        what: "Diffusion-DPO loss (paired noise and timestep); D3PO, SPO, KTO, MaPO, RWR, DSPO and preference data to come (issue #7)",
     },
 ];
 

@@ -1,8 +1,49 @@
 #![warn(missing_docs)]
 //! # align-pref
 //!
-//! Preference optimisation for diffusion and flow models: Diffusion-DPO (paired noise and
-//! timestep), D3PO, SPO, Diffusion-KTO, MaPO, reward-weighted regression, DSPO and Preference
-//! Flow Matching, and AI-feedback preference data built from any reward.
+//! Preference optimisation for diffusion and flow models from offline pairs: Diffusion-DPO with
+//! paired noise and timestep, for ε-, v- and flow-velocity models ([`diffusion_dpo_loss`]),
+//! built on the forward process at given noise levels and per-sample denoising errors
+//! ([`NoiseLevels`], [`denoising_errors`]).
 //!
-//! **Status:** not yet implemented (tracked by the "Preference optimization" issue).
+//! Planned (tracked by the "Preference optimization" issue): D3PO, SPO, Diffusion-KTO, MaPO,
+//! reward-weighted regression, DSPO, Preference Flow Matching, preference datasets and
+//! AI-feedback labelling.
+//!
+//! ## Example
+//!
+//! At initialisation (policy = reference) the loss is exactly `ln 2`.
+//!
+//! ```
+//! use align_core::{select_device, Condition, Denoiser, Parameterization};
+//! use align_pref::{diffusion_dpo_loss, DpoBatch, NoiseLevels, DIFFUSION_DPO_BETA};
+//! use burn::tensor::Tensor;
+//!
+//! struct Half;
+//! impl Denoiser for Half {
+//!     fn parameterization(&self) -> Parameterization { Parameterization::FlowVelocity }
+//!     fn predict(&self, x: Tensor<4>, _t: Tensor<1>, _c: &Condition) -> Tensor<4> { x * 0.5 }
+//! }
+//!
+//! let device = select_device(Some("flex")).unwrap();
+//! let levels = NoiseLevels::flow(&[0.3, 0.8]).unwrap();
+//! let cond = Condition::new(Tensor::zeros([2, 1, 1], &device));
+//! let out = diffusion_dpo_loss(&Half, &Half, DpoBatch {
+//!     winners: Tensor::ones([2, 3, 4, 4], &device),
+//!     losers: Tensor::zeros([2, 3, 4, 4], &device),
+//!     noise: Tensor::ones([2, 3, 4, 4], &device) * 0.1,
+//!     levels: &levels,
+//!     condition: &cond,
+//! }, DIFFUSION_DPO_BETA).unwrap();
+//! let loss: f32 = out.loss.into_scalar();
+//! assert!((loss - std::f32::consts::LN_2).abs() < 1e-7);
+//! assert_eq!(out.implicit_accuracy, 0.0);
+//! ```
+
+pub mod diffusion_dpo;
+pub mod error;
+pub mod noising;
+
+pub use diffusion_dpo::{DIFFUSION_DPO_BETA, DpoBatch, DpoOutput, diffusion_dpo_loss};
+pub use error::{PrefError, Result};
+pub use noising::{NoiseLevels, denoising_errors};

@@ -1,0 +1,300 @@
+//! Diffusion-DPO: ln 2 at initialisation, antisymmetry in winner/loser, the pairing of noise
+//! and timestep (with its negative check), and the gradient against finite differences — for
+//! an ε-model on a DDPM schedule and a flow-velocity model.
+#![allow(clippy::unwrap_used)]
+
+use align_core::{Condition, Denoiser, NoiseKey, Parameterization, noise_tensor, test_device};
+use align_pref::{DpoBatch, NoiseLevels, diffusion_dpo_loss};
+use align_samplers::{BetaSchedule, NoiseSchedule};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
+
+/// `prediction = tanh(w ⊙ x) + b + c·t`, per channel.
+#[derive(Module, Debug)]
+struct Tiny {
+    w: Param<Tensor<1>>,
+    b: Param<Tensor<1>>,
+    c: Param<Tensor<1>>,
+    flow: bool,
+}
+
+const INIT: [[f32; 2]; 3] = [[0.8, -0.6], [0.1, -0.2], [0.3, 0.05]];
+
+impl Tiny {
+    fn with(vals: [[f32; 2]; 3], flow: bool, device: &Device) -> Self {
+        Self {
+            w: Param::from_tensor(Tensor::from_floats(vals[0], device)),
+            b: Param::from_tensor(Tensor::from_floats(vals[1], device)),
+            c: Param::from_tensor(Tensor::from_floats(vals[2], device)),
+            flow,
+        }
+    }
+}
+
+impl Denoiser for Tiny {
+    fn parameterization(&self) -> Parameterization {
+        if self.flow {
+            Parameterization::FlowVelocity
+        } else {
+            Parameterization::Epsilon
+        }
+    }
+    fn predict(&self, x: Tensor<4>, t: Tensor<1>, _c: &Condition) -> Tensor<4> {
+        let b = x.dims()[0];
+        let t = if self.flow { t } else { t.div_scalar(1000.0) };
+        (x * self.w.val().reshape([1, 2, 1, 1])).tanh()
+            + self.b.val().reshape([1, 2, 1, 1])
+            + self.c.val().reshape([1, 2, 1, 1]) * t.reshape([b, 1, 1, 1])
+    }
+}
+
+struct Flatten<'a>(&'a GradientsParams, Vec<f64>);
+impl ModuleVisitor for Flatten<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let g = self.0.get::<D>(param.id).unwrap();
+        self.1.extend(
+            g.into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from),
+        );
+    }
+}
+
+fn noise(salt: u64, b: usize, device: &Device) -> Tensor<4> {
+    let keys: Vec<NoiseKey> = (0..b as u64).map(|i| NoiseKey::initial(salt, i)).collect();
+    noise_tensor(&keys, [2, 3, 3], device).unwrap()
+}
+
+fn levels(flow: bool) -> NoiseLevels {
+    if flow {
+        NoiseLevels::flow(&[0.2, 0.55, 0.9]).unwrap()
+    } else {
+        let s = NoiseSchedule::new(BetaSchedule::ddpm_linear(), 1000).unwrap();
+        NoiseLevels::ddpm(&s, &[10, 420, 900]).unwrap()
+    }
+}
+
+fn host(t: Tensor<1>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn initialisation_gives_ln2_and_swapping_negates_inside() {
+    let device = test_device();
+    let cond = Condition::new(Tensor::zeros([3, 1, 1], &device));
+    for flow in [false, true] {
+        let policy = Tiny::with(INIT, flow, &device);
+        let lv = levels(flow);
+        let (w, l, eps) = (
+            noise(1, 3, &device),
+            noise(2, 3, &device),
+            noise(3, 3, &device),
+        );
+        let batch = |a: &Tensor<4>, b: &Tensor<4>| DpoBatch {
+            winners: a.clone(),
+            losers: b.clone(),
+            noise: eps.clone(),
+            levels: &lv,
+            condition: &cond,
+        };
+        let init = diffusion_dpo_loss(&policy, &policy, batch(&w, &l), 5000.0).unwrap();
+        assert_eq!(host(init.inside), vec![0.0; 3]);
+        let loss: f32 = init.loss.into_scalar();
+        assert!((loss - std::f32::consts::LN_2).abs() < 1e-7, "{loss}");
+        assert_eq!(init.implicit_accuracy, 0.0);
+        let mut moved = INIT;
+        moved[1][0] += 0.05;
+        let moved = Tiny::with(moved, flow, &device);
+        let a = host(
+            diffusion_dpo_loss(&moved, &policy, batch(&w, &l), 5000.0)
+                .unwrap()
+                .inside,
+        );
+        let b = host(
+            diffusion_dpo_loss(&moved, &policy, batch(&l, &w), 5000.0)
+                .unwrap()
+                .inside,
+        );
+        assert!(a.iter().any(|v| v.abs() > 1e-3), "{a:?}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(*x, -*y);
+        }
+    }
+}
+
+/// With identical winner and loser, paired noise and timestep make `inside` exactly 0 for any
+/// policy; unpaired noise (or timestep) does not — the negative check that catches an
+/// implementation drawing the loser's noise separately.
+#[test]
+fn noise_and_timestep_are_paired() {
+    let device = test_device();
+    let cond = Condition::new(Tensor::zeros([3, 1, 1], &device));
+    let mut moved = INIT;
+    moved[0][1] += 0.3;
+    for flow in [false, true] {
+        let policy = Tiny::with(moved, flow, &device);
+        let reference = Tiny::with(INIT, flow, &device);
+        let x = noise(5, 3, &device);
+        let lv = levels(flow);
+        let paired = diffusion_dpo_loss(
+            &policy,
+            &reference,
+            DpoBatch {
+                winners: x.clone(),
+                losers: x.clone(),
+                noise: noise(6, 3, &device),
+                levels: &lv,
+                condition: &cond,
+            },
+            5000.0,
+        )
+        .unwrap();
+        assert_eq!(host(paired.inside), vec![0.0; 3]);
+        // Negative check: the same pair with the loser noised by another ε.
+        let err = |m: &Tiny, eps: Tensor<4>| {
+            align_pref::denoising_errors(m, x.clone(), eps, &lv, &cond).unwrap()
+        };
+        let unpaired = ((err(&policy, noise(6, 3, &device)) - err(&policy, noise(7, 3, &device)))
+            - (err(&reference, noise(6, 3, &device)) - err(&reference, noise(7, 3, &device))))
+        .mul_scalar(-2500.0);
+        assert!(host(unpaired).iter().any(|v| v.abs() > 1e-3));
+    }
+}
+
+#[test]
+fn gradient_matches_finite_differences() {
+    let device = test_device().autodiff();
+    let cond = Condition::new(Tensor::zeros([3, 1, 1], &device));
+    for flow in [false, true] {
+        let reference = Tiny::with(INIT, flow, &device).no_grad();
+        let mut start = INIT;
+        start[1][1] += 0.02;
+        let lv = levels(flow);
+        let (w, l, eps) = (
+            noise(1, 3, &device),
+            noise(2, 3, &device),
+            noise(3, 3, &device),
+        );
+        // A small β keeps the sigmoid away from saturation for the finite differences.
+        let beta = 20.0;
+        let loss_of = |p: &Tiny| {
+            diffusion_dpo_loss(
+                p,
+                &reference,
+                DpoBatch {
+                    winners: w.clone(),
+                    losers: l.clone(),
+                    noise: eps.clone(),
+                    levels: &lv,
+                    condition: &cond,
+                },
+                beta,
+            )
+            .unwrap()
+            .loss
+        };
+        let policy = Tiny::with(start, flow, &device);
+        let grads = GradientsParams::from_grads(loss_of(&policy).backward(), &policy);
+        let mut flat = Flatten(&grads, Vec::new());
+        policy.visit(&mut flat);
+        let h = 1e-2_f32;
+        for (i, &g) in flat.1.iter().enumerate() {
+            let at = |d: f32| {
+                let mut v = start;
+                v[i / 2][i % 2] += d;
+                let x: f32 = loss_of(&Tiny::with(v, flow, &device)).into_scalar();
+                f64::from(x)
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
+            assert!(
+                (g - fd).abs() <= 2e-2 * fd.abs().max(1e-2),
+                "flow {flow}, parameter {i}: {g} vs finite differences {fd}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let device = test_device();
+    let cond = Condition::new(Tensor::zeros([3, 1, 1], &device));
+    let p = Tiny::with(INIT, true, &device);
+    let lv = levels(true);
+    let batch = |noise: Tensor<4>| DpoBatch {
+        winners: Tensor::zeros([3, 2, 3, 3], &device),
+        losers: Tensor::zeros([3, 2, 3, 3], &device),
+        noise,
+        levels: &lv,
+        condition: &cond,
+    };
+    assert!(diffusion_dpo_loss(&p, &p, batch(noise(1, 3, &device)), 0.0).is_err());
+    assert!(diffusion_dpo_loss(&p, &p, batch(noise(1, 2, &device)), 10.0).is_err());
+    assert!(NoiseLevels::flow(&[1.5]).is_err());
+    let s = NoiseSchedule::new(BetaSchedule::ddpm_linear(), 1000).unwrap();
+    assert!(NoiseLevels::ddpm(&s, &[1000]).is_err());
+}
+
+/// `inside` by hand from the four error vectors, and the direction of the update: a gradient
+/// step lowers the policy's winner-minus-loser error relative to the reference's.
+#[test]
+fn inside_is_the_official_expression_and_descent_prefers_the_winner() {
+    let device = test_device().autodiff();
+    let cond = Condition::new(Tensor::zeros([3, 1, 1], &device));
+    let reference = Tiny::with(INIT, true, &device).no_grad();
+    let lv = levels(true);
+    let (w, l, eps) = (
+        noise(1, 3, &device),
+        noise(2, 3, &device),
+        noise(3, 3, &device),
+    );
+    let mut start = INIT;
+    start[0][0] += 0.1;
+    let policy = Tiny::with(start, true, &device);
+    let e = |m: &Tiny, x: &Tensor<4>| {
+        host(align_pref::denoising_errors(m, x.clone(), eps.clone(), &lv, &cond).unwrap())
+    };
+    let (pw, pl, rw, rl) = (
+        e(&policy, &w),
+        e(&policy, &l),
+        e(&reference, &w),
+        e(&reference, &l),
+    );
+    let out = diffusion_dpo_loss(
+        &policy,
+        &reference,
+        DpoBatch {
+            winners: w.clone(),
+            losers: l.clone(),
+            noise: eps.clone(),
+            levels: &lv,
+            condition: &cond,
+        },
+        50.0,
+    )
+    .unwrap();
+    let inside = host(out.inside.clone());
+    for i in 0..3 {
+        let want = -0.5 * 50.0 * ((pw[i] - pl[i]) - (rw[i] - rl[i]));
+        assert!(
+            (inside[i] - want).abs() < 1e-4 * want.abs().max(1.0),
+            "{inside:?}"
+        );
+    }
+    let margin = |m: &Tiny| -> f32 {
+        let (a, b) = (e(m, &w), e(m, &l));
+        a.iter().zip(&b).map(|(x, y)| x - y).sum()
+    };
+    let before = margin(&policy);
+    let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
+    use burn::optim::SgdConfig;
+    let stepped = SgdConfig::new().init().step(1e-3, policy, grads);
+    assert!(
+        margin(&stepped) < before,
+        "{} → {}",
+        before,
+        margin(&stepped)
+    );
+}
