@@ -1,14 +1,15 @@
 #![warn(missing_docs)]
 //! # align-pref
 //!
-//! Preference optimisation for diffusion and flow models from offline pairs: Diffusion-DPO with
-//! paired noise and timestep, for ε-, v- and flow-velocity models ([`diffusion_dpo_loss`]),
+//! Preference optimisation for diffusion and flow models from offline data, for ε-, v- and
+//! flow-velocity models alike: Diffusion-DPO with paired noise and timestep
+//! ([`diffusion_dpo_loss`]), the reference-free MaPO ([`mapo_loss`]), Diffusion-KTO from
+//! unpaired binary feedback ([`kto_loss`]) and reward-weighted regression ([`rwr_loss`]) — all
 //! built on the forward process at given noise levels and per-sample denoising errors
 //! ([`NoiseLevels`], [`denoising_errors`]).
 //!
-//! Planned (tracked by the "Preference optimization" issue): D3PO, SPO, Diffusion-KTO, MaPO,
-//! reward-weighted regression, DSPO, Preference Flow Matching, preference datasets and
-//! AI-feedback labelling.
+//! Planned (tracked by the "Preference optimization" issue): D3PO, SPO, DSPO, Preference Flow
+//! Matching, preference datasets and AI-feedback labelling, and the training command.
 //!
 //! ## Example
 //!
@@ -42,8 +43,14 @@
 
 pub mod diffusion_dpo;
 pub mod error;
+pub mod kto;
+pub mod mapo;
 pub mod noising;
+pub mod rwr;
 
 pub use diffusion_dpo::{DIFFUSION_DPO_BETA, DpoBatch, DpoOutput, diffusion_dpo_loss};
 pub use error::{PrefError, Result};
+pub use kto::{KtoBatch, KtoConfig, KtoOutput, ReferencePoint, kto_loss};
+pub use mapo::{MapoConfig, MapoOutput, mapo_loss};
 pub use noising::{NoiseLevels, denoising_errors};
+pub use rwr::{RewardWeighting, rwr_loss, rwr_weights};
