@@ -269,7 +269,7 @@ const CRATES: &[CrateStatus] = &[
     CrateStatus {
         name: "align-pref",
         state: "partial",
-        what: "Diffusion-DPO loss (paired noise and timestep); D3PO, SPO, KTO, MaPO, RWR, DSPO and preference data to come (issue #7)",
+        what: "Diffusion-DPO, MaPO, Diffusion-KTO, RWR losses; D3PO, SPO, DSPO, PFM, preference data and training to come (issue #7)",
     },
 ];
 
