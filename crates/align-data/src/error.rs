@@ -108,6 +108,24 @@ pub enum DataError {
         /// What is wrong with the line.
         reason: String,
     },
+    /// A line of a JSONL file is malformed.
+    #[error("`{}` line {line}: {reason}", path.display())]
+    JsonLine {
+        /// The JSONL file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line.
+        reason: String,
+    },
+    /// Writing a file failed.
+    #[error("cannot write `{}`: {reason}", path.display())]
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// An image file could not be decoded.
     #[error("cannot decode image `{}`: {source}", path.display())]
     Decode {

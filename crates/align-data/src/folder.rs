@@ -99,7 +99,7 @@ fn parse_captions(path: &Path, text: &str) -> Result<Vec<(usize, String, String)
 }
 
 /// Loads one image, checking its size before decoding.
-fn load_image(path: &Path, width: u32, height: u32) -> Result<Image> {
+pub(crate) fn load_image(path: &Path, width: u32, height: u32) -> Result<Image> {
     if !path.is_file() {
         return Err(DataError::MissingFile {
             path: path.to_path_buf(),

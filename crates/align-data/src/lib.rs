@@ -43,6 +43,7 @@
 //! - [`split`]: the train / held-out split of attribute combinations.
 //! - [`dataset`]: [`ShapesDataset`], item `i` a pure function of `(seed, i)`.
 //! - [`folder`]: [`ImageFolderDataset`] for captioned PNG / JPEG folders.
+//! - [`preference`]: pairwise and binary preference datasets (JSONL + PNG).
 //! - [`verify`]: the [`ShapeEval`] verifier.
 //! - [`eval_set`]: the fixed [`EvalSet`].
 
@@ -50,6 +51,7 @@ pub mod dataset;
 pub mod error;
 pub mod eval_set;
 pub mod folder;
+pub mod preference;
 pub mod prompt;
 pub mod raster;
 pub mod render;
@@ -63,6 +65,10 @@ pub use dataset::{ShapesDataset, ShapesSample};
 pub use error::{DataError, Result};
 pub use eval_set::{EVAL_SEED_BASE, EVAL_SELECTION_SEED, EvalPrompt, EvalSet};
 pub use folder::{CAPTIONS_FILE, FolderItem, ImageFolderDataset};
+pub use preference::{
+    LABELS_FILE, LabeledImage, PAIRS_FILE, PreferencePair, read_labels, read_pairs, write_labels,
+    write_pairs,
+};
 pub use prompt::{Prompt, parse_prompt};
 pub use raster::Image;
 pub use render::{PlacedObject, Scene, draw_objects, place_objects, render_scene, render_seeded};
