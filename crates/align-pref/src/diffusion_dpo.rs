@@ -36,8 +36,11 @@ pub struct DpoBatch<'a> {
     pub noise: Tensor<4>,
     /// The noise levels, shared by winner and loser of a pair.
     pub levels: &'a NoiseLevels,
-    /// The prompts' conditions, batch `B`.
+    /// The prompts' conditions from the policy, batch `B`.
     pub condition: &'a Condition,
+    /// The reference's own conditions when its text encoder differs from the policy's (LoRA
+    /// on the text encoder); `None` = `condition`.
+    pub reference_condition: Option<&'a Condition>,
 }
 
 /// The loss and its diagnostics.
@@ -67,13 +70,14 @@ pub fn diffusion_dpo_loss<M: Denoiser + ?Sized>(
             format!("{beta} must be positive"),
         ));
     }
-    let err = |m: &M, x: Tensor<4>| {
-        denoising_errors(m, x, batch.noise.clone(), batch.levels, batch.condition)
+    let ref_cond = batch.reference_condition.unwrap_or(batch.condition);
+    let err = |m: &M, x: Tensor<4>, c: &Condition| {
+        denoising_errors(m, x, batch.noise.clone(), batch.levels, c)
     };
-    let pol_w = err(policy, batch.winners.clone())?;
-    let pol_l = err(policy, batch.losers.clone())?;
-    let ref_w = err(reference, batch.winners)?.detach();
-    let ref_l = err(reference, batch.losers)?.detach();
+    let pol_w = err(policy, batch.winners.clone(), batch.condition)?;
+    let pol_l = err(policy, batch.losers.clone(), batch.condition)?;
+    let ref_w = err(reference, batch.winners, ref_cond)?.detach();
+    let ref_l = err(reference, batch.losers, ref_cond)?.detach();
     let inside = ((pol_w - pol_l) - (ref_w - ref_l)).mul_scalar(-0.5 * beta);
     let loss = log_sigmoid(inside.clone()).mean().neg();
     let value: f32 = loss

@@ -70,8 +70,10 @@ pub struct KtoBatch<'a> {
     pub noise: Tensor<4>,
     /// Noise levels.
     pub levels: &'a NoiseLevels,
-    /// Conditions, batch `B`.
+    /// Conditions from the policy, batch `B`.
     pub condition: &'a Condition,
+    /// The reference's own conditions (LoRA on the text encoder); `None` = `condition`.
+    pub reference_condition: Option<&'a Condition>,
 }
 
 /// The loss and its diagnostics.
@@ -116,14 +118,9 @@ pub fn kto_loss<M: Denoiser + ?Sized>(
         batch.levels,
         batch.condition,
     )?;
-    let e_ref = denoising_errors(
-        reference,
-        batch.images,
-        batch.noise,
-        batch.levels,
-        batch.condition,
-    )?
-    .detach();
+    let ref_cond = batch.reference_condition.unwrap_or(batch.condition);
+    let e_ref =
+        denoising_errors(reference, batch.images, batch.noise, batch.levels, ref_cond)?.detach();
     let rho = (e_ref - e_pol).mul_scalar(config.beta);
     let z0 = match config.reference_point {
         ReferencePoint::Fixed(v) => v,

@@ -35,6 +35,7 @@
 //!     noise: Tensor::ones([2, 3, 4, 4], &device) * 0.1,
 //!     levels: &levels,
 //!     condition: &cond,
+//!     reference_condition: None,
 //! }, DIFFUSION_DPO_BETA).unwrap();
 //! let loss: f32 = out.loss.into_scalar();
 //! assert!((loss - std::f32::consts::LN_2).abs() < 1e-7);

@@ -99,6 +99,7 @@ fn initialisation_gives_ln2_and_swapping_negates_inside() {
             noise: eps.clone(),
             levels: &lv,
             condition: &cond,
+            reference_condition: None,
         };
         let init = diffusion_dpo_loss(&policy, &policy, batch(&w, &l), 5000.0).unwrap();
         assert_eq!(host(init.inside), vec![0.0; 3]);
@@ -148,6 +149,7 @@ fn noise_and_timestep_are_paired() {
                 noise: noise(6, 3, &device),
                 levels: &lv,
                 condition: &cond,
+                reference_condition: None,
             },
             5000.0,
         )
@@ -190,6 +192,7 @@ fn gradient_matches_finite_differences() {
                     noise: eps.clone(),
                     levels: &lv,
                     condition: &cond,
+                    reference_condition: None,
                 },
                 beta,
             )
@@ -229,6 +232,7 @@ fn bad_inputs_are_errors() {
         noise,
         levels: &lv,
         condition: &cond,
+        reference_condition: None,
     };
     assert!(diffusion_dpo_loss(&p, &p, batch(noise(1, 3, &device)), 0.0).is_err());
     assert!(diffusion_dpo_loss(&p, &p, batch(noise(1, 2, &device)), 10.0).is_err());
@@ -271,6 +275,7 @@ fn inside_is_the_official_expression_and_descent_prefers_the_winner() {
             noise: eps.clone(),
             levels: &lv,
             condition: &cond,
+            reference_condition: None,
         },
         50.0,
     )

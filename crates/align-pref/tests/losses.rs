@@ -136,6 +136,7 @@ fn mapo_value_by_hand_antisymmetry_and_gradient() {
             noise: eps.clone(),
             levels: &lv,
             condition: &cond,
+            reference_condition: None,
         };
         let out = mapo_loss(&policy, batch(&w, &l), cfg).unwrap();
         let ew = host(denoising_errors(&policy, w.clone(), eps.clone(), &lv, &cond).unwrap());
@@ -193,7 +194,8 @@ fn mapo_value_by_hand_antisymmetry_and_gradient() {
                 losers: noise(2, 3, &device),
                 noise: noise(3, 3, &device),
                 levels: &lv,
-                condition: &cond
+                condition: &cond,
+                reference_condition: None,
             },
             bad
         )
@@ -218,6 +220,7 @@ fn kto_at_init_gradient_and_direction() {
             noise: eps.clone(),
             levels: &lv,
             condition: &cond,
+            reference_condition: None,
         };
         let cfg = KtoConfig {
             beta: 50.0,
@@ -267,6 +270,7 @@ fn kto_at_init_gradient_and_direction() {
                     noise: eps.clone(),
                     levels: &lv,
                     condition: &cond,
+                    reference_condition: None,
                 },
                 KtoConfig {
                     reference_point: align_pref::ReferencePoint::Fixed(0.0),
