@@ -5,6 +5,7 @@
 //! `check` and `status` (what is implemented and which backends this binary has).
 
 mod plot;
+mod pref_cmd;
 mod reward_cmd;
 mod rl_cmd;
 mod shapes_cmd;
@@ -60,6 +61,39 @@ enum Command {
         /// Override the config's number of iterations.
         #[arg(long)]
         iterations: Option<usize>,
+        /// Continue an interrupted run.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Build an AI-feedback preference dataset: a base model's samples on training-split
+    /// prompts, labelled by the gold ShapeEval verifier (pairs: best vs worst candidate;
+    /// labels: pass / fail).
+    PrefData {
+        /// Base model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Output directory (pairs.jsonl, labels.jsonl, PNGs).
+        #[arg(long)]
+        out: PathBuf,
+        /// Training-split prompts.
+        #[arg(long, default_value_t = 64)]
+        prompts: usize,
+        /// Samples per prompt.
+        #[arg(long, default_value_t = 4)]
+        candidates: usize,
+        /// Noise seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Sampler steps (0 = the family's default).
+        #[arg(long, default_value_t = 0)]
+        steps: usize,
+    },
+    /// Preference optimisation (Diffusion-DPO, MaPO, KTO) from a TOML config (see
+    /// `configs/diffusion-dpo.toml`), with the held-out gold win rate against the base model.
+    PrefTrain {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
         /// Continue an interrupted run.
         #[arg(long)]
         resume: bool,
@@ -567,6 +601,54 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Plot { run } => plot_run(&run),
+        Command::PrefData {
+            model,
+            out,
+            prompts,
+            candidates,
+            seed,
+            steps,
+        } => {
+            let s = pref_cmd::pref_data(
+                &pref_cmd::PrefDataOptions {
+                    model,
+                    out: out.clone(),
+                    prompts,
+                    candidates,
+                    seed,
+                    sample: shapes_cmd::SampleOptions {
+                        steps,
+                        guidance: 3.0,
+                    },
+                },
+                &device,
+            )?;
+            println!(
+                "{}: {} pairs, {} labelled images ({} desirable)",
+                out.display(),
+                s.pairs,
+                s.labels,
+                s.desirable
+            );
+            Ok(())
+        }
+        Command::PrefTrain { config, resume } => {
+            let config = pref_cmd::PrefConfig::from_file(&config)?;
+            let r = pref_cmd::pref_train(&config, resume, true, &device)?;
+            println!(
+                "{}: held-out ShapeEval {:.1}% → {:.1}%, partial credit {:.3} → {:.3}, gold win rate vs base {:.1}% (95% CI {:.1}–{:.1}%), {:.0} s",
+                r.algorithm,
+                100.0 * r.base_heldout_accuracy,
+                100.0 * r.final_heldout_accuracy,
+                r.base_heldout_partial_credit,
+                r.final_heldout_partial_credit,
+                100.0 * r.heldout_win_rate,
+                100.0 * r.heldout_win_rate_ci.0,
+                100.0 * r.heldout_win_rate_ci.1,
+                r.wall_seconds
+            );
+            Ok(())
+        }
         Command::Quickstart {
             out,
             iterations,

@@ -1,0 +1,783 @@
+//! `align pref-data` (an AI-feedback preference dataset: the base model's samples labelled by
+//! the gold ShapeEval verifier) and `align pref-train` (Diffusion-DPO, MaPO or Diffusion-KTO on
+//! such a dataset, LoRA on a shipped model, with a held-out gold win rate against the base).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use align_core::{Condition, CoreError, Denoiser, Job, Metrics, NoiseKey, Runner, RunnerConfig};
+use align_data::{
+    EvalSet, Image, LabeledImage, PreferencePair, SceneSpec, ShapeEval, Split, SplitPart,
+    Tokenizer, read_labels, read_pairs, write_labels, write_pairs,
+};
+use align_models::{
+    DenoiserKind, LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora,
+    with_lora_scale,
+};
+use align_pref::{
+    DpoBatch, KtoBatch, KtoConfig, MapoConfig, NoiseLevels, ReferencePoint, diffusion_dpo_loss,
+    kto_loss, mapo_loss,
+};
+use align_samplers::NoiseSchedule;
+use burn::module::{Module, ModuleDisplay};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::rl_cmd::{LoraSection, default_model_dir};
+use crate::shapes_cmd::{SampleOptions, eval_requests, generate, progress_bar};
+
+/// What `align pref-data` builds.
+#[derive(Debug, Clone)]
+pub struct PrefDataOptions {
+    /// Base model directory.
+    pub model: PathBuf,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Training-split prompts to sample.
+    pub prompts: usize,
+    /// Samples per prompt (≥ 2): the best and the worst by ShapeEval partial credit form the
+    /// pair; every sample gets a binary label (desirable = passes ShapeEval).
+    pub candidates: usize,
+    /// Noise seed.
+    pub seed: u64,
+    /// Sampler options.
+    pub sample: SampleOptions,
+}
+
+/// What `align pref-data` wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefDataSummary {
+    /// Pairs written (prompts whose candidates' scores differ).
+    pub pairs: usize,
+    /// Labelled images written.
+    pub labels: usize,
+    /// Of which desirable.
+    pub desirable: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn host_scores<D: Module + ModuleDisplay + Denoiser>(
+    model: &TextToImage<D>,
+    config: &ShapesModelConfig,
+    prompts: &[String],
+    specs: &[&SceneSpec],
+    ids: &[u64],
+    seed: u64,
+    options: SampleOptions,
+    device: &Device,
+) -> Result<Vec<(Image, f64, bool)>, String> {
+    let images = generate(model, config, prompts, ids, seed, options, device)?;
+    let verifier = ShapeEval::default();
+    Ok(images
+        .into_iter()
+        .zip(specs)
+        .map(|(im, spec)| {
+            let r = verifier.score(&im, spec);
+            (im, r.partial_credit, r.pass)
+        })
+        .collect())
+}
+
+/// `align pref-data` (module docs).
+///
+/// # Errors
+/// Bad options, a model that does not load, write failures.
+pub fn pref_data(options: &PrefDataOptions, device: &Device) -> Result<PrefDataSummary, String> {
+    if options.candidates < 2 || options.prompts == 0 {
+        return Err("pref-data needs --prompts ≥ 1 and --candidates ≥ 2".into());
+    }
+    let (config, model) = ShapesModel::load(&options.model, device).map_err(|e| e.to_string())?;
+    let mut specs = Split::standard().all_specs(SplitPart::Train);
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x7072_6566);
+    for i in (1..specs.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        specs.swap(i, j);
+    }
+    specs.truncate(options.prompts);
+    let mut prompts = Vec::new();
+    let mut spec_refs = Vec::new();
+    let mut ids = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        for c in 0..options.candidates {
+            prompts.push(s.to_string());
+            spec_refs.push(s);
+            ids.push((i * options.candidates + c) as u64);
+        }
+    }
+    let scored = match &model {
+        ShapesModel::Unet(m) => host_scores(
+            m.as_ref(),
+            &config,
+            &prompts,
+            &spec_refs,
+            &ids,
+            options.seed,
+            options.sample,
+            device,
+        )?,
+        ShapesModel::Dit(m) => host_scores(
+            m.as_ref(),
+            &config,
+            &prompts,
+            &spec_refs,
+            &ids,
+            options.seed,
+            options.sample,
+            device,
+        )?,
+    };
+    let mut pairs = Vec::new();
+    let mut labels = Vec::new();
+    for (i, group) in scored.chunks(options.candidates).enumerate() {
+        let prompt = specs[i].to_string();
+        let best = group
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .ok_or("empty group")?;
+        let worst = group
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .ok_or("empty group")?;
+        if best.1 > worst.1 {
+            pairs.push(PreferencePair {
+                prompt: prompt.clone(),
+                winner: best.0.clone(),
+                loser: worst.0.clone(),
+            });
+        }
+        for (im, _, pass) in group {
+            labels.push(LabeledImage {
+                prompt: prompt.clone(),
+                image: im.clone(),
+                desirable: *pass,
+            });
+        }
+    }
+    if pairs.is_empty() {
+        return Err("every prompt's candidates scored the same: no pair to write".into());
+    }
+    write_pairs(&options.out, &pairs).map_err(|e| e.to_string())?;
+    write_labels(&options.out, &labels).map_err(|e| e.to_string())?;
+    Ok(PrefDataSummary {
+        pairs: pairs.len(),
+        labels: labels.len(),
+        desirable: labels.iter().filter(|l| l.desirable).count(),
+    })
+}
+
+/// Which preference loss `align pref-train` optimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrefAlgorithm {
+    /// Diffusion-DPO (pairs, frozen reference).
+    DiffusionDpo,
+    /// MaPO (pairs, no reference).
+    Mapo,
+    /// Diffusion-KTO (binary labels, frozen reference).
+    Kto,
+}
+
+/// The `[mapo]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapoSection {
+    /// β of the margin term.
+    pub beta: f64,
+    /// κ of the score.
+    pub snr: f64,
+    /// T multiplying the log-odds.
+    pub horizon: f64,
+}
+
+impl Default for MapoSection {
+    fn default() -> Self {
+        let d = MapoConfig::default();
+        Self {
+            beta: d.beta,
+            snr: d.snr,
+            horizon: d.horizon,
+        }
+    }
+}
+
+/// The `[kto]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KtoSection {
+    /// β of the implicit reward.
+    pub beta: f64,
+    /// λ_D.
+    pub desirable_weight: f64,
+    /// λ_U.
+    pub undesirable_weight: f64,
+}
+
+impl Default for KtoSection {
+    fn default() -> Self {
+        let d = KtoConfig::default();
+        Self {
+            beta: d.beta,
+            desirable_weight: d.desirable_weight,
+            undesirable_weight: d.undesirable_weight,
+        }
+    }
+}
+
+/// An `align pref-train` configuration (TOML). Every field has a default.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefConfig {
+    /// The loss.
+    pub algorithm: PrefAlgorithm,
+    /// Base model directory.
+    pub model: PathBuf,
+    /// Preference dataset directory (`pairs.jsonl`; `labels.jsonl` for KTO).
+    pub data: PathBuf,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Seed (batches, noise, timesteps, LoRA init).
+    pub seed: u64,
+    /// Pairs (or labelled images) per optimizer step.
+    pub batch_size: usize,
+    /// Evaluation seeds per held-out prompt.
+    pub eval_seeds: usize,
+    /// Sampler steps of the evaluations (0 = the family's default).
+    pub eval_steps: usize,
+    /// LoRA adapters.
+    pub lora: LoraSection,
+    /// Optimizer, clipping, checkpoints.
+    pub runner: RunnerConfig,
+    /// Diffusion-DPO β on mean-reduced errors.
+    pub dpo_beta: f64,
+    /// MaPO hyper-parameters.
+    pub mapo: MapoSection,
+    /// KTO hyper-parameters.
+    pub kto: KtoSection,
+}
+
+impl Default for PrefConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: PrefAlgorithm::DiffusionDpo,
+            model: default_model_dir("shapes-unet"),
+            data: PathBuf::from("runs/pref-data"),
+            out: PathBuf::from("runs/diffusion-dpo"),
+            seed: 0,
+            batch_size: 8,
+            eval_seeds: 1,
+            eval_steps: 0,
+            lora: LoraSection::default(),
+            runner: RunnerConfig {
+                iterations: 100,
+                learning_rate: 1e-4,
+                ..RunnerConfig::default()
+            },
+            dpo_beta: align_pref::DIFFUSION_DPO_BETA,
+            mapo: MapoSection::default(),
+            kto: KtoSection::default(),
+        }
+    }
+}
+
+impl PrefConfig {
+    /// Reads and checks a TOML file; errors name the file and the field.
+    ///
+    /// # Errors
+    /// Unreadable file, TOML errors, unknown fields, invalid values.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: PrefConfig = toml::from_str(&text)
+            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim()))?;
+        config
+            .validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot.
+    ///
+    /// # Errors
+    /// The first invalid field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 || self.eval_seeds == 0 {
+            return Err("batch_size and eval_seeds must be ≥ 1".into());
+        }
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} {v} must be positive"))
+            }
+        };
+        positive("dpo_beta", self.dpo_beta)?;
+        positive("mapo.beta", self.mapo.beta)?;
+        positive("mapo.snr", self.mapo.snr)?;
+        positive("mapo.horizon", self.mapo.horizon)?;
+        positive("kto.beta", self.kto.beta)?;
+        self.runner.validate().map_err(|e| e.to_string())
+    }
+}
+
+/// The preference-training job.
+struct PrefJob<D: Module> {
+    config: PrefConfig,
+    pairs: Vec<PreferencePair>,
+    labels: Vec<LabeledImage>,
+    reference: TextToImage<D>,
+    schedule: Option<NoiseSchedule>,
+    image_size: usize,
+    bar: indicatif::ProgressBar,
+}
+
+fn images_tensor(images: &[&Image], device: &Device) -> Tensor<4> {
+    let refs: Vec<&Image> = images.to_vec();
+    crate::shapes_cmd::images_to_tensor(&refs, device)
+}
+
+impl<D: Module + Denoiser + ModuleDisplay> PrefJob<D> {
+    fn encode(&self, m: &TextToImage<D>, prompts: &[String]) -> Result<Condition, String> {
+        let tok = Tokenizer::new();
+        let rows = prompts
+            .iter()
+            .map(|p| tok.encode(p).map_err(|e| format!("prompt `{p}`: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let device = m.text.devices()[0].clone();
+        m.encode(&rows, &device).map_err(|e| e.to_string())
+    }
+
+    fn levels(&self, rng: &mut ChaCha8Rng, b: usize) -> Result<NoiseLevels, String> {
+        match &self.schedule {
+            Some(s) => {
+                let n = s.num_train_timesteps() as u64;
+                let t: Vec<usize> = (0..b).map(|_| (rng.next_u64() % n) as usize).collect();
+                NoiseLevels::ddpm(s, &t).map_err(|e| e.to_string())
+            }
+            None => {
+                let t: Vec<f64> = (0..b)
+                    .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+                    .collect();
+                NoiseLevels::flow(&t).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
+    fn iteration(
+        &mut self,
+        model: TextToImage<D>,
+        iteration: usize,
+        apply: &mut dyn FnMut(
+            TextToImage<D>,
+            GradientsParams,
+        ) -> align_core::Result<TextToImage<D>>,
+    ) -> align_core::Result<(TextToImage<D>, Metrics)> {
+        let job = CoreError::Job;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ 0x7072_6566_7472);
+        rng.set_stream(iteration as u64);
+        let b = self.config.batch_size;
+        let device = model.text.devices()[0].clone();
+        let keys: Vec<NoiseKey> = (0..b)
+            .map(|i| NoiseKey::initial(self.config.seed ^ 0x6e6f_6973, (iteration * b + i) as u64))
+            .collect();
+        let s = self.image_size;
+        let noise =
+            align_core::noise_tensor(&keys, [3, s, s], &device).map_err(|e| job(e.to_string()))?;
+        let levels = self.levels(&mut rng, b).map_err(job)?;
+        let mut m = Metrics::new();
+        let loss = match self.config.algorithm {
+            PrefAlgorithm::DiffusionDpo | PrefAlgorithm::Mapo => {
+                let pick: Vec<&PreferencePair> = (0..b)
+                    .map(|_| &self.pairs[(rng.next_u64() % self.pairs.len() as u64) as usize])
+                    .collect();
+                let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
+                let winners =
+                    images_tensor(&pick.iter().map(|p| &p.winner).collect::<Vec<_>>(), &device);
+                let losers =
+                    images_tensor(&pick.iter().map(|p| &p.loser).collect::<Vec<_>>(), &device);
+                let cond = self.encode(&model, &prompts).map_err(job)?;
+                if self.config.algorithm == PrefAlgorithm::Mapo {
+                    let c = &self.config.mapo;
+                    let out = mapo_loss(
+                        &model,
+                        DpoBatch {
+                            winners,
+                            losers,
+                            noise,
+                            levels: &levels,
+                            condition: &cond,
+                            reference_condition: None,
+                        },
+                        MapoConfig {
+                            beta: c.beta,
+                            snr: c.snr,
+                            horizon: c.horizon,
+                        },
+                    )
+                    .map_err(|e| job(e.to_string()))?;
+                    m.insert("margin_accuracy".into(), out.margin_accuracy);
+                    out.loss
+                } else {
+                    let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
+                    let out = diffusion_dpo_loss(
+                        &model,
+                        &self.reference,
+                        DpoBatch {
+                            winners,
+                            losers,
+                            noise,
+                            levels: &levels,
+                            condition: &cond,
+                            reference_condition: Some(&ref_cond),
+                        },
+                        self.config.dpo_beta,
+                    )
+                    .map_err(|e| job(e.to_string()))?;
+                    m.insert("implicit_accuracy".into(), out.implicit_accuracy);
+                    out.loss
+                }
+            }
+            PrefAlgorithm::Kto => {
+                let pick: Vec<&LabeledImage> = (0..b)
+                    .map(|_| &self.labels[(rng.next_u64() % self.labels.len() as u64) as usize])
+                    .collect();
+                let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
+                let images =
+                    images_tensor(&pick.iter().map(|p| &p.image).collect::<Vec<_>>(), &device);
+                let desirable: Vec<bool> = pick.iter().map(|p| p.desirable).collect();
+                let cond = self.encode(&model, &prompts).map_err(job)?;
+                let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
+                let c = &self.config.kto;
+                let out = kto_loss(
+                    &model,
+                    &self.reference,
+                    KtoBatch {
+                        images,
+                        desirable: &desirable,
+                        noise,
+                        levels: &levels,
+                        condition: &cond,
+                        reference_condition: Some(&ref_cond),
+                    },
+                    KtoConfig {
+                        beta: c.beta,
+                        desirable_weight: c.desirable_weight,
+                        undesirable_weight: c.undesirable_weight,
+                        reference_point: ReferencePoint::BatchMean,
+                    },
+                )
+                .map_err(|e| job(e.to_string()))?;
+                m.insert("kto_reference_point".into(), out.z0);
+                out.loss
+            }
+        };
+        let value: f32 = loss
+            .clone()
+            .detach()
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| job(format!("reading the loss: {e:?}")))?[0];
+        m.insert("loss".into(), f64::from(value));
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = apply(model, grads)?;
+        self.bar.set_message(format!("loss {value:.4}"));
+        self.bar.inc(1);
+        Ok((model, m))
+    }
+}
+
+/// Per-image ShapeEval partial credit and pass of the held-out evaluation set.
+fn heldout_scores<D: Module + ModuleDisplay + Denoiser>(
+    model: &TextToImage<D>,
+    config: &ShapesModelConfig,
+    seeds: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<Vec<(f64, bool)>, String> {
+    let set = EvalSet::standard();
+    let (prompts, ids, specs) = eval_requests(&set.heldout, seeds);
+    Ok(host_scores(
+        model,
+        config,
+        &prompts,
+        &specs,
+        &ids,
+        0,
+        SampleOptions {
+            steps,
+            guidance: 3.0,
+        },
+        device,
+    )?
+    .into_iter()
+    .map(|(_, p, pass)| (p, pass))
+    .collect())
+}
+
+/// Win rate of `new` over `base` (per image: 1 if higher partial credit, ½ if equal) and its
+/// 95 % bootstrap interval (2000 resamples of the images, seeded).
+pub fn win_rate(new: &[f64], base: &[f64]) -> (f64, f64, f64) {
+    let wins: Vec<f64> = new
+        .iter()
+        .zip(base)
+        .map(|(a, b)| {
+            if a > b {
+                1.0
+            } else if a == b {
+                0.5
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let n = wins.len().max(1);
+    let mean = wins.iter().sum::<f64>() / n as f64;
+    let mut rng = ChaCha8Rng::seed_from_u64(0x626f_6f74);
+    let mut boots: Vec<f64> = (0..2000)
+        .map(|_| {
+            (0..n)
+                .map(|_| wins[(rng.next_u64() % n as u64) as usize])
+                .sum::<f64>()
+                / n as f64
+        })
+        .collect();
+    boots.sort_by(f64::total_cmp);
+    (mean, boots[50], boots[1949])
+}
+
+/// What `align pref-train` reports.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PrefReport {
+    /// The loss.
+    pub algorithm: String,
+    /// Base model.
+    pub model: String,
+    /// Iterations run.
+    pub iterations: usize,
+    /// Held-out ShapeEval pass rate, base and final.
+    pub base_heldout_accuracy: f64,
+    /// Held-out pass rate after training.
+    pub final_heldout_accuracy: f64,
+    /// Held-out mean partial credit, base.
+    pub base_heldout_partial_credit: f64,
+    /// Held-out mean partial credit after training.
+    pub final_heldout_partial_credit: f64,
+    /// Gold win rate against the base on held-out images (ties count ½).
+    pub heldout_win_rate: f64,
+    /// 95 % bootstrap interval of the win rate.
+    pub heldout_win_rate_ci: (f64, f64),
+    /// Wall time of the run (evaluations included).
+    pub wall_seconds: f64,
+}
+
+fn mean_of(v: &[(f64, bool)]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    (
+        v.iter().filter(|x| x.1).count() as f64 / n,
+        v.iter().map(|x| x.0).sum::<f64>() / n,
+    )
+}
+
+fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
+    base: TextToImage<D>,
+    model_config: &ShapesModelConfig,
+    config: &PrefConfig,
+    resume: bool,
+    progress: bool,
+    device: &Device,
+) -> Result<PrefReport, String> {
+    let started = Instant::now();
+    let pairs = read_pairs(
+        &config.data,
+        model_config.image_size as u32,
+        model_config.image_size as u32,
+    )
+    .map_err(|e| e.to_string())?;
+    let labels = if config.algorithm == PrefAlgorithm::Kto {
+        read_labels(
+            &config.data,
+            model_config.image_size as u32,
+            model_config.image_size as u32,
+        )
+        .map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
+    let runner = Runner::new(config.runner.clone(), &config.out).map_err(|e| e.to_string())?;
+    if !resume
+        && runner
+            .latest_checkpoint()
+            .map_err(|e| e.to_string())?
+            .is_some()
+    {
+        return Err(format!(
+            "{}: already holds a run: resume it (--resume) or choose another directory",
+            config.out.display()
+        ));
+    }
+    let inner = base.valid();
+    let base_scores = heldout_scores(
+        &inner,
+        model_config,
+        config.eval_seeds,
+        config.eval_steps,
+        device,
+    )?;
+    device.clone().autodiff().seed(config.seed);
+    let policy = apply_lora(
+        base,
+        &LoraConfig::new()
+            .with_rank(config.lora.rank)
+            .with_alpha(config.lora.alpha),
+    )
+    .map_err(|e| format!("lora: {e}"))?;
+    let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
+    let bar = progress_bar(config.runner.iterations, progress);
+    let mut job = PrefJob {
+        config: config.clone(),
+        pairs,
+        labels,
+        reference,
+        schedule: match model_config.kind {
+            DenoiserKind::Unet => Some(model_config.noise_schedule().map_err(|e| e.to_string())?),
+            DenoiserKind::Dit => None,
+        },
+        image_size: model_config.image_size,
+        bar: bar.clone(),
+    };
+    let outcome = runner
+        .run(policy, &mut job, resume)
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let trained = outcome.model.valid();
+    let final_scores = heldout_scores(
+        &trained,
+        model_config,
+        config.eval_seeds,
+        config.eval_steps,
+        device,
+    )?;
+    let (win, lo, hi) = win_rate(
+        &final_scores.iter().map(|x| x.0).collect::<Vec<_>>(),
+        &base_scores.iter().map(|x| x.0).collect::<Vec<_>>(),
+    );
+    let (b_acc, b_partial) = mean_of(&base_scores);
+    let (f_acc, f_partial) = mean_of(&final_scores);
+    let report = PrefReport {
+        algorithm: format!("{:?}", config.algorithm),
+        model: config.model.display().to_string(),
+        iterations: outcome.iterations,
+        base_heldout_accuracy: b_acc,
+        final_heldout_accuracy: f_acc,
+        base_heldout_partial_credit: b_partial,
+        final_heldout_partial_credit: f_partial,
+        heldout_win_rate: win,
+        heldout_win_rate_ci: (lo, hi),
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    let path = config.out.join("report.json");
+    std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(report)
+}
+
+/// `align pref-train --config <file>`.
+///
+/// # Errors
+/// Bad configuration, data or model, run errors.
+pub fn pref_train(
+    config: &PrefConfig,
+    resume: bool,
+    progress: bool,
+    device: &Device,
+) -> Result<PrefReport, String> {
+    config.validate()?;
+    let (model_config, model) =
+        ShapesModel::load(&config.model, &device.clone().autodiff()).map_err(|e| e.to_string())?;
+    match model {
+        ShapesModel::Unet(m) => {
+            train_pref_model(*m, &model_config, config, resume, progress, device)
+        }
+        ShapesModel::Dit(m) => {
+            train_pref_model(*m, &model_config, config, resume, progress, device)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn win_rate_counts_ties_as_half_and_brackets_its_mean() {
+        let (w, lo, hi) = win_rate(&[1.0, 0.5, 0.2, 0.7], &[0.5, 0.5, 0.3, 0.1]);
+        assert!((w - (1.0 + 0.5 + 0.0 + 1.0) / 4.0).abs() < 1e-12);
+        assert!(lo <= w && w <= hi && lo >= 0.0 && hi <= 1.0);
+        let (w, lo, hi) = win_rate(&[0.3; 10], &[0.3; 10]);
+        assert_eq!((w, lo, hi), (0.5, 0.5, 0.5));
+    }
+
+    /// AI-feedback data from the shipped UNet (2 prompts × 2 candidates, 2 sampler steps), then
+    /// a few steps of each loss on it; a DiT-free, CI-sized end-to-end check of the plumbing.
+    #[test]
+    fn pref_data_and_each_loss_run_end_to_end() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-pref-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = dir.join("data");
+        let mut found = None;
+        for seed in 0..6 {
+            let r = pref_data(
+                &PrefDataOptions {
+                    model: default_model_dir("shapes-unet"),
+                    out: data.clone(),
+                    prompts: 3,
+                    candidates: 2,
+                    seed,
+                    sample: SampleOptions {
+                        steps: 4,
+                        guidance: 3.0,
+                    },
+                },
+                &device,
+            );
+            if let Ok(s) = r {
+                found = Some(s);
+                break;
+            }
+        }
+        let summary = found.expect("some seed gives a pair");
+        assert!(summary.pairs >= 1 && summary.labels == 6);
+        for algorithm in [
+            PrefAlgorithm::DiffusionDpo,
+            PrefAlgorithm::Mapo,
+            PrefAlgorithm::Kto,
+        ] {
+            let mut config = PrefConfig {
+                algorithm,
+                data: data.clone(),
+                out: dir.join(format!("{algorithm:?}")),
+                batch_size: 2,
+                eval_steps: 2,
+                ..PrefConfig::default()
+            };
+            config.runner.iterations = 2;
+            let report = pref_train(&config, false, false, &device).unwrap();
+            assert_eq!(report.iterations, 2);
+            assert!((0.0..=1.0).contains(&report.heldout_win_rate));
+            let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
+            for line in text.lines() {
+                let row: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert!(row["loss"].as_f64().unwrap().is_finite(), "{line}");
+                assert!(
+                    row["grad_norm"].as_f64().unwrap() > 0.0,
+                    "{algorithm:?}: {line}"
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
