@@ -4,11 +4,12 @@
 //! Preference optimisation for diffusion and flow models from offline data, for ε-, v- and
 //! flow-velocity models alike: Diffusion-DPO with paired noise and timestep
 //! ([`diffusion_dpo_loss`]), the reference-free MaPO ([`mapo_loss`]), Diffusion-KTO from
-//! unpaired binary feedback ([`kto_loss`]) and reward-weighted regression ([`rwr_loss`]) — all
+//! unpaired binary feedback ([`kto_loss`]) and reward-weighted regression ([`rwr_loss`]) —
 //! built on the forward process at given noise levels and per-sample denoising errors
-//! ([`NoiseLevels`], [`denoising_errors`]).
+//! ([`NoiseLevels`], [`denoising_errors`]) — and D3PO on stored trajectories, step by step,
+//! with the samplers' exact transition log-probs ([`d3po_step_loss`]).
 //!
-//! Planned (tracked by the "Preference optimization" issue): D3PO, SPO, DSPO, Preference Flow
+//! Planned (tracked by the "Preference optimization" issue): SPO, DSPO, Preference Flow
 //! Matching, preference datasets and AI-feedback labelling, and the training command.
 //!
 //! ## Example
@@ -42,6 +43,7 @@
 //! assert_eq!(out.implicit_accuracy, 0.0);
 //! ```
 
+pub mod d3po;
 pub mod diffusion_dpo;
 pub mod error;
 pub mod kto;
@@ -49,6 +51,7 @@ pub mod mapo;
 pub mod noising;
 pub mod rwr;
 
+pub use d3po::{D3poSide, d3po_step_loss};
 pub use diffusion_dpo::{DIFFUSION_DPO_BETA, DpoBatch, DpoOutput, diffusion_dpo_loss};
 pub use error::{PrefError, Result};
 pub use kto::{KtoBatch, KtoConfig, KtoOutput, ReferencePoint, kto_loss};
