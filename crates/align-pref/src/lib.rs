@@ -7,10 +7,12 @@
 //! unpaired binary feedback ([`kto_loss`]) and reward-weighted regression ([`rwr_loss`]) —
 //! built on the forward process at given noise levels and per-sample denoising errors
 //! ([`NoiseLevels`], [`denoising_errors`]) — and D3PO on stored trajectories, step by step,
-//! with the samplers' exact transition log-probs ([`d3po_step_loss`]).
+//! with the samplers' exact transition log-probs ([`d3po_step_loss`]); and the black-box
+//! route, Preference Flow Matching ([`pfm_loss`], [`pfm_transport`]), which leaves the base
+//! model untouched. Preference datasets are in `align_data::preference`; `align pref-data` and
+//! `align pref-train` drive these losses.
 //!
-//! Planned (tracked by the "Preference optimization" issue): SPO, DSPO, Preference Flow
-//! Matching, preference datasets and AI-feedback labelling, and the training command.
+//! Planned (tracked by the "Preference optimization" issue): SPO and DSPO.
 //!
 //! ## Example
 //!
@@ -49,6 +51,7 @@ pub mod error;
 pub mod kto;
 pub mod mapo;
 pub mod noising;
+pub mod pfm;
 pub mod rwr;
 
 pub use d3po::{D3poSide, d3po_step_loss};
@@ -57,4 +60,5 @@ pub use error::{PrefError, Result};
 pub use kto::{KtoBatch, KtoConfig, KtoOutput, ReferencePoint, kto_loss};
 pub use mapo::{MapoConfig, MapoOutput, mapo_loss};
 pub use noising::{NoiseLevels, denoising_errors};
+pub use pfm::{pfm_loss, pfm_transport};
 pub use rwr::{RewardWeighting, rwr_loss, rwr_weights};
