@@ -693,12 +693,21 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
             let device = valid.text.devices()[0].clone();
             let (train, held) = evaluate_model(&valid, &self.model_config, &self.config, &device)
                 .map_err(CoreError::Job)?;
-            let (_, diversity) = grid_and_diversity(
+            let (grid, diversity) = grid_and_diversity(
                 &valid,
                 &self.model_config,
                 4,
                 self.config.eval_steps,
                 &device,
+            )
+            .map_err(CoreError::Job)?;
+            write_grid(
+                &grid,
+                GRID_PROMPTS.len(),
+                &self
+                    .config
+                    .out
+                    .join(format!("grid-iteration-{:06}.png", iteration + 1)),
             )
             .map_err(CoreError::Job)?;
             metrics.insert("eval_train_accuracy".into(), train.rate());
@@ -827,6 +836,9 @@ pub struct Report {
     pub stopped: Option<String>,
     /// Wall time of the run (evaluations included, build excluded).
     pub wall_seconds: f64,
+    /// Which weights `final` evaluates: `"final"` (the last step's) or `"ema"` (the moving
+    /// average, with `runner.ema_decay`).
+    pub evaluated_weights: String,
 }
 
 /// Accuracy and diversity at one point of a run.
@@ -854,7 +866,8 @@ fn write_report(dir: &Path, report: &Report) -> Result<(), String> {
     std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
     let pct = |x: f64| format!("{:.1} %", 100.0 * x);
     let md = format!(
-        "# Run report: {alg}\n\nBase model: `{model}`. Iterations: {it}{stop}. Wall time: {wall:.0} s.\n\n\
+        "# Run report: {alg}\n\nBase model: `{model}`. Iterations: {it}{stop}. Wall time: {wall:.0} s. \
+Final weights evaluated: {weights}.\n\n\
 | | base | final |\n|---|---|---|\n\
 | ShapeEval train | {bt} | {ft} |\n| ShapeEval held-out | {bh} | {fh} |\n\
 | held-out partial credit | {bp:.3} | {fp:.3} |\n| same-prompt diversity | {bd:.4} | {fd:.4} ({fr}) |\n\
@@ -871,6 +884,7 @@ periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.
             .map(|s| format!(" (stopped: {s})"))
             .unwrap_or_default(),
         wall = report.wall_seconds,
+        weights = report.evaluated_weights,
         bt = pct(report.base.train_accuracy),
         ft = pct(report.final_.train_accuracy),
         bh = pct(report.base.heldout_accuracy),
@@ -1110,7 +1124,11 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         .run(policy, &mut job, resume)
         .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
-    let trained = outcome.model.valid();
+    let (trained, evaluated) = match outcome.ema {
+        Some(average) => (average, "ema"),
+        None => (outcome.model.valid(), "final"),
+    };
+    report.evaluated_weights = evaluated.to_string();
     let (train, held) = evaluate_model(&trained, model_config, config, device)?;
     let (grid, div) = grid_and_diversity(&trained, model_config, seeds, config.eval_steps, device)?;
     write_grid(
@@ -1453,8 +1471,13 @@ mod tests {
             ..TrainConfig::default()
         };
         config.runner.iterations = 2;
+        config.runner.ema_decay = Some(0.9);
+        config.eval_every = 2;
+        config.eval_steps = 2;
         let report = train(&config, false, false, &device).unwrap();
         assert_eq!(report.iterations, 2);
+        assert_eq!(report.evaluated_weights, "ema");
+        assert!(config.out.join("grid-iteration-000002.png").is_file());
         for f in [
             "report.json",
             "report.md",

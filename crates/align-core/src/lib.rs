@@ -49,6 +49,7 @@ pub mod advantages;
 pub mod clip;
 pub mod denoiser;
 pub mod device;
+pub mod ema;
 pub mod error;
 pub mod gaussian;
 pub mod noise;
@@ -65,6 +66,7 @@ pub use denoiser::{Condition, Denoiser, Parameterization};
 pub use device::{
     Backend, DEVICE_ENV, compiled_backends, device_for, resolve_backend, select_device,
 };
+pub use ema::{Ema, EmaConfig};
 pub use error::{CoreError, Result};
 pub use gaussian::{
     LogProbReduction, gaussian_kl, gaussian_kl_diag, gaussian_log_prob, gaussian_log_prob_diag,

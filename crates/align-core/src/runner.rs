@@ -29,6 +29,7 @@ use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Bool, Int, Tensor};
 
 use crate::clip::clip_grad_norm;
+use crate::ema::{Ema, EmaConfig};
 use crate::error::{CoreError, Result};
 
 /// Named scalar metrics of one iteration.
@@ -111,6 +112,10 @@ pub struct RunnerConfig {
     pub checkpoint_every: usize,
     /// Stop when an iteration's `kl` metric exceeds this.
     pub kl_budget: Option<f64>,
+    /// Keep an exponential moving average of the trainable weights with this decay
+    /// ([`crate::Ema`], updated after every optimizer step, checkpointed as `ema.bpk`);
+    /// `None` = no average.
+    pub ema_decay: Option<f64>,
 }
 
 impl Default for RunnerConfig {
@@ -125,6 +130,7 @@ impl Default for RunnerConfig {
             max_grad_norm: Some(1.0),
             checkpoint_every: 1,
             kl_budget: None,
+            ema_decay: None,
         }
     }
 }
@@ -172,6 +178,11 @@ impl RunnerConfig {
         {
             return Err(CoreError::config("kl_budget", "must be a positive number"));
         }
+        if let Some(d) = self.ema_decay
+            && !(d.is_finite() && (0.0..1.0).contains(&d))
+        {
+            return Err(CoreError::config("ema_decay", "must lie in [0, 1)"));
+        }
         Ok(())
     }
 
@@ -190,6 +201,8 @@ impl RunnerConfig {
 pub struct RunOutcome<M> {
     /// The final model.
     pub model: M,
+    /// The moving average of its trainable weights (inner device), when `ema_decay` is set.
+    pub ema: Option<M>,
     /// Iterations completed (including those before a resume).
     pub iterations: usize,
     /// Why the run stopped early, if it did.
@@ -309,6 +322,9 @@ fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> CoreError {
 struct CheckpointState {
     iteration: usize,
     job: serde_json::Value,
+    /// Updates folded into `ema.bpk` (absent without an average).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ema_updates: Option<u64>,
 }
 
 /// Writes `text` to `path` through a temporary file and a rename.
@@ -360,6 +376,7 @@ impl Runner {
     fn save_checkpoint<M: Module>(
         &self,
         model: &M,
+        ema: Option<&Ema<M>>,
         optim: &ModuleOptimizer,
         iteration: usize,
         job: serde_json::Value,
@@ -381,14 +398,32 @@ impl Runner {
             .to_record()
             .save(tmp.join("optimizer.bpk"))
             .map_err(|e| io(&tmp, "writing the optimizer state", format!("{e:?}")))?;
-        let state = serde_json::to_string_pretty(&CheckpointState { iteration, job })
-            .map_err(|e| io(&tmp, "serialising the state", e))?;
+        if let Some(e) = ema {
+            let mut store = BurnpackStore::from_file(tmp.join("ema.bpk"))
+                .auto_extension(false)
+                .overwrite(true);
+            e.average()
+                .save_into(&mut store)
+                .map_err(|err| io(&tmp, "writing the weight average", format!("{err:?}")))?;
+        }
+        let state = serde_json::to_string_pretty(&CheckpointState {
+            iteration,
+            job,
+            ema_updates: ema.map(Ema::updates),
+        })
+        .map_err(|e| io(&tmp, "serialising the state", e))?;
         std::fs::write(tmp.join("state.json"), state).map_err(|e| io(&tmp, "writing state", e))?;
-        let digest = format!(
+        let mut digest = format!(
             "model.bpk {}\noptimizer.bpk {}\n",
             burnpack_digest(&tmp.join("model.bpk"))?,
             burnpack_digest(&tmp.join("optimizer.bpk"))?
         );
+        if ema.is_some() {
+            digest.push_str(&format!(
+                "ema.bpk {}\n",
+                burnpack_digest(&tmp.join("ema.bpk"))?
+            ));
+        }
         std::fs::write(tmp.join("digest.txt"), digest)
             .map_err(|e| io(&tmp, "writing digest", e))?;
         if final_dir.exists() {
@@ -467,6 +502,7 @@ impl Runner {
         }
         let existing = self.latest_checkpoint()?;
         let mut optim = self.config.optimizer();
+        let mut resumed_ema: Option<(PathBuf, u64)> = None;
         let (mut model, start) = match (resume, existing) {
             (false, Some(_)) => {
                 return Err(io(
@@ -506,7 +542,27 @@ impl Runner {
                 optim = optim.load_record(record);
                 job.restore(&state.job)?;
                 self.truncate_metrics(state.iteration)?;
+                resumed_ema = state.ema_updates.map(|n| (ckpt.join("ema.bpk"), n));
                 (model, state.iteration)
+            }
+        };
+        let mut ema: Option<Ema<M>> = match (self.config.ema_decay, resumed_ema) {
+            (None, _) => None,
+            (Some(decay), None) => Some(EmaConfig::new().with_decay(decay).init(model.valid())?),
+            (Some(decay), Some((path, updates))) => {
+                let mut average = model.valid();
+                let mut store = BurnpackStore::from_file(&path).auto_extension(false);
+                let applied = average
+                    .load_from(&mut store)
+                    .map_err(|e| io(&path, "loading the weight average", format!("{e:?}")))?;
+                if !applied.missing.is_empty() || !applied.errors.is_empty() {
+                    return Err(io(
+                        &path,
+                        "does not match the model",
+                        format!("missing {:?}, errors {:?}", applied.missing, applied.errors),
+                    ));
+                }
+                Some(Ema::from_parts(average, decay, updates))
             }
         };
         let mut stopped = None;
@@ -516,6 +572,7 @@ impl Runner {
             let lr = self.config.learning_rate;
             let clip = self.config.max_grad_norm;
             let optim_ref = &mut optim;
+            let ema_ref = &mut ema;
             let mut apply = |m: M, grads: GradientsParams| -> Result<M> {
                 let grads = match clip {
                     Some(c) => {
@@ -525,7 +582,11 @@ impl Runner {
                     }
                     None => grads,
                 };
-                Ok(optim_ref.step(lr, m, grads))
+                let m = optim_ref.step(lr, m, grads);
+                if let Some(e) = ema_ref.as_mut() {
+                    e.update_trainable(&m)?;
+                }
+                Ok(m)
             };
             let (next, mut metrics) = job.iteration(model, it, &mut apply)?;
             model = next;
@@ -560,7 +621,7 @@ impl Runner {
             done = it + 1;
             let last = done == self.config.iterations;
             if last || stopped.is_some() || done.is_multiple_of(self.config.checkpoint_every) {
-                self.save_checkpoint(&model, &optim, done, job.state()?)?;
+                self.save_checkpoint(&model, ema.as_ref(), &optim, done, job.state()?)?;
             }
             if stopped.is_some() {
                 break;
@@ -568,6 +629,7 @@ impl Runner {
         }
         Ok(RunOutcome {
             model,
+            ema: ema.map(Ema::into_average),
             iterations: done,
             stopped,
         })
@@ -713,6 +775,67 @@ mod tests {
             .unwrap();
         assert_ne!(w(&full.model), w(&restarted.model));
         for d in [a, b, c] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    /// The weight average: decay 0 follows the model exactly; with a decay it lags, lives in
+    /// the checkpoint (`ema.bpk`, its digest, its update count) and resumes bit for bit.
+    #[test]
+    fn the_weight_average_is_checkpointed_and_resumes_bit_for_bit() {
+        let device = crate::test_device().autodiff();
+        let w = |m: &Weights| m.w.val().into_data().try_to_vec::<f32>().unwrap();
+        let with_ema = |n: usize, d: f64| RunnerConfig {
+            ema_decay: Some(d),
+            ..config(n)
+        };
+        let z = tempdir("ema-zero");
+        let out = Runner::new(with_ema(3, 0.0), &z)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        assert_eq!(w(out.ema.as_ref().unwrap()), w(&out.model));
+        let (a, b) = (tempdir("ema-full"), tempdir("ema-halves"));
+        let full = Runner::new(with_ema(6, 0.9), &a)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        assert_ne!(w(full.ema.as_ref().unwrap()), w(&full.model));
+        Runner::new(with_ema(3, 0.9), &b)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        let state = std::fs::read_to_string(b.join("checkpoint-000003/state.json")).unwrap();
+        assert!(state.contains("\"ema_updates\": 6"), "{state}");
+        let resumed = Runner::new(with_ema(6, 0.9), &b)
+            .unwrap()
+            .run(weights(&device), &mut toy(), true)
+            .unwrap();
+        assert_eq!(
+            w(full.ema.as_ref().unwrap()),
+            w(resumed.ema.as_ref().unwrap())
+        );
+        for file in ["model.bpk", "ema.bpk", "state.json", "digest.txt"] {
+            assert_eq!(
+                bytes(a.join("checkpoint-000006").join(file)),
+                bytes(b.join("checkpoint-000006").join(file)),
+                "{file}"
+            );
+        }
+        assert!(
+            std::fs::read_to_string(a.join("checkpoint-000006/digest.txt"))
+                .unwrap()
+                .contains("ema.bpk")
+        );
+        assert!(
+            RunnerConfig {
+                ema_decay: Some(1.0),
+                ..config(1)
+            }
+            .validate()
+            .is_err()
+        );
+        for d in [z, a, b] {
             let _ = std::fs::remove_dir_all(d);
         }
     }
