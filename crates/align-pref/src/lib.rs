@@ -12,7 +12,10 @@
 //! model untouched. Preference datasets are in `align_data::preference`; `align pref-data` and
 //! `align pref-train` drive these losses.
 //!
-//! Planned (tracked by the "Preference optimization" issue): SPO and DSPO.
+//! SPO compares candidate steps from a shared state and resamples the chain
+//! ([`spo_candidates`], [`spo_select`], [`spo_step_loss`], [`spo_resample`]).
+//!
+//! Planned (tracked by the "Preference optimization" issue): DSPO.
 //!
 //! ## Example
 //!
@@ -53,6 +56,7 @@ pub mod mapo;
 pub mod noising;
 pub mod pfm;
 pub mod rwr;
+pub mod spo;
 
 pub use d3po::{D3poSide, d3po_step_loss};
 pub use diffusion_dpo::{DIFFUSION_DPO_BETA, DpoBatch, DpoOutput, diffusion_dpo_loss};
@@ -62,3 +66,4 @@ pub use mapo::{MapoConfig, MapoOutput, mapo_loss};
 pub use noising::{NoiseLevels, denoising_errors};
 pub use pfm::{pfm_loss, pfm_transport};
 pub use rwr::{RewardWeighting, rwr_loss, rwr_weights};
+pub use spo::{SpoState, spo_candidates, spo_resample, spo_select, spo_step_loss};
