@@ -116,7 +116,7 @@ fn spo_raises_the_reward_and_starts_at_ln2() {
                     .enumerate()
                     .map(|(j, p)| {
                         let i = p.as_ref().map_or(0, which);
-                        cands[i].clone().slice([j..j + 1])
+                        cands[i].clone().narrow(0, j, 1)
                     })
                     .collect();
                 Tensor::cat(rows, 0)
