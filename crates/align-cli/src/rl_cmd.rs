@@ -713,12 +713,15 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
             metrics.insert("eval_train_accuracy".into(), train.rate());
             metrics.insert("eval_heldout_accuracy".into(), held.rate());
             metrics.insert("eval_diversity".into(), diversity);
-            self.bar.println(format!(
-                "iteration {}: ShapeEval train {:.1}% held-out {:.1}%, diversity {diversity:.4}",
-                iteration + 1,
-                100.0 * train.rate(),
-                100.0 * held.rate()
-            ));
+            say(
+                &self.bar,
+                format!(
+                    "iteration {}: ShapeEval train {:.1}% held-out {:.1}%, diversity {diversity:.4}",
+                    iteration + 1,
+                    100.0 * train.rate(),
+                    100.0 * held.rate()
+                ),
+            );
             let verdict = self
                 .monitor
                 .observe(monitor_reading(
@@ -732,7 +735,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 .map_err(|e| CoreError::Job(e.to_string()))?;
             metrics.insert("hacking_warnings".into(), verdict.warnings.len() as f64);
             for w in &verdict.warnings {
-                self.bar.println(format!("warning: {w}"));
+                say(&self.bar, format!("warning: {w}"));
             }
             if verdict.stop {
                 let reasons: Vec<String> = verdict.warnings.iter().map(|w| w.to_string()).collect();
@@ -743,6 +746,15 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
             }
         }
         Ok(align_core::Control::Continue)
+    }
+}
+
+/// A line above the progress bar, or on stdout when the bar is hidden (not a terminal).
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
     }
 }
 
