@@ -9,6 +9,9 @@
 //!   `BURN_DEVICE=wgpu-cpu`.
 //! - `cargo xtask ci` runs what `.ci/run` runs: format check, clippy with warnings denied, and
 //!   the workspace tests.
+//! - `cargo xtask bench [<bench name>]` runs the benchmarks of `align-benches` (criterion:
+//!   `samplers`, `shapes`; peak memory of reward backprop: `backprop_memory`) on the default
+//!   backend; results are recorded in docs/benchmarks.md.
 
 use std::process::{Command, ExitCode};
 
@@ -17,7 +20,7 @@ const BACKEND_CRATES: [&str; 2] = ["align-core", "align-samplers"];
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask test --backend <flex|ndarray|wgpu> [-- <cargo test args>]\n       cargo xtask ci"
+        "usage: cargo xtask test --backend <flex|ndarray|wgpu> [-- <cargo test args>]\n       cargo xtask ci\n       cargo xtask bench [samplers|shapes|backprop_memory]"
     );
     ExitCode::from(2)
 }
@@ -107,6 +110,20 @@ fn main() -> ExitCode {
             test_backend(backend, extra)
         }
         Some("ci") => ci(),
+        Some("bench") => {
+            let mut cmd = cargo();
+            cmd.args(["bench", "-p", "align-benches"]);
+            match args.get(1) {
+                Some(name)
+                    if ["samplers", "shapes", "backprop_memory"].contains(&name.as_str()) =>
+                {
+                    cmd.args(["--bench", name]);
+                }
+                Some(_) => return usage(),
+                None => {}
+            }
+            run(&mut cmd)
+        }
         _ => return usage(),
     };
     if ok {
