@@ -13,7 +13,7 @@
 //! Only one step's graph exists at a time, so activation memory does not grow with the number
 //! of differentiated steps; the price is one extra forward per step (the rollout's).
 //!
-//! The sampler runs all `T` steps once without a graph ([`align_samplers::rollout`], with the
+//! The sampler runs all `T` steps once without a graph ([`align_samplers::rollout()`], with the
 //! policy's `no_grad()` copy); its noise is re-derived from the trajectory's keys, so the
 //! rebuilt steps are the rollout's steps.
 

@@ -15,7 +15,7 @@
 //! the velocity would lower it). The same rule serves every sampler, DDPM/DDIM included. The
 //! reward is evaluated on `x̂₀`, not on the noisy latent.
 //!
-//! Noise comes from the same host keys as [`align_samplers::rollout`], so `λ = 0` reproduces
+//! Noise comes from the same host keys as [`align_samplers::rollout()`], so `λ = 0` reproduces
 //! the plain samples bit for bit and any difference is the guidance's.
 
 use align_core::{Denoiser, NoiseKey, noise_tensor};
