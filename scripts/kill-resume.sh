@@ -10,6 +10,8 @@
 #
 # Usage: scripts/kill-resume.sh            (after `cargo build --release -p align-cli`)
 #        KILLS=5 ITERATIONS=6 SEED=1 scripts/kill-resume.sh
+#        QUICKSTART=1 ITERATIONS=3 scripts/kill-resume.sh   # `align quickstart` itself (default
+#                                             config, full evaluations; kills anywhere in the run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/align}
@@ -35,9 +37,18 @@ learning_rate = 3e-4
 [flow_grpo]
 minibatches = 2
 TOML
-echo "reference run ($ITERATIONS iterations)"
+QUICKSTART=${QUICKSTART:-0}
+command_for() {
+  if [ "$QUICKSTART" = 1 ]; then
+    echo quickstart --iterations "$ITERATIONS" --out "$1"
+  else
+    echo train --config "$WORK/config.toml" --out "$1"
+  fi
+}
+echo "reference run ($ITERATIONS iterations$( [ "$QUICKSTART" = 1 ] && echo ', align quickstart'))"
 t0=$(date +%s)
-"$BIN" train --config "$WORK/config.toml" --out "$WORK/reference" > "$WORK/reference.log" 2>&1
+# shellcheck disable=SC2046
+"$BIN" $(command_for "$WORK/reference") > "$WORK/reference.log" 2>&1
 t1=$(date +%s)
 span=$(( t1 - t0 ))
 echo "  $span s"
@@ -45,14 +56,19 @@ RANDOM=$SEED
 kills=0
 attempt=0
 while true; do
-  args=(train --config "$WORK/config.toml" --out "$WORK/killed")
+  # shellcheck disable=SC2207
+  args=($(command_for "$WORK/killed"))
   if [ -f "$WORK/killed/LATEST" ]; then args+=(--resume); fi
   "$BIN" "${args[@]}" >> "$WORK/killed.log" 2>&1 &
   pid=$!
   attempt=$(( attempt + 1 ))
   if [ "$kills" -lt "$KILLS" ]; then
     # Somewhere in the first half of a full run: start-up, evaluation, an iteration, a checkpoint.
-    delay=$(( 3 + RANDOM % (span / 3 > 3 ? span / 3 : 3) ))
+    if [ "$QUICKSTART" = 1 ]; then
+      delay=$(( 3 + RANDOM % span ))
+    else
+      delay=$(( 3 + RANDOM % (span / 3 > 3 ? span / 3 : 3) ))
+    fi
     for _ in $(seq "$delay"); do
       sleep 1
       kill -0 "$pid" 2>/dev/null || break
