@@ -23,7 +23,7 @@ use align_samplers::{Sampler, rescore};
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;
 
-use crate::error::{PrefError, Result};
+use crate::error::{PrefError, Result, check_loss};
 
 /// The conditions of one trajectory for the policy and the reference.
 pub struct D3poSide<'a> {
@@ -83,17 +83,6 @@ pub fn d3po_step_loss<M: Denoiser + ?Sized, S: Sampler + ?Sized>(
     };
     let inside = (log_ratio(&winner)? - log_ratio(&loser)?).mul_scalar(beta);
     let loss = log_sigmoid(inside.clone()).mean().neg();
-    let value: f32 = loss
-        .clone()
-        .detach()
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| PrefError::config("loss", format!("unreadable: {e:?}")))?[0];
-    if !value.is_finite() {
-        return Err(PrefError::NonFinite {
-            what: format!("the D3PO loss at step {k}"),
-            value: f64::from(value),
-        });
-    }
+    check_loss(&loss, format!("the D3PO loss at step {k}"))?;
     Ok((loss, inside))
 }

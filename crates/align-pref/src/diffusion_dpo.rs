@@ -20,7 +20,7 @@ use align_core::{Condition, Denoiser};
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;
 
-use crate::error::{PrefError, Result};
+use crate::error::{PrefError, Result, check_loss, positive_fraction};
 use crate::noising::{NoiseLevels, denoising_errors};
 
 /// The official β on mean-reduced errors (SD 1.5, SDXL).
@@ -80,26 +80,8 @@ pub fn diffusion_dpo_loss<M: Denoiser + ?Sized>(
     let ref_l = err(reference, batch.losers, ref_cond)?.detach();
     let inside = ((pol_w - pol_l) - (ref_w - ref_l)).mul_scalar(-0.5 * beta);
     let loss = log_sigmoid(inside.clone()).mean().neg();
-    let value: f32 = loss
-        .clone()
-        .detach()
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| PrefError::config("loss", format!("unreadable: {e:?}")))?[0];
-    if !value.is_finite() {
-        return Err(PrefError::NonFinite {
-            what: "the Diffusion-DPO loss".into(),
-            value: f64::from(value),
-        });
-    }
-    let signs: Vec<f32> = inside
-        .clone()
-        .detach()
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| PrefError::config("inside", format!("unreadable: {e:?}")))?;
-    let implicit_accuracy =
-        signs.iter().filter(|&&v| v > 0.0).count() as f64 / signs.len().max(1) as f64;
+    check_loss(&loss, "the Diffusion-DPO loss")?;
+    let implicit_accuracy = positive_fraction(&inside, "inside")?;
     Ok(DpoOutput {
         loss,
         inside,

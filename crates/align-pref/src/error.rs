@@ -36,5 +36,34 @@ impl PrefError {
     }
 }
 
+/// Checks that a scalar loss `[1]` is finite; `what` names it in the error.
+pub(crate) fn check_loss(loss: &burn::tensor::Tensor<1>, what: impl Into<String>) -> Result<()> {
+    let value: f32 = loss
+        .clone()
+        .detach()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| PrefError::config("loss", format!("unreadable: {e:?}")))?[0];
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(PrefError::NonFinite {
+            what: what.into(),
+            value: f64::from(value),
+        })
+    }
+}
+
+/// The fraction of entries `> 0` (a strict inequality, as the official implicit accuracy).
+pub(crate) fn positive_fraction(t: &burn::tensor::Tensor<1>, what: &str) -> Result<f64> {
+    let v: Vec<f32> = t
+        .clone()
+        .detach()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| PrefError::config(what, format!("unreadable: {e:?}")))?;
+    Ok(v.iter().filter(|&&x| x > 0.0).count() as f64 / v.len().max(1) as f64)
+}
+
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, PrefError>;

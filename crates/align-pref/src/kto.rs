@@ -24,7 +24,7 @@ use align_core::{Condition, Denoiser};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::error::{PrefError, Result};
+use crate::error::{PrefError, Result, check_loss};
 use crate::noising::{NoiseLevels, denoising_errors};
 
 /// Where the utility's reference point comes from.
@@ -157,18 +157,7 @@ pub fn kto_loss<M: Denoiser + ?Sized>(
     let weight = Tensor::<1>::from_data(TensorData::new(weight, [b]), &device);
     let utility = sigmoid((rho.clone().sub_scalar(z0)) * sign);
     let loss = (utility.neg().add_scalar(1.0) * weight).mean();
-    let value: f32 = loss
-        .clone()
-        .detach()
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| PrefError::config("loss", format!("unreadable: {e:?}")))?[0];
-    if !value.is_finite() {
-        return Err(PrefError::NonFinite {
-            what: "the KTO loss".into(),
-            value: f64::from(value),
-        });
-    }
+    check_loss(&loss, "the KTO loss")?;
     Ok(KtoOutput {
         loss,
         rewards: rho,

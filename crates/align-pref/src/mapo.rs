@@ -22,7 +22,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;
 
 use crate::diffusion_dpo::DpoBatch;
-use crate::error::{PrefError, Result};
+use crate::error::{PrefError, Result, check_loss, positive_fraction};
 use crate::noising::denoising_errors;
 
 /// MaPO hyper-parameters (the official defaults).
@@ -97,26 +97,8 @@ pub fn mapo_loss<M: Denoiser + ?Sized>(
     let log_odds = score(e_w.clone(), config.snr) - score(e_l, config.snr);
     let ratio = log_sigmoid(log_odds.clone().mul_scalar(config.horizon));
     let loss = e_w.mean() - ratio.mean().mul_scalar(config.beta);
-    let value: f32 = loss
-        .clone()
-        .detach()
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| PrefError::config("loss", format!("unreadable: {e:?}")))?[0];
-    if !value.is_finite() {
-        return Err(PrefError::NonFinite {
-            what: "the MaPO loss".into(),
-            value: f64::from(value),
-        });
-    }
-    let odds: Vec<f32> = log_odds
-        .clone()
-        .detach()
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| PrefError::config("log odds", format!("unreadable: {e:?}")))?;
-    let margin_accuracy =
-        odds.iter().filter(|&&v| v > 0.0).count() as f64 / odds.len().max(1) as f64;
+    check_loss(&loss, "the MaPO loss")?;
+    let margin_accuracy = positive_fraction(&log_odds, "log odds")?;
     Ok(MapoOutput {
         loss,
         log_odds,

@@ -26,7 +26,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 
-use crate::error::{PrefError, Result};
+use crate::error::{PrefError, Result, check_loss};
 
 fn times(
     sampler: &(impl Sampler + ?Sized),
@@ -240,17 +240,6 @@ pub fn spo_step_loss<M: Denoiser + ?Sized, S: Sampler + ?Sized>(
     };
     let inside = (ratio(winner)? - ratio(loser)?).mul_scalar(beta);
     let loss = log_sigmoid(inside.clone()).mean().neg();
-    let value: f32 = loss
-        .clone()
-        .detach()
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| PrefError::config("loss", format!("unreadable: {e:?}")))?[0];
-    if !value.is_finite() {
-        return Err(PrefError::NonFinite {
-            what: format!("the SPO loss at step {}", state.k),
-            value: f64::from(value),
-        });
-    }
+    check_loss(&loss, format!("the SPO loss at step {}", state.k))?;
     Ok((loss, inside))
 }
