@@ -287,13 +287,7 @@ impl PrefConfig {
     /// # Errors
     /// Unreadable file, TOML errors, unknown fields, invalid values.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let config: PrefConfig = toml::from_str(&text)
-            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim()))?;
-        config
-            .validate()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(config)
+        crate::rl_cmd::read_toml(path, Self::validate)
     }
 
     /// Checks the values serde cannot.

@@ -216,6 +216,18 @@ impl Default for TrainConfig {
     }
 }
 
+/// Reads a TOML configuration and checks it; errors name the file (and the field).
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl Fn(&T) -> Result<(), String>,
+) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config: T = toml::from_str(&text)
+        .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim()))?;
+    validate(&config).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(config)
+}
+
 /// `models/<name>` of the repository this binary was built from, or of the working directory.
 pub fn default_model_dir(name: &str) -> PathBuf {
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -234,13 +246,7 @@ impl TrainConfig {
     /// # Errors
     /// Unreadable file, TOML errors, unknown fields, invalid values.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let config: TrainConfig = toml::from_str(&text)
-            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim()))?;
-        config
-            .validate()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(config)
+        read_toml(path, Self::validate)
     }
 
     /// Checks the values serde cannot.
