@@ -3,86 +3,17 @@
 //! on (MaPO needs no reference; KTO with only desirable labels raises the likelihood).
 #![allow(clippy::unwrap_used)]
 
-use align_core::{Condition, Denoiser, NoiseKey, Parameterization, noise_tensor, test_device};
+use align_core::{Condition, test_device};
 use align_pref::{
-    DpoBatch, KtoBatch, KtoConfig, MapoConfig, NoiseLevels, RewardWeighting, denoising_errors,
-    kto_loss, mapo_loss, rwr_loss, rwr_weights,
+    DpoBatch, KtoBatch, KtoConfig, MapoConfig, RewardWeighting, denoising_errors, kto_loss,
+    mapo_loss, rwr_loss, rwr_weights,
 };
-use align_samplers::{BetaSchedule, NoiseSchedule};
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
-/// `prediction = tanh(w ⊙ x) + b + c·t`, per channel.
-#[derive(Module, Debug)]
-struct Tiny {
-    w: Param<Tensor<1>>,
-    b: Param<Tensor<1>>,
-    c: Param<Tensor<1>>,
-    flow: bool,
-}
-
-const INIT: [[f32; 2]; 3] = [[0.8, -0.6], [0.1, -0.2], [0.3, 0.05]];
-
-impl Tiny {
-    fn with(vals: [[f32; 2]; 3], flow: bool, device: &Device) -> Self {
-        Self {
-            w: Param::from_tensor(Tensor::from_floats(vals[0], device)),
-            b: Param::from_tensor(Tensor::from_floats(vals[1], device)),
-            c: Param::from_tensor(Tensor::from_floats(vals[2], device)),
-            flow,
-        }
-    }
-}
-
-impl Denoiser for Tiny {
-    fn parameterization(&self) -> Parameterization {
-        if self.flow {
-            Parameterization::FlowVelocity
-        } else {
-            Parameterization::Epsilon
-        }
-    }
-    fn predict(&self, x: Tensor<4>, t: Tensor<1>, _c: &Condition) -> Tensor<4> {
-        let b = x.dims()[0];
-        let t = if self.flow { t } else { t.div_scalar(1000.0) };
-        (x * self.w.val().reshape([1, 2, 1, 1])).tanh()
-            + self.b.val().reshape([1, 2, 1, 1])
-            + self.c.val().reshape([1, 2, 1, 1]) * t.reshape([b, 1, 1, 1])
-    }
-}
-
-struct Flatten<'a>(&'a GradientsParams, Vec<f64>);
-impl ModuleVisitor for Flatten<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let g = self.0.get::<D>(param.id).unwrap();
-        self.1.extend(
-            g.into_data()
-                .try_to_vec::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(f64::from),
-        );
-    }
-}
-
-fn noise(salt: u64, b: usize, device: &Device) -> Tensor<4> {
-    let keys: Vec<NoiseKey> = (0..b as u64).map(|i| NoiseKey::initial(salt, i)).collect();
-    noise_tensor(&keys, [2, 3, 3], device).unwrap()
-}
-
-fn levels(flow: bool) -> NoiseLevels {
-    if flow {
-        NoiseLevels::flow(&[0.2, 0.55, 0.9]).unwrap()
-    } else {
-        let s = NoiseSchedule::new(BetaSchedule::ddpm_linear(), 1000).unwrap();
-        NoiseLevels::ddpm(&s, &[10, 420, 900]).unwrap()
-    }
-}
-
-fn host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
+mod common;
+use common::{Flatten, INIT, Tiny, host, levels, noise};
 
 /// Central finite differences of `loss(θ)` against `grad`, over the 6 parameters.
 fn check_gradient(
