@@ -9,10 +9,21 @@
 //!   `BURN_DEVICE=wgpu-cpu`.
 //! - `cargo xtask ci` runs what `.ci/run` runs: format check, clippy with warnings denied, and
 //!   the workspace tests.
-//! - `cargo xtask bench [<bench name>]` runs the benchmarks of `align-benches` (criterion:
-//!   `samplers`, `shapes`; peak memory of reward backprop: `backprop_memory`) on the default
-//!   backend; results are recorded in docs/benchmarks.md.
+//! - `cargo xtask bench [--backends a,b] [--vs-torch] [-- <bench-table args>]` builds the
+//!   `bench-table` runner of `align-benches` in release mode with every backend to be measured
+//!   (`flex` and `ndarray` always; `wgpu` when a Vulkan driver is installed; `cuda` when
+//!   `nvidia-smi` is found; `--backends` overrides), in its own target directory
+//!   (`target/xtask-bench`), runs the model-sized workloads on each backend in a fresh process
+//!   and prints one table: workload × backend, median time, images/s, dense GFLOP/s and the
+//!   fraction of the peak measured in the same run by a 2048² matrix product. With
+//!   `--vs-torch` it also exports the weights and inputs and runs the PyTorch reference
+//!   (`bench/reference/torch_bench.py`, which first checks that its outputs agree with ours)
+//!   with as many threads as ours, adding our time / PyTorch's time per workload.
+//! - `cargo xtask bench <name>` runs one criterion benchmark of `align-benches` (`samplers`,
+//!   `shapes`, `models`) or the reward-backprop memory table (`backprop_memory`) on the
+//!   default backend. Results are recorded in docs/benchmarks.md.
 
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 /// Crates whose tests exercise tensor math on the selected backend.
@@ -20,7 +31,7 @@ const BACKEND_CRATES: [&str; 2] = ["align-core", "align-samplers"];
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask test --backend <flex|ndarray|wgpu> [-- <cargo test args>]\n       cargo xtask ci\n       cargo xtask bench [samplers|shapes|backprop_memory]"
+        "usage: cargo xtask test --backend <flex|ndarray|wgpu> [-- <cargo test args>]\n       cargo xtask ci\n       cargo xtask bench [--backends flex,ndarray,wgpu,cuda] [--vs-torch] [-- <bench-table args>]\n       cargo xtask bench <samplers|shapes|models|backprop_memory>"
     );
     ExitCode::from(2)
 }
@@ -94,6 +105,119 @@ fn ci() -> bool {
         && run(cargo().args(["test", "--workspace"]))
 }
 
+/// The backends `cargo xtask bench` measures when `--backends` is not given.
+fn default_backends() -> Vec<String> {
+    let mut b = vec!["flex".to_string(), "ndarray".to_string()];
+    let vulkan = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
+    if vulkan {
+        b.push("wgpu".into());
+    }
+    if Command::new("nvidia-smi")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        b.push("cuda".into());
+    }
+    b
+}
+
+/// `cargo xtask bench [--backends ..] [--vs-torch] [-- ..]`: builds and runs `bench-table`.
+fn bench_table(args: &[String]) -> Result<bool, String> {
+    let (ours, extra) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &args[args.len()..]),
+    };
+    let mut backends = default_backends();
+    let mut vs_torch = false;
+    let mut it = ours.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--backends" => {
+                let list = it.next().ok_or("--backends needs a list")?;
+                backends = list.split(',').map(str::to_string).collect();
+                if let Some(bad) = backends
+                    .iter()
+                    .find(|b| !["flex", "ndarray", "wgpu", "cuda"].contains(&b.as_str()))
+                {
+                    return Err(format!("unknown backend `{bad}` in --backends"));
+                }
+            }
+            "--vs-torch" => vs_torch = true,
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    let root = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let dir = PathBuf::from(root).join("xtask-bench");
+    let mut build = cargo();
+    build
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "align-benches",
+            "--bin",
+            "bench-table",
+        ])
+        .args(["--features", &backends.join(",")])
+        .env("CARGO_TARGET_DIR", &dir);
+    if !run(&mut build) {
+        return Ok(false);
+    }
+    let exe = dir.join("release").join("bench-table");
+    let results = dir.join("bench-results.jsonl");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(&results, "").map_err(|e| format!("{}: {e}", results.display()))?;
+    let mut all_ok = true;
+    for backend in &backends {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--device", backend])
+            .arg("--json")
+            .arg(&results)
+            .args(extra);
+        if backend == "wgpu" && std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+        }
+        // One backend failing (no adapter, say) still leaves the others' rows.
+        all_ok &= run(&mut cmd);
+    }
+    if vs_torch {
+        let export = dir.join("torch-export");
+        if !run(Command::new(&exe)
+            .args(["--device", "flex", "--export"])
+            .arg(&export))
+        {
+            return Ok(false);
+        }
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let has_torch = Command::new(&python)
+            .args(["-c", "import torch, safetensors, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_torch {
+            return Err(format!(
+                "--vs-torch needs `{python}` with torch, safetensors and numpy \
+                 (`pip install torch safetensors numpy`; see bench/reference/README.md)"
+            ));
+        }
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|t| t.parse::<usize>().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let mut cmd = Command::new(&python);
+        cmd.arg("bench/reference/torch_bench.py")
+            .arg(&export)
+            .args(["--threads", &threads.to_string(), "--json"])
+            .arg(&results);
+        if !run(&mut cmd) {
+            return Ok(false);
+        }
+    }
+    println!();
+    Ok(run(Command::new(&exe).arg("--merge").arg(&results)) && all_ok)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let ok = match args.first().map(String::as_str) {
@@ -110,20 +234,18 @@ fn main() -> ExitCode {
             test_backend(backend, extra)
         }
         Some("ci") => ci(),
-        Some("bench") => {
-            let mut cmd = cargo();
-            cmd.args(["bench", "-p", "align-benches"]);
-            match args.get(1) {
-                Some(name)
-                    if ["samplers", "shapes", "backprop_memory"].contains(&name.as_str()) =>
-                {
-                    cmd.args(["--bench", name]);
-                }
-                Some(_) => return usage(),
-                None => {}
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some(name @ ("samplers" | "shapes" | "models" | "backprop_memory")) => {
+                run(cargo().args(["bench", "-p", "align-benches", "--bench", name]))
             }
-            run(&mut cmd)
-        }
+            _ => match bench_table(&args[1..]) {
+                Ok(ok) => ok,
+                Err(e) => {
+                    eprintln!("xtask: {e}");
+                    return usage();
+                }
+            },
+        },
         _ => return usage(),
     };
     if ok {
