@@ -12,125 +12,248 @@
 //! `DiT::forward`; the PyTorch reference in `bench/reference` cross-checks them with
 //! `torch.utils.flop_counter` on its port of the same architectures.
 
-use align_models::{DiTConfig, TextEncoderConfig, UNetConfig};
+use align_models::{DenoiserKind, DiTConfig, ShapesModelConfig, TextEncoderConfig, UNetConfig};
 
-fn conv(c_in: usize, c_out: usize, k: usize, h_out: usize, w_out: usize) -> f64 {
-    2.0 * (c_in * c_out * k * k * h_out * w_out) as f64
+/// Which pass is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The forward pass.
+    Forward,
+    /// The backward pass of a LoRA-adapted model whose base weights are frozen (the update
+    /// workloads). A layer's input gradient is counted only where the input depends on a
+    /// trainable parameter (autodiff skips untracked branches: the UNet's convolutions below
+    /// its first attention block never run backward), and a weight gradient only for
+    /// LoRA-adapted layers — burn's LoRA merges `W + (α/r)AB` before the product, so the
+    /// gradient of the merged `d_in × d_out` weight is computed in full. Attention's two
+    /// products differentiate both operands (2× their forward).
+    LoraBackward,
 }
 
-fn linear(d_in: usize, d_out: usize, tokens: usize) -> f64 {
-    2.0 * (d_in * d_out * tokens) as f64
+/// Accumulates FLOPs of one pass.
+struct Count {
+    pass: Pass,
+    total: f64,
 }
 
-/// `softmax(QKᵀ)V` for `n` queries against `m` keys of total width `d` (all heads).
-fn attention_products(n: usize, m: usize, d: usize) -> f64 {
-    2.0 * 2.0 * (n * m * d) as f64
+impl Count {
+    fn new(pass: Pass) -> Self {
+        Self { pass, total: 0.0 }
+    }
+
+    /// A frozen convolution; returns whether its output is tracked.
+    fn conv(
+        &mut self,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        hw: (usize, usize),
+        tracked: bool,
+    ) -> bool {
+        let f = 2.0 * (c_in * c_out * k * k * hw.0 * hw.1) as f64;
+        match self.pass {
+            Pass::Forward => self.total += f,
+            Pass::LoraBackward if tracked => self.total += f,
+            Pass::LoraBackward => {}
+        }
+        tracked
+    }
+
+    /// A linear layer over `tokens` rows; returns whether its output is tracked.
+    fn linear(
+        &mut self,
+        d_in: usize,
+        d_out: usize,
+        tokens: usize,
+        lora: bool,
+        tracked: bool,
+    ) -> bool {
+        let f = 2.0 * (d_in * d_out * tokens) as f64;
+        match self.pass {
+            Pass::Forward => self.total += f,
+            Pass::LoraBackward => {
+                if tracked {
+                    self.total += f;
+                }
+                if lora {
+                    self.total += f;
+                }
+            }
+        }
+        tracked || lora
+    }
+
+    /// `softmax(QKᵀ)V` for `n` queries against `m` keys of total width `d` (all heads).
+    fn products(&mut self, n: usize, m: usize, d: usize, tracked: bool) {
+        let f = 2.0 * 2.0 * (n * m * d) as f64;
+        match self.pass {
+            Pass::Forward => self.total += f,
+            Pass::LoraBackward if tracked => self.total += 2.0 * f,
+            Pass::LoraBackward => {}
+        }
+    }
+
+    /// Multi-head attention with LoRA on its four `d × d` projections: `n` queries from a
+    /// stream tracked or not, `m` keys/values likewise. Returns the output's tracking.
+    fn mha(&mut self, n: usize, m: usize, d: usize, q_tracked: bool, kv_tracked: bool) -> bool {
+        let q = self.linear(d, d, n, true, q_tracked);
+        let k = self.linear(d, d, m, true, kv_tracked);
+        self.linear(d, d, m, true, kv_tracked);
+        self.products(n, m, d, q || k);
+        self.linear(d, d, n, true, true)
+    }
+
+    /// The sinusoidal-time MLP (frozen, untracked input).
+    fn timestep_mlp(&mut self, frequency_dim: usize, dim: usize) {
+        self.linear(frequency_dim, dim, 1, false, false);
+        self.linear(dim, dim, 1, false, false);
+    }
+
+    /// One image's ResBlock at `h × w`.
+    fn resblock(
+        &mut self,
+        c_in: usize,
+        c_out: usize,
+        temb: usize,
+        hw: (usize, usize),
+        tracked: bool,
+    ) -> bool {
+        if c_in != c_out {
+            self.conv(c_in, c_out, 1, hw, tracked);
+        }
+        self.conv(c_in, c_out, 3, hw, tracked);
+        self.linear(temb, c_out, 1, false, false);
+        self.conv(c_out, c_out, 3, hw, tracked)
+    }
+
+    /// One image's spatial transformer with `ctx_len` text tokens of width `context_dim`
+    /// (the context is tracked: the text encoder carries adapters).
+    fn spatial_transformer(
+        &mut self,
+        c: usize,
+        context_dim: usize,
+        ctx_len: usize,
+        hw: (usize, usize),
+        tracked: bool,
+    ) -> bool {
+        let n = hw.0 * hw.1;
+        let t = self.linear(c, c, n, false, tracked); // proj_in
+        let t = self.mha(n, n, c, t, t) || t;
+        let ctx = self.linear(context_dim, c, ctx_len, true, true);
+        let t = self.mha(n, ctx_len, c, t, ctx) || t;
+        let f = self.linear(c, 4 * c, n, true, t);
+        let t = self.linear(4 * c, c, n, true, f) || t;
+        self.linear(c, c, n, false, t) // proj_out
+    }
 }
 
-/// Multi-head attention with its four `d × d` projections: `n` queries, `m` keys/values.
-fn mha(n: usize, m: usize, d: usize) -> f64 {
-    linear(d, d, n) * 2.0 + linear(d, d, m) * 2.0 + attention_products(n, m, d)
-}
-
-fn timestep_mlp(frequency_dim: usize, dim: usize) -> f64 {
-    linear(frequency_dim, dim, 1) + linear(dim, dim, 1)
-}
-
-/// One image's ResBlock at `h × w`.
-fn resblock(c_in: usize, c_out: usize, temb: usize, h: usize, w: usize) -> f64 {
-    let skip = if c_in != c_out {
-        conv(c_in, c_out, 1, h, w)
-    } else {
-        0.0
-    };
-    conv(c_in, c_out, 3, h, w) + conv(c_out, c_out, 3, h, w) + linear(temb, c_out, 1) + skip
-}
-
-/// One image's spatial transformer at `h × w` with `ctx_len` text tokens of width
-/// `context_dim`.
-fn spatial_transformer(c: usize, context_dim: usize, ctx_len: usize, h: usize, w: usize) -> f64 {
-    let n = h * w;
-    linear(c, c, n)                       // proj_in
-        + mha(n, n, c)                    // self-attention
-        + linear(context_dim, c, ctx_len) // context projection
-        + mha(n, ctx_len, c)              // cross-attention
-        + linear(c, 4 * c, n)
-        + linear(4 * c, c, n)             // feed-forward
-        + linear(c, c, n) // proj_out
-}
-
-/// Forward FLOPs of the UNet for `batch` images of `image_size²` with `ctx_len` text tokens.
-pub fn unet_forward(config: &UNetConfig, batch: usize, image_size: usize, ctx_len: usize) -> f64 {
+fn unet_count(pass: Pass, config: &UNetConfig, image_size: usize, ctx_len: usize) -> f64 {
+    let mut k = Count::new(pass);
     let c = config.base_channels;
     let temb = 4 * c;
     let levels = config.channel_mults.len();
     let mut s = image_size;
-    let mut total = timestep_mlp(c, temb) + conv(config.in_channels, c, 3, s, s);
+    k.timestep_mlp(c, temb);
+    let mut tr = k.conv(config.in_channels, c, 3, (s, s), false);
     let mut skips = vec![c];
     let mut ch = c;
     for (i, &m) in config.channel_mults.iter().enumerate() {
         let out = m * c;
         for _ in 0..config.num_res_blocks {
-            total += resblock(ch, out, temb, s, s);
+            tr = k.resblock(ch, out, temb, (s, s), tr);
             if config.attention[i] {
-                total += spatial_transformer(out, config.context_dim, ctx_len, s, s);
+                tr = k.spatial_transformer(out, config.context_dim, ctx_len, (s, s), tr);
             }
             ch = out;
             skips.push(ch);
         }
         if i + 1 < levels {
-            total += conv(ch, ch, 3, s / 2, s / 2);
+            tr = k.conv(ch, ch, 3, (s / 2, s / 2), tr);
             s /= 2;
             skips.push(ch);
         }
     }
-    total += 2.0 * resblock(ch, ch, temb, s, s)
-        + spatial_transformer(ch, config.context_dim, ctx_len, s, s);
+    tr = k.resblock(ch, ch, temb, (s, s), tr);
+    tr = k.spatial_transformer(ch, config.context_dim, ctx_len, (s, s), tr);
+    tr = k.resblock(ch, ch, temb, (s, s), tr);
     for (i, &m) in config.channel_mults.iter().enumerate().rev() {
         let out = m * c;
         for _ in 0..=config.num_res_blocks {
             let skip = skips.pop().unwrap_or(c);
-            total += resblock(ch + skip, out, temb, s, s);
+            tr = k.resblock(ch + skip, out, temb, (s, s), tr);
             if config.attention[i] {
-                total += spatial_transformer(out, config.context_dim, ctx_len, s, s);
+                tr = k.spatial_transformer(out, config.context_dim, ctx_len, (s, s), tr);
             }
             ch = out;
         }
         if i > 0 {
             s *= 2;
-            total += conv(ch, ch, 3, s, s);
+            tr = k.conv(ch, ch, 3, (s, s), tr);
         }
     }
-    total += conv(ch, config.out_channels, 3, s, s);
-    total * batch as f64
+    k.conv(ch, config.out_channels, 3, (s, s), tr);
+    k.total
 }
 
-/// Forward FLOPs of the DiT for `batch` images with `ctx_len` text tokens.
-pub fn dit_forward(config: &DiTConfig, batch: usize, ctx_len: usize) -> f64 {
+fn dit_count(pass: Pass, config: &DiTConfig, ctx_len: usize) -> f64 {
+    let mut k = Count::new(pass);
     let d = config.dim;
     let p = config.patch_size;
     let n = config.num_tokens();
     let g = config.image_size / p;
-    let block = mha(n, n, d)
-        + linear(config.context_dim, d, ctx_len)
-        + mha(n, ctx_len, d)
-        + linear(d, 4 * d, n)
-        + linear(4 * d, d, n)
-        + linear(d, 6 * d, 1);
-    let per_image = conv(config.channels, d, p, g, g)
-        + timestep_mlp(d, d)
-        + linear(config.context_dim, d, 1)
-        + block * config.depth as f64
-        + linear(d, 2 * d, 1)
-        + linear(d, p * p * config.channels, n);
-    per_image * batch as f64
+    let mut tr = k.conv(config.channels, d, p, (g, g), false);
+    k.timestep_mlp(d, d);
+    // The pooled text is tracked (adapted text encoder), so the conditioning vector is.
+    let cond = k.linear(config.context_dim, d, 1, false, true);
+    for _ in 0..config.depth {
+        let m = k.linear(d, 6 * d, 1, false, cond);
+        tr = tr || m;
+        tr = k.mha(n, n, d, tr, tr) || tr;
+        let ctx = k.linear(config.context_dim, d, ctx_len, true, true);
+        tr = k.mha(n, ctx_len, d, tr, ctx) || tr;
+        let h = k.linear(d, 4 * d, n, true, tr);
+        tr = k.linear(4 * d, d, n, true, h) || tr;
+    }
+    let m = k.linear(d, 2 * d, 1, false, cond);
+    k.linear(d, p * p * config.channels, n, false, tr || m);
+    k.total
+}
+
+fn text_count(pass: Pass, config: &TextEncoderConfig) -> f64 {
+    let mut k = Count::new(pass);
+    let (d, l) = (config.dim, config.max_len);
+    let mut tr = false; // token embeddings are frozen
+    for _ in 0..config.layers {
+        tr = k.mha(l, l, d, tr, tr) || tr;
+        let h = k.linear(d, 4 * d, l, false, tr);
+        tr = k.linear(4 * d, d, l, false, h) || tr;
+    }
+    k.total
+}
+
+/// Forward FLOPs of the UNet for `batch` images of `image_size²` with `ctx_len` text tokens.
+pub fn unet_forward(config: &UNetConfig, batch: usize, image_size: usize, ctx_len: usize) -> f64 {
+    unet_count(Pass::Forward, config, image_size, ctx_len) * batch as f64
+}
+
+/// Forward FLOPs of the DiT for `batch` images with `ctx_len` text tokens.
+pub fn dit_forward(config: &DiTConfig, batch: usize, ctx_len: usize) -> f64 {
+    dit_count(Pass::Forward, config, ctx_len) * batch as f64
 }
 
 /// Forward FLOPs of the text encoder for `batch` prompts of `config.max_len` tokens.
 pub fn text_forward(config: &TextEncoderConfig, batch: usize) -> f64 {
-    let (d, l) = (config.dim, config.max_len);
-    let layer = mha(l, l, d) + linear(d, 4 * d, l) + linear(4 * d, d, l);
-    layer * config.layers as f64 * batch as f64
+    text_count(Pass::Forward, config) * batch as f64
+}
+
+/// FLOPs of `pass` for a whole text-to-image model (text encoder on `prompts` prompts,
+/// denoiser on `batch` images).
+pub fn model(pass: Pass, config: &ShapesModelConfig, batch: usize, prompts: usize) -> f64 {
+    let ctx = config.text.max_len;
+    let denoiser = match config.kind {
+        DenoiserKind::Unet => unet_count(pass, &config.unet, config.image_size, ctx),
+        DenoiserKind::Dit => dit_count(pass, &config.dit, ctx),
+    };
+    denoiser * batch as f64 + text_count(pass, &config.text) * prompts as f64
 }
 
 #[cfg(test)]
@@ -140,7 +263,9 @@ mod tests {
     #[test]
     fn a_single_convolution_counts_by_hand() {
         // 3→32 channels, 3×3, 32×32 output: 2·3·32·9·1024 = 1 769 472.
-        assert_eq!(conv(3, 32, 3, 32, 32), 1_769_472.0);
+        let mut k = Count::new(Pass::Forward);
+        k.conv(3, 32, 3, (32, 32), false);
+        assert_eq!(k.total, 1_769_472.0);
     }
 
     #[test]
@@ -171,5 +296,43 @@ mod tests {
         let heads = 2.0 * d * d * 2.0 + 2.0 * d * d + 2.0 * d * 2.0 * d + 2.0 * d * 12.0 * n;
         let expected = self_attn + cross + mlp + modulation + stem + heads;
         assert_eq!(dit_forward(&c, 1, 2), expected);
+    }
+
+    fn shipped(kind: DenoiserKind) -> ShapesModelConfig {
+        let t = TextEncoderConfig::new(18, 8);
+        ShapesModelConfig::new(kind, t, UNetConfig::small(), DiTConfig::small())
+    }
+
+    /// The totals `torch.utils.flop_counter.FlopCounterMode` reports for the PyTorch port of
+    /// the same models and updates (`python3 bench/reference/torch_bench.py`, 2026-11-30):
+    /// forward of 32 images exactly; the LoRA updates within 0.2 % (torch also counts the
+    /// `A·B` products of the adapters, which this count leaves out).
+    #[test]
+    fn counts_agree_with_torchs_flop_counter() {
+        let (u, d) = (shipped(DenoiserKind::Unet), shipped(DenoiserKind::Dit));
+        assert_eq!(unet_forward(&u.unet, 32, 32, 8), 16_838_033_408.0);
+        assert_eq!(dit_forward(&d.dit, 32, 8), 11_882_594_304.0);
+        assert_eq!(text_forward(&u.text, 32), 51_380_224.0);
+        // DDPO-IS update: 2 steps × (forward + LoRA backward) of 32 images and 32 prompts.
+        let ddpo = 2.0 * (model(Pass::Forward, &u, 32, 32) + model(Pass::LoraBackward, &u, 32, 32));
+        assert!((ddpo / 64.08e9 - 1.0).abs() < 2e-3, "{ddpo}");
+        // Flow-GRPO update: the same on the DiT plus the reference's forward.
+        let grpo =
+            2.0 * (2.0 * model(Pass::Forward, &d, 32, 32) + model(Pass::LoraBackward, &d, 32, 32));
+        assert!((grpo / 95.33e9 - 1.0).abs() < 2e-3, "{grpo}");
+    }
+
+    #[test]
+    fn frozen_layers_below_the_first_adapter_run_no_backward() {
+        // The UNet's backward is cheaper than its forward plus attention: the convolutions of
+        // the two attention-free levels above its first transformer are never differentiated.
+        let u = shipped(DenoiserKind::Unet);
+        let fwd = model(Pass::Forward, &u, 1, 1);
+        let bwd = model(Pass::LoraBackward, &u, 1, 1);
+        assert!(bwd < fwd, "{bwd} vs {fwd}");
+        // The DiT carries adapters in every block: weight and input gradients of its linears.
+        let d = shipped(DenoiserKind::Dit);
+        let ratio = model(Pass::LoraBackward, &d, 1, 1) / model(Pass::Forward, &d, 1, 1);
+        assert!(ratio > 1.8 && ratio < 2.3, "{ratio}");
     }
 }

@@ -36,8 +36,6 @@ use burn::module::{Module, ModuleDisplay, ModuleMapper, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
-use crate::flops;
-
 /// Images per forward pass and per rollout: the quickstart's 4 prompts × group of 8.
 pub const IMAGES: usize = 32;
 /// Samples of one update minibatch (the quickstart's 32 samples in 2 minibatches).
@@ -466,17 +464,4 @@ pub fn sampler_step(
         .map_err(err("DDIM step"))?;
     step.log_prob
         .ok_or_else(|| "DDIM η = 1 step has no log-prob".to_string())
-}
-
-/// Dense forward FLOPs of `model_kind` ("unet" | "dit") for `batch` images plus the text
-/// encoder for `prompts` prompts.
-pub fn forward_flops(config: &ShapesModelConfig, batch: usize, prompts: usize) -> f64 {
-    let ctx = config.text.max_len;
-    let denoiser = match config.kind {
-        align_models::DenoiserKind::Unet => {
-            flops::unet_forward(&config.unet, batch, config.image_size, ctx)
-        }
-        align_models::DenoiserKind::Dit => flops::dit_forward(&config.dit, batch, ctx),
-    };
-    denoiser + flops::text_forward(&config.text, prompts)
 }

@@ -71,7 +71,21 @@ def main():
     with torch.no_grad():
         add("op_conv3x3_64c_8px_b64_fwd", lambda: c64(x8), 2.0 * 64 * 64 * 9 * 64 * 64)
         add("op_group_norm_32c_32px_b64_fwd", lambda: gn(x), 0.0)
+        g3 = x.reshape(64, 8, 4096)
+
+        def var_two_pass():
+            mean = g3.mean(dim=2, keepdim=True)
+            return (g3 - mean).square().mean(dim=2, keepdim=True)
+
+        def var_one_pass():
+            mean = g3.mean(dim=2, keepdim=True)
+            return g3.square().mean(dim=2, keepdim=True) - mean.square()
+
+        add("op_variance_two_pass_64x8x4096", var_two_pass, 0.0)
+        add("op_variance_one_pass_64x8x4096", var_one_pass, 0.0)
         add("op_linear_16384x96x384_fwd", lambda: lin(h), 2.0 * 64 * 256 * 96 * 384)
+        h2 = h.reshape(64 * 256, 96)
+        add("op_linear_2d_16384x96x384_fwd", lambda: lin(h2), 2.0 * 64 * 256 * 96 * 384)
         add(
             "op_mha_256tok_96d_4h_b64_fwd",
             lambda: mha(h, h, h, need_weights=False),
@@ -90,7 +104,8 @@ def main():
             for name, s, reps, f in rows:
                 out.write(json.dumps({
                     "workload": name, "backend": "torch", "seconds": s, "reps": reps,
-                    "images": 0, "flops": f, "torch_version": torch.__version__,
+                    "images": 0, "flops": f, "peak_gflops": 0.0,
+                    "torch_version": torch.__version__,
                     "threads": a.threads,
                 }) + "\n")
 

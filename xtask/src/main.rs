@@ -205,6 +205,17 @@ fn bench_table(args: &[String]) -> Result<bool, String> {
             .ok()
             .and_then(|t| t.parse::<usize>().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // Single-operation reproducers, ours on flex and PyTorch's, into the same table.
+        let mut ops = Command::new(&exe);
+        ops.args(["--device", "flex", "--ops", "--json"])
+            .arg(&results)
+            .args(extra);
+        all_ok &= run(&mut ops);
+        let mut ops = Command::new(&python);
+        ops.arg("bench/reference/ops.py")
+            .args(["--threads", &threads.to_string(), "--json"])
+            .arg(&results);
+        all_ok &= run(&mut ops);
         let mut cmd = Command::new(&python);
         cmd.arg("bench/reference/torch_bench.py")
             .arg(&export)
