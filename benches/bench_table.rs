@@ -526,9 +526,8 @@ fn merge(path: &Path) -> Result<(), String> {
             continue;
         }
         seen.push((r.workload.clone(), r.backend.clone()));
-        let Some((images, flops)) = size(&r.workload) else {
-            continue;
-        };
+        // Operations without dense products (norms) have no FLOP count.
+        let (images, flops) = size(&r.workload).unwrap_or((r.images, 0.0));
         let peak = machine_peak;
         let gflops = flops / r.seconds / 1e9;
         let ratio = match records
@@ -539,7 +538,7 @@ fn merge(path: &Path) -> Result<(), String> {
             _ => String::new(),
         };
         println!(
-            "| {} | {} | {} | {} | {} | {:.1} | {} | {ratio} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {ratio} |",
             r.workload,
             r.backend,
             human(r.seconds),
@@ -549,8 +548,12 @@ fn merge(path: &Path) -> Result<(), String> {
             } else {
                 String::new()
             },
-            gflops,
-            if peak > 0.0 {
+            if flops > 0.0 {
+                format!("{gflops:.1}")
+            } else {
+                String::new()
+            },
+            if peak > 0.0 && flops > 0.0 {
                 format!("{:.0}", 100.0 * gflops / peak)
             } else {
                 String::new()

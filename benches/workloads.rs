@@ -85,8 +85,11 @@ fn err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
+/// Token ids of a batch of prompts, one row per prompt.
+pub type TokenRows = Vec<Vec<u32>>;
+
 /// Token rows of `n` prompts (cycling through four) and `n` null prompts.
-pub fn prompt_tokens(n: usize) -> SetupResult<(Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+pub fn prompt_tokens(n: usize) -> SetupResult<(TokenRows, TokenRows)> {
     let tok = Tokenizer::new();
     let rows = (0..n)
         .map(|i| tok.encode(PROMPTS[i % PROMPTS.len()]))
