@@ -299,15 +299,21 @@ fn run(opts: &Options) -> Result<(), String> {
             "images": r.images, "flops": r.flops, "peak_gflops": peak_gflops,
         }));
     }
-    if let Some(path) = &opts.json {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        for j in json {
-            writeln!(f, "{j}").map_err(|e| format!("{}: {e}", path.display()))?;
-        }
+    append_json(opts.json.as_deref(), &json)
+}
+
+/// Appends one JSON line per row to `path` (`--json`), if given.
+fn append_json(path: Option<&Path>, rows: &[serde_json::Value]) -> Result<(), String> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    for j in rows {
+        writeln!(f, "{j}").map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -448,17 +454,7 @@ fn ops(opts: &Options) -> Result<(), String> {
             "flops": f, "peak_gflops": 0.0,
         }));
     }
-    if let Some(path) = &opts.json {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        for j in json {
-            writeln!(f, "{j}").map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    Ok(())
+    append_json(opts.json.as_deref(), &json)
 }
 
 /// One timed result read back from a JSON-lines file.

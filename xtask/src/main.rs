@@ -13,7 +13,8 @@
 //!   `bench-table` runner of `align-benches` in release mode with every backend to be measured
 //!   (`flex` and `ndarray` always; `wgpu` when a Vulkan driver is installed; `cuda` when
 //!   `nvidia-smi` is found; `--backends` overrides), in its own target directory
-//!   (`target/xtask-bench`), runs the model-sized workloads on each backend in a fresh process
+//!   (`target/xtask-bench`; another backend set rebuilds burn there, minutes), runs the
+//!   model-sized workloads on each backend in a fresh process
 //!   and prints one table: workload × backend, median time, images/s, dense GFLOP/s and the
 //!   fraction of the peak measured in the same run by a 2048² matrix product. With
 //!   `--vs-torch` it also exports the weights and inputs and runs the PyTorch reference
