@@ -23,7 +23,7 @@ use align_samplers::{Sampler, rescore};
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;
 
-use crate::error::{PrefError, Result, check_loss};
+use crate::error::{PrefError, Result, check_loss, check_positive};
 
 /// The conditions of one trajectory for the policy and the reference.
 pub struct D3poSide<'a> {
@@ -50,12 +50,7 @@ pub fn d3po_step_loss<M: Denoiser + ?Sized, S: Sampler + ?Sized>(
     k: usize,
     beta: f64,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    if !(beta.is_finite() && beta > 0.0) {
-        return Err(PrefError::config(
-            "beta",
-            format!("{beta} must be positive"),
-        ));
-    }
+    check_positive("beta", beta)?;
     if winner.trajectory.batch_size() != loser.trajectory.batch_size() {
         return Err(align_core::CoreError::shape(
             "loser batch",

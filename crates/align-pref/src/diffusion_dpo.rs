@@ -20,7 +20,7 @@ use align_core::{Condition, Denoiser};
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;
 
-use crate::error::{PrefError, Result, check_loss, positive_fraction};
+use crate::error::{Result, check_loss, check_positive, positive_fraction};
 use crate::noising::{NoiseLevels, denoising_errors};
 
 /// The official β on mean-reduced errors (SD 1.5, SDXL).
@@ -64,12 +64,7 @@ pub fn diffusion_dpo_loss<M: Denoiser + ?Sized>(
     batch: DpoBatch<'_>,
     beta: f64,
 ) -> Result<DpoOutput> {
-    if !(beta.is_finite() && beta > 0.0) {
-        return Err(PrefError::config(
-            "beta",
-            format!("{beta} must be positive"),
-        ));
-    }
+    check_positive("beta", beta)?;
     let ref_cond = batch.reference_condition.unwrap_or(batch.condition);
     let err = |m: &M, x: Tensor<4>, c: &Condition| {
         denoising_errors(m, x, batch.noise.clone(), batch.levels, c)

@@ -36,6 +36,15 @@ impl PrefError {
     }
 }
 
+/// Checks that a hyper-parameter is finite and positive; `field` names it in the error.
+pub(crate) fn check_positive(field: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(PrefError::config(field, format!("{v} must be positive")))
+    }
+}
+
 /// Checks that a scalar loss `[1]` is finite; `what` names it in the error.
 pub(crate) fn check_loss(loss: &burn::tensor::Tensor<1>, what: impl Into<String>) -> Result<()> {
     let value: f32 = loss

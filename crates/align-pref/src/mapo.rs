@@ -22,7 +22,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;
 
 use crate::diffusion_dpo::DpoBatch;
-use crate::error::{PrefError, Result, check_loss, positive_fraction};
+use crate::error::{Result, check_loss, check_positive, positive_fraction};
 use crate::noising::denoising_errors;
 
 /// MaPO hyper-parameters (the official defaults).
@@ -76,9 +76,7 @@ pub fn mapo_loss<M: Denoiser + ?Sized>(
         ("snr", config.snr),
         ("horizon", config.horizon),
     ] {
-        if !(v.is_finite() && v > 0.0) {
-            return Err(PrefError::config(field, format!("{v} must be positive")));
-        }
+        check_positive(field, v)?;
     }
     let e_w = denoising_errors(
         policy,

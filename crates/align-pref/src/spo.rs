@@ -26,7 +26,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 
-use crate::error::{PrefError, Result, check_loss};
+use crate::error::{PrefError, Result, check_loss, check_positive};
 
 fn times(
     sampler: &(impl Sampler + ?Sized),
@@ -221,12 +221,7 @@ pub fn spo_step_loss<M: Denoiser + ?Sized, S: Sampler + ?Sized>(
     loser: Tensor<4>,
     beta: f64,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    if !(beta.is_finite() && beta > 0.0) {
-        return Err(PrefError::config(
-            "beta",
-            format!("{beta} must be positive"),
-        ));
-    }
+    check_positive("beta", beta)?;
     let (rc, ru) = reference_condition.unwrap_or((state.condition, state.uncond));
     let ratio = |next: Tensor<4>| -> Result<Tensor<1>> {
         Ok(log_prob(
