@@ -36,6 +36,7 @@ pub mod checkpoint;
 pub mod dit;
 pub mod ema;
 pub mod error;
+pub mod hf;
 pub mod lora;
 pub mod pretrain;
 pub mod resblock;
