@@ -1,0 +1,1 @@
+//! Tests against the diffusers reference fixture.
