@@ -491,9 +491,9 @@ impl UNet2DConditionConfig {
 
         let mut down_blocks = Vec::with_capacity(n);
         let mut out = ch[0];
-        for b in 0..n {
+        for (b, &c) in ch.iter().enumerate() {
             let input = out;
-            out = ch[b];
+            out = c;
             let resnets = (0..l.layers[b])
                 .map(|j| resnet(if j == 0 { input } else { out }, out, rs))
                 .collect();
