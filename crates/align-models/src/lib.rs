@@ -40,6 +40,7 @@ pub mod hf;
 pub mod lora;
 pub mod pretrain;
 pub mod resblock;
+pub mod sd;
 pub mod shapes;
 pub mod text_encoder;
 pub mod timestep;
