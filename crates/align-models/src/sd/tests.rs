@@ -188,14 +188,18 @@ fn checkpoint_that_does_not_fit_is_refused_with_every_problem_listed() {
     ] {
         assert!(reason.contains(needle), "`{needle}` not in: {reason}");
     }
-    // A mis-shaped tensor is named with both shapes. (burn-store's validation stops at shape
-    // mismatches, so they are reported without the name lists.)
+    // A mis-shaped tensor is named with both shapes, in the same message as a missing one.
     let dir2 = edited_copy("unet", "bad-unet-shape", |t| {
         t.insert("conv_out.bias".into(), (vec![5], vec![0.0; 5]));
+        t.remove("conv_in.bias").unwrap();
     });
     let reason = checkpoint_reason(&dir2);
     assert!(
         reason.contains("conv_out.bias") && reason.contains("[5]") && reason.contains("[4]"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("1 tensors of the model are missing") && reason.contains("conv_in.bias"),
         "{reason}"
     );
     // A missing weights file is a checkpoint error naming the file.
