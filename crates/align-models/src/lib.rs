@@ -33,6 +33,7 @@
 
 pub mod attention;
 pub mod checkpoint;
+pub mod clip;
 pub mod dit;
 pub mod ema;
 pub mod error;
