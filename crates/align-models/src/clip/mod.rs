@@ -73,3 +73,67 @@ fn tower_config<T: DeserializeOwned>(dir: &Path, key: &str) -> Result<T> {
         reason: format!("invalid {key}: {e}"),
     })
 }
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    //! Reference tensors of the fixtures, for the tests of this module.
+
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use burn::prelude::*;
+
+    use crate::hf::{fixtures_dir, max_relative_error, read_safetensors};
+
+    /// `fixtures/<name>`.
+    pub fn fixture(name: &str) -> PathBuf {
+        fixtures_dir().join(name)
+    }
+
+    /// The reference tensors of `fixtures/<name>/reference.safetensors`.
+    pub fn references(name: &str) -> BTreeMap<String, TensorData> {
+        match read_safetensors(&fixture(name).join("reference.safetensors")) {
+            Ok(r) => r,
+            Err(e) => panic!("references of {name}: {e}"),
+        }
+    }
+
+    /// A reference by name.
+    pub fn get(refs: &BTreeMap<String, TensorData>, name: &str) -> TensorData {
+        match refs.get(name) {
+            Some(d) => d.clone(),
+            None => panic!("no reference tensor `{name}`"),
+        }
+    }
+
+    /// Integer ids from a reference (stored as f32 by `read_safetensors`).
+    pub fn ids(data: &TensorData, device: &Device) -> Tensor<2, Int> {
+        let shape = data.shape().to_vec();
+        let values: Vec<i64> = data
+            .iter::<f32>()
+            .map(|v| v.round() as i64)
+            .collect();
+        Tensor::<2, Int>::from_data(TensorData::new(values, shape), device)
+    }
+
+    /// A float tensor from a reference.
+    pub fn floats<const D: usize>(data: &TensorData, device: &Device) -> Tensor<D> {
+        Tensor::<D>::from_data(data.clone(), device)
+    }
+
+    /// Asserts `max_relative_error(actual, expected) ≤ tol` and returns the error.
+    pub fn assert_close<const D: usize>(
+        what: &str,
+        actual: Tensor<D>,
+        expected: &TensorData,
+        tol: f64,
+    ) -> f64 {
+        let err = match max_relative_error(&actual.into_data(), expected) {
+            Ok(e) => e,
+            Err(e) => panic!("{what}: {e}"),
+        };
+        println!("{what}: max relative error {err:.3e}");
+        assert!(err <= tol, "{what}: max relative error {err:.3e} > {tol:.0e}");
+        err
+    }
+}

@@ -305,3 +305,145 @@ impl ClipTokenizer {
         symbols
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::clip::test_util::fixture;
+
+    fn tokenizer(dir: &Path) -> ClipTokenizer {
+        match ClipTokenizer::from_dir(dir) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The reference strings of `fixtures/sd-tiny/reference.json` (the clip-tiny fixture
+    /// has the same tokenizer files).
+    fn reference_cases() -> Vec<(String, Vec<u32>, Vec<u32>)> {
+        let path = fixture("sd-tiny").join("reference.json");
+        let json: Value = crate::hf::read_config(&path).unwrap_or_else(|e| panic!("{e}"));
+        let ids = |v: &Value| -> Vec<u32> {
+            v.as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect())
+                .unwrap_or_default()
+        };
+        json["tokenizer"]
+            .as_array()
+            .map(|cases| {
+                cases
+                    .iter()
+                    .map(|c| {
+                        (
+                            c["text"].as_str().unwrap_or_default().to_string(),
+                            ids(&c["ids"]),
+                            ids(&c["unpadded"]),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn bytes_to_unicode_matches_gpt2() {
+        let t = bytes_to_unicode();
+        assert_eq!(t[usize::from(b'a')], 'a');
+        assert_eq!(t[0], '\u{100}');
+        assert_eq!(t[usize::from(b' ')], '\u{120}');
+        assert_eq!(t[0xAD], '\u{143}');
+        let mut all: Vec<char> = t.to_vec();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 256);
+    }
+
+    #[test]
+    fn matches_transformers_on_every_reference_string() {
+        let cases = reference_cases();
+        assert!(cases.len() >= 9, "expected the reference strings");
+        for dir in [fixture("sd-tiny").join("tokenizer"), fixture("clip-tiny")] {
+            let tok = tokenizer(&dir);
+            assert_eq!(tok.model_max_length(), 77);
+            for (text, padded, unpadded) in &cases {
+                assert_eq!(&tok.encode(text), unpadded, "{text:?} in {dir:?}");
+                assert_eq!(&tok.encode_padded(text, 77), padded, "{text:?} in {dir:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn special_ids_and_truncation() {
+        let tok = tokenizer(&fixture("clip-tiny"));
+        assert_eq!(tok.bos_id(), 742);
+        assert_eq!(tok.eos_id(), 743);
+        assert_eq!(tok.pad_id(), 743);
+        let long = "cat ".repeat(200);
+        let ids = tok.encode_padded(&long, 10);
+        assert_eq!(ids.len(), 10);
+        assert_eq!(ids[0], tok.bos_id());
+        assert_eq!(ids[9], tok.eos_id());
+        assert_eq!(tok.encode_padded("cat", 1), vec![tok.eos_id()]);
+        assert!(tok.encode_padded("cat", 0).is_empty());
+        // Special tokens written in the text map to their ids.
+        assert_eq!(tok.encode("<|endoftext|>"), vec![742, 743, 743]);
+    }
+
+    #[test]
+    fn missing_and_broken_files_are_named() {
+        let tmp = std::env::temp_dir().join(format!("align-clip-tok-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("{e}"));
+        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("vocab.json"), "{err}");
+
+        let src = fixture("clip-tiny");
+        for f in ["vocab.json", "merges.txt"] {
+            std::fs::copy(src.join(f), tmp.join(f)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(ClipTokenizer::from_dir(&tmp).is_ok());
+
+        std::fs::write(tmp.join("tokenizer_config.json"), "{ not json")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("tokenizer_config.json") && err.contains("JSON"), "{err}");
+
+        std::fs::write(tmp.join("tokenizer_config.json"), r#"{"pad_token": "<pad>"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("pad_token") && err.contains("<pad>"), "{err}");
+        std::fs::remove_file(tmp.join("tokenizer_config.json")).unwrap_or_else(|e| panic!("{e}"));
+
+        let merges = std::fs::read_to_string(src.join("merges.txt")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(tmp.join("merges.txt"), format!("{merges}zq xv\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("merges.txt") && err.contains("not in vocab.json"), "{err}");
+
+        std::fs::write(tmp.join("vocab.json"), "[1, 2]").unwrap_or_else(|e| panic!("{e}"));
+        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("vocab.json") && err.contains("JSON"), "{err}");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn encode_never_panics_and_is_wrapped(text in any::<String>(), max_len in 0usize..100) {
+            let tok = tokenizer(&fixture("clip-tiny"));
+            let ids = tok.encode(&text);
+            prop_assert!(ids.len() >= 2);
+            prop_assert_eq!(ids[0], tok.bos_id());
+            prop_assert_eq!(ids[ids.len() - 1], tok.eos_id());
+            let padded = tok.encode_padded(&text, max_len);
+            prop_assert_eq!(padded.len(), max_len);
+            if max_len >= 2 {
+                prop_assert_eq!(padded[0], tok.bos_id());
+                let last = ids.len().min(max_len) - 1;
+                prop_assert_eq!(padded[last], tok.eos_id());
+            }
+        }
+    }
+}
