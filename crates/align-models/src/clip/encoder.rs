@@ -218,10 +218,7 @@ impl ClipEncoderLayer {
     /// # Shapes
     /// - `x`: `[B, L, D]`; output `[B, L, D]`.
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.layer_norm1.forward(x), causal);
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), causal);
         x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
     }
 }

@@ -109,10 +109,7 @@ pub(crate) mod test_util {
     /// Integer ids from a reference (stored as f32 by `read_safetensors`).
     pub fn ids(data: &TensorData, device: &Device) -> Tensor<2, Int> {
         let shape = data.shape().to_vec();
-        let values: Vec<i64> = data
-            .iter::<f32>()
-            .map(|v| v.round() as i64)
-            .collect();
+        let values: Vec<i64> = data.iter::<f32>().map(|v| v.round() as i64).collect();
         Tensor::<2, Int>::from_data(TensorData::new(values, shape), device)
     }
 
@@ -133,7 +130,10 @@ pub(crate) mod test_util {
             Err(e) => panic!("{what}: {e}"),
         };
         println!("{what}: max relative error {err:.3e}");
-        assert!(err <= tol, "{what}: max relative error {err:.3e} > {tol:.0e}");
+        assert!(
+            err <= tol,
+            "{what}: max relative error {err:.3e} > {tol:.0e}"
+        );
         err
     }
 }

@@ -196,7 +196,11 @@ impl ClipModel {
     ///
     /// # Shapes
     /// - `pixel_values`: `[B_i, C, S, S]`, `input_ids`: `[B_t, L]`; output `[B_i, B_t]`.
-    pub fn logits_per_image(&self, pixel_values: Tensor<4>, input_ids: Tensor<2, Int>) -> Tensor<2> {
+    pub fn logits_per_image(
+        &self,
+        pixel_values: Tensor<4>,
+        input_ids: Tensor<2, Int>,
+    ) -> Tensor<2> {
         let image = l2_normalize(self.image_embeds(pixel_values));
         let text = l2_normalize(self.text_embeds(input_ids));
         let [bi, _] = image.dims();
@@ -229,7 +233,9 @@ fn read_scalar(path: &Path, name: &str) -> Result<f32> {
         .map_err(|e| fail(format!("not a safetensors file: {e}")))?;
     let len = u64::from_le_bytes(len);
     if len > 100_000_000 {
-        return Err(fail(format!("not a safetensors file: header of {len} bytes")));
+        return Err(fail(format!(
+            "not a safetensors file: header of {len} bytes"
+        )));
     }
     let mut header = vec![0u8; len as usize];
     file.read_exact(&mut header)
@@ -273,4 +279,142 @@ fn read_scalar(path: &Path, name: &str) -> Result<f32> {
         "F16" => half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32(),
         _ => half::bf16::from_le_bytes([bytes[0], bytes[1]]).to_f32(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::test_util::{assert_close, fixture, floats, get, ids, references};
+
+    fn load(device: &Device) -> ClipModel {
+        ClipModel::load(&fixture("clip-tiny"), device).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn embeddings_and_logits_match_transformers() {
+        let device = align_core::test_device();
+        let model = load(&device);
+        assert_eq!(model.image_size(), 32);
+        assert_eq!(model.projection_dim(), 16);
+        let scale: Vec<f32> = model.logit_scale().into_data().iter::<f32>().collect();
+        assert!((scale[0] - 100f32.ln()).abs() < 1e-5, "{scale:?}");
+        let refs = references("clip-tiny");
+        let pixels: Tensor<4> = floats(&get(&refs, "pixel_values"), &device);
+        let input = ids(&get(&refs, "input_ids"), &device);
+        assert_close(
+            "image_embeds",
+            model.image_embeds(pixels.clone()),
+            &get(&refs, "image_embeds"),
+            1e-4,
+        );
+        assert_close(
+            "text_embeds",
+            model.text_embeds(input.clone()),
+            &get(&refs, "text_embeds"),
+            1e-4,
+        );
+        assert_close(
+            "logits_per_image",
+            model.logits_per_image(pixels, input),
+            &get(&refs, "logits_per_image"),
+            1e-4,
+        );
+    }
+
+    fn temp_copy(tag: &str) -> std::path::PathBuf {
+        let tmp = std::env::temp_dir().join(format!("align-clip-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::copy(
+            fixture("clip-tiny").join("config.json"),
+            tmp.join("config.json"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        tmp
+    }
+
+    /// Writes `fixtures/clip-tiny/model.safetensors` to `dir` with `edit` applied to the
+    /// name → tensor map.
+    fn write_modified(
+        dir: &Path,
+        edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+    ) {
+        let bytes = std::fs::read(fixture("clip-tiny").join("model.safetensors"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+            .collect();
+        edit(&mut tensors);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn loading_errors_name_missing_and_unknown_tensors() {
+        let device = align_core::test_device();
+        let dir = temp_copy("missing");
+        write_modified(&dir, |t| {
+            t.retain(|(n, ..)| n != "text_model.final_layer_norm.bias");
+            t.push((
+                "vision_model.extra.weight".into(),
+                safetensors::Dtype::F32,
+                vec![1],
+                vec![0; 4],
+            ));
+        });
+        let err = ClipModel::load(&dir, &device)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("text_model.final_layer_norm"), "{err}");
+        assert!(err.contains("vision_model.extra.weight"), "{err}");
+        assert!(err.contains("missing") && err.contains("unknown"), "{err}");
+
+        write_modified(&dir, |t| t.retain(|(n, ..)| n != "logit_scale"));
+        let err = ClipModel::load(&dir, &device)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("logit_scale") && err.contains("missing"),
+            "{err}"
+        );
+
+        let err = ClipTextModel::load(&dir.join("nowhere"), &device)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.json"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn f16_logit_scale_is_read() {
+        let dir = temp_copy("f16");
+        write_modified(&dir, |t| {
+            for (n, d, _, b) in t.iter_mut() {
+                if n == "logit_scale" {
+                    *d = safetensors::Dtype::F16;
+                    *b = half::f16::from_f32(4.5).to_le_bytes().to_vec();
+                }
+            }
+        });
+        let v = read_scalar(&dir.join("model.safetensors"), "logit_scale")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v, 4.5);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

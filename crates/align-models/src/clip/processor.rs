@@ -99,9 +99,12 @@ impl ClipImageProcessor {
             match json.get(field) {
                 None | Some(Value::Null) => Ok(default),
                 Some(v) => {
-                    let values: Option<Vec<f32>> = v
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect());
+                    let values: Option<Vec<f32>> = v.as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_f64())
+                            .map(|x| x as f32)
+                            .collect()
+                    });
                     match values.as_deref() {
                         Some(&[a, b, c]) => Ok([a, b, c]),
                         _ => Err(fail(field, v)),
@@ -117,8 +120,9 @@ impl ClipImageProcessor {
         };
         let size = match crop_size {
             Some(s) => s,
-            None => size_of("size", json.get("size").unwrap_or(&Value::Null))?
-                .unwrap_or([224, 224]),
+            None => {
+                size_of("size", json.get("size").unwrap_or(&Value::Null))?.unwrap_or([224, 224])
+            }
         };
         let image_mean = stats("image_mean", OPENAI_CLIP_MEAN)?;
         let image_std = stats("image_std", OPENAI_CLIP_STD)?;
@@ -167,5 +171,50 @@ impl ClipImageProcessor {
                 .expand([b, c, sh, sw])
         };
         (x - stat(self.image_mean)) / stat(self.image_std)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::test_util::{assert_close, fixture, floats, get, references};
+
+    #[test]
+    fn reads_the_fixture_config_and_defaults() {
+        let p =
+            ClipImageProcessor::from_dir(&fixture("clip-tiny")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.size, [32, 32]);
+        assert_eq!(p.image_mean, OPENAI_CLIP_MEAN);
+        let d = ClipImageProcessor::from_dir(&fixture("nowhere")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d, ClipImageProcessor::default());
+        assert_eq!(d.size, [224, 224]);
+    }
+
+    #[test]
+    fn preprocess_matches_transformers_and_is_differentiable() {
+        let device = align_core::test_device().autodiff();
+        let p =
+            ClipImageProcessor::from_dir(&fixture("clip-tiny")).unwrap_or_else(|e| panic!("{e}"));
+        let refs = references("clip-tiny");
+        let images01: Tensor<4> = floats(&get(&refs, "images01"), &device);
+        let images = (images01 * 2.0 - 1.0).require_grad();
+        assert_close(
+            "pixel_values",
+            p.preprocess(images.clone()),
+            &get(&refs, "pixel_values"),
+            1e-5,
+        );
+        // A non-square, larger image: cropped, resized, and gradients reach every kept pixel.
+        let big = Tensor::<4>::ones([1, 3, 40, 48], &device).require_grad();
+        let out = p.preprocess(big.clone());
+        assert_eq!(out.dims(), [1, 3, 32, 32]);
+        let grads = out.sum().backward();
+        let g = big.grad(&grads).unwrap_or_else(|| panic!("no gradient"));
+        let g: Vec<f32> = g.into_data().iter::<f32>().collect();
+        // Columns 0..4 and 44..48 are cropped away; the centre columns receive gradient.
+        assert_eq!(g[0], 0.0);
+        assert!(g[20] > 0.0);
+        let grads = p.preprocess(images.clone()).sum().backward();
+        assert!(images.grad(&grads).is_some());
     }
 }

@@ -273,3 +273,76 @@ impl ClipTextModel {
         first.clone().mask_fill(first.equal_elem(none), 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::test_util::{assert_close, fixture, get, ids, references};
+
+    fn check(model_dir: &Path, fixture_name: &str, prefix: &str) {
+        let device = align_core::test_device();
+        let model = ClipTextModel::load(model_dir, &device).unwrap_or_else(|e| panic!("{e}"));
+        let refs = references(fixture_name);
+        let input = ids(&get(&refs, &format!("{prefix}input_ids")), &device);
+        let out = model.forward(input);
+        assert_close(
+            &format!("{fixture_name} text last_hidden_state"),
+            out.last_hidden_state,
+            &get(&refs, "text.last_hidden_state"),
+            1e-4,
+        );
+        assert_close(
+            &format!("{fixture_name} text pooler_output"),
+            out.pooler_output,
+            &get(&refs, "text.pooler_output"),
+            1e-4,
+        );
+    }
+
+    #[test]
+    fn sd_text_encoder_matches_transformers() {
+        check(&fixture("sd-tiny").join("text_encoder"), "sd-tiny", "text.");
+    }
+
+    #[test]
+    fn clip_text_tower_matches_transformers() {
+        check(&fixture("clip-tiny"), "clip-tiny", "");
+    }
+
+    #[test]
+    fn pooling_rules() {
+        let device = align_core::test_device();
+        let config = ClipTextConfig {
+            vocab_size: 10,
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            max_position_embeddings: 6,
+            eos_token_id: 9,
+            ..ClipTextConfig::default()
+        };
+        let model = config.init(&device).unwrap_or_else(|e| panic!("{e}"));
+        let input = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![8i64, 3, 9, 9, 9, 9, 8, 1, 2, 3, 4, 5], [2, 6]),
+            &device,
+        );
+        let pos = model.pooled_positions(input.clone());
+        assert_eq!(
+            pos.into_data().iter::<i64>().collect::<Vec<_>>(),
+            vec![2, 0]
+        );
+        // Legacy configs (eos_token_id = 2) pool at the first largest id.
+        let legacy = ClipTextConfig {
+            eos_token_id: 2,
+            ..config
+        }
+        .init(&device)
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pos = legacy.pooled_positions(input);
+        assert_eq!(
+            pos.into_data().iter::<i64>().collect::<Vec<_>>(),
+            vec![2, 0]
+        );
+    }
+}

@@ -216,10 +216,7 @@ impl ClipTokenizer {
     /// The normalised text: NFC, whitespace runs collapsed to one space, trimmed, lowercased.
     pub fn normalize(&self, text: &str) -> String {
         let nfc: String = text.nfc().collect();
-        self.whitespace
-            .replace_all(&nfc, " ")
-            .trim()
-            .to_lowercase()
+        self.whitespace.replace_all(&nfc, " ").trim().to_lowercase()
     }
 
     /// Token ids of `text` without the begin/end tokens.
@@ -287,7 +284,9 @@ impl ClipTokenizer {
             let mut i = 0;
             while i < symbols.len() {
                 if i + 1 < symbols.len()
-                    && self.ranks.get(&(symbols[i].clone(), symbols[i + 1].clone()))
+                    && self
+                        .ranks
+                        .get(&(symbols[i].clone(), symbols[i + 1].clone()))
                         == Some(&best)
                 {
                     merged.push(format!("{}{}", symbols[i], symbols[i + 1]));
@@ -327,7 +326,12 @@ mod tests {
         let json: Value = crate::hf::read_config(&path).unwrap_or_else(|e| panic!("{e}"));
         let ids = |v: &Value| -> Vec<u32> {
             v.as_array()
-                .map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|x| x as u32)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         json["tokenizer"]
@@ -396,7 +400,10 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("align-clip-tok-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("{e}"));
-        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
+        let err = ClipTokenizer::from_dir(&tmp)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("vocab.json"), "{err}");
 
         let src = fixture("clip-tiny");
@@ -407,23 +414,45 @@ mod tests {
 
         std::fs::write(tmp.join("tokenizer_config.json"), "{ not json")
             .unwrap_or_else(|e| panic!("{e}"));
-        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("tokenizer_config.json") && err.contains("JSON"), "{err}");
+        let err = ClipTokenizer::from_dir(&tmp)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tokenizer_config.json") && err.contains("JSON"),
+            "{err}"
+        );
 
-        std::fs::write(tmp.join("tokenizer_config.json"), r#"{"pad_token": "<pad>"}"#)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
+        std::fs::write(
+            tmp.join("tokenizer_config.json"),
+            r#"{"pad_token": "<pad>"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let err = ClipTokenizer::from_dir(&tmp)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pad_token") && err.contains("<pad>"), "{err}");
         std::fs::remove_file(tmp.join("tokenizer_config.json")).unwrap_or_else(|e| panic!("{e}"));
 
-        let merges = std::fs::read_to_string(src.join("merges.txt")).unwrap_or_else(|e| panic!("{e}"));
+        let merges =
+            std::fs::read_to_string(src.join("merges.txt")).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(tmp.join("merges.txt"), format!("{merges}zq xv\n"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("merges.txt") && err.contains("not in vocab.json"), "{err}");
+        let err = ClipTokenizer::from_dir(&tmp)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("merges.txt") && err.contains("not in vocab.json"),
+            "{err}"
+        );
 
         std::fs::write(tmp.join("vocab.json"), "[1, 2]").unwrap_or_else(|e| panic!("{e}"));
-        let err = ClipTokenizer::from_dir(&tmp).map(|_| ()).unwrap_err().to_string();
+        let err = ClipTokenizer::from_dir(&tmp)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("vocab.json") && err.contains("JSON"), "{err}");
         let _ = std::fs::remove_dir_all(&tmp);
     }

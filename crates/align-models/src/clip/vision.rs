@@ -282,3 +282,31 @@ impl ClipVisionModel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::test_util::{assert_close, fixture, floats, get, references};
+
+    #[test]
+    fn clip_vision_tower_matches_transformers() {
+        let device = align_core::test_device();
+        let model =
+            ClipVisionModel::load(&fixture("clip-tiny"), &device).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(model.image_size(), 32);
+        let refs = references("clip-tiny");
+        let out = model.forward(floats(&get(&refs, "pixel_values"), &device));
+        assert_close(
+            "vision last_hidden_state",
+            out.last_hidden_state,
+            &get(&refs, "vision.last_hidden_state"),
+            1e-4,
+        );
+        assert_close(
+            "vision pooler_output",
+            out.pooler_output,
+            &get(&refs, "vision.pooler_output"),
+            1e-4,
+        );
+    }
+}
