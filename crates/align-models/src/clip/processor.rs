@@ -25,8 +25,9 @@ use crate::error::{ModelError, Result};
 
 /// OpenAI CLIP's per-channel mean (transformers' `OPENAI_CLIP_MEAN`).
 pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// OpenAI CLIP's per-channel std (transformers' `OPENAI_CLIP_STD`).
-pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+/// OpenAI CLIP's per-channel std (transformers' `OPENAI_CLIP_STD`, 0.26862954,
+/// 0.26130258, 0.27577711, as `f32`).
+pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// Resizes and normalises images for a CLIP vision tower (see the module docs).
 #[derive(Debug, Clone, PartialEq)]

@@ -237,7 +237,7 @@ impl ClipTextModel {
             .position_embedding
             .weight
             .val()
-            .slice([0..l])
+            .narrow(0, 0, l)
             .unsqueeze::<3>()
             .expand([b, l, d]);
         let h = self.embeddings.token_embedding.forward(input_ids.clone()) + positions;

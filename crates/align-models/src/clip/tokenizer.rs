@@ -170,7 +170,7 @@ impl ClipTokenizer {
         let max_length = config
             .get("model_max_length")
             .and_then(Value::as_f64)
-            .filter(|&n| n >= 1.0 && n <= 1e6 && n.fract() == 0.0)
+            .filter(|&n| (1.0..=1e6).contains(&n) && n.fract() == 0.0)
             .map_or(CLIP_MAX_LENGTH, |n| n as usize);
 
         let regex = |p: &str| Regex::new(p).map_err(|e| ModelError::config("regex", e.to_string()));
