@@ -8,6 +8,10 @@
 //! [`align_core::Condition`] both models cross-attend to. Both models implement
 //! [`align_core::Denoiser`], so every sampler and algorithm of the workspace drives them.
 //!
+//! [`clip`] loads real CLIP checkpoints in the transformers layout (tokenizer, text and
+//! vision towers, `CLIPModel`, differentiable image preprocessing): Stable Diffusion 1.x's text
+//! encoder and the backbone of CLIP-based rewards.
+//!
 //! Configs follow burn's `XConfig` → `init(&device)` → `X::forward` pattern and have named
 //! presets: `tiny()` for tests, `small()` for the shipped Shapes-world models.
 //!
@@ -33,6 +37,7 @@
 
 pub mod attention;
 pub mod checkpoint;
+pub mod clip;
 pub mod dit;
 pub mod ema;
 pub mod error;

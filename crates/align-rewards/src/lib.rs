@@ -12,6 +12,10 @@
 //!   partial credit over the prompt's attributes).
 //! - [`Jpeg`]: DDPO's JPEG compressibility (`−kB`) and incompressibility (`kB`) at quality 95.
 //! - [`Brightness`], [`Saturation`], [`Contrast`]: differentiable aesthetic proxies.
+//! - [`ClipScore`], [`PickScore`], [`AestheticPredictor`]: learned, differentiable rewards
+//!   from CLIP checkpoints in the transformers layout — the CLIP score `100·max(cos, 0)`, the
+//!   PickScore/HPS-style `exp(logit_scale)·cos`, and LAION's aesthetic MLP head on the CLIP
+//!   image embedding (see [`clip_rewards`]).
 //! - [`Ensemble`]: members normalised ([`Normalize`]: none, batch z-score, running z-score),
 //!   aggregated ([`Aggregate`]: weighted mean, min, mean − k·std), then hard [`Penalty`]s
 //!   `R −= λ · q` subtracted on their raw scale. An ensemble is differentiable when all its
@@ -54,7 +58,7 @@
 //! ## Modules
 //!
 //! - [`reward`]: the [`Reward`] trait and tensor ↔ [`align_data::Image`] helpers.
-//! - [`shape_eval`], [`jpeg`], [`aesthetic`]: the rewards.
+//! - [`shape_eval`], [`jpeg`], [`aesthetic`], [`clip_rewards`]: the rewards.
 //! - [`ensemble`]: ensembles, and the pure aggregation functions behind them.
 //! - [`external`]: command and HTTP rewards.
 //! - [`monitor`]: the reward-hacking monitor.
@@ -65,6 +69,7 @@
 //! verifier (a small CNN trained by [`train_proxy`], `align train-reward`).
 
 pub mod aesthetic;
+pub mod clip_rewards;
 pub mod ensemble;
 pub mod error;
 pub mod external;
@@ -75,6 +80,7 @@ pub mod reward;
 pub mod shape_eval;
 
 pub use aesthetic::{Brightness, CONTRAST_EPS, Contrast, Saturation};
+pub use clip_rewards::{AestheticPredictor, ClipScore, ClipScorer, PickScore};
 pub use ensemble::{
     Aggregate, DEFAULT_EPS, Ensemble, Normalize, Penalty, RunningStats, aggregate, apply_penalties,
     z_score,
