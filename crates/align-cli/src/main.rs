@@ -8,6 +8,8 @@ mod plot;
 mod pref_cmd;
 mod reward_cmd;
 mod rl_cmd;
+mod sd_cmd;
+mod sd_train;
 mod shapes_cmd;
 
 use std::path::PathBuf;
@@ -145,21 +147,33 @@ enum Command {
     },
     /// Sample a PNG grid of one prompt from a model directory.
     Sample {
-        /// Model directory (`model.json` + `model.safetensors`), e.g. `models/shapes-dit`.
+        /// Shapes-world model directory (`model.json` + `model.safetensors`), e.g.
+        /// `models/shapes-dit`.
+        #[arg(long, required_unless_present = "sd", conflicts_with = "sd")]
+        model: Option<PathBuf>,
+        /// A Stable Diffusion 1.x directory in the diffusers layout (`unet/`, `vae/`,
+        /// `text_encoder/`, `tokenizer/`, `scheduler/`), e.g. a local copy of SD 1.5.
         #[arg(long)]
-        model: PathBuf,
+        sd: Option<PathBuf>,
+        /// Image side in pixels for `--sd` (0 = the model's default, 512 for SD 1.5).
+        #[arg(long, default_value_t = 0)]
+        size: usize,
+        /// DDIM η for `--sd` (0 = deterministic DDIM).
+        #[arg(long, default_value_t = 0.0)]
+        eta: f64,
         /// Prompt, e.g. "two red circles".
         #[arg(long)]
         prompt: String,
         /// Number of samples.
         #[arg(long, default_value_t = 8)]
         n: usize,
-        /// Sampler steps (0 = 50 DDIM steps for the UNet, 40 Euler steps for the flow model).
+        /// Sampler steps (0 = 50 DDIM steps for the UNet and `--sd`, 40 Euler steps for the
+        /// flow model).
         #[arg(long, default_value_t = 0)]
         steps: usize,
-        /// Classifier-free guidance scale.
-        #[arg(long, default_value_t = 3.0)]
-        guidance: f64,
+        /// Classifier-free guidance scale (default 3.0; 7.5 with `--sd`).
+        #[arg(long)]
+        guidance: Option<f64>,
         /// Seed of the initial noise.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -492,6 +506,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Sample {
             model,
+            sd,
+            size,
+            eta,
             prompt,
             n,
             steps,
@@ -499,8 +516,27 @@ fn run(cli: Cli) -> Result<(), String> {
             seed,
             out,
         } => {
-            let options = shapes_cmd::SampleOptions { steps, guidance };
-            shapes_cmd::sample(&model, &prompt, n, &out, options, seed, &device)?;
+            match (model, sd) {
+                (_, Some(dir)) => {
+                    let options = sd_cmd::SdSampleOptions {
+                        n,
+                        steps: if steps == 0 { 50 } else { steps },
+                        guidance: guidance.unwrap_or(7.5),
+                        eta,
+                        size,
+                        seed,
+                    };
+                    sd_cmd::sample(&dir, &prompt, &out, &options, &device)?;
+                }
+                (Some(model), None) => {
+                    let options = shapes_cmd::SampleOptions {
+                        steps,
+                        guidance: guidance.unwrap_or(3.0),
+                    };
+                    shapes_cmd::sample(&model, &prompt, n, &out, options, seed, &device)?;
+                }
+                (None, None) => return Err("give --model or --sd".into()),
+            }
             println!("wrote {}", out.display());
             Ok(())
         }
@@ -694,6 +730,14 @@ fn plot_run(run: &std::path::Path) -> Result<(), String> {
 }
 
 fn print_report(dir: &std::path::Path, r: &rl_cmd::Report) {
+    if let Some(e) = &r.eval_reward {
+        println!(
+            "{}: mean {} on the evaluation prompts {:.4} → {:.4}, KL {:.2e}, {:.0} s",
+            r.algorithm, e.reward, e.base, e.final_, r.final_.kl, r.wall_seconds
+        );
+        println!("report: {}", dir.join("report.md").display());
+        return;
+    }
     println!(
         "{}: ShapeEval held-out {:.1}% → {:.1}%, train {:.1}% → {:.1}%, diversity ratio {:.2}, KL {:.2e}, {:.0} s",
         r.algorithm,

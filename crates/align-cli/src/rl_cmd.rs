@@ -81,6 +81,29 @@ pub enum RewardName {
     ShapeEvalPartial,
     /// The learned proxy reward model (`reward_model`): differentiable, imperfect.
     Proxy,
+    /// Stable Diffusion models: the LAION aesthetic predictor (`aesthetic_head`) on the CLIP
+    /// model in `reward_model`.
+    Aesthetic,
+    /// Stable Diffusion models: CLIP score (`100 · max(cos, 0)`) with the CLIP model in
+    /// `reward_model`.
+    ClipScore,
+    /// Stable Diffusion models: PickScore-style `exp(logit_scale) · cos` with the CLIP model in
+    /// `reward_model` (e.g. a local PickScore_v1).
+    PickScore,
+    /// DDPO's JPEG compressibility (`−kB` at quality 95).
+    JpegCompressibility,
+    /// DDPO's JPEG incompressibility (`kB`).
+    JpegIncompressibility,
+}
+
+impl RewardName {
+    /// Whether the reward judges Shapes-world prompts (ShapeEval, the proxy model).
+    pub fn is_shapes_world(self) -> bool {
+        matches!(
+            self,
+            RewardName::ShapeEval | RewardName::ShapeEvalPartial | RewardName::Proxy
+        )
+    }
 }
 
 /// The `[backprop]` table (DRaFT, AlignProp).
@@ -179,6 +202,14 @@ pub struct TrainConfig {
     pub sdpo: SdpoConfig,
     /// DRaFT / AlignProp hyper-parameters.
     pub backprop: BackpropSection,
+    /// Stable Diffusion models: the training prompts, one per line (`#` starts a comment).
+    pub prompts: Option<PathBuf>,
+    /// Stable Diffusion models: the evaluation prompts (default: `prompts`).
+    pub eval_prompts: Option<PathBuf>,
+    /// Stable Diffusion models: image side in pixels (0 = the model's default, 512 for SD 1.5).
+    pub image_size: usize,
+    /// The aesthetic predictor's head (safetensors) for `reward = "aesthetic"`.
+    pub aesthetic_head: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -212,6 +243,10 @@ impl Default for TrainConfig {
             dpok: DpokConfig::default(),
             sdpo: SdpoConfig::default(),
             backprop: BackpropSection::default(),
+            prompts: None,
+            eval_prompts: None,
+            image_size: 0,
+            aesthetic_head: None,
         }
     }
 }
@@ -323,27 +358,27 @@ impl TrainConfig {
     }
 }
 
-fn rl_err(e: RlError) -> CoreError {
+pub(crate) fn rl_err(e: RlError) -> CoreError {
     CoreError::Job(e.to_string())
 }
 
 /// The algorithm a job runs: one of the shared-update algorithms, or SDPO (pairs, per-step
 /// advantages).
-enum Algorithm {
+pub(crate) enum Algorithm {
     Online(Box<dyn OnlineAlgorithm>),
     Sdpo(Sdpo),
     Backprop(BackpropSection),
 }
 
 impl Algorithm {
-    fn state(&self) -> serde_json::Value {
+    pub(crate) fn state(&self) -> serde_json::Value {
         match self {
             Algorithm::Online(a) => a.state(),
             Algorithm::Sdpo(s) => s.state(),
             Algorithm::Backprop(_) => serde_json::Value::Null,
         }
     }
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), RlError> {
+    pub(crate) fn restore(&mut self, state: &serde_json::Value) -> Result<(), RlError> {
         match self {
             Algorithm::Online(a) => a.restore(state),
             Algorithm::Sdpo(s) => s.restore(state),
@@ -756,7 +791,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
 }
 
 /// A line above the progress bar, or on stdout when the bar is hidden (not a terminal).
-fn say(bar: &indicatif::ProgressBar, line: String) {
+pub(crate) fn say(bar: &indicatif::ProgressBar, line: String) {
     if bar.is_hidden() {
         println!("{line}");
     } else {
@@ -781,7 +816,7 @@ fn monitor_reading(
         proxy: match reward {
             RewardName::ShapeEval => held.rate(),
             RewardName::ShapeEvalPartial => held.partial,
-            RewardName::Proxy => batch_reward,
+            _ => batch_reward,
         },
         gold: held.rate(),
         diversity,
@@ -857,6 +892,22 @@ pub struct Report {
     /// Which weights `final` evaluates: `"final"` (the last step's) or `"ema"` (the moving
     /// average, with `runner.ema_decay`).
     pub evaluated_weights: String,
+    /// Stable Diffusion runs: the mean reward on the evaluation prompts before and after
+    /// (the ShapeEval fields are then unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_reward: Option<EvalReward>,
+}
+
+/// The evaluation reward of a Stable Diffusion run.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EvalReward {
+    /// Which reward.
+    pub reward: String,
+    /// Mean over the evaluation prompts and seeds, base model.
+    pub base: f64,
+    /// The same after training.
+    #[serde(rename = "final")]
+    pub final_: f64,
 }
 
 /// Accuracy and diversity at one point of a run.
@@ -931,10 +982,19 @@ fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>
                 .map_err(|e| format!("reward_model {}: {e}", config.reward_model.display()))?;
             Box::new(proxy.no_grad())
         }
+        other => {
+            return Err(format!(
+                "reward {other:?} judges real images: it needs a Stable Diffusion model \
+                 directory in `model`, not a Shapes-world model"
+            ));
+        }
     })
 }
 
-fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Result<Algorithm, String> {
+pub(crate) fn build_algorithm(
+    config: &TrainConfig,
+    prompts: &[String],
+) -> Result<Algorithm, String> {
     if config.algorithm.is_backprop() {
         return Ok(Algorithm::Backprop(config.backprop.clone()));
     }
@@ -1113,9 +1173,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
                 step: 0,
                 proxy: match config.reward {
                     RewardName::ShapeEval => report.base.heldout_accuracy,
-                    RewardName::ShapeEvalPartial | RewardName::Proxy => {
-                        report.base.heldout_partial_credit
-                    }
+                    _ => report.base.heldout_partial_credit,
                 },
                 gold: report.base.heldout_accuracy,
                 diversity: report.base.diversity,
@@ -1173,7 +1231,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
     Ok(report)
 }
 
-fn read_last_metrics(path: &Path) -> Metrics {
+pub(crate) fn read_last_metrics(path: &Path) -> Metrics {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|t| t.lines().last().map(str::to_string))
@@ -1197,6 +1255,17 @@ pub fn train(
     device: &Device,
 ) -> Result<Report, String> {
     config.validate()?;
+    if crate::sd_train::is_stable_diffusion_dir(&config.model) {
+        return crate::sd_train::train(config, resume, progress, device);
+    }
+    if !config.reward.is_shapes_world() {
+        return Err(format!(
+            "reward {:?} judges real images: `model` must be a Stable Diffusion directory \
+             (diffusers layout), not {}",
+            config.reward,
+            config.model.display()
+        ));
+    }
     // Loaded on the autodiff device: its LoRA factors are the trainable parameters.
     let (model_config, model) =
         ShapesModel::load(&config.model, &device.clone().autodiff()).map_err(|e| e.to_string())?;

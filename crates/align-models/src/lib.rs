@@ -8,9 +8,11 @@
 //! [`align_core::Condition`] both models cross-attend to. Both models implement
 //! [`align_core::Denoiser`], so every sampler and algorithm of the workspace drives them.
 //!
-//! [`clip`] loads real CLIP checkpoints in the transformers layout (tokenizer, text and
-//! vision towers, `CLIPModel`, differentiable image preprocessing): Stable Diffusion 1.x's text
-//! encoder and the backbone of CLIP-based rewards.
+//! Real checkpoints load from the files the Hugging Face libraries write ([`hf`]): [`sd`] holds
+//! Stable Diffusion 1.x's `UNet2DConditionModel` and `AutoencoderKL`, [`clip`] the CLIP
+//! tokenizer, text and vision towers and `CLIPModel`, and [`StableDiffusion`] bundles a
+//! diffusers pipeline directory into a [`align_core::Denoiser`] on latents, so every algorithm
+//! of the workspace runs on it (docs/real-models.md).
 //!
 //! Configs follow burn's `XConfig` → `init(&device)` → `X::forward` pattern and have named
 //! presets: `tiny()` for tests, `small()` for the shipped Shapes-world models.
@@ -31,9 +33,6 @@
 //! assert_eq!(v.dims(), [1, 3, 8, 8]);
 //! assert_eq!(dit.parameterization(), Parameterization::FlowVelocity);
 //! ```
-//!
-//! **Status:** the model architectures are implemented and tested; LoRA helpers, pretraining
-//! and the shipped base models are still to come (issue #3).
 
 pub mod attention;
 pub mod checkpoint;
@@ -47,6 +46,7 @@ pub mod pretrain;
 pub mod resblock;
 pub mod sd;
 pub mod shapes;
+pub mod stable_diffusion;
 pub mod text_encoder;
 pub mod timestep;
 pub mod unet;
@@ -64,6 +64,7 @@ pub use resblock::{ResBlock, ResBlockConfig};
 pub use shapes::{
     BatchDraws, DenoiserKind, Preset, SampleRequest, ShapesModel, ShapesModelConfig, TextToImage,
 };
+pub use stable_diffusion::{SchedulerConfig, StableDiffusion};
 pub use text_encoder::{PAD_ID, TextEncoder, TextEncoderConfig};
 pub use timestep::{TimestepMlp, TimestepMlpConfig, timestep_embedding};
 pub use unet::{UNet, UNetBlock, UNetConfig, UNetLevel};

@@ -60,7 +60,10 @@ impl ClipScorer {
     /// # Errors
     /// [`RewardError::Io`] naming the file that is missing or does not fit.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let model = ClipModel::load(dir, device).map_err(|e| model_error(dir, e))?;
+        // Frozen: gradients reach the pixels, never the reward model's weights.
+        let model = ClipModel::load(dir, device)
+            .map_err(|e| model_error(dir, e))?
+            .no_grad();
         let tokenizer = ClipTokenizer::from_dir(dir).map_err(|e| model_error(dir, e))?;
         let mut processor = ClipImageProcessor::from_dir(dir).map_err(|e| model_error(dir, e))?;
         let side = model.image_size();
@@ -197,7 +200,10 @@ impl AestheticPredictor {
     /// width to one output.
     pub fn load(clip_dir: &Path, head_file: &Path, device: &Device) -> Result<Self> {
         let clip = ClipScorer::load(clip_dir, device)?;
-        let head = load_head(head_file, clip.model().projection_dim(), device)?;
+        let head = load_head(head_file, clip.model().projection_dim(), device)?
+            .into_iter()
+            .map(Module::no_grad)
+            .collect();
         Ok(Self { clip, head })
     }
 

@@ -70,6 +70,7 @@
 
 pub mod aesthetic;
 pub mod clip_rewards;
+pub mod decoded;
 pub mod ensemble;
 pub mod error;
 pub mod external;
@@ -81,6 +82,7 @@ pub mod shape_eval;
 
 pub use aesthetic::{Brightness, CONTRAST_EPS, Contrast, Saturation};
 pub use clip_rewards::{AestheticPredictor, ClipScore, ClipScorer, PickScore};
+pub use decoded::VaeDecoded;
 pub use ensemble::{
     Aggregate, DEFAULT_EPS, Ensemble, Normalize, Penalty, RunningStats, aggregate, apply_penalties,
     z_score,

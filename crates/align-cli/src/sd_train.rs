@@ -1,0 +1,536 @@
+//! `align train --config` on a Stable Diffusion 1.x directory: DDPO-SF, DDPO-IS and DPOK with
+//! LoRA on the UNet attention, toward a CLIP-based reward (aesthetic predictor, CLIP score,
+//! PickScore-style) or DDPO's JPEG (in)compressibility, on the user's prompts.
+//!
+//! The run directory is the same as for the Shapes models (checkpoints, `metrics.jsonl`,
+//! `curves.png`, `report.json` / `report.md`, before/after grids); the evaluation is the mean
+//! reward of deterministic DDIM samples (η = 0) of the evaluation prompts, before and after.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use align_core::{Condition, CoreError, Job, Metrics, Runner};
+use align_models::{LoraConfig, StableDiffusion, apply_lora, with_lora_scale};
+use align_rewards::{AestheticPredictor, ClipScore, Jpeg, PickScore, Reward};
+use align_rl::{Iteration, RlError, run_iteration};
+use align_samplers::{DdimSampler, RolloutBatch, RolloutConfig, rollout};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::rl_cmd::{
+    Algorithm, AlgorithmName, EvalReward, Report, RewardName, TrainConfig, build_algorithm,
+    read_last_metrics, rl_err, say,
+};
+use crate::shapes_cmd::{progress_bar, tensor_to_images, write_grid};
+
+/// Whether `dir` looks like a diffusers Stable Diffusion directory (`unet/config.json`).
+pub fn is_stable_diffusion_dir(dir: &Path) -> bool {
+    dir.join("unet").join("config.json").is_file()
+}
+
+/// Reads a prompt file: one prompt per line, blank lines and `#` comments skipped.
+///
+/// # Errors
+/// An unreadable file or one without prompts, naming the file.
+pub fn read_prompts(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let prompts: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if prompts.is_empty() {
+        return Err(format!("{}: no prompts (one per line)", path.display()));
+    }
+    Ok(prompts)
+}
+
+/// The training reward on images in `[−1, 1]`, loaded on the autodiff device without
+/// trainable parameters.
+fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>, String> {
+    let device = device.clone().autodiff();
+    let clip = &config.reward_model;
+    let named = |e: String| format!("reward_model {}: {e}", clip.display());
+    Ok(match config.reward {
+        RewardName::Aesthetic => {
+            let head = config.aesthetic_head.clone().ok_or_else(|| {
+                "reward = \"aesthetic\" needs `aesthetic_head` (the predictor's safetensors)"
+                    .to_string()
+            })?;
+            Box::new(
+                AestheticPredictor::load(clip, &head, &device).map_err(|e| named(e.to_string()))?,
+            )
+        }
+        RewardName::ClipScore => {
+            Box::new(ClipScore::load(clip, &device).map_err(|e| named(e.to_string()))?)
+        }
+        RewardName::PickScore => {
+            Box::new(PickScore::load(clip, &device).map_err(|e| named(e.to_string()))?)
+        }
+        RewardName::JpegCompressibility => Box::new(Jpeg::compressibility()),
+        RewardName::JpegIncompressibility => Box::new(Jpeg::incompressibility()),
+        other => {
+            return Err(format!(
+                "reward {other:?} judges Shapes-world prompts; for a Stable Diffusion model use \
+                 aesthetic, clip-score, pick-score, jpeg-compressibility or jpeg-incompressibility"
+            ));
+        }
+    })
+}
+
+/// The online-RL job on a Stable Diffusion pipeline.
+struct SdRl {
+    algorithm: Algorithm,
+    sampler: DdimSampler,
+    reference: StableDiffusion,
+    prompts: Vec<String>,
+    reward: Box<dyn Reward>,
+    config: TrainConfig,
+    shape: [usize; 3],
+    bar: indicatif::ProgressBar,
+}
+
+fn encode(
+    prompts: &[String],
+    m: &StableDiffusion,
+    ids: &[usize],
+) -> Result<(Condition, Option<Condition>), String> {
+    let rows: Vec<String> = ids.iter().map(|&i| prompts[i].clone()).collect();
+    let c = m.encode_prompts(&rows).map_err(|e| e.to_string())?;
+    let u = m
+        .encode_unconditional(ids.len())
+        .map_err(|e| e.to_string())?;
+    Ok((c, Some(u)))
+}
+
+impl SdRl {
+    /// `prompts_per_iteration` prompts drawn with replacement, each `group_size` times.
+    fn batch_prompts(&self, it: usize) -> Vec<usize> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ 0x7364_7072_6f6d_7074);
+        rng.set_stream(it as u64);
+        let mut ids = Vec::new();
+        for _ in 0..self.config.prompts_per_iteration {
+            let p = (rng.next_u64() % self.prompts.len() as u64) as usize;
+            ids.extend(std::iter::repeat_n(p, self.config.group_size));
+        }
+        ids
+    }
+}
+
+impl Job<StableDiffusion> for SdRl {
+    fn iteration(
+        &mut self,
+        model: StableDiffusion,
+        iteration: usize,
+        apply: &mut dyn FnMut(
+            StableDiffusion,
+            GradientsParams,
+        ) -> align_core::Result<StableDiffusion>,
+    ) -> align_core::Result<(StableDiffusion, Metrics)> {
+        let job = |e: String| CoreError::Job(e);
+        let ids = self.batch_prompts(iteration);
+        let b = ids.len();
+        let frozen = model.clone().no_grad();
+        let (cond, uncond) = encode(&self.prompts, &frozen, &ids).map_err(job)?;
+        let traj = rollout(
+            &frozen,
+            &self.sampler,
+            &RolloutBatch {
+                condition: &cond,
+                uncond: uncond.as_ref(),
+                sample_ids: (0..b as u64).map(|i| (iteration * b) as u64 + i).collect(),
+                condition_ids: ids.clone(),
+                group_ids: None,
+                sample_shape: self.shape,
+            },
+            &RolloutConfig {
+                seed: self.config.seed,
+                guidance_scale: self.config.guidance,
+                keep_means: true,
+                ..RolloutConfig::default()
+            },
+        )
+        .map_err(|e| job(e.to_string()))?;
+        let images = frozen.decode(traj.final_sample().clone()).clamp(-1.0, 1.0);
+        let prompts: Vec<String> = ids.iter().map(|&i| self.prompts[i].clone()).collect();
+        let rewards = self
+            .reward
+            .score(&images, &prompts)
+            .map_err(|e| job(e.to_string()))?;
+        let steps = traj.stochastic_steps();
+        let table = &self.prompts;
+        let encode = |m: &StableDiffusion, ids: &[usize]| encode(table, m, ids);
+        let mut apply_rl = |m, g| apply(m, g).map_err(|e| RlError::Encode(e.to_string()));
+        let Algorithm::Online(algorithm) = &mut self.algorithm else {
+            return Err(job(
+                "only online RL algorithms run on Stable Diffusion".into()
+            ));
+        };
+        let (model, stats) = run_iteration(
+            algorithm.as_mut(),
+            model,
+            Iteration {
+                reference: Some(&self.reference),
+                sampler: &self.sampler,
+                trajectory: &traj,
+                rewards: &rewards,
+                dense_rewards: None,
+                steps: &steps,
+                encode: &encode,
+                shuffle_seed: self.config.seed.wrapping_add(iteration as u64),
+            },
+            &mut apply_rl,
+        )
+        .map_err(rl_err)?;
+        let mut m = Metrics::new();
+        m.insert("reward_mean".into(), stats.reward_mean);
+        m.insert("reward_std".into(), stats.reward_std);
+        m.insert("loss".into(), stats.update.loss);
+        m.insert("policy_loss".into(), stats.update.policy_loss);
+        m.insert("kl".into(), stats.update.kl);
+        m.insert("clip_fraction".into(), stats.update.clip_fraction);
+        self.bar.set_message(format!(
+            "reward {:.3}  kl {:.2e}",
+            stats.reward_mean, stats.update.kl
+        ));
+        self.bar.inc(1);
+        Ok((model, m))
+    }
+
+    fn state(&self) -> align_core::Result<serde_json::Value> {
+        Ok(serde_json::json!({ "algorithm": self.algorithm.state() }))
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> align_core::Result<()> {
+        self.algorithm.restore(&state["algorithm"]).map_err(rl_err)
+    }
+}
+
+/// Mean reward of deterministic DDIM samples (η = 0) of `prompts` × `seeds`, and the images.
+fn evaluate(
+    model: &StableDiffusion,
+    reward: &dyn Reward,
+    prompts: &[String],
+    config: &TrainConfig,
+    shape: [usize; 3],
+) -> Result<(f64, Vec<align_data::Image>), String> {
+    let steps = if config.eval_steps == 0 {
+        50
+    } else {
+        config.eval_steps
+    };
+    let sampler = model
+        .scheduler
+        .ddim(steps, 0.0)
+        .map_err(|e| format!("eval_steps: {e}"))?;
+    let mut all = Vec::new();
+    let mut scores = Vec::new();
+    for seed in 0..config.eval_seeds {
+        let cond = model.encode_prompts(prompts).map_err(|e| e.to_string())?;
+        let uncond = model
+            .encode_unconditional(prompts.len())
+            .map_err(|e| e.to_string())?;
+        let traj = rollout(
+            model,
+            &sampler,
+            &RolloutBatch {
+                condition: &cond,
+                uncond: Some(&uncond),
+                sample_ids: (0..prompts.len() as u64).collect(),
+                condition_ids: (0..prompts.len()).collect(),
+                group_ids: None,
+                sample_shape: shape,
+            },
+            &RolloutConfig {
+                seed: 0x6576_616c + seed as u64,
+                guidance_scale: config.guidance,
+                ..RolloutConfig::default()
+            },
+        )
+        .map_err(|e| format!("evaluation sampling: {e}"))?;
+        let images = model.decode(traj.final_sample().clone()).clamp(-1.0, 1.0);
+        scores.extend(
+            reward
+                .score(&images, prompts)
+                .map_err(|e| format!("evaluation reward: {e}"))?,
+        );
+        all.extend(tensor_to_images(images)?);
+    }
+    Ok((scores.iter().sum::<f64>() / scores.len() as f64, all))
+}
+
+fn write_sd_report(dir: &Path, report: &Report, eval: &EvalReward) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    let path = dir.join("report.json");
+    std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    let md = format!(
+        "# Run report: {alg}\n\nStable Diffusion model: `{model}`. Iterations: {it}{stop}. Wall \
+time: {wall:.0} s.\n\n| | base | final |\n|---|---|---|\n| mean `{name}` on the evaluation \
+prompts (DDIM η = 0) | {b:.4} | {f:.4} |\n| per-step KL to reference (last iteration) | — | \
+{kl:.3e} |\n\nGrids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). \
+Curves: `curves.png`, from `metrics.jsonl`.\n",
+        alg = report.algorithm,
+        model = report.model,
+        it = report.iterations,
+        stop = report
+            .stopped
+            .as_ref()
+            .map(|s| format!(" (stopped: {s})"))
+            .unwrap_or_default(),
+        wall = report.wall_seconds,
+        name = eval.reward,
+        b = eval.base,
+        f = eval.final_,
+        kl = report.final_.kl,
+    );
+    let path = dir.join("report.md");
+    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `align train` on a Stable Diffusion directory.
+///
+/// # Errors
+/// An algorithm that does not run on SD (flow models, SDPO, reward backprop), a missing
+/// prompt file or reward model, a directory that does not load, run errors.
+pub fn train(
+    config: &TrainConfig,
+    resume: bool,
+    progress: bool,
+    device: &Device,
+) -> Result<Report, String> {
+    let started = Instant::now();
+    if !matches!(
+        config.algorithm,
+        AlgorithmName::DdpoSf | AlgorithmName::DdpoIs | AlgorithmName::Dpok
+    ) {
+        return Err(format!(
+            "algorithm {:?} does not run on Stable Diffusion directories yet: use ddpo-sf, \
+             ddpo-is or dpok",
+            config.algorithm
+        ));
+    }
+    let prompt_file: PathBuf = config.prompts.clone().ok_or_else(|| {
+        "a Stable Diffusion run needs `prompts` (a file with one prompt per line)".to_string()
+    })?;
+    let prompts = read_prompts(&prompt_file)?;
+    let eval_prompts = match &config.eval_prompts {
+        Some(p) => read_prompts(p)?,
+        None => prompts.clone(),
+    };
+    let train_device = device.clone().autodiff();
+    let sd = StableDiffusion::load(&config.model, &train_device).map_err(|e| e.to_string())?;
+    let size = if config.image_size == 0 {
+        sd.default_image_size()
+    } else {
+        config.image_size
+    };
+    let shape = sd
+        .latent_shape(size, size)
+        .map_err(|e| format!("image_size: {e}"))?;
+    let sampler = sd
+        .scheduler
+        .ddim(config.train_steps, config.noise_level)
+        .map_err(|e| format!("train_steps / noise_level: {e}"))?;
+    std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
+    let runner = Runner::new(config.runner.clone(), &config.out).map_err(|e| e.to_string())?;
+    if !resume
+        && runner
+            .latest_checkpoint()
+            .map_err(|e| e.to_string())?
+            .is_some()
+    {
+        return Err(format!(
+            "{}: already holds a run: resume it (--resume) or choose another directory",
+            config.out.display()
+        ));
+    }
+    let reward = build_reward(config, device)?;
+    train_device.seed(config.seed);
+    let lora = LoraConfig::new()
+        .with_rank(config.lora.rank)
+        .with_alpha(config.lora.alpha)
+        .with_targets(StableDiffusion::lora_targets());
+    let base_eval = sd.clone().no_grad();
+    let policy = apply_lora(sd, &lora).map_err(|e| format!("lora: {e}"))?;
+    let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
+    let bar = progress_bar(config.runner.iterations, progress);
+    let base_path = config.out.join("base.json");
+    let saved: Option<f64> = if resume {
+        std::fs::read_to_string(&base_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    } else {
+        None
+    };
+    let base = match saved {
+        Some(b) => b,
+        None => {
+            let (b, images) = evaluate(&base_eval, reward.as_ref(), &eval_prompts, config, shape)?;
+            write_grid(
+                &images,
+                eval_prompts.len(),
+                &config.out.join("grid-before.png"),
+            )?;
+            std::fs::write(&base_path, b.to_string())
+                .map_err(|e| format!("{}: {e}", base_path.display()))?;
+            b
+        }
+    };
+    drop(base_eval);
+    say(
+        &bar,
+        format!("base: mean {:?} reward {base:.4}", config.reward),
+    );
+    let mut job = SdRl {
+        algorithm: build_algorithm(config, &prompts)?,
+        sampler,
+        reference,
+        prompts,
+        reward,
+        config: config.clone(),
+        shape,
+        bar: bar.clone(),
+    };
+    let outcome = runner
+        .run(policy, &mut job, resume)
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let (trained, evaluated) = match outcome.ema {
+        Some(average) => (average, "ema"),
+        None => (outcome.model.valid(), "final"),
+    };
+    let (final_reward, images) =
+        evaluate(&trained, job.reward.as_ref(), &eval_prompts, config, shape)?;
+    write_grid(
+        &images,
+        eval_prompts.len(),
+        &config.out.join("grid-after.png"),
+    )?;
+    let last = read_last_metrics(&config.out.join(align_core::runner::METRICS));
+    let curves = crate::plot::Curves::read(&config.out.join(align_core::runner::METRICS))?;
+    let eval = EvalReward {
+        reward: format!("{:?}", config.reward),
+        base,
+        final_: final_reward,
+    };
+    let mut report = Report {
+        algorithm: format!("{:?}", config.algorithm),
+        model: std::fs::canonicalize(&config.model)
+            .unwrap_or_else(|_| config.model.clone())
+            .display()
+            .to_string(),
+        iterations: outcome.iterations,
+        stopped: outcome.stopped,
+        evaluated_weights: evaluated.to_string(),
+        eval_reward: Some(eval.clone()),
+        ..Report::default()
+    };
+    report.final_.kl = last.get("kl").copied().unwrap_or(0.0);
+    report.final_.reward_mean = last.get("reward_mean").copied().unwrap_or(0.0);
+    crate::plot::write_curves(&curves, &report.algorithm, &config.out.join("curves.png"))?;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    write_sd_report(&config.out, &report, &eval)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use align_models::hf::fixtures_dir;
+
+    fn config(dir: &Path) -> TrainConfig {
+        let prompts = dir.join("prompts.txt");
+        std::fs::write(
+            &prompts,
+            "# training prompts\ntwo red circles\n\na photo of a cat\n",
+        )
+        .unwrap();
+        let clip = fixtures_dir().join("clip-tiny");
+        let mut c = TrainConfig {
+            algorithm: AlgorithmName::DdpoIs,
+            model: fixtures_dir().join("sd-tiny"),
+            out: dir.join("run"),
+            reward: RewardName::Aesthetic,
+            reward_model: clip.clone(),
+            aesthetic_head: Some(clip.join("aesthetic/model.safetensors")),
+            prompts: Some(prompts),
+            image_size: 16,
+            prompts_per_iteration: 2,
+            group_size: 2,
+            train_steps: 3,
+            noise_level: 1.0,
+            guidance: 5.0,
+            eval_steps: 3,
+            ..TrainConfig::default()
+        };
+        c.runner.iterations = 2;
+        c
+    }
+
+    /// DDPO-IS for two iterations on the tiny SD fixture toward the CLIP aesthetic predictor:
+    /// the run directory is complete and the adapters moved the evaluation reward.
+    #[test]
+    fn ddpo_trains_the_tiny_sd_fixture_end_to_end() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-sd-train-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = config(&dir);
+        let report = crate::rl_cmd::train(&c, false, false, &device).unwrap();
+        assert_eq!(report.iterations, 2);
+        let eval = report.eval_reward.clone().unwrap();
+        assert!(eval.base.is_finite() && eval.final_.is_finite(), "{eval:?}");
+        assert_ne!(
+            eval.base, eval.final_,
+            "the adapters must change the samples"
+        );
+        for f in [
+            "report.json",
+            "report.md",
+            "curves.png",
+            "grid-before.png",
+            "grid-after.png",
+            "metrics.jsonl",
+        ] {
+            assert!(c.out.join(f).is_file(), "{f}");
+        }
+        // A second start refuses the existing run instead of overwriting it.
+        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        assert!(err.contains("already holds a run"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sd_runs_refuse_what_they_cannot_do_by_name() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-sd-refuse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = config(&dir);
+        c.algorithm = AlgorithmName::FlowGrpo;
+        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        assert!(err.contains("ddpo-is"), "{err}");
+        let mut c = config(&dir);
+        c.prompts = None;
+        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        assert!(err.contains("prompts"), "{err}");
+        let mut c = config(&dir);
+        c.reward = RewardName::ShapeEval;
+        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        assert!(err.contains("Shapes-world"), "{err}");
+        let mut c = config(&dir);
+        c.aesthetic_head = None;
+        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        assert!(err.contains("aesthetic_head"), "{err}");
+        // And the Shapes path refuses real-image rewards.
+        let mut c = config(&dir);
+        c.model = crate::rl_cmd::default_model_dir("shapes-unet");
+        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        assert!(err.contains("Stable Diffusion"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
