@@ -409,7 +409,7 @@ impl StableDiffusion {
     /// Runs `sampler` deterministically (each step's Gaussian mean; exact for DDIM η = 0)
     /// from the given initial latents with classifier-free guidance, as diffusers'
     /// `StableDiffusionPipeline` does with `eta = 0` and `latents=` passed in. For stochastic
-    /// sampling with stored noise and log-probs use [`align_samplers::rollout`].
+    /// sampling with stored noise and log-probs use [`align_samplers::rollout()`].
     ///
     /// # Shapes
     /// - `latents`: `[B, C_latent, h, w]`, `prompts.len() == B`
