@@ -336,7 +336,13 @@ pub fn train(
         .ddim(config.train_steps, config.noise_level)
         .map_err(|e| format!("train_steps / noise_level: {e}"))?;
     std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
-    let runner = Runner::new(config.runner.clone(), &config.out).map_err(|e| e.to_string())?;
+    // The frozen pipeline (4.3 GB for SD 1.5) is not copied into every checkpoint: a resumed
+    // run reloads it from `model`.
+    let runner_config = align_core::RunnerConfig {
+        checkpoint_trainable_only: true,
+        ..config.runner.clone()
+    };
+    let runner = Runner::new(runner_config, &config.out).map_err(|e| e.to_string())?;
     if !resume
         && runner
             .latest_checkpoint()
@@ -498,9 +504,20 @@ mod tests {
         ] {
             assert!(c.out.join(f).is_file(), "{f}");
         }
-        // A second start refuses the existing run instead of overwriting it.
+        // Checkpoints hold the LoRA factors only, not the frozen pipeline.
+        let ckpt = c.out.join("checkpoint-000002/model.bpk");
+        let reader = burn::store::burn_pack::Reader::from_file(&ckpt).unwrap();
+        let names = reader.tensor_names();
+        assert!(!names.is_empty());
+        assert!(names.iter().all(|n| n.contains(".lora.")), "{names:?}");
+        // A second start refuses the existing run instead of overwriting it; a resume to a
+        // later iteration continues from the adapters-only checkpoint.
         let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
         assert!(err.contains("already holds a run"), "{err}");
+        let mut longer = c.clone();
+        longer.runner.iterations = 3;
+        let report = crate::rl_cmd::train(&longer, true, false, &device).unwrap();
+        assert_eq!(report.iterations, 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

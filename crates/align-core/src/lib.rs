@@ -76,6 +76,7 @@ pub use noise::{NoiseKey, noise_tensor, standard_normal};
 pub use ppo::{PpoClipOutput, ppo_clip_loss};
 pub use runner::{
     Control, Job, Metrics, RunOutcome, Runner, RunnerConfig, burnpack_digest, path_param_ids,
+    trainable_paths,
 };
 pub use trajectory::Trajectory;
 

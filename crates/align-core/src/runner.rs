@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Bool, Int, Tensor};
@@ -116,6 +116,10 @@ pub struct RunnerConfig {
     /// ([`crate::Ema`], updated after every optimizer step, checkpointed as `ema.bpk`);
     /// `None` = no average.
     pub ema_decay: Option<f64>,
+    /// Write only the trainable parameters (e.g. the LoRA factors) into checkpoints; a resumed
+    /// run takes the frozen ones from the model it is given. For large frozen bases (Stable
+    /// Diffusion: 4.3 GB in f32 against 3 MB of rank-4 adapters).
+    pub checkpoint_trainable_only: bool,
 }
 
 impl Default for RunnerConfig {
@@ -131,6 +135,7 @@ impl Default for RunnerConfig {
             checkpoint_every: 1,
             kl_budget: None,
             ema_decay: None,
+            checkpoint_trainable_only: false,
         }
     }
 }
@@ -254,6 +259,81 @@ impl ModuleMapper for PathIds {
         param.id = self.id();
         param
     }
+}
+
+struct TrainablePaths {
+    path: Vec<String>,
+    trainable: Vec<String>,
+    frozen: Vec<String>,
+}
+
+impl ModuleVisitor for TrainablePaths {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.join(".");
+        if param.is_require_grad() {
+            self.trainable.push(path);
+        } else {
+            self.frozen.push(path);
+        }
+    }
+}
+
+/// The module paths of `module`'s float parameters: `(trainable, frozen)`.
+pub fn trainable_paths<M: Module>(module: &M) -> (Vec<String>, Vec<String>) {
+    let mut v = TrainablePaths {
+        path: Vec::new(),
+        trainable: Vec::new(),
+        frozen: Vec::new(),
+    };
+    module.visit(&mut v);
+    (v.trainable, v.frozen)
+}
+
+/// A burnpack store for `path` that writes only `model`'s trainable parameters when
+/// `trainable_only` is set (and there are any).
+fn model_store<M: Module>(path: &Path, model: &M, trainable_only: bool) -> BurnpackStore {
+    let mut store = BurnpackStore::from_file(path)
+        .auto_extension(false)
+        .overwrite(true);
+    if trainable_only {
+        let (trainable, _) = trainable_paths(model);
+        for p in trainable {
+            store = store.with_full_path(p);
+        }
+    }
+    store
+}
+
+/// Loads a checkpointed model file into `model`: every parameter must be present, except the
+/// frozen ones when the checkpoint holds trainable parameters only.
+fn load_model_file<M: Module>(mut model: M, path: &Path, trainable_only: bool) -> Result<M> {
+    let (_, frozen) = trainable_paths(&model);
+    let mut store = BurnpackStore::from_file(path)
+        .auto_extension(false)
+        .allow_partial(trainable_only);
+    let applied = model
+        .load_from(&mut store)
+        .map_err(|e| io(path, "loading", format!("{e:?}")))?;
+    let missing: Vec<&String> = applied
+        .missing
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !(trainable_only && frozen.contains(k)))
+        .collect();
+    if !missing.is_empty() || !applied.errors.is_empty() {
+        return Err(io(
+            path,
+            "does not match the model",
+            format!("missing {missing:?}, errors {:?}", applied.errors),
+        ));
+    }
+    Ok(model)
 }
 
 /// `module` with every parameter id replaced by a hash of the parameter's module path.
@@ -388,9 +468,8 @@ impl Runner {
             std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, "removing a stale temporary", e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "creating", e))?;
-        let mut store = BurnpackStore::from_file(tmp.join("model.bpk"))
-            .auto_extension(false)
-            .overwrite(true);
+        let only = self.config.checkpoint_trainable_only;
+        let mut store = model_store(&tmp.join("model.bpk"), model, only);
         model
             .save_into(&mut store)
             .map_err(|e| io(&tmp, "writing the model", format!("{e:?}")))?;
@@ -399,9 +478,16 @@ impl Runner {
             .save(tmp.join("optimizer.bpk"))
             .map_err(|e| io(&tmp, "writing the optimizer state", format!("{e:?}")))?;
         if let Some(e) = ema {
+            // The average lives on the inner device without gradients: select by the
+            // training model's trainable paths.
             let mut store = BurnpackStore::from_file(tmp.join("ema.bpk"))
                 .auto_extension(false)
                 .overwrite(true);
+            if only {
+                for p in trainable_paths(model).0 {
+                    store = store.with_full_path(p);
+                }
+            }
             e.average()
                 .save_into(&mut store)
                 .map_err(|err| io(&tmp, "writing the weight average", format!("{err:?}")))?;
@@ -524,19 +610,11 @@ impl Runner {
                     .map_err(|e| io(&state_path, "reading", e))?;
                 let state: CheckpointState =
                     serde_json::from_str(&text).map_err(|e| io(&state_path, "parsing", e))?;
-                let mut model = model;
-                let mut store =
-                    BurnpackStore::from_file(ckpt.join("model.bpk")).auto_extension(false);
-                let applied = model
-                    .load_from(&mut store)
-                    .map_err(|e| io(&ckpt, "loading the model", format!("{e:?}")))?;
-                if !applied.missing.is_empty() || !applied.errors.is_empty() {
-                    return Err(io(
-                        &ckpt,
-                        "does not match the model",
-                        format!("missing {:?}, errors {:?}", applied.missing, applied.errors),
-                    ));
-                }
+                let model = load_model_file(
+                    model,
+                    &ckpt.join("model.bpk"),
+                    self.config.checkpoint_trainable_only,
+                )?;
                 let record = OptimizerRecord::load(ckpt.join("optimizer.bpk"))
                     .map_err(|e| io(&ckpt, "loading the optimizer state", format!("{e:?}")))?;
                 optim = optim.load_record(record);
@@ -550,18 +628,34 @@ impl Runner {
             (None, _) => None,
             (Some(decay), None) => Some(EmaConfig::new().with_decay(decay).init(model.valid())?),
             (Some(decay), Some((path, updates))) => {
-                let mut average = model.valid();
-                let mut store = BurnpackStore::from_file(&path).auto_extension(false);
-                let applied = average
-                    .load_from(&mut store)
-                    .map_err(|e| io(&path, "loading the weight average", format!("{e:?}")))?;
-                if !applied.missing.is_empty() || !applied.errors.is_empty() {
-                    return Err(io(
-                        &path,
-                        "does not match the model",
-                        format!("missing {:?}, errors {:?}", applied.missing, applied.errors),
-                    ));
-                }
+                let average = if self.config.checkpoint_trainable_only {
+                    // The frozen parameters of `valid()` have no `require_grad` to tell them
+                    // apart: allow exactly the training model's frozen paths to be absent.
+                    let (_, frozen) = trainable_paths(&model);
+                    let mut average = model.valid();
+                    let mut store = BurnpackStore::from_file(&path)
+                        .auto_extension(false)
+                        .allow_partial(true);
+                    let applied = average
+                        .load_from(&mut store)
+                        .map_err(|e| io(&path, "loading", format!("{e:?}")))?;
+                    let missing: Vec<&String> = applied
+                        .missing
+                        .iter()
+                        .map(|(k, _)| k)
+                        .filter(|k| !frozen.contains(k))
+                        .collect();
+                    if !missing.is_empty() || !applied.errors.is_empty() {
+                        return Err(io(
+                            &path,
+                            "does not match the model",
+                            format!("missing {missing:?}, errors {:?}", applied.errors),
+                        ));
+                    }
+                    average
+                } else {
+                    load_model_file(model.valid(), &path, false)?
+                };
                 Some(Ema::from_parts(average, decay, updates))
             }
         };
@@ -723,6 +817,117 @@ mod tests {
 
     fn bytes(path: PathBuf) -> Vec<u8> {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// A frozen base beside trainable weights, as LoRA leaves a model.
+    #[derive(Module, Debug)]
+    struct Adapted {
+        base: Param<Tensor<1>>,
+        adapter: Weights,
+    }
+
+    struct AdaptedToy(Toy);
+
+    impl Job<Adapted> for AdaptedToy {
+        fn iteration(
+            &mut self,
+            model: Adapted,
+            iteration: usize,
+            apply: &mut dyn FnMut(Adapted, GradientsParams) -> Result<Adapted>,
+        ) -> Result<(Adapted, Metrics)> {
+            let base = model.base.clone();
+            let mut inner = |w: Weights, g: GradientsParams| {
+                let m = apply(
+                    Adapted {
+                        base: base.clone(),
+                        adapter: w,
+                    },
+                    g,
+                )?;
+                Ok(m.adapter)
+            };
+            let (adapter, m) = self.0.iteration(model.adapter, iteration, &mut inner)?;
+            Ok((
+                Adapted {
+                    base: model.base,
+                    adapter,
+                },
+                m,
+            ))
+        }
+        fn state(&self) -> Result<serde_json::Value> {
+            self.0.state()
+        }
+        fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+            self.0.restore(state)
+        }
+    }
+
+    #[test]
+    fn trainable_only_checkpoints_leave_the_frozen_base_out_and_resume_bit_for_bit() {
+        let device = crate::test_device().autodiff();
+        let start = || Adapted {
+            base: Param::from_tensor(Tensor::from_floats([1.0, 2.0, 3.0], &device))
+                .set_require_grad(false),
+            adapter: weights(&device),
+        };
+        assert_eq!(
+            trainable_paths(&start()),
+            (vec!["adapter.w".to_string()], vec!["base".to_string()])
+        );
+        let cfg = |n: usize| RunnerConfig {
+            checkpoint_trainable_only: true,
+            ema_decay: Some(0.9),
+            ..config(n)
+        };
+        let (a, b) = (tempdir("lora-full"), tempdir("lora-halves"));
+        let full = Runner::new(cfg(4), &a)
+            .unwrap()
+            .run(start(), &mut AdaptedToy(toy()), false)
+            .unwrap();
+        for file in ["model.bpk", "ema.bpk"] {
+            let reader =
+                burn::store::burn_pack::Reader::from_file(a.join("checkpoint-000004").join(file))
+                    .unwrap();
+            let names: Vec<String> = reader
+                .tensor_names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            assert_eq!(names, vec!["adapter.w".to_string()], "{file}");
+        }
+        Runner::new(cfg(2), &b)
+            .unwrap()
+            .run(start(), &mut AdaptedToy(toy()), false)
+            .unwrap();
+        let resumed = Runner::new(cfg(4), &b)
+            .unwrap()
+            .run(start(), &mut AdaptedToy(toy()), true)
+            .unwrap();
+        let v = |p: &Param<Tensor<1>>| p.val().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(v(&full.model.adapter.w), v(&resumed.model.adapter.w));
+        assert_eq!(v(&resumed.model.base), vec![1.0, 2.0, 3.0]);
+        assert_eq!(
+            v(&full.ema.as_ref().unwrap().adapter.w),
+            v(&resumed.ema.as_ref().unwrap().adapter.w)
+        );
+        for file in ["model.bpk", "optimizer.bpk", "ema.bpk", "digest.txt"] {
+            assert_eq!(
+                bytes(a.join("checkpoint-000004").join(file)),
+                bytes(b.join("checkpoint-000004").join(file)),
+                "{file}"
+            );
+        }
+        // Without the option the same checkpoint cannot be resumed: the base is missing.
+        let err = Runner::new(config(5), &b)
+            .unwrap()
+            .run(start(), &mut AdaptedToy(toy()), true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("base"), "{err}");
+        for d in [a, b] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[test]
