@@ -306,12 +306,18 @@ impl StableDiffusion {
         Ok(())
     }
 
-    /// The LoRA targets of the diffusers training scripts: the UNet attention projections
-    /// `to_q`, `to_k`, `to_v`, `to_out` (self- and cross-attention).
+    /// The LoRA targets of the diffusers training scripts: the UNet's attention projections
+    /// `to_q`, `to_k`, `to_v`, `to_out` of the self- (`attn1`) and cross-attention (`attn2`)
+    /// layers. Qualified by `attn1.` / `attn2.` because the VAE's mid-block attention has
+    /// projections of the same names, which must stay frozen.
     pub fn lora_targets() -> Vec<String> {
-        crate::sd::UNET_LORA_TARGETS
+        ["attn1", "attn2"]
             .iter()
-            .map(|s| (*s).to_string())
+            .flat_map(|a| {
+                crate::sd::UNET_LORA_TARGETS
+                    .iter()
+                    .map(move |t| format!("{a}.{t}"))
+            })
             .collect()
     }
 
@@ -543,6 +549,45 @@ mod tests {
         let other = sd.sample_latents(&prompts(), init, &sampler, 1.0).unwrap();
         let err = max_relative_error(&other.into_data(), &r["pipeline.latents"]).unwrap();
         assert!(err > 1e-3, "CFG must matter ({err})");
+    }
+
+    /// LoRA adapts the UNet's attention only: the text encoder and the VAE (whose mid-block
+    /// attention also has `to_q`/`to_k`/`to_v`/`to_out`) stay frozen.
+    #[test]
+    fn lora_targets_adapt_the_unet_attention_only() {
+        use burn::module::{ModuleVisitor, Param};
+        struct Trainable(Vec<String>, Vec<String>);
+        impl ModuleVisitor for Trainable {
+            fn enter_module(&mut self, name: &str, _container_type: &str) {
+                self.1.push(name.to_string());
+            }
+            fn exit_module(&mut self, _name: &str, _container_type: &str) {
+                self.1.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if param.is_require_grad() {
+                    self.0.push(self.1.join("."));
+                }
+            }
+        }
+        let device = test_device().autodiff();
+        let sd = StableDiffusion::load(&fixtures_dir().join("sd-tiny"), &device).unwrap();
+        let lora = crate::LoraConfig::new()
+            .with_rank(2)
+            .with_targets(StableDiffusion::lora_targets());
+        let sd = crate::apply_lora(sd, &lora).unwrap();
+        let mut v = Trainable(Vec::new(), Vec::new());
+        sd.visit(&mut v);
+        assert!(!v.0.is_empty());
+        for path in &v.0 {
+            assert!(
+                path.starts_with("unet.") && path.contains(".lora.") && path.contains(".attn"),
+                "{path} is trainable"
+            );
+        }
+        // The fixture UNet has 2 × 2 (down) + 2 × 3 (up) + 1 (mid) transformer blocks, each
+        // with 8 adapted projections of 2 factors.
+        assert_eq!(v.0.len(), 11 * 8 * 2);
     }
 
     #[test]
