@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use align_core::{Condition, CoreError, Denoiser, Job, Metrics, NoiseKey, Runner, RunnerConfig};
+use align_core::{Condition, CoreError, Denoiser, Job, Metrics, NoiseKey, RunnerConfig};
 use align_data::{
     EvalSet, Image, LabeledImage, PreferencePair, SceneSpec, ShapeEval, Split, SplitPart,
     Tokenizer, read_labels, read_pairs, write_labels, write_pairs,
@@ -600,18 +600,7 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
         Vec::new()
     };
     std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
-    let runner = Runner::new(config.runner.clone(), &config.out).map_err(|e| e.to_string())?;
-    if !resume
-        && runner
-            .latest_checkpoint()
-            .map_err(|e| e.to_string())?
-            .is_some()
-    {
-        return Err(format!(
-            "{}: already holds a run: resume it (--resume) or choose another directory",
-            config.out.display()
-        ));
-    }
+    let runner = crate::rl_cmd::open_runner(config.runner.clone(), &config.out, resume)?;
     let inner = base.valid();
     let base_scores = heldout_scores(
         &inner,

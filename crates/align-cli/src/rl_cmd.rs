@@ -358,6 +358,56 @@ impl TrainConfig {
     }
 }
 
+/// The metrics of one online-RL iteration, and the progress bar's message.
+pub(crate) fn iteration_metrics(
+    stats: &align_rl::IterationStats,
+    bar: &indicatif::ProgressBar,
+) -> Metrics {
+    let mut m = Metrics::new();
+    m.insert("reward_mean".into(), stats.reward_mean);
+    m.insert("reward_std".into(), stats.reward_std);
+    m.insert(
+        "zero_advantage_fraction".into(),
+        stats.zero_advantage_fraction,
+    );
+    m.insert("loss".into(), stats.update.loss);
+    m.insert("policy_loss".into(), stats.update.policy_loss);
+    m.insert("kl".into(), stats.update.kl);
+    m.insert("clip_fraction".into(), stats.update.clip_fraction);
+    bar.set_message(format!(
+        "reward {:.3}  kl {:.2e}",
+        stats.reward_mean, stats.update.kl
+    ));
+    bar.inc(1);
+    m
+}
+
+/// A runner for the run directory `out`, refusing to start over an existing run unless it is
+/// resumed (checked before any expensive evaluation).
+///
+/// # Errors
+/// An invalid runner configuration, an unreadable directory, or an existing run without
+/// `resume`.
+pub(crate) fn open_runner(
+    config: align_core::RunnerConfig,
+    out: &Path,
+    resume: bool,
+) -> Result<Runner, String> {
+    let runner = Runner::new(config, out).map_err(|e| e.to_string())?;
+    if !resume
+        && runner
+            .latest_checkpoint()
+            .map_err(|e| e.to_string())?
+            .is_some()
+    {
+        return Err(format!(
+            "{}: already holds a run: resume it (--resume) or choose another directory",
+            out.display()
+        ));
+    }
+    Ok(runner)
+}
+
 pub(crate) fn rl_err(e: RlError) -> CoreError {
     CoreError::Job(e.to_string())
 }
@@ -686,23 +736,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 )
             }
         };
-        let mut m = Metrics::new();
-        m.insert("reward_mean".into(), stats.reward_mean);
-        m.insert("reward_std".into(), stats.reward_std);
-        m.insert(
-            "zero_advantage_fraction".into(),
-            stats.zero_advantage_fraction,
-        );
-        m.insert("loss".into(), stats.update.loss);
-        m.insert("policy_loss".into(), stats.update.policy_loss);
-        m.insert("kl".into(), stats.update.kl);
-        m.insert("clip_fraction".into(), stats.update.clip_fraction);
-        self.bar.set_message(format!(
-            "reward {:.3}  kl {:.2e}",
-            stats.reward_mean, stats.update.kl
-        ));
-        self.bar.inc(1);
-        Ok((model, m))
+        Ok((model, iteration_metrics(&stats, &self.bar)))
     }
 
     fn state(&self) -> align_core::Result<serde_json::Value> {
@@ -1094,18 +1128,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         .collect::<Result<Vec<_>, _>>()?;
     std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
     // Refuse to overwrite a run before spending minutes on the base evaluation.
-    let runner = Runner::new(config.runner.clone(), &config.out).map_err(|e| e.to_string())?;
-    if !resume
-        && runner
-            .latest_checkpoint()
-            .map_err(|e| e.to_string())?
-            .is_some()
-    {
-        return Err(format!(
-            "{}: already holds a run: resume it (--resume) or choose another directory",
-            config.out.display()
-        ));
-    }
+    let runner = open_runner(config.runner.clone(), &config.out, resume)?;
     // Load the reward before spending minutes on the base evaluation.
     let reward = build_reward(config, device)?;
     let seeds = 4;

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use align_core::{Condition, CoreError, Job, Metrics, Runner};
+use align_core::{Condition, CoreError, Job, Metrics};
 use align_models::{LoraConfig, StableDiffusion, apply_lora, with_lora_scale};
 use align_rewards::{AestheticPredictor, ClipScore, Jpeg, PickScore, Reward};
 use align_rl::{Iteration, RlError, run_iteration};
@@ -22,7 +22,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::rl_cmd::{
     Algorithm, AlgorithmName, EvalReward, Report, RewardName, TrainConfig, build_algorithm,
-    read_last_metrics, rl_err, say,
+    iteration_metrics, open_runner, read_last_metrics, rl_err, say,
 };
 use crate::shapes_cmd::{progress_bar, tensor_to_images, write_grid};
 
@@ -186,19 +186,7 @@ impl Job<StableDiffusion> for SdRl {
             &mut apply_rl,
         )
         .map_err(rl_err)?;
-        let mut m = Metrics::new();
-        m.insert("reward_mean".into(), stats.reward_mean);
-        m.insert("reward_std".into(), stats.reward_std);
-        m.insert("loss".into(), stats.update.loss);
-        m.insert("policy_loss".into(), stats.update.policy_loss);
-        m.insert("kl".into(), stats.update.kl);
-        m.insert("clip_fraction".into(), stats.update.clip_fraction);
-        self.bar.set_message(format!(
-            "reward {:.3}  kl {:.2e}",
-            stats.reward_mean, stats.update.kl
-        ));
-        self.bar.inc(1);
-        Ok((model, m))
+        Ok((model, iteration_metrics(&stats, &self.bar)))
     }
 
     fn state(&self) -> align_core::Result<serde_json::Value> {
@@ -342,18 +330,7 @@ pub fn train(
         checkpoint_trainable_only: true,
         ..config.runner.clone()
     };
-    let runner = Runner::new(runner_config, &config.out).map_err(|e| e.to_string())?;
-    if !resume
-        && runner
-            .latest_checkpoint()
-            .map_err(|e| e.to_string())?
-            .is_some()
-    {
-        return Err(format!(
-            "{}: already holds a run: resume it (--resume) or choose another directory",
-            config.out.display()
-        ));
-    }
+    let runner = open_runner(runner_config, &config.out, resume)?;
     let reward = build_reward(config, device)?;
     train_device.seed(config.seed);
     let lora = LoraConfig::new()
