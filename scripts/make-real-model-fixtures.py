@@ -16,6 +16,9 @@ fixtures/sd-tiny/           a Stable Diffusion 1.x directory in the diffusers la
   reference.safetensors       fixed inputs and the PyTorch outputs (names below)
   reference.json              tokenizer strings and their ids
 
+fixtures/sd2-tiny-unet/     a UNet2DConditionModel with SD 2.x's linear projections, per-block
+                            head counts and two transformer layers in a block, + reference
+
 fixtures/clip-tiny/         a CLIP model in the transformers layout (PickScore / CLIP-score
                             style), plus an aesthetic-predictor MLP head
   config.json + model.safetensors, preprocessor_config.json, tokenizer files
@@ -369,6 +372,41 @@ def build_sd(out, vocab_size, eos, tok_dir):
         )
 
 
+def build_sd2_unet(out):
+    """A UNet with Stable Diffusion 2.x's differences: linear transformer projections, a
+    per-block list of head counts, two transformer layers in one block, and no bias-free
+    assumptions beyond diffusers' own."""
+    os.makedirs(out, exist_ok=True)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=24,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(2, 1),
+        flip_sin_to_cos=True,
+        freq_shift=0,
+    )
+    randomize(unet.eval(), 6)
+    unet.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(30)
+    with torch.no_grad():
+        sample = torch.randn(2, 4, 8, 8, generator=g)
+        timestep = torch.tensor([3.0, 777.0])
+        context = torch.randn(2, 5, 24, generator=g)
+        eps = unet(sample, timestep, encoder_hidden_states=context).sample
+    save_file(
+        {"unet.sample": sample, "unet.timestep": timestep, "unet.encoder_hidden_states": context, "unet.out": eps},
+        os.path.join(out, "reference.safetensors"),
+    )
+
+
 def build_clip(out, vocab_size, eos, tok_dir):
     os.makedirs(out, exist_ok=True)
     for name in os.listdir(tok_dir):
@@ -488,6 +526,7 @@ def main():
     eos = vocab_size - 1
     build_sd(os.path.join(ROOT, "sd-tiny"), vocab_size, eos, tmp)
     build_clip(os.path.join(ROOT, "clip-tiny"), vocab_size, eos, tmp)
+    build_sd2_unet(os.path.join(ROOT, "sd2-tiny-unet"))
     shutil.rmtree(tmp)
     total = 0
     for dirpath, _, files in os.walk(ROOT):

@@ -98,6 +98,26 @@ fn unet_matches_diffusers() {
     assert!(err <= 1e-4, "unet.out relative error {err}");
 }
 
+/// SD 2.x's UNet differences: linear `proj_in`/`proj_out`, a per-block list of head counts,
+/// two transformer layers in a block (`fixtures/sd2-tiny-unet`).
+#[test]
+fn sd2_style_unet_matches_diffusers() {
+    let device = align_core::test_device();
+    let dir = fixtures_dir().join("sd2-tiny-unet");
+    let unet = UNet2DCondition::load(&dir, &device).unwrap();
+    assert!(unet.config().use_linear_projection);
+    assert_eq!(unet.cross_attention_dim(), 24);
+    let r = read_safetensors(&dir.join("reference.safetensors")).unwrap();
+    let out = unet.forward(
+        tensor(&r, "unet.sample", &device),
+        tensor(&r, "unet.timestep", &device),
+        tensor(&r, "unet.encoder_hidden_states", &device),
+    );
+    let err = rel(out, &r["unet.out"]);
+    eprintln!("sd2-style unet.out max relative error {err:.3e}");
+    assert!(err <= 1e-4, "unet.out relative error {err}");
+}
+
 #[test]
 fn vae_decode_matches_diffusers() {
     let device = align_core::test_device();
