@@ -97,6 +97,18 @@ pub enum RewardName {
 }
 
 impl RewardName {
+    /// Whether the reward has a gradient to the pixels (the reward-backprop algorithms need
+    /// one).
+    pub fn is_differentiable(self) -> bool {
+        matches!(
+            self,
+            RewardName::Proxy
+                | RewardName::Aesthetic
+                | RewardName::ClipScore
+                | RewardName::PickScore
+        )
+    }
+
     /// Whether the reward judges Shapes-world prompts (ShapeEval, the proxy model).
     pub fn is_shapes_world(self) -> bool {
         matches!(
@@ -304,9 +316,10 @@ impl TrainConfig {
                 self.noise_level
             ));
         }
-        if backprop && self.reward != RewardName::Proxy {
+        if backprop && !self.reward.is_differentiable() {
             return Err(format!(
-                "{:?} back-propagates the reward: it needs a differentiable one (reward = \"proxy\")",
+                "{:?} back-propagates the reward: it needs a differentiable one (reward = \"proxy\" \
+                 for Shapes models; aesthetic, clip-score or pick-score for Stable Diffusion)",
                 self.algorithm
             ));
         }
