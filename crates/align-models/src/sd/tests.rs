@@ -520,3 +520,40 @@ fn parameter_paths_are_the_diffusers_names() {
         &VAE_REMAP,
     );
 }
+
+/// Stable Diffusion 1.5's published component configs (`fixtures/sd15-configs`, as diffusers
+/// and transformers write them, every field included) parse and validate.
+#[test]
+fn sd15_configs_parse_and_validate() {
+    let dir = fixtures_dir().join("sd15-configs");
+    let unet = UNet2DConditionConfig::from_file(&dir.join("unet/config.json")).unwrap();
+    assert_eq!(unet.block_out_channels, vec![320, 640, 1280, 1280]);
+    AutoencoderKlConfig::from_file(&dir.join("vae/config.json")).unwrap();
+    let text: crate::clip::ClipTextConfig =
+        crate::hf::read_config(&dir.join("text_encoder/config.json")).unwrap();
+    assert_eq!(text.hidden_size, 768);
+}
+
+/// At full size, the SD 1.5 topology has exactly the parameter counts diffusers and
+/// transformers build from the same configs (859,520,964 / 83,653,863 / 123,060,480).
+/// (burn initialises parameters lazily, so nothing of that size is allocated.)
+#[test]
+fn sd15_configs_build_the_published_parameter_counts() {
+    let device = align_core::test_device();
+    let dir = fixtures_dir().join("sd15-configs");
+    let unet = UNet2DConditionConfig::from_file(&dir.join("unet/config.json"))
+        .unwrap()
+        .init(&device)
+        .unwrap();
+    assert_eq!(unet.num_params(), 859_520_964);
+    drop(unet);
+    let vae = AutoencoderKlConfig::from_file(&dir.join("vae/config.json"))
+        .unwrap()
+        .init(&device)
+        .unwrap();
+    assert_eq!(vae.num_params(), 83_653_863);
+    drop(vae);
+    let text: crate::clip::ClipTextConfig =
+        crate::hf::read_config(&dir.join("text_encoder/config.json")).unwrap();
+    assert_eq!(text.init(&device).unwrap().num_params(), 123_060_480);
+}
