@@ -7,7 +7,7 @@
 //!
 //! - PyTorch stores `Linear` weights as `[d_out, d_in]`, burn as `[d_in, d_out]`, and calls the
 //!   affine parameters of normalisation layers `weight`/`bias` instead of `gamma`/`beta`
-//!   (burn-store's `PyTorchToBurnAdapter` converts both);
+//!   (burn-store's `PyTorchToBurnAdapter` converts both); f16 / bf16 files are cast to f32;
 //! - a few module names cannot be burn field names (`to_out.0`, `ff.net.2`): each loader passes
 //!   regex remappings from the file's names to ours;
 //! - buffers that are not parameters (`position_ids`) are listed as ignorable.
@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Module;
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::store::{
+    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+};
+use burn::tensor::DType;
 use burn::tensor::TensorData;
 use serde::de::DeserializeOwned;
 
@@ -63,8 +66,11 @@ pub fn load_pytorch_safetensors<M: Module>(
     if !path.is_file() {
         return Err(checkpoint_error(path, "no such file"));
     }
+    // Half-precision files (`*.fp16.safetensors`) are cast to f32 on load: every computation
+    // in `align` is f32.
+    let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32));
     let mut store = SafetensorsStore::from_file(path)
-        .with_from_adapter(PyTorchToBurnAdapter)
+        .with_from_adapter(adapter)
         .allow_partial(true)
         .validate(false);
     for (from, to) in remap {

@@ -557,3 +557,48 @@ fn sd15_configs_build_the_published_parameter_counts() {
         crate::hf::read_config(&dir.join("text_encoder/config.json")).unwrap();
     assert_eq!(text.init(&device).unwrap().num_params(), 123_060_480);
 }
+
+/// Half-precision files (the `*.fp16.safetensors` variants users often have) load into the f32
+/// model: the weights are the f16-rounded ones, so the output stays within f16 rounding of the
+/// f32 reference.
+#[test]
+fn fp16_weight_files_load_as_f32() {
+    let src = sd_dir().join("unet");
+    let dir = scratch("fp16-unet");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let file = "diffusion_pytorch_model.safetensors";
+    let tensors = read_safetensors(&src.join(file)).unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, v)| {
+            let b = v
+                .clone()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect();
+            (k.clone(), v.shape().to_vec(), b)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, shape, b)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F16, shape.clone(), b)
+                    .unwrap();
+            (k.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join(file)).unwrap();
+    let device = align_core::test_device();
+    let unet = UNet2DCondition::load(&dir, &device).unwrap();
+    let (x, t, ctx) = unet_inputs(&device);
+    let err = rel(unet.forward(x, t, ctx), &reference()["unet.out"]);
+    eprintln!("fp16 weights: unet.out max relative error {err:.3e}");
+    assert!(
+        err > 0.0 && err <= 2e-2,
+        "fp16 weights: relative error {err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
