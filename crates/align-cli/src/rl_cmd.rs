@@ -371,6 +371,87 @@ impl TrainConfig {
     }
 }
 
+/// One DRaFT / AlignProp update's inputs, shared by the Shapes and Stable Diffusion jobs: the
+/// reward's cotangent at the final sample (from [`reward_cotangent`]) is chained back through
+/// the last K steps (K from the truncation, drawn per iteration for AlignProp), with the
+/// optional pull toward the reference.
+pub(crate) struct BackpropUpdate<'a, M: Module, S: ?Sized> {
+    pub model: M,
+    pub reference: &'a M,
+    pub sampler: &'a S,
+    pub trajectory: &'a align_core::Trajectory,
+    pub section: &'a BackpropSection,
+    pub seed: u64,
+    pub iteration: usize,
+    /// The batch's rewards (for the metrics).
+    pub values: &'a [f64],
+    /// `∂L/∂x_T`.
+    pub cotangent: burn::tensor::Tensor<4>,
+    pub encode: &'a align_backprop::Encode<'a, M>,
+    pub apply: &'a mut dyn FnMut(M, GradientsParams) -> align_core::Result<M>,
+}
+
+/// Runs a [`BackpropUpdate`]: the updated model and the metrics `reward_mean`, `reward_std`,
+/// `differentiated_steps`, `reference_penalty` and `kl` (0).
+pub(crate) fn backprop_update<M: Module + Denoiser, S: Sampler + ?Sized>(
+    u: BackpropUpdate<'_, M, S>,
+) -> align_core::Result<(M, Metrics)> {
+    let job = |e: String| CoreError::Job(e);
+    let t = u.sampler.num_steps();
+    let mut rng = ChaCha8Rng::seed_from_u64(u.seed ^ 0x6472_6166_7400);
+    rng.set_stream(u.iteration as u64);
+    let first_step = u
+        .section
+        .truncation
+        .first_step(t, &mut rng)
+        .map_err(|e| job(e.to_string()))?;
+    let out = chain_gradients(ChainInputs {
+        policy: &u.model,
+        sampler: u.sampler,
+        trajectory: u.trajectory,
+        encode: u.encode,
+        first_step,
+        cotangent: u.cotangent,
+    })
+    .map_err(|e| job(e.to_string()))?;
+    let differentiated = out.steps;
+    let weight = u.section.reference_weight;
+    let (grads, penalty) = if weight > 0.0 && differentiated > 0 {
+        let steps: Vec<usize> = (first_step..t).collect();
+        let (pen, value) = reference_penalty(
+            &u.model,
+            u.reference,
+            u.sampler,
+            u.trajectory,
+            &steps,
+            u.encode,
+            weight,
+        )
+        .map_err(|e| job(e.to_string()))?;
+        let mut acc = burn::optim::GradientsAccumulator::<M>::new();
+        acc.accumulate(&u.model, out.grads);
+        acc.accumulate(&u.model, pen);
+        (acc.grads(), value)
+    } else {
+        (out.grads, 0.0)
+    };
+    let model = if differentiated > 0 {
+        (u.apply)(u.model, grads)?
+    } else {
+        u.model
+    };
+    let n = u.values.len() as f64;
+    let mean = u.values.iter().sum::<f64>() / n;
+    let std = (u.values.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let mut m = Metrics::new();
+    m.insert("reward_mean".into(), mean);
+    m.insert("reward_std".into(), std);
+    m.insert("differentiated_steps".into(), differentiated as f64);
+    m.insert("reference_penalty".into(), penalty);
+    m.insert("kl".into(), 0.0);
+    Ok((model, m))
+}
+
 /// The metrics of one online-RL iteration, and the progress bar's message.
 pub(crate) fn iteration_metrics(
     stats: &align_rl::IterationStats,
@@ -531,68 +612,29 @@ impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
         let (values, cotangent) =
             reward_cotangent(step.traj.final_sample(), step.section.reward_scale, &score)
                 .map_err(|e| job(e.to_string()))?;
-        let t = self.sampler.num_steps();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ 0x6472_6166_7400);
-        rng.set_stream(step.iteration as u64);
-        let first_step = step
-            .section
-            .truncation
-            .first_step(t, &mut rng)
-            .map_err(|e| job(e.to_string()))?;
         let (tokens, null) = (&self.tokens, &self.null);
         let ids = step.ids;
         let encode = |m: &TextToImage<D>| encode_prompts(tokens, null, m, ids);
-        let out = chain_gradients(ChainInputs {
-            policy: &step.model,
+        let (model, mut m) = backprop_update(BackpropUpdate {
+            model: step.model,
+            reference: &self.reference,
             sampler: self.sampler.as_ref(),
             trajectory: step.traj,
-            encode: &encode,
-            first_step,
+            section: &step.section,
+            seed: self.config.seed,
+            iteration: step.iteration,
+            values: &values,
             cotangent,
-        })
-        .map_err(|e| job(e.to_string()))?;
-        let differentiated = out.steps;
-        let weight = step.section.reference_weight;
-        let (grads, penalty) = if weight > 0.0 && differentiated > 0 {
-            let steps: Vec<usize> = (first_step..t).collect();
-            let (pen, value) = reference_penalty(
-                &step.model,
-                &self.reference,
-                self.sampler.as_ref(),
-                step.traj,
-                &steps,
-                &encode,
-                weight,
-            )
-            .map_err(|e| job(e.to_string()))?;
-            let mut acc = burn::optim::GradientsAccumulator::<TextToImage<D>>::new();
-            acc.accumulate(&step.model, out.grads);
-            acc.accumulate(&step.model, pen);
-            (acc.grads(), value)
-        } else {
-            (out.grads, 0.0)
-        };
-        let model = if differentiated > 0 {
-            (step.apply)(step.model, grads)?
-        } else {
-            step.model
-        };
-        let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n;
-        let std = (values.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-        let mut m = Metrics::new();
-        m.insert("reward_mean".into(), mean);
-        m.insert("reward_std".into(), std);
+            encode: &encode,
+            apply: step.apply,
+        })?;
         m.insert(
             "gold_partial_credit".into(),
             gold.iter().sum::<f64>() / gold.len() as f64,
         );
-        m.insert("differentiated_steps".into(), differentiated as f64);
-        m.insert("reference_penalty".into(), penalty);
-        m.insert("kl".into(), 0.0);
         self.bar.set_message(format!(
-            "proxy {mean:.3}  gold {:.3}  K {differentiated}",
-            m["gold_partial_credit"]
+            "proxy {:.3}  gold {:.3}  K {}",
+            m["reward_mean"], m["gold_partial_credit"], m["differentiated_steps"]
         ));
         self.bar.inc(1);
         Ok((model, m))

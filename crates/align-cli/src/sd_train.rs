@@ -9,12 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use align_backprop::{ChainInputs, chain_gradients, reference_penalty, reward_cotangent};
+use align_backprop::reward_cotangent;
 use align_core::{Condition, CoreError, Job, Metrics};
 use align_models::{LoraConfig, StableDiffusion, apply_lora, with_lora_scale};
 use align_rewards::{AestheticPredictor, ClipScore, Jpeg, PickScore, Reward, VaeDecoded};
 use align_rl::{Iteration, RlError, run_iteration};
-use align_samplers::{DdimSampler, RolloutBatch, RolloutConfig, Sampler, rollout};
+use align_samplers::{DdimSampler, RolloutBatch, RolloutConfig, rollout};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
@@ -22,8 +22,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::rl_cmd::{
-    Algorithm, AlgorithmName, EvalReward, Report, RewardName, TrainConfig, build_algorithm,
-    iteration_metrics, open_runner, read_last_metrics, rl_err, say,
+    Algorithm, AlgorithmName, BackpropUpdate, EvalReward, Report, RewardName, TrainConfig,
+    backprop_update, build_algorithm, iteration_metrics, open_runner, read_last_metrics, rl_err,
+    say,
 };
 use crate::shapes_cmd::{progress_bar, tensor_to_images, write_grid};
 
@@ -153,60 +154,25 @@ impl SdRl {
             reward_cotangent(traj.final_sample(), section.reward_scale, &score)
                 .map_err(|e| job(e.to_string()))?
         };
-        let t = self.sampler.num_steps();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ 0x6472_6166_7400);
-        rng.set_stream(iteration as u64);
-        let first_step = section
-            .truncation
-            .first_step(t, &mut rng)
-            .map_err(|e| job(e.to_string()))?;
         let table = &self.prompts;
         let encode_batch = |m: &StableDiffusion| encode(table, m, ids);
-        let out = chain_gradients(ChainInputs {
-            policy: &model,
+        let (model, m) = backprop_update(BackpropUpdate {
+            model,
+            reference: &self.reference,
             sampler: &self.sampler,
             trajectory: traj,
-            encode: &encode_batch,
-            first_step,
+            section: &section,
+            seed: self.config.seed,
+            iteration,
+            values: &values,
             cotangent,
-        })
-        .map_err(|e| job(e.to_string()))?;
-        let differentiated = out.steps;
-        let (grads, penalty) = if section.reference_weight > 0.0 && differentiated > 0 {
-            let steps: Vec<usize> = (first_step..t).collect();
-            let (pen, value) = reference_penalty(
-                &model,
-                &self.reference,
-                &self.sampler,
-                traj,
-                &steps,
-                &encode_batch,
-                section.reference_weight,
-            )
-            .map_err(|e| job(e.to_string()))?;
-            let mut acc = burn::optim::GradientsAccumulator::<StableDiffusion>::new();
-            acc.accumulate(&model, out.grads);
-            acc.accumulate(&model, pen);
-            (acc.grads(), value)
-        } else {
-            (out.grads, 0.0)
-        };
-        let model = if differentiated > 0 {
-            apply(model, grads)?
-        } else {
-            model
-        };
-        let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n;
-        let std = (values.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-        let mut m = Metrics::new();
-        m.insert("reward_mean".into(), mean);
-        m.insert("reward_std".into(), std);
-        m.insert("differentiated_steps".into(), differentiated as f64);
-        m.insert("reference_penalty".into(), penalty);
-        m.insert("kl".into(), 0.0);
-        self.bar
-            .set_message(format!("reward {mean:.3}  K {differentiated}"));
+            encode: &encode_batch,
+            apply,
+        })?;
+        self.bar.set_message(format!(
+            "reward {:.3}  K {}",
+            m["reward_mean"], m["differentiated_steps"]
+        ));
         self.bar.inc(1);
         Ok((model, m))
     }
