@@ -141,6 +141,20 @@ enum Command {
         /// moments restart; a short warm-up follows).
         #[arg(long)]
         resume: bool,
+        /// A model configuration (`model.json` layout, e.g. a copy of
+        /// `models/shapes-unet/model.json` with other widths or attention levels) to train
+        /// instead of `--preset`.
+        #[arg(long, conflicts_with = "preset")]
+        model_config: Option<PathBuf>,
+        /// Start from the weights of this model directory (e.g. `models/shapes-unet`) instead
+        /// of a random initialisation; `--model-config` may add blocks that the directory's
+        /// model lacks (they start as the identity), but every saved tensor must fit.
+        #[arg(long, conflicts_with = "resume")]
+        init_from: Option<PathBuf>,
+        /// Smallest number of background pixels between two objects in the training scenes
+        /// (the world's default is 1).
+        #[arg(long, default_value_t = 1)]
+        gap: usize,
         /// Output directory (model.json, model.safetensors, metrics.jsonl, samples/).
         #[arg(long)]
         out: PathBuf,
@@ -195,6 +209,10 @@ enum Command {
         /// Classifier-free guidance scale.
         #[arg(long, default_value_t = 3.0)]
         guidance: f64,
+        /// Also write every image's verdict (groups found, detected objects, first failure
+        /// reason) to this JSON-lines file.
+        #[arg(long)]
+        details: Option<PathBuf>,
     },
     /// Train the learned proxy reward model of the Shapes world.
     TrainReward {
@@ -478,6 +496,9 @@ fn run(cli: Cli) -> Result<(), String> {
             cfg_dropout,
             ema,
             resume,
+            model_config,
+            init_from,
+            gap,
             out,
         } => {
             let options = shapes_cmd::PretrainOptions {
@@ -500,6 +521,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 cfg_dropout,
                 ema_decay: ema,
                 resume,
+                model_config,
+                init_from,
+                gap,
                 progress: true,
             };
             shapes_cmd::pretrain(&options, &device)
@@ -545,9 +569,28 @@ fn run(cli: Cli) -> Result<(), String> {
             seeds,
             steps,
             guidance,
+            details,
         } => {
             let options = shapes_cmd::SampleOptions { steps, guidance };
-            let (train, held) = shapes_cmd::eval(&model, seeds, options, &device)?;
+            let verdicts = shapes_cmd::eval(&model, seeds, options, &device)?;
+            if let Some(path) = &details {
+                shapes_cmd::write_verdicts(path, &verdicts)?;
+            }
+            for heldout in [false, true] {
+                let part: Vec<_> = verdicts
+                    .iter()
+                    .filter(|v| v.heldout == heldout)
+                    .cloned()
+                    .collect();
+                let counts = shapes_cmd::failure_counts(&part)
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let name = if heldout { "held-out" } else { "train" };
+                println!("{name} verdicts: {counts}");
+            }
+            let (train, held) = shapes_cmd::accuracies(&verdicts);
             println!(
                 "ShapeEval of {}: train {:.1}% ({}/{}), held-out {:.1}% ({}/{}); mean partial credit {:.3} / {:.3}",
                 model.display(),
@@ -780,6 +823,99 @@ mod tests {
     }
 
     #[test]
+    fn pretrain_model_config_init_from_and_gap() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-cli-warm-{}", std::process::id()));
+        let base = shapes_cmd::PretrainOptions {
+            kind: align_models::DenoiserKind::Dit,
+            preset: align_models::Preset::Tiny,
+            steps: 2,
+            batch: 2,
+            lr: 1e-3,
+            seed: 0,
+            out: dir.join("first"),
+            eval_every: 0,
+            cfg_dropout: 0.1,
+            ema_decay: 0.0,
+            resume: false,
+            model_config: None,
+            init_from: None,
+            gap: 2,
+            progress: false,
+        };
+        shapes_cmd::pretrain(&base, &device).unwrap();
+        // A second run (another seed) from the first one's configuration file and weights
+        // starts from those weights, not from a fresh initialisation.
+        let second = shapes_cmd::PretrainOptions {
+            steps: 1,
+            seed: 7,
+            out: dir.join("second"),
+            model_config: Some(dir.join("first").join("model.json")),
+            init_from: Some(dir.join("first")),
+            ..base.clone()
+        };
+        shapes_cmd::pretrain(&second, &device).unwrap();
+        let (_, a) = align_models::ShapesModel::load(&dir.join("first"), &device).unwrap();
+        let (_, b) = align_models::ShapesModel::load(&dir.join("second"), &device).unwrap();
+        let (align_models::ShapesModel::Dit(a), align_models::ShapesModel::Dit(b)) = (a, b) else {
+            panic!("both runs train a DiT");
+        };
+        // One AdamW step at 1e-3 moves each weight by at most about 1e-3.
+        let (wa, wb) = (
+            a.denoiser.patch_embed.weight.val().into_data(),
+            b.denoiser.patch_embed.weight.val().into_data(),
+        );
+        let (wa, wb) = (
+            wa.try_to_vec::<f32>().unwrap(),
+            wb.try_to_vec::<f32>().unwrap(),
+        );
+        let max_step = wa
+            .iter()
+            .zip(&wb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max_step < 2e-3, "{max_step}");
+        // A configuration of the other family is refused, naming the file and the field.
+        let err = shapes_cmd::pretrain(
+            &shapes_cmd::PretrainOptions {
+                kind: align_models::DenoiserKind::Unet,
+                out: dir.join("third"),
+                ..second.clone()
+            },
+            &device,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("model.json") && err.contains("`kind`"),
+            "{err}"
+        );
+        // Weights of another architecture are refused.
+        let err = shapes_cmd::pretrain(
+            &shapes_cmd::PretrainOptions {
+                model_config: None,
+                preset: align_models::Preset::Small,
+                out: dir.join("fourth"),
+                ..second.clone()
+            },
+            &device,
+        )
+        .unwrap_err();
+        assert!(err.contains("--init-from"), "{err}");
+        // A zero gap would let objects merge.
+        let err = shapes_cmd::pretrain(
+            &shapes_cmd::PretrainOptions {
+                gap: 0,
+                out: dir.join("fifth"),
+                ..base.clone()
+            },
+            &device,
+        )
+        .unwrap_err();
+        assert!(err.contains("--gap"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn pretrain_then_sample_writes_a_png_grid() {
         let device = align_core::test_device();
         let dir = std::env::temp_dir().join(format!("align-cli-pretrain-{}", std::process::id()));
@@ -795,6 +931,9 @@ mod tests {
             cfg_dropout: 0.1,
             ema_decay: 0.9,
             resume: false,
+            model_config: None,
+            init_from: None,
+            gap: 1,
             progress: false,
         };
         shapes_cmd::pretrain(&options, &device).unwrap();
@@ -887,6 +1026,9 @@ mod tests {
             cfg_dropout: 0.1,
             ema_decay: 0.9,
             resume: false,
+            model_config: None,
+            init_from: None,
+            gap: 1,
             progress: false,
         };
         shapes_cmd::pretrain(&pretrain, &device).unwrap();

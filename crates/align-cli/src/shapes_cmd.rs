@@ -43,6 +43,13 @@ pub struct PretrainOptions {
     pub ema_decay: f64,
     /// Continue the run in `out` from its last checkpoint (`train-state/`).
     pub resume: bool,
+    /// A `model.json` to train instead of `preset` (its `kind` must be `kind`).
+    pub model_config: Option<PathBuf>,
+    /// Initialise from this model directory's weights (new blocks of `model_config` keep
+    /// their identity initialisation).
+    pub init_from: Option<PathBuf>,
+    /// Smallest gap in pixels between the objects of training scenes (world default 1).
+    pub gap: usize,
     /// Whether to show a progress bar.
     pub progress: bool,
 }
@@ -62,6 +69,34 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", path.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a `model.json`-style configuration for `align pretrain --model-config` and checks
+/// that it fits the run: the family asked for and the world's tokenizer.
+fn read_model_config(
+    path: &Path,
+    kind: DenoiserKind,
+    tok: &Tokenizer,
+) -> Result<ShapesModelConfig, String> {
+    let config = ShapesModelConfig::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if config.kind != kind {
+        return Err(format!(
+            "{}: field `kind` is {:?} but --model asks for {kind:?}",
+            path.display(),
+            config.kind
+        ));
+    }
+    if config.text.vocab_size != tok.vocab_size() || config.text.max_len != tok.max_len() {
+        return Err(format!(
+            "{}: field `text` has vocab_size {} and max_len {}; the Shapes tokenizer needs {} and {}",
+            path.display(),
+            config.text.vocab_size,
+            config.text.max_len,
+            tok.vocab_size(),
+            tok.max_len()
+        ));
+    }
+    Ok(config)
 }
 
 /// Sampling settings of the two families: 50 DDIM steps (η = 0) for the UNet, 40 Euler steps for
@@ -305,23 +340,136 @@ pub(crate) fn evaluate<D: Module + ModuleDisplay + Denoiser>(
     options: SampleOptions,
     device: &Device,
 ) -> Result<(Accuracy, Accuracy), String> {
-    let set = EvalSet::standard();
-    let verifier = ShapeEval::default();
-    let mut result = (Accuracy::default(), Accuracy::default());
-    for (part, acc) in [(&set.train, &mut result.0), (&set.heldout, &mut result.1)] {
-        let (prompts, ids, specs) = eval_requests(part, seeds_per_prompt);
-        let images = generate(model, config, &prompts, &ids, 0, options, device)?;
-        for (im, spec) in images.iter().zip(specs) {
-            let r = verifier.score(im, spec);
-            acc.total += 1;
-            acc.passed += usize::from(r.pass);
-            acc.partial += r.partial_credit;
+    let verdicts = evaluate_detailed(model, config, seeds_per_prompt, options, device)?;
+    Ok(accuracies(&verdicts))
+}
+
+/// ShapeEval's verdict on one generated evaluation image.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// `true` for the held-out part of the evaluation set.
+    pub heldout: bool,
+    /// The prompt.
+    pub prompt: String,
+    /// The image's seed.
+    pub seed: u64,
+    /// The verifier's result.
+    pub result: align_data::ShapeEvalResult,
+}
+
+impl Verdict {
+    /// The first reason the image fails, by precedence, or `"pass"`: `"missing-colour"` (a
+    /// prompt colour has no component), `"extra-colour"` (a component has a colour the prompt
+    /// does not name), `"unshaped"` (a component of a prompt colour fits no shape: merged or
+    /// ragged objects), `"wrong-shape"` (a component has a prompt colour but the other
+    /// shape), `"count"` (only the counts are wrong).
+    pub fn failure(&self) -> &'static str {
+        let r = &self.result;
+        if r.pass {
+            "pass"
+        } else if r.groups.iter().any(|g| !g.colour_present) {
+            "missing-colour"
+        } else if !r.colours_correct {
+            "extra-colour"
+        } else if r.objects.iter().any(|o| o.shape.is_none()) {
+            "unshaped"
+        } else if r.extra_objects > 0 {
+            "wrong-shape"
+        } else {
+            "count"
         }
+    }
+
+    /// One JSON object: part, prompt, seed, pass, partial credit, failure, groups (expected
+    /// and found) and every detected object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = &self.result;
+        serde_json::json!({
+            "part": if self.heldout { "heldout" } else { "train" },
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "pass": r.pass,
+            "partial_credit": r.partial_credit,
+            "failure": self.failure(),
+            "groups": r.groups.iter().map(|g| serde_json::json!({
+                "colour": g.group.colour.name(),
+                "shape": g.group.shape.singular(),
+                "expected": g.expected,
+                "found": g.found,
+            })).collect::<Vec<_>>(),
+            "objects": r.objects.iter().map(|o| serde_json::json!({
+                "colour": o.colour.name(),
+                "shape": o.shape.map(|s| s.singular()),
+                "area": o.area,
+                "box": [o.x, o.y, o.width, o.height],
+                "fill": o.fill,
+                "upper_fraction": o.upper_fraction,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Train and held-out accuracies of a list of verdicts.
+pub fn accuracies(verdicts: &[Verdict]) -> (Accuracy, Accuracy) {
+    let mut result = (Accuracy::default(), Accuracy::default());
+    for v in verdicts {
+        let acc = if v.heldout {
+            &mut result.1
+        } else {
+            &mut result.0
+        };
+        acc.total += 1;
+        acc.passed += usize::from(v.result.pass);
+        acc.partial += v.result.partial_credit;
+    }
+    for acc in [&mut result.0, &mut result.1] {
         if acc.total > 0 {
             acc.partial /= acc.total as f64;
         }
     }
-    Ok(result)
+    result
+}
+
+/// Counts of [`Verdict::failure`] over `verdicts`, in a fixed order (zero counts included).
+pub fn failure_counts(verdicts: &[Verdict]) -> Vec<(&'static str, usize)> {
+    let kinds = [
+        "pass",
+        "missing-colour",
+        "extra-colour",
+        "unshaped",
+        "wrong-shape",
+        "count",
+    ];
+    kinds
+        .iter()
+        .map(|&k| (k, verdicts.iter().filter(|v| v.failure() == k).count()))
+        .collect()
+}
+
+/// Every evaluation image (train part first), generated and scored.
+pub(crate) fn evaluate_detailed<D: Module + ModuleDisplay + Denoiser>(
+    model: &TextToImage<D>,
+    config: &ShapesModelConfig,
+    seeds_per_prompt: usize,
+    options: SampleOptions,
+    device: &Device,
+) -> Result<Vec<Verdict>, String> {
+    let set = EvalSet::standard();
+    let verifier = ShapeEval::default();
+    let mut out = Vec::new();
+    for (part, heldout) in [(&set.train, false), (&set.heldout, true)] {
+        let (prompts, ids, specs) = eval_requests(part, seeds_per_prompt);
+        let images = generate(model, config, &prompts, &ids, 0, options, device)?;
+        for (((im, spec), prompt), seed) in images.iter().zip(specs).zip(prompts).zip(ids) {
+            out.push(Verdict {
+                heldout,
+                prompt,
+                seed,
+                result: verifier.score(im, spec),
+            });
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) const GRID_PROMPTS: [&str; 8] = [
@@ -357,6 +505,7 @@ fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
     let tok = Tokenizer::new();
     let world = WorldConfig {
         size: config.image_size,
+        gap: options.gap,
         ..WorldConfig::default()
     };
     let data =
@@ -500,12 +649,21 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<(), String
         ));
     }
     let tok = Tokenizer::new();
-    let config = ShapesModelConfig::preset(
-        options.kind,
-        options.preset,
-        tok.vocab_size(),
-        tok.max_len(),
-    );
+    WorldConfig {
+        gap: options.gap,
+        ..WorldConfig::default()
+    }
+    .validate()
+    .map_err(|e| format!("pretrain --gap: {e}"))?;
+    let config = match &options.model_config {
+        None => ShapesModelConfig::preset(
+            options.kind,
+            options.preset,
+            tok.vocab_size(),
+            tok.max_len(),
+        ),
+        Some(path) => read_model_config(path, options.kind, &tok)?,
+    };
     let ad = device.clone().autodiff();
     ad.seed(options.seed);
     std::fs::create_dir_all(&options.out).map_err(|e| format!("{}: {e}", options.out.display()))?;
@@ -532,7 +690,30 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<(), String
         config
             .save(options.out.join("pretrain-model.json"))
             .map_err(|e| format!("{}: {e}", options.out.display()))?;
-        let model = config.init(&ad).map_err(|e| e.to_string())?;
+        let mut model = config.init(&ad).map_err(|e| e.to_string())?;
+        if let Some(dir) = &options.init_from {
+            let weights = dir.join("model.safetensors");
+            let (warm, new) = match model {
+                ShapesModel::Unet(m) => {
+                    let (m, new) = align_models::warm_start_safetensors(*m, &weights)
+                        .map_err(|e| format!("pretrain --init-from: {e}"))?;
+                    (ShapesModel::Unet(Box::new(m)), new)
+                }
+                ShapesModel::Dit(m) => {
+                    let (m, new) = align_models::warm_start_safetensors(*m, &weights)
+                        .map_err(|e| format!("pretrain --init-from: {e}"))?;
+                    (ShapesModel::Dit(Box::new(m)), new)
+                }
+            };
+            if options.progress {
+                eprintln!(
+                    "initialised from {} ({} new tensors keep their initialisation)",
+                    weights.display(),
+                    new.len()
+                );
+            }
+            model = warm;
+        }
         (config, 0, model)
     };
     // The average restarts from the saved average (same parameter ids as the raw weights).
@@ -689,10 +870,131 @@ pub fn eval(
     seeds_per_prompt: usize,
     options: SampleOptions,
     device: &Device,
-) -> Result<(Accuracy, Accuracy), String> {
+) -> Result<Vec<Verdict>, String> {
     let (config, model) = ShapesModel::load(model_dir, device).map_err(|e| e.to_string())?;
     match &model {
-        ShapesModel::Unet(m) => evaluate(m.as_ref(), &config, seeds_per_prompt, options, device),
-        ShapesModel::Dit(m) => evaluate(m.as_ref(), &config, seeds_per_prompt, options, device),
+        ShapesModel::Unet(m) => {
+            evaluate_detailed(m.as_ref(), &config, seeds_per_prompt, options, device)
+        }
+        ShapesModel::Dit(m) => {
+            evaluate_detailed(m.as_ref(), &config, seeds_per_prompt, options, device)
+        }
+    }
+}
+
+/// Writes one [`Verdict::to_json`] line per verdict to `path` (through a temporary file).
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_verdicts(path: &Path, verdicts: &[Verdict]) -> Result<(), String> {
+    let mut text = String::new();
+    for v in verdicts {
+        text.push_str(&v.to_json().to_string());
+        text.push('\n');
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use align_data::{parse_prompt, render_seeded};
+
+    fn verdict(image: &Image, prompt: &str) -> Verdict {
+        let spec = parse_prompt(prompt).unwrap();
+        Verdict {
+            heldout: false,
+            prompt: prompt.into(),
+            seed: 3,
+            result: ShapeEval::default().score(image, &spec),
+        }
+    }
+
+    fn rendered(prompt: &str) -> Image {
+        render_seeded(&parse_prompt(prompt).unwrap(), &WorldConfig::default(), 5)
+            .unwrap()
+            .image
+    }
+
+    fn square(image: &mut Image, x: usize, y: usize, w: usize, h: usize, rgb: [u8; 3]) {
+        for j in y..y + h {
+            for i in x..x + w {
+                image.set_pixel_rgb8(i, j, rgb);
+            }
+        }
+    }
+
+    #[test]
+    fn verdicts_name_the_first_failure() {
+        let red = [255, 0, 0];
+        assert_eq!(
+            verdict(&rendered("one red circle"), "one red circle").failure(),
+            "pass"
+        );
+        let black = Image::filled(32, 32, [0, 0, 0]);
+        assert_eq!(
+            verdict(&black, "one red circle").failure(),
+            "missing-colour"
+        );
+        assert_eq!(
+            verdict(
+                &rendered("one red circle and one blue square"),
+                "one red circle"
+            )
+            .failure(),
+            "extra-colour"
+        );
+        // Two touching squares merge into one 16 × 8 component that is no shape.
+        let mut merged = Image::filled(32, 32, [0, 0, 0]);
+        square(&mut merged, 2, 2, 8, 8, red);
+        square(&mut merged, 10, 2, 8, 8, red);
+        assert_eq!(verdict(&merged, "two red squares").failure(), "unshaped");
+        assert_eq!(
+            verdict(&rendered("one red square"), "one red circle").failure(),
+            "wrong-shape"
+        );
+        assert_eq!(
+            verdict(&rendered("two red circles"), "one red circle").failure(),
+            "count"
+        );
+    }
+
+    #[test]
+    fn verdict_json_and_accuracies() {
+        let v = [
+            verdict(&rendered("two red circles"), "two red circles"),
+            Verdict {
+                heldout: true,
+                ..verdict(&rendered("two red circles"), "one red circle")
+            },
+        ];
+        let json = v[1].to_json();
+        assert_eq!(json["part"], "heldout");
+        assert_eq!(json["failure"], "count");
+        assert_eq!(json["groups"][0]["expected"], 1);
+        assert_eq!(json["groups"][0]["found"], 2);
+        assert_eq!(json["objects"].as_array().unwrap().len(), 2);
+        assert_eq!(json["objects"][0]["shape"], "circle");
+        let (train, held) = accuracies(&v);
+        assert_eq!((train.passed, train.total), (1, 1));
+        assert_eq!((held.passed, held.total), (0, 1));
+        assert!((train.partial - 1.0).abs() < 1e-12 && held.partial < 1.0);
+        let counts = failure_counts(&v);
+        assert_eq!(counts[0], ("pass", 1));
+        assert!(counts.contains(&("count", 1)));
+        assert_eq!(counts.iter().map(|(_, n)| n).sum::<usize>(), 2);
+        let dir = std::env::temp_dir().join(format!("align-verdicts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("details.jsonl");
+        write_verdicts(&path, &v).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines, vec![v[0].to_json(), v[1].to_json()]);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

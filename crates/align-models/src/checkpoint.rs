@@ -52,7 +52,30 @@ pub fn save_safetensors<M: Module>(model: &M, path: &Path) -> Result<()> {
 /// # Errors
 /// [`ModelError::Checkpoint`] if the file is missing or unreadable, or lists the missing,
 /// unexpected and mis-shaped tensors.
-pub fn load_safetensors<M: Module>(mut model: M, path: &Path) -> Result<M> {
+pub fn load_safetensors<M: Module>(model: M, path: &Path) -> Result<M> {
+    load_checked(model, path, false).map(|(model, _)| model)
+}
+
+/// Warm-starts a *grown* model from a smaller one's weights: every tensor of `path` must fit a
+/// parameter of `model` (same path, same shape); parameters the file lacks keep their
+/// initialisation. Returns the model and the paths of those new parameters.
+///
+/// Use it to add blocks whose initialisation makes them the identity (the UNet's
+/// attention blocks, whose output projection starts at zero) to a trained model, so that
+/// training continues from the trained model's outputs.
+///
+/// # Errors
+/// [`ModelError::Checkpoint`] if the file is missing or unreadable, holds a tensor the model
+/// has no place for, or a tensor of the wrong shape.
+pub fn warm_start_safetensors<M: Module>(model: M, path: &Path) -> Result<(M, Vec<String>)> {
+    load_checked(model, path, true)
+}
+
+fn load_checked<M: Module>(
+    mut model: M,
+    path: &Path,
+    allow_missing: bool,
+) -> Result<(M, Vec<String>)> {
     if !path.is_file() {
         return Err(io_error(path, "reading", "no such file"));
     }
@@ -61,9 +84,9 @@ pub fn load_safetensors<M: Module>(mut model: M, path: &Path) -> Result<M> {
         .load_from(&mut store)
         .map_err(|e| io_error(path, "does not load into the model", format!("{e:?}")))?;
     let mut problems = Vec::new();
-    if !result.missing.is_empty() {
-        let keys: Vec<&str> = result.missing.iter().map(|(k, _)| k.as_str()).collect();
-        problems.push(format!("missing tensors {keys:?}"));
+    let missing: Vec<String> = result.missing.iter().map(|(k, _)| k.clone()).collect();
+    if !allow_missing && !missing.is_empty() {
+        problems.push(format!("missing tensors {missing:?}"));
     }
     if !result.unused.is_empty() {
         problems.push(format!("unexpected tensors {:?}", result.unused));
@@ -73,7 +96,7 @@ pub fn load_safetensors<M: Module>(mut model: M, path: &Path) -> Result<M> {
         problems.push(format!("mismatches {errs:?}"));
     }
     if problems.is_empty() {
-        Ok(model)
+        Ok((model, missing))
     } else {
         Err(io_error(
             path,

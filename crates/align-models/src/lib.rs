@@ -54,7 +54,7 @@ pub mod unet;
 pub use attention::{
     CrossAttention, CrossAttentionConfig, SpatialTransformer, SpatialTransformerConfig,
 };
-pub use checkpoint::{load_safetensors, save_safetensors};
+pub use checkpoint::{load_safetensors, save_safetensors, warm_start_safetensors};
 pub use dit::{DiT, DiTBlock, DiTConfig};
 pub use ema::{Ema, EmaConfig};
 pub use error::{ModelError, Result};

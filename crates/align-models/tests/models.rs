@@ -324,3 +324,54 @@ fn atomic_checkpoints_round_trip_and_reject_mismatches() {
     assert!(err.to_string().contains("no such file"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn warm_start_grows_a_unet_by_identity_attention_blocks() {
+    use align_models::{save_safetensors, warm_start_safetensors};
+    let device = device();
+    device.seed(13);
+    let dir = std::env::temp_dir().join(format!("align-models-warm-{}", std::process::id()));
+    let path = dir.join("small.safetensors");
+    // Trained-looking weights without attention at the first level …
+    let small = UNetConfig::tiny()
+        .with_attention(vec![false, true])
+        .init(&device)
+        .unwrap()
+        .map(&mut Perturb);
+    save_safetensors(&small, &path).unwrap();
+    // … loaded into the same UNet with attention at both levels.
+    let grown_config = UNetConfig::tiny().with_attention(vec![true, true]);
+    let (grown, new) = warm_start_safetensors(grown_config.init(&device).unwrap(), &path).unwrap();
+    assert!(!new.is_empty());
+    assert!(
+        new.iter().all(|k| k.contains("attn")),
+        "only the new attention blocks are fresh: {new:?}"
+    );
+    // The new blocks' output projections start at zero, so the grown model computes exactly
+    // what the small one did.
+    let cond = condition(2, 4, 16, &device);
+    let x = input(2, 3, 8, &device);
+    let t = Tensor::from_floats([17.0, 640.0], &device);
+    let (a, b) = (
+        host(small.predict(x.clone(), t.clone(), &cond)),
+        host(grown.predict(x, t, &cond)),
+    );
+    assert_eq!(a, b);
+    assert!(a.iter().any(|&v| v != 0.0));
+    // The other way round (a file with tensors the model has no place for) is refused.
+    let big = dir.join("big.safetensors");
+    save_safetensors(&grown, &big).unwrap();
+    let err = warm_start_safetensors(
+        UNetConfig::tiny()
+            .with_attention(vec![false, true])
+            .init(&device)
+            .unwrap(),
+        &big,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("unexpected tensors"), "{err}");
+    // So is a tensor of another shape.
+    let wide = UNetConfig::tiny().with_base_channels(8).with_norm_groups(4);
+    assert!(warm_start_safetensors(wide.init(&device).unwrap(), &path).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
