@@ -330,12 +330,12 @@ const CRATES: &[CrateStatus] = &[
     CrateStatus {
         name: "align-backprop",
         state: "partial",
-        what: "chained-VJP backprop (DRaFT, DRaFT-K, AlignProp; `align train`), ReFL, DRaFT-LV, continuous adjoint, Adjoint Matching, reward guidance (`align eval-guided`); end-to-end runs to come (issue #6)",
+        what: "chained-VJP backprop (DRaFT, DRaFT-K, AlignProp; `align train`), ReFL, DRaFT-LV, continuous adjoint, Adjoint Matching, reward guidance (`align eval-guided`); end-to-end runs measured, targets not yet met (issue #6)",
     },
     CrateStatus {
         name: "align-pref",
         state: "partial",
-        what: "Diffusion-DPO, MaPO, Diffusion-KTO, RWR losses; D3PO, SPO, DSPO, PFM, preference data and training to come (issue #7)",
+        what: "Diffusion-DPO, MaPO, Diffusion-KTO, RWR, D3PO, SPO, DSPO and PFM losses; AI-feedback preference data, `align pref-train`; end-to-end win-rate targets not yet met (issue #7)",
     },
 ];
 

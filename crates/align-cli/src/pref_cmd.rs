@@ -177,6 +177,8 @@ pub enum PrefAlgorithm {
     Mapo,
     /// Diffusion-KTO (binary labels, frozen reference).
     Kto,
+    /// DSPO (pairs, frozen reference; score matching on the winner).
+    Dspo,
 }
 
 /// The `[mapo]` table.
@@ -255,6 +257,8 @@ pub struct PrefConfig {
     pub mapo: MapoSection,
     /// KTO hyper-parameters.
     pub kto: KtoSection,
+    /// DSPO β (in `inside` and in the target shift).
+    pub dspo_beta: f64,
 }
 
 impl Default for PrefConfig {
@@ -277,6 +281,7 @@ impl Default for PrefConfig {
             dpo_beta: align_pref::DIFFUSION_DPO_BETA,
             mapo: MapoSection::default(),
             kto: KtoSection::default(),
+            dspo_beta: align_pref::DSPO_BETA,
         }
     }
 }
@@ -310,6 +315,7 @@ impl PrefConfig {
         positive("mapo.snr", self.mapo.snr)?;
         positive("mapo.horizon", self.mapo.horizon)?;
         positive("kto.beta", self.kto.beta)?;
+        positive("dspo_beta", self.dspo_beta)?;
         self.runner.validate().map_err(|e| e.to_string())
     }
 }
@@ -382,7 +388,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
         let levels = self.levels(&mut rng, b).map_err(job)?;
         let mut m = Metrics::new();
         let loss = match self.config.algorithm {
-            PrefAlgorithm::DiffusionDpo | PrefAlgorithm::Mapo => {
+            PrefAlgorithm::DiffusionDpo | PrefAlgorithm::Mapo | PrefAlgorithm::Dspo => {
                 let pick: Vec<&PreferencePair> = (0..b)
                     .map(|_| &self.pairs[(rng.next_u64() % self.pairs.len() as u64) as usize])
                     .collect();
@@ -412,6 +418,24 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                     )
                     .map_err(|e| job(e.to_string()))?;
                     m.insert("margin_accuracy".into(), out.margin_accuracy);
+                    out.loss
+                } else if self.config.algorithm == PrefAlgorithm::Dspo {
+                    let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
+                    let out = align_pref::dspo_loss(
+                        &model,
+                        &self.reference,
+                        DpoBatch {
+                            winners,
+                            losers,
+                            noise,
+                            levels: &levels,
+                            condition: &cond,
+                            reference_condition: Some(&ref_cond),
+                        },
+                        self.config.dspo_beta,
+                    )
+                    .map_err(|e| job(e.to_string()))?;
+                    m.insert("implicit_accuracy".into(), out.implicit_accuracy);
                     out.loss
                 } else {
                     let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
@@ -738,6 +762,7 @@ mod tests {
             PrefAlgorithm::DiffusionDpo,
             PrefAlgorithm::Mapo,
             PrefAlgorithm::Kto,
+            PrefAlgorithm::Dspo,
         ] {
             let mut config = PrefConfig {
                 algorithm,

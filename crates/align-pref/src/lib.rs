@@ -13,9 +13,9 @@
 //! `align pref-train` drive these losses.
 //!
 //! SPO compares candidate steps from a shared state and resamples the chain
-//! ([`spo_candidates`], [`spo_select`], [`spo_step_loss`], [`spo_resample`]).
-//!
-//! Planned (tracked by the "Preference optimization" issue): DSPO.
+//! ([`spo_candidates`], [`spo_select`], [`spo_step_loss`], [`spo_resample`]); DSPO turns pairs
+//! into a score-matching loss on the winner ([`dspo_loss`]; see its module for the source of
+//! the formula).
 //!
 //! ## Example
 //!
@@ -50,6 +50,7 @@
 
 pub mod d3po;
 pub mod diffusion_dpo;
+pub mod dspo;
 pub mod error;
 pub mod kto;
 pub mod mapo;
@@ -60,10 +61,11 @@ pub mod spo;
 
 pub use d3po::{D3poSide, d3po_step_loss};
 pub use diffusion_dpo::{DIFFUSION_DPO_BETA, DpoBatch, DpoOutput, diffusion_dpo_loss};
+pub use dspo::{DSPO_BETA, DspoOutput, dspo_loss};
 pub use error::{PrefError, Result};
 pub use kto::{KtoBatch, KtoConfig, KtoOutput, ReferencePoint, kto_loss};
 pub use mapo::{MapoConfig, MapoOutput, mapo_loss};
-pub use noising::{NoiseLevels, denoising_errors};
+pub use noising::{NoiseLevels, denoising_errors, denoising_residuals};
 pub use pfm::{pfm_loss, pfm_transport};
 pub use rwr::{RewardWeighting, rwr_loss, rwr_weights};
 pub use spo::{SpoState, spo_candidates, spo_resample, spo_select, spo_step_loss};

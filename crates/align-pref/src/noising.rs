@@ -89,6 +89,30 @@ pub fn denoising_errors<M: Denoiser + ?Sized>(
     levels: &NoiseLevels,
     condition: &Condition,
 ) -> Result<Tensor<1>> {
+    let r = denoising_residuals(model, x0, noise, levels, condition)?;
+    let [b, c, h, w] = r.dims();
+    Ok(r.powf_scalar(2.0)
+        .reshape([b, c * h * w])
+        .mean_dim(1)
+        .reshape([b]))
+}
+
+/// Denoising residuals `model(x_t, t) − target` at `x_t = signal·x₀ + noise·ε`, with the
+/// model's own target (ε, v, x₀ or the flow velocity `ε − x₀`).
+///
+/// # Shapes
+/// - `x0`, `noise`: `[B, C, H, W]`; `levels` and `condition` of batch `B`; output
+///   `[B, C, H, W]`.
+///
+/// # Errors
+/// Mismatched batch sizes.
+pub fn denoising_residuals<M: Denoiser + ?Sized>(
+    model: &M,
+    x0: Tensor<4>,
+    noise: Tensor<4>,
+    levels: &NoiseLevels,
+    condition: &Condition,
+) -> Result<Tensor<4>> {
     let [b, c, h, w] = x0.dims();
     if noise.dims() != [b, c, h, w] {
         return Err(CoreError::shape(
@@ -125,10 +149,5 @@ pub fn denoising_errors<M: Denoiser + ?Sized>(
         ),
         &device,
     );
-    let out = model.predict(x_t, t, condition);
-    Ok((out - target)
-        .powf_scalar(2.0)
-        .reshape([b, c * h * w])
-        .mean_dim(1)
-        .reshape([b]))
+    Ok(model.predict(x_t, t, condition) - target)
 }
