@@ -419,42 +419,27 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                     .map_err(|e| job(e.to_string()))?;
                     m.insert("margin_accuracy".into(), out.margin_accuracy);
                     out.loss
-                } else if self.config.algorithm == PrefAlgorithm::Dspo {
-                    let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
-                    let out = align_pref::dspo_loss(
-                        &model,
-                        &self.reference,
-                        DpoBatch {
-                            winners,
-                            losers,
-                            noise,
-                            levels: &levels,
-                            condition: &cond,
-                            reference_condition: Some(&ref_cond),
-                        },
-                        self.config.dspo_beta,
-                    )
-                    .map_err(|e| job(e.to_string()))?;
-                    m.insert("implicit_accuracy".into(), out.implicit_accuracy);
-                    out.loss
                 } else {
                     let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
-                    let out = diffusion_dpo_loss(
-                        &model,
-                        &self.reference,
-                        DpoBatch {
-                            winners,
-                            losers,
-                            noise,
-                            levels: &levels,
-                            condition: &cond,
-                            reference_condition: Some(&ref_cond),
-                        },
-                        self.config.dpo_beta,
-                    )
+                    let batch = DpoBatch {
+                        winners,
+                        losers,
+                        noise,
+                        levels: &levels,
+                        condition: &cond,
+                        reference_condition: Some(&ref_cond),
+                    };
+                    let (loss, implicit_accuracy) = if self.config.algorithm == PrefAlgorithm::Dspo
+                    {
+                        align_pref::dspo_loss(&model, &self.reference, batch, self.config.dspo_beta)
+                            .map(|o| (o.loss, o.implicit_accuracy))
+                    } else {
+                        diffusion_dpo_loss(&model, &self.reference, batch, self.config.dpo_beta)
+                            .map(|o| (o.loss, o.implicit_accuracy))
+                    }
                     .map_err(|e| job(e.to_string()))?;
-                    m.insert("implicit_accuracy".into(), out.implicit_accuracy);
-                    out.loss
+                    m.insert("implicit_accuracy".into(), implicit_accuracy);
+                    loss
                 }
             }
             PrefAlgorithm::Kto => {

@@ -7,13 +7,11 @@ use align_core::{Condition, test_device};
 use align_pref::{
     DSPO_BETA, DpoBatch, NoiseLevels, PrefError, denoising_errors, denoising_residuals, dspo_loss,
 };
-use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use proptest::prelude::*;
 
 mod common;
-use common::{Flatten, INIT, Tiny, host, levels, noise};
+use common::{INIT, Tiny, check_gradient, host, levels, noise};
 
 fn host4(t: Tensor<4>) -> Vec<f64> {
     t.into_data()
@@ -148,25 +146,12 @@ fn dspo_gradient_matches_finite_differences() {
         let i = inputs(flow, &device);
         let reference = Tiny::with(INIT, flow, &device);
         for beta in [0.5, 20.0] {
-            let loss_of = |p: &Tiny| dspo_loss(p, &reference, batch(&i), beta).unwrap().loss;
-            let policy = Tiny::with(start, flow, &device);
-            let grads = GradientsParams::from_grads(loss_of(&policy).backward(), &policy);
-            let mut flat = Flatten(&grads, Vec::new());
-            policy.visit(&mut flat);
-            let h = 1e-2_f32;
-            for (k, &g) in flat.1.iter().enumerate() {
-                let at = |dv: f32| {
-                    let mut v = start;
-                    v[k / 2][k % 2] += dv;
-                    let x: f32 = loss_of(&Tiny::with(v, flow, &device)).into_scalar();
-                    f64::from(x)
-                };
-                let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
-                assert!(
-                    (g - fd).abs() <= 2e-2 * fd.abs().max(1e-2),
-                    "flow {flow}, β {beta}, parameter {k}: {g} vs finite differences {fd}"
-                );
-            }
+            check_gradient(
+                flow,
+                start,
+                &|p: &Tiny| dspo_loss(p, &reference, batch(&i), beta).unwrap().loss,
+                &format!("DSPO, β {beta}"),
+            );
         }
     }
 }

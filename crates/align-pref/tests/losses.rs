@@ -13,35 +13,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 mod common;
-use common::{Flatten, INIT, Tiny, host, levels, noise};
-
-/// Central finite differences of `loss(θ)` against `grad`, over the 6 parameters.
-fn check_gradient(
-    flow: bool,
-    start: [[f32; 2]; 3],
-    loss_of: &dyn Fn(&Tiny) -> Tensor<1>,
-    what: &str,
-) {
-    let device = test_device().autodiff();
-    let policy = Tiny::with(start, flow, &device);
-    let grads = GradientsParams::from_grads(loss_of(&policy).backward(), &policy);
-    let mut flat = Flatten(&grads, Vec::new());
-    policy.visit(&mut flat);
-    let h = 1e-2_f32;
-    for (i, &g) in flat.1.iter().enumerate() {
-        let at = |d: f32| {
-            let mut v = start;
-            v[i / 2][i % 2] += d;
-            let x: f32 = loss_of(&Tiny::with(v, flow, &device)).into_scalar();
-            f64::from(x)
-        };
-        let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
-        assert!(
-            (g - fd).abs() <= 2e-2 * fd.abs().max(1e-2),
-            "{what}, flow {flow}, parameter {i}: {g} vs finite differences {fd}"
-        );
-    }
-}
+use common::{INIT, Tiny, check_gradient, host, levels, noise};
 
 fn score(e: f32, k: f32) -> f32 {
     k * e / ((k * e).exp() - 1.0)

@@ -78,3 +78,32 @@ pub fn levels(flow: bool) -> NoiseLevels {
 pub fn host(t: Tensor<1>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
+
+/// Central finite differences of `loss(θ)` against its autodiff gradient, over the 6
+/// parameters of a [`Tiny`] policy at `start` (on an autodiff device).
+pub fn check_gradient(
+    flow: bool,
+    start: [[f32; 2]; 3],
+    loss_of: &dyn Fn(&Tiny) -> Tensor<1>,
+    what: &str,
+) {
+    let device = align_core::test_device().autodiff();
+    let policy = Tiny::with(start, flow, &device);
+    let grads = GradientsParams::from_grads(loss_of(&policy).backward(), &policy);
+    let mut flat = Flatten(&grads, Vec::new());
+    policy.visit(&mut flat);
+    let h = 1e-2_f32;
+    for (i, &g) in flat.1.iter().enumerate() {
+        let at = |d: f32| {
+            let mut v = start;
+            v[i / 2][i % 2] += d;
+            let x: f32 = loss_of(&Tiny::with(v, flow, &device)).into_scalar();
+            f64::from(x)
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
+        assert!(
+            (g - fd).abs() <= 2e-2 * fd.abs().max(1e-2),
+            "{what}, flow {flow}, parameter {i}: {g} vs finite differences {fd}"
+        );
+    }
+}
