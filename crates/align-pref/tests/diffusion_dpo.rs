@@ -11,7 +11,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 mod common;
-use common::{Flatten, INIT, Tiny, host, levels, noise};
+use common::{INIT, Tiny, check_gradient, host, levels, noise};
 
 #[test]
 fn initialisation_gives_ln2_and_swapping_negates_inside() {
@@ -131,24 +131,7 @@ fn gradient_matches_finite_differences() {
             .unwrap()
             .loss
         };
-        let policy = Tiny::with(start, flow, &device);
-        let grads = GradientsParams::from_grads(loss_of(&policy).backward(), &policy);
-        let mut flat = Flatten(&grads, Vec::new());
-        policy.visit(&mut flat);
-        let h = 1e-2_f32;
-        for (i, &g) in flat.1.iter().enumerate() {
-            let at = |d: f32| {
-                let mut v = start;
-                v[i / 2][i % 2] += d;
-                let x: f32 = loss_of(&Tiny::with(v, flow, &device)).into_scalar();
-                f64::from(x)
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
-            assert!(
-                (g - fd).abs() <= 2e-2 * fd.abs().max(1e-2),
-                "flow {flow}, parameter {i}: {g} vs finite differences {fd}"
-            );
-        }
+        check_gradient(flow, start, &loss_of, "Diffusion-DPO");
     }
 }
 
