@@ -34,7 +34,7 @@ use burn::tensor::activation::sigmoid;
 
 use crate::diffusion_dpo::DpoBatch;
 use crate::error::{Result, check_loss, check_positive, positive_fraction};
-use crate::noising::denoising_residuals;
+use crate::noising::{denoising_residuals, per_sample_mean_square};
 
 /// β of the public SD 1.5 DSPO run (Diffusion-SDPO's `sd15_dspo.sh`).
 pub const DSPO_BETA: f64 = 0.001;
@@ -74,13 +74,8 @@ pub fn dspo_loss<M: Denoiser + ?Sized>(
     let pol_l = res(policy, batch.losers.clone(), batch.condition)?;
     let ref_w = res(reference, batch.winners, ref_cond)?.detach();
     let ref_l = res(reference, batch.losers, ref_cond)?.detach();
-    let [b, c, h, w] = pol_w.dims();
-    let err = |r: Tensor<4>| {
-        r.powf_scalar(2.0)
-            .reshape([b, c * h * w])
-            .mean_dim(1)
-            .reshape([b])
-    };
+    let b = pol_w.dims()[0];
+    let err = per_sample_mean_square;
     let inside = ((err(pol_w.clone()) - err(pol_l)) - (err(ref_w.clone()) - err(ref_l)))
         .mul_scalar(-0.5 * beta);
     let shift = sigmoid(inside.clone())

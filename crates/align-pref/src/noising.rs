@@ -89,12 +89,18 @@ pub fn denoising_errors<M: Denoiser + ?Sized>(
     levels: &NoiseLevels,
     condition: &Condition,
 ) -> Result<Tensor<1>> {
-    let r = denoising_residuals(model, x0, noise, levels, condition)?;
+    Ok(per_sample_mean_square(denoising_residuals(
+        model, x0, noise, levels, condition,
+    )?))
+}
+
+/// `mean_{C,H,W} r²` per sample: `[B, C, H, W]` → `[B]`.
+pub(crate) fn per_sample_mean_square(r: Tensor<4>) -> Tensor<1> {
     let [b, c, h, w] = r.dims();
-    Ok(r.powf_scalar(2.0)
+    r.powf_scalar(2.0)
         .reshape([b, c * h * w])
         .mean_dim(1)
-        .reshape([b]))
+        .reshape([b])
 }
 
 /// Denoising residuals `model(x_t, t) − target` at `x_t = signal·x₀ + noise·ε`, with the
