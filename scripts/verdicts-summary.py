@@ -3,7 +3,8 @@
 
     python3 scripts/verdicts-summary.py FILE [FILE ...]
 
-For each file: pass rate and first-failure counts per part (train / held-out), and the
+For each file: pass rate and first-failure counts per part (train / held-out), the pass
+rate of one-group and two-group scenes in each part, and the
 held-out part split into prompts that name a held-out (colour, shape) pair (red triangle,
 green square, blue circle; never seen in pretraining) and prompts that only combine two
 training pairs in a held-out way. For the held-out pairs it also counts which shape the
@@ -27,6 +28,12 @@ def summarise(path):
         fails = collections.Counter(r["failure"] for r in sub)
         print(f"{part}: {passed}/{len(sub)} pass ({100 * passed / len(sub):.1f} %); "
               + ", ".join(f"{k} {v}" for k, v in sorted(fails.items())))
+        for n in (1, 2):
+            scenes = [r for r in sub if len(r["groups"]) == n]
+            if scenes:
+                ok = sum(r["pass"] for r in scenes)
+                print(f"  {n}-group scenes: {ok}/{len(scenes)} pass "
+                      f"({100 * ok / len(scenes):.1f} %)")
     held = [r for r in rows if r["part"] == "heldout"]
     novel = [r for r in held
              if any((g["colour"], g["shape"]) in HELDOUT_PAIRS for g in r["groups"])]
