@@ -5,9 +5,10 @@
 use align_core::{Condition, Denoiser, Parameterization, Trajectory, test_device};
 use align_pref::{D3poSide, d3po_step_loss};
 use align_samplers::{FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, rollout};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
+use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
+
+mod common;
 
 #[derive(Module, Debug)]
 struct Tiny {
@@ -32,20 +33,6 @@ impl Denoiser for Tiny {
     }
     fn predict(&self, x: Tensor<4>, _t: Tensor<1>, _c: &Condition) -> Tensor<4> {
         (x * self.w.val().reshape([1, 2, 1, 1])).tanh() + self.b.val().reshape([1, 2, 1, 1])
-    }
-}
-
-struct Flatten<'a>(&'a GradientsParams, Vec<f64>);
-impl ModuleVisitor for Flatten<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let g = self.0.get::<D>(param.id).unwrap();
-        self.1.extend(
-            g.into_data()
-                .try_to_vec::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(f64::from),
-        );
     }
 }
 
@@ -146,23 +133,8 @@ fn ln2_at_init_antisymmetry_and_gradient() {
         .unwrap()
         .0
     };
-    let grads = GradientsParams::from_grads(loss_of(&policy).backward(), &policy);
-    let mut flat = Flatten(&grads, Vec::new());
-    policy.visit(&mut flat);
-    let h = 1e-2_f32;
-    for (i, &g) in flat.1.iter().enumerate() {
-        let at = |d: f32| {
-            let mut v = moved;
-            v[i / 2][i % 2] += d;
-            let x: f32 = loss_of(&Tiny::with(v, &device)).into_scalar();
-            f64::from(x)
-        };
-        let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
-        assert!(
-            (g - fd).abs() <= 2e-2 * fd.abs().max(1e-3),
-            "parameter {i}: {g} vs {fd}"
-        );
-    }
+    let make = |v: [[f32; 2]; 2]| Tiny::with(v, &device);
+    common::finite_differences(moved, &make, &loss_of, 1e-3, "D3PO step 3");
     assert!(
         d3po_step_loss(
             &policy,

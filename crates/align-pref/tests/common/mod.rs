@@ -88,22 +88,37 @@ pub fn check_gradient(
     what: &str,
 ) {
     let device = align_core::test_device().autodiff();
-    let policy = Tiny::with(start, flow, &device);
+    let make = |v: [[f32; 2]; 3]| Tiny::with(v, flow, &device);
+    finite_differences(start, &make, loss_of, 1e-2, &format!("{what}, flow {flow}"));
+}
+
+/// Central finite differences (step 1e-2) of `loss(make(θ))` against its autodiff gradient,
+/// for a model whose parameters are `N` rows of 2 values, visited in that order; `make` must
+/// build on an autodiff device. Tolerance: 2 % of `max(|fd|, floor)`.
+pub fn finite_differences<M: Module, const N: usize>(
+    start: [[f32; 2]; N],
+    make: &dyn Fn([[f32; 2]; N]) -> M,
+    loss_of: &dyn Fn(&M) -> Tensor<1>,
+    floor: f64,
+    what: &str,
+) {
+    let policy = make(start);
     let grads = GradientsParams::from_grads(loss_of(&policy).backward(), &policy);
     let mut flat = Flatten(&grads, Vec::new());
     policy.visit(&mut flat);
+    assert_eq!(flat.1.len(), 2 * N, "{what}: parameter count");
     let h = 1e-2_f32;
     for (i, &g) in flat.1.iter().enumerate() {
         let at = |d: f32| {
             let mut v = start;
             v[i / 2][i % 2] += d;
-            let x: f32 = loss_of(&Tiny::with(v, flow, &device)).into_scalar();
+            let x: f32 = loss_of(&make(v)).into_scalar();
             f64::from(x)
         };
         let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
         assert!(
-            (g - fd).abs() <= 2e-2 * fd.abs().max(1e-2),
-            "{what}, flow {flow}, parameter {i}: {g} vs finite differences {fd}"
+            (g - fd).abs() <= 2e-2 * fd.abs().max(floor),
+            "{what}, parameter {i}: {g} vs finite differences {fd}"
         );
     }
 }
