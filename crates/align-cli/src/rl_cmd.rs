@@ -37,7 +37,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::shapes_cmd::{
-    Accuracy, GRID_PROMPTS, SampleOptions, evaluate, generate, progress_bar, write_grid,
+    Accuracy, GRID_PROMPTS, SampleOptions, accuracies, evaluate_detailed, generate, progress_bar,
+    write_grid,
 };
 
 /// Which online-RL algorithm a config runs.
@@ -821,8 +822,9 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
         if every > 0 && (iteration + 1).is_multiple_of(every) {
             let valid = model.valid();
             let device = valid.text.devices()[0].clone();
-            let (train, held) = evaluate_model(&valid, &self.model_config, &self.config, &device)
-                .map_err(CoreError::Job)?;
+            let (train, held, _) =
+                evaluate_model(&valid, &self.model_config, &self.config, &device)
+                    .map_err(CoreError::Job)?;
             let (grid, diversity) = grid_and_diversity(
                 &valid,
                 &self.model_config,
@@ -913,13 +915,16 @@ fn monitor_reading(
     }
 }
 
+/// ShapeEval on the evaluation set: train and held-out accuracy, and each held-out image's
+/// partial credit in evaluation order (prompt-major, the same seeds for every model, so two
+/// models' lists pair image for image).
 fn evaluate_model<D: Module + Denoiser + ModuleDisplay>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
     train: &TrainConfig,
     device: &Device,
-) -> Result<(Accuracy, Accuracy), String> {
-    evaluate(
+) -> Result<(Accuracy, Accuracy, Vec<f64>), String> {
+    let verdicts = evaluate_detailed(
         model,
         config,
         train.eval_seeds,
@@ -928,7 +933,14 @@ fn evaluate_model<D: Module + Denoiser + ModuleDisplay>(
             guidance: 3.0,
         },
         device,
-    )
+    )?;
+    let (train_acc, held_acc) = accuracies(&verdicts);
+    let held_scores = verdicts
+        .iter()
+        .filter(|v| v.heldout)
+        .map(|v| v.result.partial_credit)
+        .collect();
+    Ok((train_acc, held_acc, held_scores))
 }
 
 /// Grid prompts × `seeds` samples, and their same-prompt diversity.
@@ -985,6 +997,11 @@ pub struct Report {
     /// (the ShapeEval fields are then unused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_reward: Option<EvalReward>,
+    /// Shapes models: the gold win rate of the final model's held-out images over the base
+    /// model's (`None` for Stable Diffusion runs, or a resumed run whose `base.json` has no
+    /// per-image scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_win_rate: Option<WinRate>,
 }
 
 /// The evaluation reward of a Stable Diffusion run.
@@ -1016,6 +1033,35 @@ pub struct Snapshot {
     pub kl: f64,
     /// Mean training reward in the last iteration.
     pub reward_mean: f64,
+    /// Each held-out evaluation image's ShapeEval partial credit, in evaluation order (empty in
+    /// a `base.json` written before this field existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heldout_scores: Vec<f64>,
+}
+
+/// How often the trained model's held-out image beats the base model's image from the same
+/// prompt and noise under the gold verifier (partial credit; ties count ½), with a 95 %
+/// bootstrap interval over the images ([`crate::pref_cmd::win_rate`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WinRate {
+    /// The win rate.
+    pub rate: f64,
+    /// Lower end of the 95 % interval.
+    pub low: f64,
+    /// Upper end of the 95 % interval.
+    pub high: f64,
+}
+
+impl WinRate {
+    /// The win rate of `new` over `base`, or `None` when the two lists do not pair up (a base
+    /// measured before per-image scores were kept, or with other evaluation seeds).
+    pub fn paired(new: &[f64], base: &[f64]) -> Option<Self> {
+        if new.is_empty() || new.len() != base.len() {
+            return None;
+        }
+        let (rate, low, high) = crate::pref_cmd::win_rate(new, base);
+        Some(Self { rate, low, high })
+    }
 }
 
 fn write_report(dir: &Path, report: &Report) -> Result<(), String> {
@@ -1029,7 +1075,7 @@ Final weights evaluated: {weights}.\n\n\
 | | base | final |\n|---|---|---|\n\
 | ShapeEval train | {bt} | {ft} |\n| ShapeEval held-out | {bh} | {fh} |\n\
 | held-out partial credit | {bp:.3} | {fp:.3} |\n| same-prompt diversity | {bd:.4} | {fd:.4} ({fr}) |\n\
-| per-step KL to reference | — | {kl:.3e} |\n\n\
+| per-step KL to reference | — | {kl:.3e} |\n{win}\n\
 Grids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). \
 Curves: `curves.png` (top: mean training reward per iteration, and held-out ShapeEval accuracy at \
 periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.jsonl`.\n",
@@ -1053,6 +1099,17 @@ periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.
         fd = report.final_.diversity,
         fr = pct(report.final_.diversity_ratio),
         kl = report.final_.kl,
+        win = report
+            .heldout_win_rate
+            .map(|w| {
+                format!(
+                    "| held-out gold win rate vs base (95 % CI) | — | {} ({}–{}) |\n",
+                    pct(w.rate),
+                    pct(w.low),
+                    pct(w.high)
+                )
+            })
+            .unwrap_or_default(),
     );
     let path = dir.join("report.md");
     std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))
@@ -1208,7 +1265,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
     report.base = match saved {
         Some(b) => b,
         None => {
-            let (base_train, base_held) =
+            let (base_train, base_held, base_scores) =
                 evaluate_model(&inner_model, model_config, config, device)?;
             let (grid, base_div) =
                 grid_and_diversity(&inner_model, model_config, seeds, config.eval_steps, device)?;
@@ -1223,6 +1280,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
                 heldout_partial_credit: base_held.partial,
                 diversity: base_div,
                 diversity_ratio: 1.0,
+                heldout_scores: base_scores,
                 ..Snapshot::default()
             };
             let json = serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?;
@@ -1283,7 +1341,8 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         None => (outcome.model.valid(), "final"),
     };
     report.evaluated_weights = evaluated.to_string();
-    let (train, held) = evaluate_model(&trained, model_config, config, device)?;
+    let (train, held, scores) = evaluate_model(&trained, model_config, config, device)?;
+    report.heldout_win_rate = WinRate::paired(&scores, &report.base.heldout_scores);
     let (grid, div) = grid_and_diversity(&trained, model_config, seeds, config.eval_steps, device)?;
     write_grid(
         &grid,
@@ -1299,6 +1358,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         diversity_ratio: if base_div > 0.0 { div / base_div } else { 0.0 },
         kl: last.get("kl").copied().unwrap_or(0.0),
         reward_mean: last.get("reward_mean").copied().unwrap_or(0.0),
+        heldout_scores: scores,
     };
     let curves = crate::plot::Curves::read(&config.out.join(align_core::runner::METRICS))?;
     crate::plot::write_curves(&curves, &report.algorithm, &config.out.join("curves.png"))?;
@@ -1609,6 +1669,18 @@ mod tests {
         assert!(n >= 11, "one config per algorithm in configs/, found {n}");
     }
 
+    #[test]
+    fn win_rate_pairs_only_lists_of_equal_length() {
+        assert_eq!(WinRate::paired(&[], &[]), None);
+        assert_eq!(WinRate::paired(&[0.5, 1.0], &[0.5]), None);
+        let w = WinRate::paired(&[0.5, 1.0, 0.0, 0.7], &[0.5, 0.5, 0.5, 0.7]).unwrap();
+        // Wins: tie ½, win 1, loss 0, tie ½.
+        assert!((w.rate - 0.5).abs() < 1e-12);
+        assert!(w.low <= w.rate && w.rate <= w.high);
+        let all = WinRate::paired(&[1.0; 8], &[0.0; 8]).unwrap();
+        assert_eq!((all.rate, all.low, all.high), (1.0, 1.0, 1.0));
+    }
+
     /// A whole Flow-GRPO run on a tiny model for two iterations: report fields, grids,
     /// metrics and a checkpoint appear; resuming to three iterations continues the run.
     #[test]
@@ -1666,6 +1738,24 @@ mod tests {
         }
         assert!(json["final"]["diversity_ratio"].is_number());
         assert!(json["final"]["kl"].is_number());
+        // Per-image held-out scores pair base and final image for image; their means are the
+        // reported partial credits, and the win rate is computed from them.
+        let heldout_images = align_data::EvalSet::standard().heldout.len() * config.eval_seeds;
+        for snap in [&report.base, &report.final_] {
+            assert_eq!(snap.heldout_scores.len(), heldout_images);
+            let mean = snap.heldout_scores.iter().sum::<f64>() / heldout_images as f64;
+            assert!((mean - snap.heldout_partial_credit).abs() < 1e-12);
+        }
+        let win = report
+            .heldout_win_rate
+            .expect("a fresh run reports its win rate");
+        let (rate, low, high) =
+            crate::pref_cmd::win_rate(&report.final_.heldout_scores, &report.base.heldout_scores);
+        assert_eq!((win.rate, win.low, win.high), (rate, low, high));
+        assert!(low <= rate && rate <= high);
+        assert!(json["heldout_win_rate"]["rate"].is_number());
+        let md = std::fs::read_to_string(config.out.join("report.md")).unwrap();
+        assert!(md.contains("held-out gold win rate vs base"), "{md}");
         // A finished run is never overwritten: refused before any evaluation.
         let err = train(&config, false, false, &device).unwrap_err();
         assert!(err.contains("already holds a run"), "{err}");
@@ -1674,6 +1764,8 @@ mod tests {
         assert_eq!(report.iterations, 3);
         let lines = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
         assert_eq!(lines.lines().count(), 3);
+        // The resumed run pairs its final images with the saved base scores.
+        assert!(report.heldout_win_rate.is_some());
         let _ = std::fs::remove_dir_all(dir);
     }
 }
