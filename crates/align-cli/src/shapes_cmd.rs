@@ -475,9 +475,9 @@ pub(crate) fn evaluate_detailed<D: Module + ModuleDisplay + Denoiser>(
 pub(crate) const GRID_PROMPTS: [&str; 8] = [
     "one red circle",
     "two blue squares",
-    "three yellow triangles",
-    "four green circles",
-    "two red circles",
+    "three yellow squares",
+    "one green triangle",
+    "two red circles and one blue square",
     "one yellow square and two blue triangles",
     "one green triangle and one red square",
     "three blue circles",

@@ -1,16 +1,19 @@
 //! The fixed evaluation prompt set: train-part and held-out-part prompts with fixed seeds.
 //!
-//! [`EvalSet::standard`] has 32 training-part prompts and 32 held-out prompts, 4 seeds each
-//! (256 evaluation samples). It is built deterministically from [`Split::standard`] by
+//! [`EvalSet::standard`] has 64 training-part prompts and 64 held-out prompts of
+//! [`Split::standard`], 4 seeds each (512 evaluation samples); [`EvalSet::for_split`] builds
+//! the same for another named split (the stress test). Both are built deterministically by
 //! [`EvalSet::build`] with the selection seed [`EVAL_SELECTION_SEED`]:
 //!
 //! - **train** (`n_train` prompts): `n_train / 4` one-group scenes and the rest two-group
 //!   scenes, each drawn without replacement from the train part;
-//! - **held-out** (`n_heldout` prompts): `n_heldout / 4` one-group scenes (all of which
-//!   contain a held-out pair); of the two-group rest, a quarter held out only through a
-//!   held-out combination and the others containing a held-out pair.
+//! - **held-out** (`n_heldout` prompts): `n_heldout / 4` one-group scenes, or all the part
+//!   has if fewer (the rest are then two-group); of the two-group prompts, a quarter held out
+//!   only through a held-out combination and the others naming a held-out group or pair
+//!   ([`Split::has_heldout_group`]) — when one of these two lists runs short, the other makes
+//!   up the difference.
 //!
-//! "Drawn without replacement" means: the part's list (in [`SceneSpec::all`] order) is
+//! "Drawn without replacement" means: the part's list (in [`SceneSpec::world`] order) is
 //! shuffled by Fisher–Yates with one `ChaCha8Rng::seed_from_u64(EVAL_SELECTION_SEED)`,
 //! used for the lists in the order above, and its first `k` entries are taken.
 //!
@@ -22,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
 use crate::sampling;
-use crate::split::{Split, SplitPart};
+use crate::split::{Split, SplitName, SplitPart};
 use crate::world::SceneSpec;
 
 /// The seed that selects the prompts of [`EvalSet::standard`].
@@ -60,9 +63,14 @@ fn take_shuffled(rng: &mut ChaCha8Rng, mut list: Vec<SceneSpec>, k: usize) -> Ve
 }
 
 impl EvalSet {
-    /// 32 train + 32 held-out prompts, 4 seeds each, from the standard split.
+    /// 64 train + 64 held-out prompts, 4 seeds each, from the standard split.
     pub fn standard() -> Self {
-        Self::build(&Split::standard(), 32, 32, 4)
+        Self::for_split(SplitName::Combinations)
+    }
+
+    /// 64 train + 64 held-out prompts, 4 seeds each, from a named split.
+    pub fn for_split(name: SplitName) -> Self {
+        Self::build(&name.split(), 64, 64, 4)
     }
 
     /// An evaluation set of `n_train` + `n_heldout` prompts (fewer if a part has fewer
@@ -81,22 +89,29 @@ impl EvalSet {
             n_train - train_one,
         ));
 
-        let held_one = n_heldout / 4;
+        let held_one = (n_heldout / 4).min(split.specs(SplitPart::HeldOut, 1).len());
         let held_two = n_heldout - held_one;
-        let held_combo = held_two / 4;
-        let pairs = split.heldout_pairs();
-        let (with_pair, combo_only): (Vec<SceneSpec>, Vec<SceneSpec>) = split
+        let (with_group, combo_only): (Vec<SceneSpec>, Vec<SceneSpec>) = split
             .specs(SplitPart::HeldOut, 2)
             .iter()
             .cloned()
-            .partition(|s| s.groups().iter().any(|g| pairs.contains(&g.pair())));
+            .partition(|s| split.has_heldout_group(s));
         let mut heldout = take_shuffled(
             &mut rng,
             split.specs(SplitPart::HeldOut, 1).to_vec(),
             held_one,
         );
-        heldout.extend(take_shuffled(&mut rng, combo_only, held_combo));
-        heldout.extend(take_shuffled(&mut rng, with_pair, held_two - held_combo));
+        let mut combo_only = take_shuffled(&mut rng, combo_only, usize::MAX);
+        let mut with_group = take_shuffled(&mut rng, with_group, usize::MAX);
+        let held_combo = (held_two / 4)
+            .max(held_two.saturating_sub(with_group.len()))
+            .min(combo_only.len());
+        let rest = combo_only.split_off(held_combo);
+        with_group.truncate(held_two - held_combo);
+        heldout.extend(combo_only);
+        heldout.extend(with_group);
+        let short = held_two.saturating_sub(heldout.len() - held_one);
+        heldout.extend(rest.into_iter().take(short));
 
         let mut k = 0u64;
         let mut make = |specs: Vec<SceneSpec>, part| -> Vec<EvalPrompt> {
@@ -145,7 +160,7 @@ mod tests {
         let split = Split::standard();
         let set = EvalSet::standard();
         assert_eq!(set, EvalSet::standard());
-        assert_eq!((set.train.len(), set.heldout.len()), (32, 32));
+        assert_eq!((set.train.len(), set.heldout.len()), (64, 64));
         for p in &set.train {
             assert!(!split.is_heldout(&p.spec), "{}", p.prompt);
             assert_eq!(p.part, SplitPart::Train);
@@ -155,13 +170,29 @@ mod tests {
             assert_eq!(p.part, SplitPart::HeldOut);
         }
         let prompts: HashSet<_> = set.iter().map(|p| p.prompt.clone()).collect();
-        assert_eq!(prompts.len(), 64);
+        assert_eq!(prompts.len(), 128);
         let seeds: HashSet<_> = set.iter().flat_map(|p| p.seeds.clone()).collect();
-        assert_eq!(seeds.len(), 256);
+        assert_eq!(seeds.len(), 512);
         for p in set.iter() {
             assert_eq!(p.prompt.parse::<SceneSpec>().unwrap(), p.spec);
         }
-        // Every held-out pair and at least one held-out combination is evaluated.
+        let ones = |v: &[EvalPrompt]| v.iter().filter(|p| p.spec.groups().len() == 1).count();
+        assert_eq!(ones(&set.train), 16);
+        // The standard split has six held-out one-group scenes: all of them are evaluated.
+        assert_eq!(ones(&set.heldout), 6);
+        for g in split.heldout_groups() {
+            assert!(set.heldout.iter().any(|p| p.spec.groups() == [*g]));
+        }
+    }
+
+    #[test]
+    fn stress_set() {
+        let split = Split::unseen_pairs();
+        let set = EvalSet::for_split(SplitName::UnseenPairs);
+        assert_eq!((set.train.len(), set.heldout.len()), (64, 64));
+        assert!(set.heldout.iter().all(|p| split.is_heldout(&p.spec)));
+        // Every held-out pair is evaluated; the part's 9 one-group scenes are all taken, and
+        // a quarter (13) of the other 55 prompts are held out only through a combination.
         for pair in split.heldout_pairs() {
             assert!(
                 set.heldout
@@ -169,16 +200,28 @@ mod tests {
                     .any(|p| p.spec.groups().iter().any(|g| g.pair() == *pair))
             );
         }
+        let combo_only = set
+            .heldout
+            .iter()
+            .filter(|p| p.spec.groups().len() == 2 && !split.has_heldout_group(&p.spec))
+            .count();
+        assert_eq!(combo_only, 13);
         assert_eq!(
             set.heldout
                 .iter()
-                .filter(|p| !p
-                    .spec
-                    .groups()
-                    .iter()
-                    .any(|g| split.heldout_pairs().contains(&g.pair())))
+                .filter(|p| p.spec.groups().len() == 1)
                 .count(),
-            6
+            9
         );
+    }
+
+    #[test]
+    fn small_parts_give_what_they_have() {
+        let split = Split::standard();
+        let set = EvalSet::build(&split, 1000, 1000, 1);
+        assert_eq!(set.train.len(), 30 + 300);
+        assert_eq!(set.heldout.len(), 6 + 96);
+        let prompts: HashSet<_> = set.heldout.iter().map(|p| p.prompt.clone()).collect();
+        assert_eq!(prompts.len(), 102);
     }
 }

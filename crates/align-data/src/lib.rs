@@ -1,7 +1,7 @@
 #![warn(missing_docs)]
 //! # align-data
 //!
-//! The data side of `align`: the procedural **Shapes world** — 32×32 scenes of one or two
+//! The data side of `align`: the procedural **Shapes world** — 16×16 scenes of one or two
 //! groups of coloured circles, squares and triangles on black, described by compositional
 //! prompts such as `"two blue squares and one yellow triangle"` — together with its
 //! word-level tokenizer, a train / held-out split of attribute combinations for measuring
@@ -23,7 +23,7 @@
 //!
 //! let spec: SceneSpec = "two blue squares and one yellow triangle".parse().unwrap();
 //! let scene = render_seeded(&spec, &WorldConfig::default(), 42).unwrap();
-//! assert_eq!((scene.image.width, scene.image.height), (32, 32));
+//! assert_eq!((scene.image.width, scene.image.height), (16, 16));
 //!
 //! let result = ShapeEval::default().score(&scene.image, &spec);
 //! assert!(result.pass);
@@ -72,7 +72,9 @@ pub use preference::{
 pub use prompt::{Prompt, parse_prompt};
 pub use raster::Image;
 pub use render::{PlacedObject, Scene, draw_objects, place_objects, render_scene, render_seeded};
-pub use split::{HELDOUT_COMBOS, HELDOUT_PAIRS, Split, SplitPart};
+pub use split::{
+    HELDOUT_COMBOS, HELDOUT_GROUPS, HELDOUT_PAIR_COMBOS, HELDOUT_PAIRS, Split, SplitName, SplitPart,
+};
 pub use tokenizer::{MAX_LEN, NULL_ID, PAD_ID, Tokenizer, UNK_ID};
 pub use verify::{DetectedObject, GroupResult, ShapeEval, ShapeEvalConfig, ShapeEvalResult};
 pub use world::{BACKGROUND, Colour, Group, SceneSpec, Shape, WorldConfig};

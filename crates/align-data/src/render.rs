@@ -177,10 +177,11 @@ mod tests {
     use super::*;
     use crate::world::Group;
 
+    /// A largest scene of the world (three objects).
     fn full_scene() -> SceneSpec {
         SceneSpec::pair(
-            Group::new(4, Colour::Red, Shape::Circle).unwrap(),
-            Group::new(4, Colour::Yellow, Shape::Triangle).unwrap(),
+            Group::new(2, Colour::Red, Shape::Circle).unwrap(),
+            Group::new(1, Colour::Yellow, Shape::Triangle).unwrap(),
         )
         .unwrap()
     }
@@ -221,7 +222,7 @@ mod tests {
         let cfg = WorldConfig::default();
         for seed in 0..300 {
             let scene = render_seeded(&full_scene(), &cfg, seed).unwrap();
-            assert_eq!(scene.objects.len(), 8);
+            assert_eq!(scene.objects.len(), 3);
             for (i, a) in scene.objects.iter().enumerate() {
                 assert!(a.x + a.size <= cfg.size && a.y + a.size <= cfg.size);
                 assert!((cfg.min_object..=cfg.max_object).contains(&a.size));
@@ -242,7 +243,7 @@ mod tests {
         };
         let err = render_seeded(&full_scene(), &cfg, 0).unwrap_err();
         assert!(
-            matches!(err, DataError::Placement { objects: 8, .. }),
+            matches!(err, DataError::Placement { objects: 3, .. }),
             "{err}"
         );
     }

@@ -16,18 +16,19 @@
 //! 2. **Components.** 4-connected components of equal colour label. Components with fewer
 //!    than [`ShapeEvalConfig::min_area`] pixels (default **6**) are dropped as specks; the
 //!    smallest rendered object (a 5 px triangle) has 17 pixels.
-//! 3. **Shapes.** From the component's bounding box (`w × h`) and area `A`: the fill ratio
-//!    `f = A / (w h)`, the aspect ratio `w / h`, and the upper-half fraction `q` = share of the
-//!    component's pixels in the top half of its box (a middle row of an odd-height box counts
-//!    ½). Rendered squares have `f = 1`, `q = ½`; circles `f ∈ [0.75, 0.89]` (→ `π/4` for
-//!    large sizes), `q = ½`; apex-up triangles `f ∈ [0.53, 0.68]` (→ ½), `q ∈ [0.26, 0.34]`
-//!    (→ ¼). The rule, with the default thresholds:
-//!    - aspect outside `[2/3, 3/2]` → no shape;
-//!    - `q < 0.42` and `0.40 ≤ f ≤ 0.75` → triangle;
-//!    - `q ≥ 0.42` and `f ≥ 0.94` → square;
-//!    - `q ≥ 0.42` and `0.70 ≤ f < 0.94` → circle;
-//!    - anything else → no shape (it still counts as an extra object).
-//!
+//! 3. **Shapes, by the nearest template.** A component is compared with the rendered
+//!    template of every shape (the renderer's own rasterisation, [`shape_contains`]) at
+//!    every box side `s` within one pixel of the component's larger box side `m`
+//!    (`m − 1 ≤ s ≤ m + 1`) and every placement of that box within one pixel of the
+//!    component's box; the score of a shape is its best intersection-over-union
+//!    `|M ∩ T| / |M ∪ T|` with the component's pixel set `M`. The component takes the shape
+//!    with the highest score (ties go to the earlier of circle, square, triangle), if that
+//!    score is at least [`ShapeEvalConfig::min_iou`] (default **0.75**) and `m` is at least
+//!    [`ShapeEvalConfig::min_side`] (default **5**); otherwise it has no shape (and counts
+//!    as an extra object). This is what a detector does: a ragged edge pixel lowers the
+//!    score a little and the object is still found, while which shape it is stays exact (a
+//!    rendered shape matches its own template with score 1 and any other with less), and
+//!    merged objects (two shapes touching), fragments and blobs match nothing.
 //!    The unit tests check that every shape rendered at every size from 5 to 32 px is
 //!    classified correctly.
 //! 4. **Score.** For each group of the prompt, `found` = number of components with the
@@ -47,6 +48,7 @@
 use crate::error::{DataError, Result};
 use crate::prompt::parse_prompt;
 use crate::raster::Image;
+use crate::render::shape_contains;
 use crate::world::{Colour, Group, SceneSpec, Shape};
 
 /// Thresholds of [`ShapeEval`] (see the module docs for their meaning).
@@ -57,16 +59,12 @@ pub struct ShapeEvalConfig {
     pub max_colour_distance: f32,
     /// Components smaller than this (pixels) are ignored. At least 1. Default 6.
     pub min_area: usize,
-    /// Smallest allowed `min(w/h, h/w)` of a component's box. Default 2/3.
-    pub min_aspect: f64,
-    /// Upper-half fraction below which a component is triangle-like. Default 0.42.
-    pub triangle_max_upper: f64,
-    /// Fill-ratio range of a triangle. Default `[0.40, 0.75]`.
-    pub triangle_fill: (f64, f64),
-    /// Smallest fill ratio of a circle. Default 0.70.
-    pub circle_min_fill: f64,
-    /// Smallest fill ratio of a square. Default 0.94.
-    pub square_min_fill: f64,
+    /// Smallest intersection-over-union with the nearest shape template at which a
+    /// component still has that shape. In `(0, 1]`. Default 0.75.
+    pub min_iou: f64,
+    /// Smallest larger box side (pixels) of a component that has a shape. At least 1.
+    /// Default 5 (the world's objects are at least 5 px; a smaller component is a fragment).
+    pub min_side: usize,
 }
 
 impl Default for ShapeEvalConfig {
@@ -74,11 +72,8 @@ impl Default for ShapeEvalConfig {
         Self {
             max_colour_distance: 100.0,
             min_area: 6,
-            min_aspect: 2.0 / 3.0,
-            triangle_max_upper: 0.42,
-            triangle_fill: (0.40, 0.75),
-            circle_min_fill: 0.70,
-            square_min_fill: 0.94,
+            min_iou: 0.75,
+            min_side: 5,
         }
     }
 }
@@ -96,18 +91,14 @@ impl ShapeEvalConfig {
         if self.min_area == 0 {
             return Err(DataError::config("min_area", "must be at least 1"));
         }
-        if !(self.min_aspect > 0.0 && self.min_aspect <= 1.0) {
+        if !(self.min_iou > 0.0 && self.min_iou <= 1.0) {
             return Err(DataError::config(
-                "min_aspect",
-                format!("{} is outside (0, 1]", self.min_aspect),
+                "min_iou",
+                format!("{} is outside (0, 1]", self.min_iou),
             ));
         }
-        let (lo, hi) = self.triangle_fill;
-        if !(lo <= hi && self.circle_min_fill <= self.square_min_fill) {
-            return Err(DataError::config(
-                "triangle_fill",
-                "fill ranges must be ordered (lo ≤ hi, circle ≤ square)",
-            ));
+        if self.min_side == 0 {
+            return Err(DataError::config("min_side", "must be at least 1"));
         }
         Ok(())
     }
@@ -134,6 +125,9 @@ pub struct DetectedObject {
     pub fill: f64,
     /// Share of pixels in the upper half of the box.
     pub upper_fraction: f64,
+    /// Intersection-over-union with the nearest shape template (the best over all shapes,
+    /// whether or not it reaches [`ShapeEvalConfig::min_iou`]).
+    pub iou: f64,
 }
 
 /// The verdict on one group of the prompt.
@@ -185,6 +179,14 @@ pub struct ShapeEval {
 /// Label of a background pixel in the label map.
 const BACKGROUND_LABEL: u8 = u8::MAX;
 
+/// The range of offsets `o` (template origin minus component origin, one axis) at which a
+/// template box of side `s` lies within one pixel of a component box of side `n`: from one
+/// pixel beyond aligning the far edges to one pixel beyond aligning the near edges.
+fn offsets(n: usize, s: usize) -> (isize, isize) {
+    let d = n as isize - s as isize;
+    (d.min(0) - 1, d.max(0) + 1)
+}
+
 impl ShapeEval {
     /// A verifier with custom thresholds (validated).
     pub fn new(config: ShapeEvalConfig) -> Result<Self> {
@@ -215,34 +217,64 @@ impl ShapeEval {
         best.map(|(c, _)| c)
     }
 
-    /// Classifies a component from its box and pixel statistics (see the module docs).
-    pub fn classify_shape(
+    /// Classifies a component by the nearest shape template (see the module docs).
+    ///
+    /// `mask` is the component's pixel set inside its `width × height` bounding box, row
+    /// by row (`mask[j · width + i]`). Returns the shape (or `None`) and the best
+    /// intersection-over-union over all shapes.
+    pub fn classify_mask(
         &self,
         width: usize,
         height: usize,
-        area: usize,
-        upper: f64,
-    ) -> Option<Shape> {
-        if width == 0 || height == 0 {
-            return None;
+        mask: &[bool],
+    ) -> (Option<Shape>, f64) {
+        if width == 0 || height == 0 || mask.len() != width * height {
+            return (None, 0.0);
         }
-        let (w, h) = (width as f64, height as f64);
-        let aspect = (w / h).min(h / w);
-        if aspect < self.config.min_aspect {
-            return None;
+        let area = mask.iter().filter(|&&m| m).count();
+        let m = width.max(height);
+        let mut best: Option<(Shape, f64)> = None;
+        for shape in Shape::ALL {
+            let mut score = 0.0f64;
+            for s in m.saturating_sub(1).max(1)..=m + 1 {
+                let template = (0..s * s)
+                    .filter(|&k| shape_contains(shape, s, k % s, k / s))
+                    .count();
+                // Box offsets (template origin minus component origin) within one pixel.
+                let (lo_x, hi_x) = offsets(width, s);
+                let (lo_y, hi_y) = offsets(height, s);
+                for oy in lo_y..=hi_y {
+                    for ox in lo_x..=hi_x {
+                        let mut inter = 0usize;
+                        for j in 0..height {
+                            for i in 0..width {
+                                if !mask[j * width + i] {
+                                    continue;
+                                }
+                                let (ti, tj) = (i as isize - ox, j as isize - oy);
+                                if ti >= 0
+                                    && tj >= 0
+                                    && shape_contains(shape, s, ti as usize, tj as usize)
+                                {
+                                    inter += 1;
+                                }
+                            }
+                        }
+                        let iou = inter as f64 / (area + template - inter) as f64;
+                        score = score.max(iou);
+                    }
+                }
+            }
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((shape, score));
+            }
         }
-        let fill = area as f64 / (w * h);
-        let cfg = &self.config;
-        if upper < cfg.triangle_max_upper {
-            let (lo, hi) = cfg.triangle_fill;
-            return (lo..=hi).contains(&fill).then_some(Shape::Triangle);
-        }
-        if fill >= cfg.square_min_fill {
-            Some(Shape::Square)
-        } else if fill >= cfg.circle_min_fill {
-            Some(Shape::Circle)
-        } else {
-            None
+        match best {
+            Some((shape, iou)) if iou >= self.config.min_iou && m >= self.config.min_side => {
+                (Some(shape), iou)
+            }
+            Some((_, iou)) => (None, iou),
+            None => (None, 0.0),
         }
     }
 
@@ -325,9 +357,15 @@ impl ShapeEval {
             .sum();
         let area = pixels.len();
         let upper_fraction = upper / area as f64;
+        let mut mask = vec![false; width * height];
+        for &p in pixels {
+            mask[(p / w - y0) * width + (p % w - x0)] = true;
+        }
+        let (shape, iou) = self.classify_mask(width, height, &mask);
         DetectedObject {
             colour,
-            shape: self.classify_shape(width, height, area, upper_fraction),
+            shape,
+            iou,
             area,
             x: x0,
             y: y0,
@@ -430,6 +468,119 @@ mod tests {
         }
     }
 
+    /// Draws `pixels` (box coordinates) of one colour at `(x, y)` on a black 32 × 32 image.
+    fn blob(pixels: &[(usize, usize)], x: usize, y: usize) -> Image {
+        let mut img = Image::filled(32, 32, [0, 0, 0]);
+        for &(i, j) in pixels {
+            img.set_pixel_rgb8(x + i, y + j, Colour::Red.rgb());
+        }
+        img
+    }
+
+    fn rendered_pixels(shape: Shape, size: usize) -> Vec<(usize, usize)> {
+        (0..size)
+            .flat_map(|j| (0..size).map(move |i| (i, j)))
+            .filter(|&(i, j)| shape_contains(shape, size, i, j))
+            .collect()
+    }
+
+    #[test]
+    fn the_nearest_template_is_exact_on_rendered_shapes() {
+        let eval = ShapeEval::default();
+        for size in 5..=16 {
+            for shape in Shape::ALL {
+                let found = eval.detect(&blob(&rendered_pixels(shape, size), 3, 4));
+                assert_eq!(found.len(), 1);
+                assert_eq!(found[0].shape, Some(shape), "{shape} {size}");
+                assert!((found[0].iou - 1.0).abs() < 1e-12);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// One ragged edge pixel — a painted pixel removed from the boundary, or a
+        /// background pixel next to the shape painted — never changes the shape found, at
+        /// the world's object sizes and above.
+        #[test]
+        fn a_ragged_edge_pixel_is_tolerated(
+            size in 6usize..=12,
+            shape_index in 0usize..3,
+            pick in proptest::prelude::any::<usize>(),
+            add in proptest::prelude::any::<bool>(),
+        ) {
+            let shape = Shape::ALL[shape_index];
+            let mut pixels = rendered_pixels(shape, size);
+            let inside = |i: isize, j: isize| {
+                i >= 0 && j >= 0 && shape_contains(shape, size, i as usize, j as usize)
+            };
+            // Boundary pixels (a 4-neighbour outside the shape) and pixels just outside.
+            let boundary: Vec<(usize, usize)> = pixels
+                .iter()
+                .copied()
+                .filter(|&(i, j)| {
+                    let (i, j) = (i as isize, j as isize);
+                    [(1, 0), (-1, 0), (0, 1), (0, -1)]
+                        .iter()
+                        .any(|(di, dj)| !inside(i + di, j + dj))
+                })
+                .collect();
+            let outside: Vec<(usize, usize)> = (0..size + 2)
+                .flat_map(|j| (0..size + 2).map(move |i| (i, j)))
+                .filter(|&(i, j)| {
+                    let (i, j) = (i as isize - 1, j as isize - 1);
+                    !inside(i, j)
+                        && [(1, 0), (-1, 0), (0, 1), (0, -1)]
+                            .iter()
+                            .any(|(di, dj)| inside(i + di, j + dj))
+                })
+                .collect();
+            if add {
+                // `outside` is in coordinates shifted by one pixel: shift the shape too.
+                pixels = pixels.iter().map(|&(i, j)| (i + 1, j + 1)).collect();
+                pixels.push(outside[pick % outside.len()]);
+            } else {
+                let gone = boundary[pick % boundary.len()];
+                pixels.retain(|&p| p != gone);
+            }
+            let found = ShapeEval::default().detect(&blob(&pixels, 3, 3));
+            proptest::prop_assert_eq!(found.len(), 1);
+            proptest::prop_assert_eq!(found[0].shape, Some(shape), "{:?}", found[0]);
+        }
+    }
+
+    #[test]
+    fn merged_fragmented_and_shapeless_components_have_no_shape() {
+        let eval = ShapeEval::default();
+        // Two 6 px squares touching side by side: one 12 × 6 component.
+        let two: Vec<(usize, usize)> = (0..6).flat_map(|j| (0..12).map(move |i| (i, j))).collect();
+        let found = eval.detect(&blob(&two, 2, 2));
+        assert_eq!((found.len(), found[0].shape), (1, None), "{found:?}");
+        // A circle and a square of one colour touching diagonally through an edge pixel.
+        let mut pair = rendered_pixels(Shape::Circle, 7);
+        pair.extend(
+            rendered_pixels(Shape::Square, 7)
+                .iter()
+                .map(|&(i, j)| (i + 7, j + 3)),
+        );
+        let found = eval.detect(&blob(&pair, 1, 1));
+        assert_eq!((found.len(), found[0].shape), (1, None), "{found:?}");
+        // A fragment: a 3 × 3 square (9 px, above min_area) is too small to be an object.
+        let frag: Vec<(usize, usize)> = (0..3).flat_map(|j| (0..3).map(move |i| (i, j))).collect();
+        let found = eval.detect(&blob(&frag, 5, 5));
+        assert_eq!((found.len(), found[0].shape), (1, None), "{found:?}");
+        // A ring (a square with its middle missing) and a thin bar.
+        let ring: Vec<(usize, usize)> = (0..7)
+            .flat_map(|j| (0..7).map(move |i| (i, j)))
+            .filter(|&(i, j)| i == 0 || j == 0 || i == 6 || j == 6)
+            .collect();
+        assert_eq!(eval.detect(&blob(&ring, 5, 5))[0].shape, None);
+        let bar: Vec<(usize, usize)> = (0..8)
+            .map(|i| (i, 0))
+            .chain((0..8).map(|i| (i, 1)))
+            .collect();
+        assert_eq!(eval.detect(&blob(&bar, 5, 5))[0].shape, None);
+    }
+
     #[test]
     fn pixel_classification() {
         let eval = ShapeEval::default();
@@ -520,6 +671,18 @@ mod tests {
             },
             ShapeEvalConfig {
                 min_area: 0,
+                ..Default::default()
+            },
+            ShapeEvalConfig {
+                min_iou: 0.0,
+                ..Default::default()
+            },
+            ShapeEvalConfig {
+                min_iou: 1.5,
+                ..Default::default()
+            },
+            ShapeEvalConfig {
+                min_side: 0,
                 ..Default::default()
             },
         ] {

@@ -1,9 +1,11 @@
 //! The Shapes world: shapes, colours, scene specifications and the world's configuration.
 //!
 //! A scene is drawn on a plain black background and holds one or two *groups*. A group is
-//! `count` identical objects (`1 ≤ count ≤ 4`) of one [`Colour`] and one [`Shape`]; the two
-//! groups of a scene differ in their `(colour, shape)` pair, so a scene has at most 8
-//! objects. Palette colours are saturated RGB corners, at least 255 apart (Euclidean, 8-bit
+//! `count` identical objects of one [`Colour`] and one [`Shape`]; the two groups of a scene
+//! differ in their `(colour, shape)` pair. The prompt language can say any count up to
+//! [`MAX_COUNT`], but the world's scenes ([`SceneSpec::world`], the universe every
+//! [`Split`](crate::Split) divides) hold at most [`MAX_OBJECTS`] objects: one group of 1–3,
+//! or two groups of 1 + 1, 1 + 2 or 2 + 1. Palette colours are saturated RGB corners, at least 255 apart (Euclidean, 8-bit
 //! scale) from each other and from the background, which is what lets
 //! [`ShapeEval`](crate::ShapeEval) read scenes back exactly.
 
@@ -16,6 +18,13 @@ pub const MAX_COUNT: u8 = 4;
 
 /// The largest number of groups in one scene.
 pub const MAX_GROUPS: usize = 2;
+
+/// The largest number of objects in one scene of the world ([`SceneSpec::world`]).
+///
+/// Chosen by measurement (world v2): exact accuracy of small text-to-image models falls
+/// steeply with the number of objects in a scene, and three objects of 6–7 px is what a
+/// 16 × 16 image holds with room to spare.
+pub const MAX_OBJECTS: usize = 3;
 
 /// The background colour (black), 8-bit RGB.
 pub const BACKGROUND: [u8; 3] = [0, 0, 0];
@@ -226,20 +235,32 @@ impl SceneSpec {
         }
         out
     }
+
+    /// The scenes of the world: every scene of [`SceneSpec::all`] with at most
+    /// [`MAX_OBJECTS`] objects, in the same order — 36 one-group scenes (12 pairs × counts
+    /// 1–3) followed by 396 ordered two-group scenes (132 ordered pairs × counts 1 + 1,
+    /// 1 + 2, 2 + 1).
+    pub fn world() -> Vec<SceneSpec> {
+        Self::all()
+            .into_iter()
+            .filter(|s| s.total_objects() <= MAX_OBJECTS)
+            .collect()
+    }
 }
 
 /// Configuration of the Shapes world's renderer.
 ///
-/// Object sizes are the side of the square box a shape is drawn in. The defaults (32×32
-/// images, objects 6–9 px, a gap of at least 1 px between objects) fit the largest scene
-/// (8 objects) comfortably.
+/// Object sizes are the side of the square box a shape is drawn in. The defaults (16×16
+/// images, objects 6–7 px, a gap of at least 1 px between objects) fit the world's largest
+/// scene ([`MAX_OBJECTS`] = 3 objects) in a 2 × 2 arrangement; larger scenes of
+/// [`SceneSpec::all`] need a larger image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorldConfig {
-    /// Image width and height in pixels (square images). Default 32.
+    /// Image width and height in pixels (square images). Default 16.
     pub size: usize,
     /// Smallest object box side in pixels, at least 5. Default 6.
     pub min_object: usize,
-    /// Largest object box side in pixels, `≥ min_object` and `≤ size`. Default 9.
+    /// Largest object box side in pixels, `≥ min_object` and `≤ size`. Default 7.
     pub max_object: usize,
     /// Minimum number of background pixels between the boxes of two objects, at least 1
     /// (so that 4-connected components never merge). Default 1.
@@ -253,9 +274,9 @@ pub struct WorldConfig {
 impl Default for WorldConfig {
     fn default() -> Self {
         Self {
-            size: 32,
+            size: 16,
             min_object: 6,
-            max_object: 9,
+            max_object: 7,
             gap: 1,
             max_attempts: 64,
             tries_per_object: 200,
@@ -362,6 +383,25 @@ mod tests {
     }
 
     #[test]
+    fn the_world_is_the_scenes_of_at_most_three_objects() {
+        let world = SceneSpec::world();
+        assert_eq!(world.len(), 36 + 396);
+        let ones = world.iter().filter(|s| s.groups().len() == 1).count();
+        assert_eq!(ones, 36);
+        // Counted independently: ordered pairs of distinct pairs × count combinations.
+        let two_group_counts = (1..=3u8)
+            .flat_map(|a| (1..=3u8).map(move |b| (a, b)))
+            .filter(|(a, b)| usize::from(a + b) <= MAX_OBJECTS)
+            .count();
+        assert_eq!(world.len() - ones, 12 * 11 * two_group_counts);
+        assert!(world.iter().all(|s| s.total_objects() <= MAX_OBJECTS));
+        let all = SceneSpec::all();
+        for s in &all {
+            assert_eq!(world.contains(s), s.total_objects() <= MAX_OBJECTS, "{s}");
+        }
+    }
+
+    #[test]
     fn config_validation() {
         assert!(WorldConfig::default().validate().is_ok());
         let bad = [
@@ -374,7 +414,7 @@ mod tests {
                 ..Default::default()
             },
             WorldConfig {
-                size: 8,
+                size: 6,
                 ..Default::default()
             },
             WorldConfig {

@@ -33,7 +33,7 @@ pub struct DiTConfig {
     #[config(default = 3)]
     pub channels: usize,
     /// Image side (square images).
-    #[config(default = 32)]
+    #[config(default = 16)]
     pub image_size: usize,
     /// Patch side `p`.
     #[config(default = 4)]
@@ -64,10 +64,12 @@ impl DiTConfig {
             .with_context_dim(16)
     }
 
-    /// The preset of the shipped Shapes-world model: 2×2 patches (256 tokens for 32×32), so
-    /// that 6–9 px shapes span several tokens and their edges need not follow patch borders.
+    /// The preset of the shipped Shapes-world model (world v2, 16 × 16 images): 2×2 patches
+    /// (64 tokens), so that 6–7 px shapes span several tokens and their edges need not follow
+    /// patch borders; width 96, depth 3 — about 57 MFLOP per image forward, text encoder
+    /// excluded (docs/benchmarks.md).
     pub fn small() -> Self {
-        Self::new().with_patch_size(2)
+        Self::new().with_patch_size(2).with_depth(3)
     }
 
     /// Number of tokens `N`.

@@ -52,7 +52,7 @@ pub struct ShapesModelConfig {
     /// DiT (used when `kind = Dit`).
     pub dit: DiTConfig,
     /// Image side in pixels.
-    #[config(default = 32)]
+    #[config(default = 16)]
     pub image_size: usize,
     /// DDPM training timesteps `T` (UNet).
     #[config(default = 1000)]
@@ -67,7 +67,7 @@ impl ShapesModelConfig {
                 kind,
                 TextEncoderConfig::tiny(vocab_size, max_len),
                 UNetConfig::tiny(),
-                DiTConfig::tiny().with_image_size(32).with_patch_size(4),
+                DiTConfig::tiny().with_image_size(16).with_patch_size(4),
             ),
             Preset::Small => Self::new(
                 kind,

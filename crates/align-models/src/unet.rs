@@ -73,9 +73,15 @@ impl UNetConfig {
             .with_norm_groups(4)
     }
 
-    /// The preset of the shipped Shapes-world model.
+    /// The preset of the shipped Shapes-world model (world v2, 16 × 16 images): width 16
+    /// with multipliers 1, 2, 3 (16 channels at 16 × 16, 32 at 8 × 8, 48 at 4 × 4) and
+    /// attention at 8 × 8 and 4 × 4 — about 51 MFLOP per image forward, text encoder
+    /// excluded (docs/benchmarks.md).
     pub fn small() -> Self {
         Self::new()
+            .with_base_channels(16)
+            .with_channel_mults(vec![1, 2, 3])
+            .with_attention(vec![false, true, true])
     }
 
     /// Checks the configuration.
