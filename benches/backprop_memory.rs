@@ -78,7 +78,7 @@ fn child(method: &str, k: usize) {
             sample_ids: (0..BATCH as u64).collect(),
             condition_ids: vec![0; BATCH],
             group_ids: None,
-            sample_shape: [3, 32, 32],
+            sample_shape: [3, config.image_size, config.image_size],
         },
         &RolloutConfig {
             guidance_scale: 3.0,

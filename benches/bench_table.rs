@@ -191,7 +191,7 @@ fn run(opts: &Options) -> Result<(), String> {
             sync(m.predict(x.clone(), t.clone(), &c));
             Ok(())
         })?;
-        let f = flops::unet_forward(&ucfg.unet, IMAGES, 32, ctx);
+        let f = flops::unet_forward(&ucfg.unet, IMAGES, ucfg.image_size, ctx);
         push(&mut rows, "forward_unet", r, IMAGES, f);
     }
     if wanted("forward_dit") {
@@ -231,7 +231,7 @@ fn run(opts: &Options) -> Result<(), String> {
             )?);
             Ok(())
         })?;
-        let f = flops::unet_forward(&ucfg.unet, 2 * IMAGES, 32, ctx);
+        let f = flops::unet_forward(&ucfg.unet, 2 * IMAGES, ucfg.image_size, ctx);
         push(&mut rows, "sampler_step_unet", r, IMAGES, f);
     }
     if wanted("rollout_dit") {

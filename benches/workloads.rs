@@ -38,6 +38,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 /// Images per forward pass and per rollout: the quickstart's 4 prompts × group of 8.
 pub const IMAGES: usize = 32;
+/// Image side of the Shapes world's models (the `small` presets' `image_size`).
+pub const IMAGE_SIZE: usize = 16;
 /// Samples of one update minibatch (the quickstart's 32 samples in 2 minibatches).
 pub const UPDATE_SAMPLES: usize = 16;
 /// Sampler steps of the training rollouts.
@@ -232,7 +234,7 @@ where
             sample_ids: (0..n as u64).collect(),
             condition_ids: (0..n).collect(),
             group_ids: None,
-            sample_shape: [3, 32, 32],
+            sample_shape: [3, IMAGE_SIZE, IMAGE_SIZE],
         },
         &RolloutConfig {
             seed: 0,
@@ -244,10 +246,10 @@ where
     .map_err(err("rollout"))
 }
 
-/// Deterministic standard-normal images `[n, 3, 32, 32]` (stream `seed`).
+/// Deterministic standard-normal images `[n, 3, IMAGE_SIZE, IMAGE_SIZE]` (stream `seed`).
 pub fn images(n: usize, seed: u64, device: &Device) -> SetupResult<Tensor<4>> {
     let keys: Vec<NoiseKey> = (0..n as u64).map(|i| NoiseKey::initial(seed, i)).collect();
-    noise_tensor(&keys, [3, 32, 32], device).map_err(|e| e.to_string())
+    noise_tensor(&keys, [3, IMAGE_SIZE, IMAGE_SIZE], device).map_err(|e| e.to_string())
 }
 
 /// Advantages of the update workloads: a fixed, zero-mean pattern.
@@ -424,8 +426,8 @@ impl ChainStep {
             let (c, u) = encode(m, CHAIN_SAMPLES, &device)?;
             Ok((c, Some(u)))
         };
-        let cotangent = Tensor::<4>::ones([CHAIN_SAMPLES, 3, 32, 32], &self.device)
-            .div_scalar((CHAIN_SAMPLES * 3 * 32 * 32) as f64);
+        let cotangent = Tensor::<4>::ones([CHAIN_SAMPLES, 3, IMAGE_SIZE, IMAGE_SIZE], &self.device)
+            .div_scalar((CHAIN_SAMPLES * 3 * IMAGE_SIZE * IMAGE_SIZE) as f64);
         chain_gradients(ChainInputs {
             policy: &self.policy,
             sampler: &self.sampler,

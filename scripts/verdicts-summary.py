@@ -1,47 +1,73 @@
 #!/usr/bin/env python3
 """Summarise the per-image verdicts that `align eval --details FILE` writes.
 
-    python3 scripts/verdicts-summary.py FILE [FILE ...]
+    python3 scripts/verdicts-summary.py [--split combinations|unseen-pairs] FILE [FILE ...]
 
 For each file: pass rate and first-failure counts per part (train / held-out), the pass
-rate of one-group and two-group scenes in each part, and the
-held-out part split into prompts that name a held-out (colour, shape) pair (red triangle,
-green square, blue circle; never seen in pretraining) and prompts that only combine two
-training pairs in a held-out way. For the held-out pairs it also counts which shape the
-model drew in that colour instead (prompts where no other group has that colour).
+rate of one-group and two-group scenes and by number of objects in each part, and the
+held-out part split by why a prompt is held out:
+
+- `combinations` (the standard split, the default): prompts with a held-out
+  (count, colour, shape) group (three objects of a pair whose colour and shape indices have
+  an odd sum) and prompts whose two groups form a held-out combination;
+- `unseen-pairs` (the stress test): prompts naming a held-out (colour, shape) pair (red
+  triangle, green square, blue circle; never seen in pretraining) and prompts that only
+  combine two training pairs in a held-out way. For the held-out pairs it also counts which
+  shape the model drew in that colour instead (prompts where no other group has that colour).
 """
 import collections
 import json
 import sys
 
+COLOURS = ["red", "green", "blue", "yellow"]
+SHAPES = ["circle", "square", "triangle"]
 HELDOUT_PAIRS = {("red", "triangle"), ("green", "square"), ("blue", "circle")}
 
 
-def summarise(path):
+def heldout_group(g):
+    """A held-out triple of the standard split: three of a pair with an odd index sum."""
+    odd = (COLOURS.index(g["colour"]) + SHAPES.index(g["shape"])) % 2 == 1
+    return g["expected"] == 3 and odd
+
+
+def rate(sub):
+    ok = sum(r["pass"] for r in sub)
+    return f"{ok}/{len(sub)} pass ({100 * ok / len(sub):.1f} %)"
+
+
+def summarise(path, split):
     rows = [json.loads(line) for line in open(path)]
     print(f"== {path}: {len(rows)} images")
     for part in ("train", "heldout"):
         sub = [r for r in rows if r["part"] == part]
         if not sub:
             continue
-        passed = sum(r["pass"] for r in sub)
         fails = collections.Counter(r["failure"] for r in sub)
-        print(f"{part}: {passed}/{len(sub)} pass ({100 * passed / len(sub):.1f} %); "
+        print(f"{part}: {rate(sub)}; "
               + ", ".join(f"{k} {v}" for k, v in sorted(fails.items())))
         for n in (1, 2):
             scenes = [r for r in sub if len(r["groups"]) == n]
             if scenes:
-                ok = sum(r["pass"] for r in scenes)
-                print(f"  {n}-group scenes: {ok}/{len(scenes)} pass "
-                      f"({100 * ok / len(scenes):.1f} %)")
+                print(f"  {n}-group scenes: {rate(scenes)}")
+        for n in (1, 2, 3, 4, 5, 6, 7, 8):
+            scenes = [r for r in sub if sum(g["expected"] for g in r["groups"]) == n]
+            if scenes:
+                print(f"  {n} object(s): {rate(scenes)}")
     held = [r for r in rows if r["part"] == "heldout"]
-    novel = [r for r in held
-             if any((g["colour"], g["shape"]) in HELDOUT_PAIRS for g in r["groups"])]
-    combos = [r for r in held if r not in novel]
-    for name, sub in (("held-out pair named", novel), ("held-out combination only", combos)):
+    if split == "unseen-pairs":
+        novel = [r for r in held
+                 if any((g["colour"], g["shape"]) in HELDOUT_PAIRS for g in r["groups"])]
+        kinds = (("held-out pair named", novel),
+                 ("held-out combination only", [r for r in held if r not in novel]))
+    else:
+        novel = [r for r in held if any(heldout_group(g) for g in r["groups"])]
+        kinds = (("held-out (count, colour, shape) group", novel),
+                 ("held-out combination of two pairs", [r for r in held if r not in novel]))
+    for name, sub in kinds:
         if sub:
-            passed = sum(r["pass"] for r in sub)
-            print(f"  {name}: {passed}/{len(sub)} pass ({100 * passed / len(sub):.1f} %)")
+            print(f"  {name}: {rate(sub)}")
+    if split != "unseen-pairs":
+        return
     drawn = collections.Counter()
     for r in novel:
         for g in r["groups"]:
@@ -55,5 +81,11 @@ def summarise(path):
               + ", ".join(f"{a} -> {b}: {n}" for (a, b), n in sorted(drawn.items())))
 
 
-for p in sys.argv[1:]:
-    summarise(p)
+args = sys.argv[1:]
+split = "combinations"
+if args[:1] == ["--split"]:
+    split, args = args[1], args[2:]
+    if split not in ("combinations", "unseen-pairs"):
+        sys.exit(f"verdicts-summary: unknown split {split!r}")
+for p in args:
+    summarise(p, split)

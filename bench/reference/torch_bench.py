@@ -414,6 +414,10 @@ def run(args) -> int:
     tokens = uio["tokens"].long()
     nulls = upd_u.tensors["null_tokens"][:1].expand(images, -1).contiguous()
     ctx = unet.config["text"]["max_len"]
+    size = unet.config["image_size"]  # the world's image side (16 in world v2)
+    if dit.config["image_size"] != size:
+        raise SystemExit(f"torch_bench: UNet images are {size} px but DiT images are "
+                         f"{dit.config['image_size']} px")
     g = float(upd_u.meta["guidance"])
 
     if "forward_unet" in wanted:
@@ -421,7 +425,7 @@ def run(args) -> int:
             c = unet.encode(tokens)
             x, t = uio["x"].float(), uio["t"].float()
             r = time_it(lambda: unet.predict(x, t, c), args.min_time, args.max_reps)
-        push("forward_unet", r, images, unet_flops(unet.config["unet"], images, 32, ctx))
+        push("forward_unet", r, images, unet_flops(unet.config["unet"], images, size, ctx))
     if "forward_dit" in wanted:
         with torch.no_grad():
             c = dit.encode(dio["tokens"].long())
@@ -432,7 +436,7 @@ def run(args) -> int:
         step = next(s for s in upd_u.steps if int(s["k"]) == 3)  # workloads::sampler_step: k = 3
         with torch.no_grad():
             c, u = unet.encode(tokens), unet.encode(nulls)
-            x, nxt = torch.randn(images, 3, 32, 32), torch.randn(images, 3, 32, 32)
+            x, nxt = torch.randn(images, 3, size, size), torch.randn(images, 3, size, size)
 
             def sampler_step():
                 out = U.guided_predict(unet, x, step["model_time"], c, u, g)
@@ -440,7 +444,7 @@ def run(args) -> int:
                 return U.gaussian_log_prob(nxt, mean, step["std"])
 
             r = time_it(sampler_step, args.min_time, args.max_reps)
-        push("sampler_step_unet", r, images, unet_flops(unet.config["unet"], 2 * images, 32, ctx))
+        push("sampler_step_unet", r, images, unet_flops(unet.config["unet"], 2 * images, size, ctx))
     if "rollout_dit" in wanted:
         # workloads::flow_sampler: FlowGrid::new(10, 1.0) (uniform 1 → 0), σ_t = a √(t/(1−t)),
         # a = 0.7, with 1 − t_1 under the root at t = 1.
@@ -459,10 +463,10 @@ def run(args) -> int:
         def rollout():
             with torch.no_grad():
                 c, u = dit.encode(tokens), dit.encode(nulls)
-                x = torch.randn(images, 3, 32, 32, generator=gen)
+                x = torch.randn(images, 3, size, size, generator=gen)
                 latents, log_probs, means = [x], [], []
                 for k, (tk, tn, s, std) in enumerate(grid):
-                    noise = torch.randn(images, 3, 32, 32, generator=gen)
+                    noise = torch.randn(images, 3, size, size, generator=gen)
                     out = U.guided_predict(dit, x, tk, c, u, g)
                     mean = U.flow_sde_mean(x, out, tk, tn, s)
                     x = mean + noise * std

@@ -607,10 +607,10 @@ def build_model(config: dict) -> TextToImage:
                    uc.get("parameterization", "Epsilon"))
     elif kind == "Dit":
         dc = config["dit"]
-        image_size = config.get("image_size", 32)
-        if dc.get("image_size", 32) != image_size:
+        image_size = config.get("image_size", 16)
+        if dc.get("image_size", 16) != image_size:
             raise ValueError(f"dit.image_size {dc.get('image_size')} != image_size {image_size}")
-        den = DiT(dc.get("channels", 3), dc.get("image_size", 32), dc.get("patch_size", 4),
+        den = DiT(dc.get("channels", 3), dc.get("image_size", 16), dc.get("patch_size", 4),
                   dc.get("dim", 96), dc.get("depth", 4), dc.get("heads", 4),
                   dc.get("context_dim", 64))
     else:

@@ -110,8 +110,9 @@ enum Command {
     Status,
     /// Pretrain a Shapes-world text-to-image model (text encoder + UNet or DiT).
     Pretrain {
-        /// Denoiser family: `unet` (DDPM, ε-prediction) or `dit` (flow matching).
-        #[arg(long, value_parser = ["unet", "dit"])]
+        /// Denoiser family: `unet` (DDPM, ε-prediction), `dit` (flow matching) or
+        /// `flow-unet` (the UNet trained by flow matching, velocity prediction).
+        #[arg(long, value_parser = ["unet", "dit", "flow-unet"])]
         model: String,
         /// Size preset: `small` (shipped models) or `tiny` (tests).
         #[arg(long, default_value = "small", value_parser = ["small", "tiny"])]
@@ -152,8 +153,8 @@ enum Command {
         #[arg(long, conflicts_with = "resume")]
         init_from: Option<PathBuf>,
         /// Smallest number of background pixels between two objects in the training scenes
-        /// (the world's default is 1).
-        #[arg(long, default_value_t = 1)]
+        /// (the world's default is 2).
+        #[arg(long, default_value_t = 2)]
         gap: usize,
         /// Output directory (model.json, model.safetensors, metrics.jsonl, samples/).
         #[arg(long)]
@@ -213,6 +214,10 @@ enum Command {
         /// reason) to this JSON-lines file.
         #[arg(long)]
         details: Option<PathBuf>,
+        /// The split whose evaluation set to use: `combinations` (the standard split:
+        /// held-out combinations of seen concepts) or `unseen-pairs` (the stress test).
+        #[arg(long, default_value = "combinations")]
+        split: String,
     },
     /// Train the learned proxy reward model of the Shapes world.
     TrainReward {
@@ -502,11 +507,12 @@ fn run(cli: Cli) -> Result<(), String> {
             out,
         } => {
             let options = shapes_cmd::PretrainOptions {
-                kind: if model == "unet" {
-                    align_models::DenoiserKind::Unet
-                } else {
+                kind: if model == "dit" {
                     align_models::DenoiserKind::Dit
+                } else {
+                    align_models::DenoiserKind::Unet
                 },
+                flow: model == "flow-unet",
                 preset: if preset == "tiny" {
                     align_models::Preset::Tiny
                 } else {
@@ -570,9 +576,13 @@ fn run(cli: Cli) -> Result<(), String> {
             steps,
             guidance,
             details,
+            split,
         } => {
             let options = shapes_cmd::SampleOptions { steps, guidance };
-            let verdicts = shapes_cmd::eval(&model, seeds, options, &device)?;
+            let split: align_data::SplitName = split
+                .parse()
+                .map_err(|e: align_data::DataError| format!("eval --split: {e}"))?;
+            let verdicts = shapes_cmd::eval(&model, split, seeds, options, &device)?;
             if let Some(path) = &details {
                 shapes_cmd::write_verdicts(path, &verdicts)?;
             }
@@ -828,6 +838,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("align-cli-warm-{}", std::process::id()));
         let base = shapes_cmd::PretrainOptions {
             kind: align_models::DenoiserKind::Dit,
+            flow: false,
             preset: align_models::Preset::Tiny,
             steps: 2,
             batch: 2,
@@ -912,6 +923,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("--gap"), "{err}");
+        // The flow UNet: a UNet trained by flow matching, saved as such and sampled on the
+        // flow grid; `flow` with a model file or a DiT is refused.
+        let flow = shapes_cmd::PretrainOptions {
+            kind: align_models::DenoiserKind::Unet,
+            flow: true,
+            out: dir.join("flow-unet"),
+            ..base.clone()
+        };
+        shapes_cmd::pretrain(&flow, &device).unwrap();
+        let (config, _) = align_models::ShapesModel::load(&dir.join("flow-unet"), &device).unwrap();
+        assert!(config.is_flow() && config.kind == align_models::DenoiserKind::Unet);
+        let options = shapes_cmd::SampleOptions {
+            steps: 2,
+            guidance: 2.0,
+        };
+        let png = dir.join("flow-unet").join("grid.png");
+        shapes_cmd::sample(&dir.join("flow-unet"), "one red circle", 2, &png, options, 0, &device)
+            .unwrap();
+        for bad in [
+            shapes_cmd::PretrainOptions {
+                kind: align_models::DenoiserKind::Dit,
+                ..flow.clone()
+            },
+            shapes_cmd::PretrainOptions {
+                out: dir.join("flow-unet-2"),
+                ..second.clone()
+            },
+        ] {
+            let bad = shapes_cmd::PretrainOptions { flow: true, ..bad };
+            let err = shapes_cmd::pretrain(&bad, &device).unwrap_err();
+            assert!(err.contains("flow-unet"), "{err}");
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -921,6 +964,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("align-cli-pretrain-{}", std::process::id()));
         let options = shapes_cmd::PretrainOptions {
             kind: align_models::DenoiserKind::Dit,
+            flow: false,
             preset: align_models::Preset::Tiny,
             steps: 3,
             batch: 4,
@@ -971,8 +1015,8 @@ mod tests {
         };
         shapes_cmd::sample(&dir, "two red circles", 6, &out, sample, 0, &device).unwrap();
         let png = image::open(&out).unwrap();
-        // 4 columns × 2 rows of 32×32 tiles with 1-pixel gutters.
-        assert_eq!((png.width(), png.height()), (4 * 33 + 1, 2 * 33 + 1));
+        // 4 columns × 2 rows of 16×16 tiles with 1-pixel gutters.
+        assert_eq!((png.width(), png.height()), (4 * 17 + 1, 2 * 17 + 1));
         let err = shapes_cmd::sample(&dir, "two purple circles", 1, &out, sample, 0, &device)
             .unwrap_err();
         assert!(err.contains("purple"), "{err}");
@@ -1016,6 +1060,7 @@ mod tests {
         let base = dir.join("base");
         let pretrain = shapes_cmd::PretrainOptions {
             kind: align_models::DenoiserKind::Dit,
+            flow: false,
             preset: align_models::Preset::Tiny,
             steps: 1,
             batch: 2,
@@ -1037,7 +1082,7 @@ mod tests {
             guidance: 1.0,
         };
         let (train, held) = reward_cmd::eval_reward(&dir, &base, 1, sample, &device).unwrap();
-        assert_eq!((train.n, held.n), (32, 32));
+        assert_eq!((train.n, held.n), (64, 64));
         assert!((0.0..=1.0).contains(&held.accuracy));
         assert!(reward_cmd::eval_reward(&base, &base, 1, sample, &device).is_err());
         std::fs::remove_dir_all(&dir).ok();
@@ -1067,7 +1112,7 @@ mod tests {
             )
             .unwrap();
             let png = image::open(&out).unwrap();
-            assert_eq!((png.width(), png.height()), (4 * 33 + 1, 33 + 1), "{name}");
+            assert_eq!((png.width(), png.height()), (4 * 17 + 1, 17 + 1), "{name}");
             std::fs::remove_file(&out).ok();
         }
         let rm = root.join("proxy-rm");
@@ -1078,7 +1123,7 @@ mod tests {
             align_data::render_seeded(&spec, &align_data::WorldConfig::default(), 5).unwrap();
         let pixels = scene.image.data.clone();
         let images = Tensor::<4>::from_data(
-            burn::tensor::TensorData::new([pixels.clone(), pixels].concat(), [2, 3, 32, 32]),
+            burn::tensor::TensorData::new([pixels.clone(), pixels].concat(), [2, 3, 16, 16]),
             &device,
         );
         let prompts = [

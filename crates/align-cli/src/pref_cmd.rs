@@ -11,7 +11,7 @@ use align_data::{
     Tokenizer, read_labels, read_pairs, write_labels, write_pairs,
 };
 use align_models::{
-    DenoiserKind, LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora,
+    LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora,
     with_lora_scale,
 };
 use align_pref::{
@@ -633,9 +633,10 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
         pairs,
         labels,
         reference,
-        schedule: match model_config.kind {
-            DenoiserKind::Unet => Some(model_config.noise_schedule().map_err(|e| e.to_string())?),
-            DenoiserKind::Dit => None,
+        schedule: if model_config.is_flow() {
+            None
+        } else {
+            Some(model_config.noise_schedule().map_err(|e| e.to_string())?)
         },
         image_size: model_config.image_size,
         bar: bar.clone(),

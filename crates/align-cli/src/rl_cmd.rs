@@ -15,7 +15,7 @@ use align_backprop::{
 use align_core::{Condition, CoreError, Denoiser, Job, Metrics, Runner, RunnerConfig};
 use align_data::{Image, Split, SplitPart, Tokenizer};
 use align_models::{
-    DenoiserKind, LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora,
+    LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora,
     with_lora_scale,
 };
 use align_rewards::{
@@ -1186,14 +1186,15 @@ fn train_sampler(
     config: &TrainConfig,
     model: &ShapesModelConfig,
 ) -> Result<Box<dyn Sampler + Send + Sync>, String> {
-    let s = match model.kind {
-        DenoiserKind::Dit => SamplerConfig::FlowSde {
+    let s = if model.is_flow() {
+        SamplerConfig::FlowSde {
             num_steps: config.train_steps,
             shift: 1.0,
             noise_level: config.noise_level,
             window: config.sde_window,
-        },
-        DenoiserKind::Unet => SamplerConfig::Ddim {
+        }
+    } else {
+        SamplerConfig::Ddim {
             num_train_timesteps: model.num_train_timesteps,
             beta_schedule: align_samplers::BetaSchedule::ddpm_linear(),
             num_steps: config.train_steps,
@@ -1201,7 +1202,7 @@ fn train_sampler(
             eta: config.noise_level,
             final_alpha: align_samplers::FinalAlpha::One,
             clip_sample: Some(1.0),
-        },
+        }
     };
     s.build().map_err(|e| e.to_string())
 }
@@ -1416,7 +1417,7 @@ pub fn train(
         ShapesModel::Dit(m) if wants_flow || either => {
             train_model(*m, &model_config, config, resume, progress, device)
         }
-        ShapesModel::Unet(m) if !wants_flow || either => {
+        ShapesModel::Unet(m) if wants_flow == model_config.is_flow() || either => {
             train_model(*m, &model_config, config, resume, progress, device)
         }
         _ => Err(format!(
@@ -1424,9 +1425,9 @@ pub fn train(
             config.model.display(),
             config.algorithm,
             if wants_flow {
-                "flow (DiT)"
+                "flow (DiT or flow UNet)"
             } else {
-                "DDPM (UNet)"
+                "DDPM (ε UNet)"
             }
         )),
     }
@@ -1539,7 +1540,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let tok = Tokenizer::new();
         let mc = ShapesModelConfig::preset(
-            DenoiserKind::Dit,
+            align_models::DenoiserKind::Dit,
             align_models::Preset::Tiny,
             tok.vocab_size(),
             tok.max_len(),
@@ -1562,7 +1563,7 @@ mod tests {
         config.dense_grpo.ode_steps = Some(1);
         config.runner.iterations = 2;
         let err = train(&config, false, false, &device).unwrap_err();
-        assert!(err.contains("needs a flow (DiT) model"), "{err}");
+        assert!(err.contains("needs a flow (DiT or flow UNet) model"), "{err}");
         config.model = model_dir;
         train(&config, false, false, &device).unwrap();
         let latest = std::fs::read_to_string(config.out.join("LATEST")).unwrap();
@@ -1690,7 +1691,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let tok = Tokenizer::new();
         let mc = ShapesModelConfig::preset(
-            DenoiserKind::Dit,
+            align_models::DenoiserKind::Dit,
             align_models::Preset::Tiny,
             tok.vocab_size(),
             tok.max_len(),

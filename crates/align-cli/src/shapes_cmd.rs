@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use align_core::{Denoiser, clip_grad_norm};
 use align_data::{
-    EvalPrompt, EvalSet, Image, SceneSpec, ShapeEval, ShapesDataset, SplitPart, Tokenizer,
+    EvalPrompt, EvalSet, Image, SceneSpec, ShapeEval, ShapesDataset, SplitName, SplitPart,
+    Tokenizer,
     WorldConfig,
 };
 use align_models::{
@@ -23,6 +24,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct PretrainOptions {
     /// Denoiser family.
     pub kind: DenoiserKind,
+    /// With `kind = Unet` and no `model_config`: the flow-matching UNet of the preset
+    /// ([`ShapesModelConfig::flow_unet`]) instead of the ε-prediction one.
+    pub flow: bool,
     /// Size preset.
     pub preset: Preset,
     /// Optimizer steps.
@@ -113,8 +117,13 @@ pub(crate) fn sampler_for(
     config: &ShapesModelConfig,
     steps: usize,
 ) -> Result<Box<dyn Sampler + Send + Sync>, String> {
-    let s = match config.kind {
-        DenoiserKind::Unet => SamplerConfig::Ddim {
+    let s = if config.is_flow() {
+        SamplerConfig::FlowEuler {
+            num_steps: if steps == 0 { 40 } else { steps },
+            shift: 1.0,
+        }
+    } else {
+        SamplerConfig::Ddim {
             num_train_timesteps: config.num_train_timesteps,
             beta_schedule: align_samplers::BetaSchedule::ddpm_linear(),
             num_steps: if steps == 0 { 50 } else { steps },
@@ -122,11 +131,7 @@ pub(crate) fn sampler_for(
             eta: 0.0,
             final_alpha: align_samplers::FinalAlpha::One,
             clip_sample: Some(1.0),
-        },
-        DenoiserKind::Dit => SamplerConfig::FlowEuler {
-            num_steps: if steps == 0 { 40 } else { steps },
-            shift: 1.0,
-        },
+        }
     };
     s.build().map_err(|e| e.to_string())
 }
@@ -404,6 +409,7 @@ impl Verdict {
                 "box": [o.x, o.y, o.width, o.height],
                 "fill": o.fill,
                 "upper_fraction": o.upper_fraction,
+                "iou": o.iou,
             })).collect::<Vec<_>>(),
         })
     }
@@ -446,7 +452,7 @@ pub fn failure_counts(verdicts: &[Verdict]) -> Vec<(&'static str, usize)> {
         .collect()
 }
 
-/// Every evaluation image (train part first), generated and scored.
+/// Every evaluation image of the standard set (train part first), generated and scored.
 pub(crate) fn evaluate_detailed<D: Module + ModuleDisplay + Denoiser>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
@@ -454,7 +460,25 @@ pub(crate) fn evaluate_detailed<D: Module + ModuleDisplay + Denoiser>(
     options: SampleOptions,
     device: &Device,
 ) -> Result<Vec<Verdict>, String> {
-    let set = EvalSet::standard();
+    evaluate_set(
+        model,
+        config,
+        &EvalSet::standard(),
+        seeds_per_prompt,
+        options,
+        device,
+    )
+}
+
+/// Every image of an evaluation set (train part first), generated and scored.
+fn evaluate_set<D: Module + ModuleDisplay + Denoiser>(
+    model: &TextToImage<D>,
+    config: &ShapesModelConfig,
+    set: &EvalSet,
+    seeds_per_prompt: usize,
+    options: SampleOptions,
+    device: &Device,
+) -> Result<Vec<Verdict>, String> {
     let verifier = ShapeEval::default();
     let mut out = Vec::new();
     for (part, heldout) in [(&set.train, false), (&set.heldout, true)] {
@@ -655,7 +679,15 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<(), String
     }
     .validate()
     .map_err(|e| format!("pretrain --gap: {e}"))?;
+    if options.flow && (options.kind != DenoiserKind::Unet || options.model_config.is_some()) {
+        return Err(
+            "pretrain: the flow UNet is the `flow-unet` preset; it takes no --model-config".into(),
+        );
+    }
     let config = match &options.model_config {
+        None if options.flow => {
+            ShapesModelConfig::flow_unet(options.preset, tok.vocab_size(), tok.max_len())
+        }
         None => ShapesModelConfig::preset(
             options.kind,
             options.preset,
@@ -861,23 +893,26 @@ pub fn eval_images(
     Ok((train, heldout))
 }
 
-/// `align eval`: ShapeEval accuracy on the fixed evaluation set (train and held-out parts).
+/// `align eval`: ShapeEval accuracy on the fixed evaluation set of a named split (train and
+/// held-out parts).
 ///
 /// # Errors
 /// A model directory that does not load.
 pub fn eval(
     model_dir: &Path,
+    split: SplitName,
     seeds_per_prompt: usize,
     options: SampleOptions,
     device: &Device,
 ) -> Result<Vec<Verdict>, String> {
     let (config, model) = ShapesModel::load(model_dir, device).map_err(|e| e.to_string())?;
+    let set = EvalSet::for_split(split);
     match &model {
         ShapesModel::Unet(m) => {
-            evaluate_detailed(m.as_ref(), &config, seeds_per_prompt, options, device)
+            evaluate_set(m.as_ref(), &config, &set, seeds_per_prompt, options, device)
         }
         ShapesModel::Dit(m) => {
-            evaluate_detailed(m.as_ref(), &config, seeds_per_prompt, options, device)
+            evaluate_set(m.as_ref(), &config, &set, seeds_per_prompt, options, device)
         }
     }
 }

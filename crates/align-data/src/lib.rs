@@ -77,4 +77,4 @@ pub use split::{
 };
 pub use tokenizer::{MAX_LEN, NULL_ID, PAD_ID, Tokenizer, UNK_ID};
 pub use verify::{DetectedObject, GroupResult, ShapeEval, ShapeEvalConfig, ShapeEvalResult};
-pub use world::{BACKGROUND, Colour, Group, SceneSpec, Shape, WorldConfig};
+pub use world::{BACKGROUND, Colour, Group, MAX_OBJECTS, SceneSpec, Shape, WorldConfig};

@@ -78,6 +78,23 @@ impl ShapesModelConfig {
         }
     }
 
+    /// A flow-matching UNet ("flow UNet"): the UNet of `preset` predicting the velocity
+    /// (`FlowVelocity`), trained by conditional flow matching and sampled by flow samplers.
+    pub fn flow_unet(preset: Preset, vocab_size: usize, max_len: usize) -> Self {
+        let mut config = Self::preset(DenoiserKind::Unet, preset, vocab_size, max_len);
+        config.unet.parameterization = Parameterization::FlowVelocity;
+        config
+    }
+
+    /// Whether the model is a flow-matching model (a DiT, or a UNet predicting the flow
+    /// velocity): it is trained by flow matching and sampled on the flow time grid.
+    pub fn is_flow(&self) -> bool {
+        match self.kind {
+            DenoiserKind::Dit => true,
+            DenoiserKind::Unet => self.unet.parameterization == Parameterization::FlowVelocity,
+        }
+    }
+
     /// The DDPM schedule the UNet is trained on.
     ///
     /// # Errors

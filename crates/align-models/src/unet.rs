@@ -13,6 +13,11 @@
 //!
 //! Every level with `attention[i] = true` cross-attends to the condition's text tokens, and
 //! the middle block always does.
+//!
+//! With `parameterization = FlowVelocity` the same network is a flow-matching model (a
+//! "flow UNet"): it predicts the velocity `v = ε − x₀` and takes flow times `t ∈ [0, 1]`,
+//! which it embeds as `1000 t` (the DiT's convention), so the timestep embedding sees the same
+//! range as a DDPM UNet's.
 
 use align_core::{Condition, Denoiser, Parameterization};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -56,7 +61,8 @@ pub struct UNetConfig {
     /// GroupNorm groups.
     #[config(default = 8)]
     pub norm_groups: usize,
-    /// What the network predicts (`Epsilon` or `VPrediction`).
+    /// What the network predicts (`Epsilon`, `VPrediction`, `Sample`, or `FlowVelocity` for a
+    /// flow-matching UNet).
     #[config(default = "Parameterization::Epsilon")]
     pub parameterization: Parameterization,
 }
@@ -123,12 +129,6 @@ impl UNetConfig {
                     format!("{} does not divide width {c}", self.num_heads),
                 );
             }
-        }
-        if !matches!(
-            self.parameterization,
-            Parameterization::Epsilon | Parameterization::VPrediction | Parameterization::Sample
-        ) {
-            return bad("parameterization", "a UNet predicts ε, v or x₀".into());
         }
         Ok(())
     }
@@ -275,9 +275,15 @@ impl UNet {
     ///
     /// # Shapes
     /// - `x`: `[B, in_channels, H, W]` with `H`, `W` divisible by `2^(levels−1)`;
-    /// - `t`: `[B]` DDPM timesteps; condition of batch `B`;
+    /// - `t`: `[B]` DDPM timesteps, or flow times in `[0, 1]` for a `FlowVelocity` UNet;
+    ///   condition of batch `B`;
     /// - output: `[B, out_channels, H, W]`.
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, condition: &Condition) -> Tensor<4> {
+        let t = if self.parameterization == Parameterization::FlowVelocity {
+            t.mul_scalar(1000.0)
+        } else {
+            t
+        };
         let temb = self.time.forward(t);
         let mut h = self.conv_in.forward(x);
         let mut skips = vec![h.clone()];

@@ -11,6 +11,7 @@ use align_models::{
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
+use burn::tensor::Distribution;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use common::Perturb;
 
@@ -266,12 +267,6 @@ fn configs_are_validated() {
             .init(&device)
             .is_err()
     );
-    assert!(
-        UNetConfig::tiny()
-            .with_parameterization(Parameterization::FlowVelocity)
-            .init(&device)
-            .is_err()
-    );
     assert!(DiTConfig::tiny().with_patch_size(3).init(&device).is_err());
     assert!(DiTConfig::tiny().with_heads(3).init(&device).is_err());
     assert!(
@@ -283,6 +278,32 @@ fn configs_are_validated() {
     let text = TextEncoderConfig::tiny(10, 5).init(&device).unwrap();
     assert!(text.encode(&[vec![1, 2]], &device).is_err());
     assert!(text.encode(&[vec![1, 2, 3, 4, 10]], &device).is_err());
+}
+
+/// A flow UNet (`FlowVelocity`) is the same network fed `1000 t`: with equal weights, its
+/// output at flow time `t` equals the ε UNet's at DDPM timestep `1000 t`.
+#[test]
+fn a_flow_unet_embeds_flow_time_as_a_thousand_t() {
+    let device = device();
+    device.seed(11);
+    let eps = UNetConfig::tiny().init(&device).unwrap();
+    device.seed(11);
+    let flow = UNetConfig::tiny()
+        .with_parameterization(Parameterization::FlowVelocity)
+        .init(&device)
+        .unwrap();
+    assert_eq!(flow.parameterization(), Parameterization::FlowVelocity);
+    let context = Tensor::<3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &device);
+    let condition = Condition {
+        context,
+        padding_mask: None,
+    };
+    let x = Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+    let t = Tensor::<1>::from_floats([0.25, 0.9], &device);
+    let a = flow.forward(x.clone(), t.clone(), &condition);
+    let b = eps.forward(x, t.mul_scalar(1000.0), &condition);
+    let diff: f32 = (a - b).abs().max().into_scalar();
+    assert!(diff < 1e-6, "{diff}");
 }
 
 #[test]

@@ -21,7 +21,8 @@ fn batch(
     for s in &samples {
         pixels.extend_from_slice(&s.image.data);
     }
-    let x = Tensor::from_data(TensorData::new(pixels, [b, 3, 32, 32]), device);
+    let size = data.config().size;
+    let x = Tensor::from_data(TensorData::new(pixels, [b, 3, size, size]), device);
     let tokens = samples
         .iter()
         .map(|s| tok.encode(&s.prompt).unwrap())

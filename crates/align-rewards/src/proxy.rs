@@ -22,7 +22,8 @@
 use std::path::Path;
 
 use align_data::{
-    Colour, Group, Prompt, SceneSpec, Shape, ShapesDataset, SplitPart, Tokenizer, WorldConfig,
+    Colour, Group, MAX_OBJECTS, Prompt, SceneSpec, Shape, ShapesDataset, SplitPart, Tokenizer,
+    WorldConfig,
 };
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -48,7 +49,7 @@ pub const PROXY_WEIGHTS_FILE: &str = "reward-model.safetensors";
 #[derive(Config, Debug)]
 pub struct ProxyRewardConfig {
     /// Image side (square images).
-    #[config(default = 32)]
+    #[config(default = 16)]
     pub image_size: usize,
     /// Channels of each CNN level; each level halves the resolution.
     #[config(default = "vec![16, 32, 64]")]
@@ -297,28 +298,30 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, items: &[T]) -> T {
     items[(rng.next_u64() % items.len() as u64) as usize]
 }
 
-/// A valid world prompt that differs from `spec`'s: one group's count, colour or shape
-/// changed, or a group added (to a one-group scene) or dropped (from a two-group scene), each
-/// kind with probability ¼. Deterministic in `rng`.
+/// A valid world prompt (a scene of at most [`MAX_OBJECTS`] objects) that differs from
+/// `spec`'s: one group's count, colour or shape changed, or a group added (to a one-group
+/// scene) or dropped (from a two-group scene), each kind with probability ¼ (redrawn until
+/// the result is a world scene). Deterministic in `rng`.
 pub fn corrupt_prompt(spec: &SceneSpec, rng: &mut ChaCha8Rng) -> String {
     loop {
         let mut groups: Vec<Group> = spec.groups().to_vec();
         let i = (rng.next_u64() % groups.len() as u64) as usize;
         match rng.next_u64() % 4 {
-            0 => groups[i].count = pick(rng, &[1u8, 2, 3, 4]),
+            0 => groups[i].count = pick(rng, &[1u8, 2, 3]),
             1 => groups[i].colour = pick(rng, &Colour::ALL),
             2 => groups[i].shape = pick(rng, &Shape::ALL),
             _ if groups.len() == 2 => {
                 groups.remove(i);
             }
             _ => groups.push(Group {
-                count: pick(rng, &[1u8, 2, 3, 4]),
+                count: pick(rng, &[1u8, 2]),
                 colour: pick(rng, &Colour::ALL),
                 shape: pick(rng, &Shape::ALL),
             }),
         }
         if let Ok(s) = SceneSpec::new(groups)
             && &s != spec
+            && s.total_objects() <= MAX_OBJECTS
         {
             return Prompt::from_spec(&s).text().to_string();
         }
@@ -634,11 +637,12 @@ mod tests {
         #[test]
         fn corrupted_prompts_are_valid_and_wrong(seed in 0u64..10_000) {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let specs = SceneSpec::all();
+            let specs = SceneSpec::world();
             let spec = &specs[(seed as usize * 7919) % specs.len()];
             let p = corrupt_prompt(spec, &mut rng);
             let parsed: SceneSpec = p.parse().unwrap();
             prop_assert!(&parsed != spec, "{p}");
+            prop_assert!(SceneSpec::world().contains(&parsed), "{p}");
         }
     }
 
@@ -669,7 +673,7 @@ mod tests {
         let model = ProxyRewardConfig::tiny().init(&ad).unwrap();
         let batch = proxy_batch(&train_data(), 1, &tiny_options(), &device).unwrap();
         let x: Vec<f32> = batch.images.clone().into_data().try_to_vec().unwrap();
-        let dims = [16, 3, 32, 32];
+        let dims = [16, 3, 16, 16];
         let prompts = batch.prompts.clone();
         let total = |v: &[f32]| -> f64 {
             let t = Tensor::<4>::from_data(TensorData::new(v.to_vec(), dims), &ad);
