@@ -156,6 +156,10 @@ enum Command {
         /// (the world's default is 2).
         #[arg(long, default_value_t = 2)]
         gap: usize,
+        /// Weight the DDPM loss by min-SNR-γ with this γ (Hang et al. 2023; 5 is usual):
+        /// `min(SNR, γ) / SNR` per sample for ε-prediction. Flow models ignore it.
+        #[arg(long)]
+        min_snr_gamma: Option<f64>,
         /// Output directory (model.json, model.safetensors, metrics.jsonl, samples/).
         #[arg(long)]
         out: PathBuf,
@@ -504,6 +508,7 @@ fn run(cli: Cli) -> Result<(), String> {
             model_config,
             init_from,
             gap,
+            min_snr_gamma,
             out,
         } => {
             let options = shapes_cmd::PretrainOptions {
@@ -530,6 +535,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 model_config,
                 init_from,
                 gap,
+                min_snr_gamma,
                 progress: true,
             };
             shapes_cmd::pretrain(&options, &device)
@@ -852,6 +858,7 @@ mod tests {
             model_config: None,
             init_from: None,
             gap: 2,
+            min_snr_gamma: None,
             progress: false,
         };
         shapes_cmd::pretrain(&base, &device).unwrap();
@@ -939,8 +946,16 @@ mod tests {
             guidance: 2.0,
         };
         let png = dir.join("flow-unet").join("grid.png");
-        shapes_cmd::sample(&dir.join("flow-unet"), "one red circle", 2, &png, options, 0, &device)
-            .unwrap();
+        shapes_cmd::sample(
+            &dir.join("flow-unet"),
+            "one red circle",
+            2,
+            &png,
+            options,
+            0,
+            &device,
+        )
+        .unwrap();
         for bad in [
             shapes_cmd::PretrainOptions {
                 kind: align_models::DenoiserKind::Dit,
@@ -978,6 +993,7 @@ mod tests {
             model_config: None,
             init_from: None,
             gap: 1,
+            min_snr_gamma: None,
             progress: false,
         };
         shapes_cmd::pretrain(&options, &device).unwrap();
@@ -1074,6 +1090,7 @@ mod tests {
             model_config: None,
             init_from: None,
             gap: 1,
+            min_snr_gamma: None,
             progress: false,
         };
         shapes_cmd::pretrain(&pretrain, &device).unwrap();

@@ -11,8 +11,7 @@ use align_data::{
     Tokenizer, read_labels, read_pairs, write_labels, write_pairs,
 };
 use align_models::{
-    LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora,
-    with_lora_scale,
+    LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora, with_lora_scale,
 };
 use align_pref::{
     DpoBatch, KtoBatch, KtoConfig, MapoConfig, NoiseLevels, ReferencePoint, diffusion_dpo_loss,

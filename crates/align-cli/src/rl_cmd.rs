@@ -15,8 +15,7 @@ use align_backprop::{
 use align_core::{Condition, CoreError, Denoiser, Job, Metrics, Runner, RunnerConfig};
 use align_data::{Image, Split, SplitPart, Tokenizer};
 use align_models::{
-    LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora,
-    with_lora_scale,
+    LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora, with_lora_scale,
 };
 use align_rewards::{
     HackingMonitor, HackingMonitorConfig, ProxyReward, Reading, Reward, ShapeEvalMode,
@@ -1563,7 +1562,10 @@ mod tests {
         config.dense_grpo.ode_steps = Some(1);
         config.runner.iterations = 2;
         let err = train(&config, false, false, &device).unwrap_err();
-        assert!(err.contains("needs a flow (DiT or flow UNet) model"), "{err}");
+        assert!(
+            err.contains("needs a flow (DiT or flow UNet) model"),
+            "{err}"
+        );
         config.model = model_dir;
         train(&config, false, false, &device).unwrap();
         let latest = std::fs::read_to_string(config.out.join("LATEST")).unwrap();

@@ -7,8 +7,7 @@ use std::time::Instant;
 use align_core::{Denoiser, clip_grad_norm};
 use align_data::{
     EvalPrompt, EvalSet, Image, SceneSpec, ShapeEval, ShapesDataset, SplitName, SplitPart,
-    Tokenizer,
-    WorldConfig,
+    Tokenizer, WorldConfig,
 };
 use align_models::{
     BatchDraws, DenoiserKind, EmaConfig, Preset, ShapesModel, ShapesModelConfig, TextToImage,
@@ -52,8 +51,11 @@ pub struct PretrainOptions {
     /// Initialise from this model directory's weights (new blocks of `model_config` keep
     /// their identity initialisation).
     pub init_from: Option<PathBuf>,
-    /// Smallest gap in pixels between the objects of training scenes (world default 1).
+    /// Smallest gap in pixels between the objects of training scenes (world default 2).
     pub gap: usize,
+    /// Weight the DDPM loss by min-SNR-γ with this `γ` (ε / v UNets; ignored by flow
+    /// models); `None` = unweighted.
+    pub min_snr_gamma: Option<f64>,
     /// Whether to show a progress bar.
     pub progress: bool,
 }
@@ -574,7 +576,7 @@ fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
             options.cfg_dropout,
         );
         let loss = model
-            .loss(x0, &tokens, &null, &draws, &schedule)
+            .loss_weighted(x0, &tokens, &null, &draws, &schedule, options.min_snr_gamma)
             .map_err(|e| e.to_string())?;
         let value: f32 = loss
             .clone()
@@ -679,6 +681,13 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<(), String
     }
     .validate()
     .map_err(|e| format!("pretrain --gap: {e}"))?;
+    if let Some(g) = options.min_snr_gamma
+        && !(g.is_finite() && g > 0.0)
+    {
+        return Err(format!(
+            "pretrain: --min-snr-gamma {g} must be a positive number"
+        ));
+    }
     if options.flow && (options.kind != DenoiserKind::Unet || options.model_config.is_some()) {
         return Err(
             "pretrain: the flow UNet is the `flow-unet` preset; it takes no --model-config".into(),

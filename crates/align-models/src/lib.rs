@@ -59,7 +59,9 @@ pub use dit::{DiT, DiTBlock, DiTConfig};
 pub use ema::{Ema, EmaConfig};
 pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, apply_lora, lora_factor_count, lora_parameter_count, with_lora_scale};
-pub use pretrain::{cfg_dropout, ddpm_loss, flow_matching_loss};
+pub use pretrain::{
+    cfg_dropout, ddpm_loss, flow_matching_loss, min_snr_weight, weighted_ddpm_loss,
+};
 pub use resblock::{ResBlock, ResBlockConfig};
 pub use shapes::{
     BatchDraws, DenoiserKind, Preset, SampleRequest, ShapesModel, ShapesModelConfig, TextToImage,

@@ -15,7 +15,13 @@
 //! x_t = (1 − t) x₀ + t ε,     L = mean ‖(ε − x₀) − v_θ(x_t, t, c)‖²
 //! ```
 //!
-//! Means run over every element of the batch. **CFG dropout** replaces the condition of a
+//! Means run over every element of the batch. **Min-SNR-γ weighting** (Hang et al. 2023,
+//! "Efficient Diffusion Training via Min-SNR Weighting Strategy") optionally weights each
+//! sample's DDPM loss by [`min_snr_weight`]: with `SNR_t = ᾱ_t / (1 − ᾱ_t)`, the weight is
+//! `min(SNR_t, γ) / SNR_t` for ε-prediction, `min(SNR_t, γ) / (SNR_t + 1)` for v-prediction
+//! and `min(SNR_t, γ)` for x₀-prediction — in every case the x₀-space weight `min(SNR_t, γ)`,
+//! so that nearly noise-free steps stop dominating the gradient ([`weighted_ddpm_loss`]).
+//! **CFG dropout** replaces the condition of a
 //! chosen subset of samples by the null prompt's, so the same network learns `v(·, ∅)` too
 //! (10 % is usual).
 
@@ -41,6 +47,41 @@ fn check_batch(what: &str, expected: usize, got: usize) -> Result<()> {
     }
 }
 
+/// The min-SNR-γ loss weight of one sample with `ᾱ_t = alpha_bar` for a model of
+/// `parameterization` (see the module docs).
+///
+/// # Errors
+/// `γ` not positive and finite, `ᾱ` outside `(0, 1)`, or a flow-velocity model.
+pub fn min_snr_weight(
+    alpha_bar: f64,
+    gamma: f64,
+    parameterization: Parameterization,
+) -> Result<f64> {
+    if !(gamma.is_finite() && gamma > 0.0) {
+        return Err(ModelError::config(
+            "min_snr_gamma",
+            format!("{gamma} must be positive and finite"),
+        ));
+    }
+    if !(alpha_bar > 0.0 && alpha_bar < 1.0) {
+        return Err(ModelError::config(
+            "alpha_bar",
+            format!("{alpha_bar} is outside (0, 1)"),
+        ));
+    }
+    let snr = alpha_bar / (1.0 - alpha_bar);
+    let clipped = snr.min(gamma);
+    match parameterization {
+        Parameterization::Epsilon => Ok(clipped / snr),
+        Parameterization::VPrediction => Ok(clipped / (snr + 1.0)),
+        Parameterization::Sample => Ok(clipped),
+        Parameterization::FlowVelocity => Err(ModelError::config(
+            "parameterization",
+            "min-SNR weighting applies to DDPM (ε / v / x₀) models",
+        )),
+    }
+}
+
 /// The DDPM denoising loss for ε- or v-prediction models.
 ///
 /// # Shapes
@@ -57,9 +98,40 @@ pub fn ddpm_loss<M: Denoiser + ?Sized>(
     alpha_bars: &[f64],
     condition: &Condition,
 ) -> Result<Tensor<1>> {
+    weighted_ddpm_loss(model, x0, noise, timesteps, alpha_bars, None, condition)
+}
+
+/// The DDPM denoising loss with per-sample weights `w_i` (e.g. [`min_snr_weight`]):
+/// `L = (1/B) Σ_i w_i · mean ‖target_i − f_θ(x_t,i, t_i, c_i)‖²`; `None` is [`ddpm_loss`]
+/// (all weights 1, computed as one mean).
+///
+/// # Shapes
+/// - as [`ddpm_loss`]; `weights`: `B` host values.
+///
+/// # Errors
+/// As [`ddpm_loss`], and a weight list of the wrong length or with a negative or non-finite
+/// weight.
+pub fn weighted_ddpm_loss<M: Denoiser + ?Sized>(
+    model: &M,
+    x0: Tensor<4>,
+    noise: Tensor<4>,
+    timesteps: &[usize],
+    alpha_bars: &[f64],
+    weights: Option<&[f64]>,
+    condition: &Condition,
+) -> Result<Tensor<1>> {
     let b = x0.dims()[0];
     check_batch("timesteps", b, timesteps.len())?;
     check_batch("alpha_bars", b, alpha_bars.len())?;
+    if let Some(w) = weights {
+        check_batch("weights", b, w.len())?;
+        if let Some(bad) = w.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+            return Err(ModelError::config(
+                "loss weight",
+                format!("{bad} is not a finite non-negative number"),
+            ));
+        }
+    }
     check_batch("condition", b, condition.batch_size())?;
     if let Some(bad) = alpha_bars.iter().find(|a| !(**a > 0.0 && **a < 1.0)) {
         return Err(ModelError::config(
@@ -93,7 +165,18 @@ pub fn ddpm_loss<M: Denoiser + ?Sized>(
         &device,
     );
     let out = model.predict(x_t, t, condition);
-    Ok((out - target).square().mean())
+    let squared = (out - target).square();
+    match weights {
+        None => Ok(squared.mean()),
+        Some(w) => {
+            let w = Tensor::<1>::from_data(
+                TensorData::new(w.iter().map(|&v| v as f32).collect::<Vec<_>>(), [b]),
+                &device,
+            );
+            let per_sample = squared.flatten::<2>(1, 3).mean_dim(1).reshape([b]);
+            Ok((per_sample * w).mean())
+        }
+    }
 }
 
 /// The conditional flow-matching loss for velocity models.
@@ -308,6 +391,99 @@ mod tests {
         );
         assert!(flow_matching_loss(&eps, x0.clone(), noise.clone(), &[0.1, 0.2], &cond).is_err());
         assert!(flow_matching_loss(&flow, x0, noise, &[0.1, 1.5], &cond).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// The weighted loss of a zero model equals `(1/B) Σ w_i · mean(ε_i²)` computed on
+        /// the host from the noise, and with all weights 1 it equals the unweighted loss.
+        #[test]
+        fn the_weighted_loss_is_the_weighted_mean_of_per_sample_losses(
+            w in proptest::collection::vec(0.0f64..4.0, 3),
+        ) {
+            let (_, x0, noise, cond) = setup(3);
+            let n = noise.clone().into_data().try_to_vec::<f32>().unwrap();
+            let per = n.len() / 3;
+            let want: f64 = (0..3)
+                .map(|i| {
+                    w[i] * n[i * per..(i + 1) * per]
+                        .iter()
+                        .map(|v| (*v as f64).powi(2))
+                        .sum::<f64>()
+                        / per as f64
+                })
+                .sum::<f64>()
+                / 3.0;
+            let eps = Zero(Parameterization::Epsilon);
+            let ts = [1, 2, 3];
+            let ab = [0.5, 0.3, 0.9];
+            let got: f32 = weighted_ddpm_loss(&eps, x0.clone(), noise.clone(), &ts, &ab, Some(&w), &cond)
+                .unwrap()
+                .into_scalar();
+            proptest::prop_assert!((got as f64 - want).abs() < 1e-5 * (1.0 + want), "{got} vs {want}");
+            let ones: f32 = weighted_ddpm_loss(&eps, x0.clone(), noise.clone(), &ts, &ab, Some(&[1.0; 3]), &cond)
+                .unwrap()
+                .into_scalar();
+            let plain: f32 = ddpm_loss(&eps, x0, noise, &ts, &ab, &cond).unwrap().into_scalar();
+            proptest::prop_assert!((ones - plain).abs() < 1e-6 * (1.0 + plain.abs()));
+        }
+
+        /// Min-SNR-γ against its definition: in x₀ space every parameterisation gets the
+        /// weight `min(SNR, γ)` (ε-loss = SNR · x₀-loss, v-loss = (SNR + 1) · x₀-loss).
+        #[test]
+        fn min_snr_weights_are_min_snr_gamma_in_x0_space(
+            alpha_bar in 1e-4f64..0.9999,
+            gamma in 0.1f64..20.0,
+        ) {
+            let snr = alpha_bar / (1.0 - alpha_bar);
+            let x0_weight = if snr < gamma { snr } else { gamma };
+            let eps = min_snr_weight(alpha_bar, gamma, Parameterization::Epsilon).unwrap();
+            let v = min_snr_weight(alpha_bar, gamma, Parameterization::VPrediction).unwrap();
+            let x = min_snr_weight(alpha_bar, gamma, Parameterization::Sample).unwrap();
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + b.abs());
+            proptest::prop_assert!(close(eps * snr, x0_weight));
+            proptest::prop_assert!(close(v * (snr + 1.0), x0_weight));
+            proptest::prop_assert!(close(x, x0_weight));
+            // Below γ the ε weight is exactly 1: noisy steps keep the plain ε-loss.
+            if snr <= gamma {
+                proptest::prop_assert!(close(eps, 1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn min_snr_inputs_are_checked() {
+        for (a, g) in [
+            (0.5, 0.0),
+            (0.5, f64::NAN),
+            (0.5, f64::INFINITY),
+            (1.0, 5.0),
+            (0.0, 5.0),
+        ] {
+            assert!(
+                min_snr_weight(a, g, Parameterization::Epsilon).is_err(),
+                "{a} {g}"
+            );
+        }
+        assert!(min_snr_weight(0.5, 5.0, Parameterization::FlowVelocity).is_err());
+        let (_, x0, noise, cond) = setup(2);
+        let eps = Zero(Parameterization::Epsilon);
+        let ab = [0.5, 0.5];
+        for w in [&[1.0][..], &[1.0, -1.0], &[1.0, f64::NAN]] {
+            assert!(
+                weighted_ddpm_loss(
+                    &eps,
+                    x0.clone(),
+                    noise.clone(),
+                    &[1, 2],
+                    &ab,
+                    Some(w),
+                    &cond
+                )
+                .is_err()
+            );
+        }
     }
 
     #[test]

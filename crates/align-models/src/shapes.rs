@@ -18,7 +18,7 @@ use rand_core::{RngCore, SeedableRng};
 use crate::checkpoint::{load_safetensors, save_safetensors};
 use crate::dit::{DiT, DiTConfig};
 use crate::error::{ModelError, Result};
-use crate::pretrain::{cfg_dropout, ddpm_loss, flow_matching_loss};
+use crate::pretrain::{cfg_dropout, flow_matching_loss, min_snr_weight, weighted_ddpm_loss};
 use crate::text_encoder::{TextEncoder, TextEncoderConfig};
 use crate::unet::{UNet, UNetConfig};
 
@@ -232,6 +232,24 @@ impl<D: Module + Denoiser> TextToImage<D> {
         draws: &BatchDraws,
         schedule: &NoiseSchedule,
     ) -> Result<Tensor<1>> {
+        self.loss_weighted(images, tokens, null, draws, schedule, None)
+    }
+
+    /// [`TextToImage::loss`] with the DDPM loss weighted by min-SNR-γ
+    /// ([`min_snr_weight`]) when `min_snr_gamma` is given. Flow models ignore it (their loss
+    /// is unweighted flow matching).
+    ///
+    /// # Errors
+    /// Mismatched inputs or a `γ` that is not positive and finite.
+    pub fn loss_weighted(
+        &self,
+        images: Tensor<4>,
+        tokens: &[Vec<u32>],
+        null: &[Vec<u32>],
+        draws: &BatchDraws,
+        schedule: &NoiseSchedule,
+        min_snr_gamma: Option<f64>,
+    ) -> Result<Tensor<1>> {
         let device = images.device();
         let [_, c, h, w] = images.dims();
         let cond = self.encode(tokens, &device)?;
@@ -247,12 +265,22 @@ impl<D: Module + Denoiser> TextToImage<D> {
                 .iter()
                 .map(|&t| schedule.alpha_bar(t))
                 .collect();
-            ddpm_loss(
+            let weights = match min_snr_gamma {
+                None => None,
+                Some(gamma) => Some(
+                    alpha_bars
+                        .iter()
+                        .map(|&a| min_snr_weight(a, gamma, self.denoiser.parameterization()))
+                        .collect::<Result<Vec<f64>>>()?,
+                ),
+            };
+            weighted_ddpm_loss(
                 &self.denoiser,
                 images,
                 noise,
                 &draws.timesteps,
                 &alpha_bars,
+                weights.as_deref(),
                 &cond,
             )
         }

@@ -11,8 +11,8 @@ use align_models::{
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Distribution;
 use common::Perturb;
 
 fn device() -> Device {
