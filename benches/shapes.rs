@@ -10,7 +10,7 @@ fn render(c: &mut Criterion) {
     let mut group = c.benchmark_group("shapes");
     group.throughput(Throughput::Elements(1));
     let mut i = 0u64;
-    group.bench_function("render_32x32_scene", |b| {
+    group.bench_function("render_16x16_scene", |b| {
         b.iter(|| {
             i += 1;
             black_box(data.get(i).expect("scene"))
@@ -19,7 +19,7 @@ fn render(c: &mut Criterion) {
     let scenes: Vec<_> = (0..256).map(|i| data.get(i).expect("scene")).collect();
     let eval = ShapeEval::default();
     let mut j = 0usize;
-    group.bench_function("shape_eval_32x32", |b| {
+    group.bench_function("shape_eval_16x16", |b| {
         b.iter(|| {
             j = (j + 1) % scenes.len();
             black_box(eval.score(&scenes[j].image, &scenes[j].spec))

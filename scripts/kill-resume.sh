@@ -24,7 +24,7 @@ mkdir -p "$WORK"
 cat > "$WORK/config.toml" <<TOML
 # The quickstart (configs/flow-grpo.toml) with a smaller batch and fast evaluations.
 algorithm = "flow-grpo"
-model = "models/shapes-dit"
+model = "models/shapes-flow-unet"
 prompts_per_iteration = 2
 group_size = 4
 train_steps = 10

@@ -3,7 +3,8 @@
 
     python3 scripts/verdicts-summary.py [--split combinations|unseen-pairs] FILE [FILE ...]
 
-For each file: pass rate and first-failure counts per part (train / held-out), the pass
+For each file: pass rate (with a 95 % bootstrap interval over images) and first-failure
+counts per part (train / held-out), the mean partial credit, the pass
 rate of one-group and two-group scenes and by number of objects in each part, and the
 held-out part split by why a prompt is held out:
 
@@ -17,6 +18,7 @@ held-out part split by why a prompt is held out:
 """
 import collections
 import json
+import random
 import sys
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -30,9 +32,18 @@ def heldout_group(g):
     return g["expected"] == 3 and odd
 
 
+def interval(passes, draws=2000, seed=0):
+    """95 % bootstrap interval (percentile) of the pass rate, resampling images."""
+    rng = random.Random(seed)
+    n = len(passes)
+    means = sorted(sum(rng.choice(passes) for _ in range(n)) / n for _ in range(draws))
+    return 100 * means[int(0.025 * draws)], 100 * means[int(0.975 * draws) - 1]
+
+
 def rate(sub):
     ok = sum(r["pass"] for r in sub)
-    return f"{ok}/{len(sub)} pass ({100 * ok / len(sub):.1f} %)"
+    lo, hi = interval([int(r["pass"]) for r in sub])
+    return f"{ok}/{len(sub)} pass ({100 * ok / len(sub):.1f} %, 95 % CI {lo:.1f}–{hi:.1f} %)"
 
 
 def summarise(path, split):
@@ -43,7 +54,8 @@ def summarise(path, split):
         if not sub:
             continue
         fails = collections.Counter(r["failure"] for r in sub)
-        print(f"{part}: {rate(sub)}; "
+        credit = sum(r["partial_credit"] for r in sub) / len(sub)
+        print(f"{part}: {rate(sub)}; mean partial credit {credit:.3f}; verdicts (first failure): "
               + ", ".join(f"{k} {v}" for k, v in sorted(fails.items())))
         for n in (1, 2):
             scenes = [r for r in sub if len(r["groups"]) == n]

@@ -160,6 +160,11 @@ enum Command {
         /// `min(SNR, γ) / SNR` per sample for ε-prediction. Flow models ignore it.
         #[arg(long)]
         min_snr_gamma: Option<f64>,
+        /// The split whose training part to train on: `combinations` (the standard split) or
+        /// `unseen-pairs` (a model for the stress test; evaluate it with `align eval --split
+        /// unseen-pairs`).
+        #[arg(long, default_value = "combinations")]
+        split: String,
         /// Output directory (model.json, model.safetensors, metrics.jsonl, samples/).
         #[arg(long)]
         out: PathBuf,
@@ -319,12 +324,12 @@ const CRATES: &[CrateStatus] = &[
     CrateStatus {
         name: "align-data",
         state: "ready",
-        what: "the Shapes world: scenes, prompts, tokenizer, held-out split, ShapeEval verifier, eval set, image folders",
+        what: "the Shapes world (v2: 16×16, at most three objects): scenes, prompts, tokenizer, held-out split of new combinations (and the unseen-pairs stress split), ShapeEval verifier, eval set, image folders",
     },
     CrateStatus {
         name: "align-models",
         state: "partial",
-        what: "UNet (eps/v), DiT (adaLN-Zero), text encoder, LoRA, weight EMA, pretraining (`align pretrain [--resume]|sample|eval`); shipped base models are interim, below target accuracy (issue #3)",
+        what: "UNet (eps/v/flow), DiT (adaLN-Zero), text encoder, LoRA, weight EMA, pretraining (`align pretrain [--resume]|sample|eval`, min-SNR weighting); shipped world-v2 base models: ε UNet and flow UNet (docs/results.md)",
     },
     CrateStatus {
         name: "align-rewards",
@@ -509,8 +514,12 @@ fn run(cli: Cli) -> Result<(), String> {
             init_from,
             gap,
             min_snr_gamma,
+            split,
             out,
         } => {
+            let split: align_data::SplitName = split
+                .parse()
+                .map_err(|e: align_data::DataError| format!("pretrain --split: {e}"))?;
             let options = shapes_cmd::PretrainOptions {
                 kind: if model == "dit" {
                     align_models::DenoiserKind::Dit
@@ -536,6 +545,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 init_from,
                 gap,
                 min_snr_gamma,
+                split,
                 progress: true,
             };
             shapes_cmd::pretrain(&options, &device)
@@ -859,6 +869,7 @@ mod tests {
             init_from: None,
             gap: 2,
             min_snr_gamma: None,
+            split: align_data::SplitName::Combinations,
             progress: false,
         };
         shapes_cmd::pretrain(&base, &device).unwrap();
@@ -930,6 +941,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("--gap"), "{err}");
+        // A model of the stress test trains on the unseen-pairs split's training part.
+        shapes_cmd::pretrain(
+            &shapes_cmd::PretrainOptions {
+                split: align_data::SplitName::UnseenPairs,
+                out: dir.join("stress"),
+                ..base.clone()
+            },
+            &device,
+        )
+        .unwrap();
+        assert!(dir.join("stress").join("model.safetensors").is_file());
         // The flow UNet: a UNet trained by flow matching, saved as such and sampled on the
         // flow grid; `flow` with a model file or a DiT is refused.
         let flow = shapes_cmd::PretrainOptions {
@@ -994,6 +1016,7 @@ mod tests {
             init_from: None,
             gap: 1,
             min_snr_gamma: None,
+            split: align_data::SplitName::Combinations,
             progress: false,
         };
         shapes_cmd::pretrain(&options, &device).unwrap();
@@ -1091,6 +1114,7 @@ mod tests {
             init_from: None,
             gap: 1,
             min_snr_gamma: None,
+            split: align_data::SplitName::Combinations,
             progress: false,
         };
         shapes_cmd::pretrain(&pretrain, &device).unwrap();
@@ -1111,7 +1135,7 @@ mod tests {
     fn shipped_models_sample_from_the_repository() {
         let device = align_core::test_device();
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
-        for name in ["shapes-unet", "shapes-dit"] {
+        for name in ["shapes-unet", "shapes-flow-unet", "shapes-dit"] {
             let out = std::env::temp_dir()
                 .join(format!("align-shipped-{name}-{}.png", std::process::id()));
             let options = shapes_cmd::SampleOptions {

@@ -228,7 +228,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             algorithm: AlgorithmName::FlowGrpo,
-            model: default_model_dir("shapes-dit"),
+            model: default_model_dir("shapes-flow-unet"),
             out: PathBuf::from("runs/quickstart"),
             seed: 0,
             reward: RewardName::ShapeEvalPartial,

@@ -56,6 +56,10 @@ pub struct PretrainOptions {
     /// Weight the DDPM loss by min-SNR-γ with this `γ` (ε / v UNets; ignored by flow
     /// models); `None` = unweighted.
     pub min_snr_gamma: Option<f64>,
+    /// The split whose training part the scenes come from (the standard `combinations`, or
+    /// `unseen-pairs` for a model of the stress test, evaluated with `align eval --split
+    /// unseen-pairs`).
+    pub split: SplitName,
     /// Whether to show a progress bar.
     pub progress: bool,
 }
@@ -535,7 +539,8 @@ fn pretrain_loop<D: Module + ModuleDisplay + Denoiser>(
         ..WorldConfig::default()
     };
     let data =
-        ShapesDataset::new(world, SplitPart::Train, options.seed).map_err(|e| e.to_string())?;
+        ShapesDataset::with_split(world, options.split.split(), SplitPart::Train, options.seed)
+            .map_err(|e| e.to_string())?;
     let schedule = config.noise_schedule().map_err(|e| e.to_string())?;
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)

@@ -287,12 +287,14 @@ fn a_flow_unet_embeds_flow_time_as_a_thousand_t() {
     let device = device();
     device.seed(11);
     let eps = UNetConfig::tiny().init(&device).unwrap();
-    device.seed(11);
+    // The same weights in a flow UNet (burn initialises parameters lazily, so copy them).
     let flow = UNetConfig::tiny()
         .with_parameterization(Parameterization::FlowVelocity)
         .init(&device)
-        .unwrap();
+        .unwrap()
+        .load_record(eps.clone().into_record());
     assert_eq!(flow.parameterization(), Parameterization::FlowVelocity);
+    assert_eq!(eps.parameterization(), Parameterization::Epsilon);
     let context = Tensor::<3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &device);
     let condition = Condition {
         context,

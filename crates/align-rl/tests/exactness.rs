@@ -77,7 +77,7 @@ fn roll(policy: &Policy, b: usize, guidance: f64) -> Trajectory {
             sample_ids: (0..b as u64).collect(),
             condition_ids: ids,
             group_ids: None,
-            sample_shape: [3, 32, 32],
+            sample_shape: [3, 16, 16],
         },
         &RolloutConfig {
             seed: 5,
