@@ -74,6 +74,7 @@
 pub mod adjoint;
 pub mod adjoint_matching;
 pub mod chain;
+pub mod draft;
 pub mod draft_lv;
 pub mod error;
 pub mod guidance;
@@ -86,6 +87,7 @@ pub use adjoint_matching::{
     AdjointMatchingInputs, MEMORYLESS_NOISE_LEVEL, adjoint_matching_gradients,
 };
 pub use chain::{ChainInputs, ChainOutput, Encode, chain_gradients, reward_cotangent};
+pub use draft::{DraftConfig, DraftStats, DraftUpdate, draft_update};
 pub use draft_lv::draft_lv_gradients;
 pub use error::{BackpropError, Result};
 pub use guidance::{GuidanceReward, reward_guided_sample};

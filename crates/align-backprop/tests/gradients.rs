@@ -5,8 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use align_backprop::{
-    AdjointInputs, ChainInputs, ReflLoss, Truncation, chain_gradients, continuous_adjoint,
-    draft_lv_gradients, reference_penalty, refl_gradients, reward_cotangent,
+    AdjointInputs, ChainInputs, DraftConfig, DraftUpdate, ReflLoss, Truncation, chain_gradients,
+    continuous_adjoint, draft_lv_gradients, draft_update, reference_penalty, refl_gradients,
+    reward_cotangent,
 };
 use align_core::{Condition, Denoiser, Parameterization, Trajectory, test_device};
 use align_samplers::{
@@ -630,5 +631,102 @@ fn reference_penalty_value_and_gradient() {
             -1.0
         )
         .is_err()
+    );
+}
+
+/// One DRaFT update hands the optimizer exactly the chained reward gradient of the last K
+/// steps plus the reference pull's gradient at those steps (both computed independently
+/// here); with K = 0 the optimizer is not called and the model is unchanged.
+#[test]
+fn draft_update_applies_the_chained_gradient_plus_the_reference_pull() {
+    let device = test_device().autodiff();
+    let (sampler, _) = samplers().remove(2);
+    let t = sampler.num_steps();
+    let reference = Tiny::new(true, &device).no_grad();
+    let mut policy = Tiny::new(true, &device);
+    policy.b = Param::from_tensor(Tensor::from_floats([0.3, 0.0], &device));
+    let traj = roll(&policy, sampler.as_ref(), &device);
+    let c = cond(&device, 3);
+    let enc = |_: &Tiny| Ok((c.clone(), None));
+    let config = DraftConfig {
+        truncation: Truncation::LastK(2),
+        reward_scale: 1.0,
+        reference_weight: 0.5,
+    };
+    let mut applied = Vec::new();
+    let mut apply = |m: Tiny, g: GradientsParams| {
+        applied.push(flat(&m, &g));
+        Ok(m)
+    };
+    let (_, stats) = draft_update(DraftUpdate {
+        model: policy.clone(),
+        reference: &reference,
+        sampler: sampler.as_ref(),
+        trajectory: &traj,
+        config: &config,
+        seed: 1,
+        iteration: 0,
+        cotangent: weights(&device),
+        encode: &enc,
+        apply: &mut apply,
+    })
+    .unwrap();
+    assert_eq!(stats.differentiated_steps, 2);
+    assert_eq!(applied.len(), 1);
+    let (chain, steps) = chained(&policy, sampler.as_ref(), &traj, t - 2);
+    assert_eq!(steps, 2);
+    let (pen, value) = reference_penalty(
+        &policy,
+        &reference,
+        sampler.as_ref(),
+        &traj,
+        &[t - 2, t - 1],
+        &enc,
+        0.5,
+    )
+    .unwrap();
+    assert!(value > 0.0 && (stats.reference_penalty - value).abs() < 1e-12);
+    let want: Vec<f64> = chain
+        .iter()
+        .zip(flat(&policy, &pen))
+        .map(|(a, b)| a + b)
+        .collect();
+    assert!(
+        close(&applied[0], &want, 1e-5),
+        "{:?} vs {want:?}",
+        applied[0]
+    );
+    let none = DraftConfig {
+        truncation: Truncation::LastK(0),
+        ..config.clone()
+    };
+    let mut calls = 0;
+    let mut count = |m: Tiny, _g: GradientsParams| {
+        calls += 1;
+        Ok(m)
+    };
+    let (_, stats) = draft_update(DraftUpdate {
+        model: policy.clone(),
+        reference: &reference,
+        sampler: sampler.as_ref(),
+        trajectory: &traj,
+        config: &none,
+        seed: 1,
+        iteration: 0,
+        cotangent: weights(&device),
+        encode: &enc,
+        apply: &mut count,
+    })
+    .unwrap();
+    assert_eq!((stats.differentiated_steps, calls), (0, 0));
+    let bad = DraftConfig {
+        reference_weight: -1.0,
+        ..config
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("reference_weight")
     );
 }

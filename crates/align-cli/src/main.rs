@@ -5,12 +5,10 @@
 //! `check` and `status` (what is implemented and which backends this binary has).
 
 mod plot;
-mod pref_cmd;
+mod pretrain_cmd;
+mod progress;
 mod reward_cmd;
-mod rl_cmd;
 mod sd_cmd;
-mod sd_train;
-mod shapes_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +19,7 @@ use align_samplers::toy::GaussianFlowField;
 use align_samplers::{
     FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, replay, rescore, rollout,
 };
+use align_train::shapes_eval;
 use burn::tensor::{Device, Tensor};
 use clap::{Parser, Subcommand};
 
@@ -227,6 +226,13 @@ enum Command {
         /// held-out combinations of seen concepts) or `unseen-pairs` (the stress test).
         #[arg(long, default_value = "combinations")]
         split: String,
+        /// Evaluate these prompts instead of the fixed set: a file with one Shapes prompt per
+        /// line (`#` starts a comment), each filed under its part of `--split`.
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// With `--prompts`: the first noise seed (prompt k gets seeds seed + k·seeds + j).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Train the learned proxy reward model of the Shapes world.
     TrainReward {
@@ -520,7 +526,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let split: align_data::SplitName = split
                 .parse()
                 .map_err(|e: align_data::DataError| format!("pretrain --split: {e}"))?;
-            let options = shapes_cmd::PretrainOptions {
+            let options = pretrain_cmd::PretrainOptions {
                 kind: if model == "dit" {
                     align_models::DenoiserKind::Dit
                 } else {
@@ -548,7 +554,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 split,
                 progress: true,
             };
-            shapes_cmd::pretrain(&options, &device)
+            pretrain_cmd::pretrain(&options, &device)
         }
         Command::Sample {
             model,
@@ -575,11 +581,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     sd_cmd::sample(&dir, &prompt, &out, &options, &device)?;
                 }
                 (Some(model), None) => {
-                    let options = shapes_cmd::SampleOptions {
+                    let options = align_train::SampleOptions {
                         steps,
                         guidance: guidance.unwrap_or(3.0),
                     };
-                    shapes_cmd::sample(&model, &prompt, n, &out, options, seed, &device)?;
+                    sample_shapes(&model, &prompt, n, &out, options, seed, &device)?;
                 }
                 (None, None) => return Err("give --model or --sd".into()),
             }
@@ -593,14 +599,25 @@ fn run(cli: Cli) -> Result<(), String> {
             guidance,
             details,
             split,
+            prompts,
+            seed,
         } => {
-            let options = shapes_cmd::SampleOptions { steps, guidance };
+            let options = align_train::SampleOptions { steps, guidance };
             let split: align_data::SplitName = split
                 .parse()
                 .map_err(|e: align_data::DataError| format!("eval --split: {e}"))?;
-            let verdicts = shapes_cmd::eval(&model, split, seeds, options, &device)?;
+            let set = match &prompts {
+                Some(file) => {
+                    let list = align_train::read_prompts(file).map_err(|e| e.to_string())?;
+                    align_data::EvalSet::from_prompts(&split.split(), &list, seeds, seed)
+                        .map_err(|e| format!("{}: {e}", file.display()))?
+                }
+                None => align_data::EvalSet::for_split(split),
+            };
+            let verdicts = shapes_eval::eval_on(&model, &set, seeds, options, &device)
+                .map_err(|e| e.to_string())?;
             if let Some(path) = &details {
-                shapes_cmd::write_verdicts(path, &verdicts)?;
+                shapes_eval::write_verdicts(path, &verdicts).map_err(|e| e.to_string())?;
             }
             for heldout in [false, true] {
                 let part: Vec<_> = verdicts
@@ -608,7 +625,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     .filter(|v| v.heldout == heldout)
                     .cloned()
                     .collect();
-                let counts = shapes_cmd::failure_counts(&part)
+                let counts = shapes_eval::failure_counts(&part)
                     .iter()
                     .map(|(k, n)| format!("{k} {n}"))
                     .collect::<Vec<_>>()
@@ -616,7 +633,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 let name = if heldout { "held-out" } else { "train" };
                 println!("{name} verdicts: {counts}");
             }
-            let (train, held) = shapes_cmd::accuracies(&verdicts);
+            let (train, held) = shapes_eval::accuracies(&verdicts);
             println!(
                 "ShapeEval of {}: train {:.1}% ({}/{}), held-out {:.1}% ({}/{}); mean partial credit {:.3} / {:.3}",
                 model.display(),
@@ -668,7 +685,7 @@ fn run(cli: Cli) -> Result<(), String> {
             steps,
             guidance,
         } => {
-            let options = shapes_cmd::SampleOptions { steps, guidance };
+            let options = align_train::SampleOptions { steps, guidance };
             let (train, held) =
                 reward_cmd::eval_guided(&reward_model, &model, seeds, options, scale, &device)?;
             for (name, p) in [("train", train), ("held-out", held)] {
@@ -690,7 +707,7 @@ fn run(cli: Cli) -> Result<(), String> {
             steps,
             guidance,
         } => {
-            let options = shapes_cmd::SampleOptions { steps, guidance };
+            let options = align_train::SampleOptions { steps, guidance };
             let (train, held) =
                 reward_cmd::eval_reward(&reward_model, &model, seeds, options, &device)?;
             for (name, a) in [("train prompts", train), ("held-out prompts", held)] {
@@ -714,20 +731,21 @@ fn run(cli: Cli) -> Result<(), String> {
             seed,
             steps,
         } => {
-            let s = pref_cmd::pref_data(
-                &pref_cmd::PrefDataOptions {
+            let s = align_train::pref_data(
+                &align_train::PrefDataOptions {
                     model,
                     out: out.clone(),
                     prompts,
                     candidates,
                     seed,
-                    sample: shapes_cmd::SampleOptions {
+                    sample: align_train::SampleOptions {
                         steps,
                         guidance: 3.0,
                     },
                 },
                 &device,
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
             println!(
                 "{}: {} pairs, {} labelled images ({} desirable)",
                 out.display(),
@@ -738,8 +756,10 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::PrefTrain { config, resume } => {
-            let config = pref_cmd::PrefConfig::from_file(&config)?;
-            let r = pref_cmd::pref_train(&config, resume, true, &device)?;
+            let config = align_train::PrefConfig::from_file(&config).map_err(|e| e.to_string())?;
+            let observer: align_train::SharedObserver = std::sync::Arc::new(progress::Bar::new());
+            let r = align_train::pref_train(&config, resume, &observer, &device)
+                .map_err(|e| e.to_string())?;
             println!(
                 "{}: held-out ShapeEval {:.1}% → {:.1}%, partial credit {:.3} → {:.3}, gold win rate vs base {:.1}% (95% CI {:.1}–{:.1}%), {:.0} s",
                 r.algorithm,
@@ -759,14 +779,11 @@ fn run(cli: Cli) -> Result<(), String> {
             iterations,
             resume,
         } => {
-            let mut config = rl_cmd::TrainConfig {
-                out,
-                ..rl_cmd::TrainConfig::default()
-            };
+            let mut config = quickstart_config(out);
             if let Some(n) = iterations {
                 config.runner.iterations = n;
             }
-            let report = rl_cmd::train(&config, resume, true, &device)?;
+            let report = run_train(&config, resume, &device)?;
             print_report(&config.out, &report);
             Ok(())
         }
@@ -776,18 +793,71 @@ fn run(cli: Cli) -> Result<(), String> {
             iterations,
             resume,
         } => {
-            let mut config = rl_cmd::TrainConfig::from_file(&config)?;
+            let mut config =
+                align_train::TrainConfig::from_file(&config).map_err(|e| e.to_string())?;
             if let Some(out) = out {
                 config.out = out;
             }
             if let Some(n) = iterations {
                 config.runner.iterations = n;
             }
-            let report = rl_cmd::train(&config, resume, true, &device)?;
+            let report = run_train(&config, resume, &device)?;
             print_report(&config.out, &report);
             Ok(())
         }
     }
+}
+
+/// `models/<name>` of the repository this binary was built from, or of the working directory.
+pub(crate) fn default_model_dir(name: &str) -> std::path::PathBuf {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name);
+    if built.is_dir() {
+        built
+    } else {
+        std::path::PathBuf::from("models").join(name)
+    }
+}
+
+/// `align quickstart`'s configuration: the library's defaults (Flow-GRPO on the shipped flow
+/// model toward ShapeEval's partial credit), with the shipped models found from anywhere.
+fn quickstart_config(out: std::path::PathBuf) -> align_train::TrainConfig {
+    align_train::TrainConfig {
+        out,
+        model: default_model_dir("shapes-flow-unet"),
+        reward_model: default_model_dir("proxy-rm"),
+        ..align_train::TrainConfig::default()
+    }
+}
+
+/// Runs an online job with the progress bar, then draws `curves.png` from its metrics.
+fn run_train(
+    config: &align_train::TrainConfig,
+    resume: bool,
+    device: &burn::tensor::Device,
+) -> Result<align_train::Report, String> {
+    let observer: align_train::SharedObserver = std::sync::Arc::new(progress::Bar::new());
+    let report =
+        align_train::train(config, resume, &observer, device).map_err(|e| e.to_string())?;
+    let metrics = config.out.join(align_core::runner::METRICS);
+    let curves = plot::Curves::read(&metrics)?;
+    plot::write_curves(&curves, &report.algorithm, &config.out.join("curves.png"))?;
+    Ok(report)
+}
+
+/// `align sample` for a Shapes model directory.
+fn sample_shapes(
+    model: &std::path::Path,
+    prompt: &str,
+    n: usize,
+    out: &std::path::Path,
+    options: align_train::SampleOptions,
+    seed: u64,
+    device: &burn::tensor::Device,
+) -> Result<(), String> {
+    shapes_eval::sample_grid(model, prompt, n, out, options, seed, device)
+        .map_err(|e| e.to_string())
 }
 
 fn plot_run(run: &std::path::Path) -> Result<(), String> {
@@ -798,7 +868,7 @@ fn plot_run(run: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn print_report(dir: &std::path::Path, r: &rl_cmd::Report) {
+fn print_report(dir: &std::path::Path, r: &align_train::Report) {
     if let Some(e) = &r.eval_reward {
         println!(
             "{}: mean {} on the evaluation prompts {:.4} → {:.4}, KL {:.2e}, {:.0} s",
@@ -852,7 +922,7 @@ mod tests {
     fn pretrain_model_config_init_from_and_gap() {
         let device = align_core::test_device();
         let dir = std::env::temp_dir().join(format!("align-cli-warm-{}", std::process::id()));
-        let base = shapes_cmd::PretrainOptions {
+        let base = pretrain_cmd::PretrainOptions {
             kind: align_models::DenoiserKind::Dit,
             flow: false,
             preset: align_models::Preset::Tiny,
@@ -872,10 +942,10 @@ mod tests {
             split: align_data::SplitName::Combinations,
             progress: false,
         };
-        shapes_cmd::pretrain(&base, &device).unwrap();
+        pretrain_cmd::pretrain(&base, &device).unwrap();
         // A second run (another seed) from the first one's configuration file and weights
         // starts from those weights, not from a fresh initialisation.
-        let second = shapes_cmd::PretrainOptions {
+        let second = pretrain_cmd::PretrainOptions {
             steps: 1,
             seed: 7,
             out: dir.join("second"),
@@ -883,7 +953,7 @@ mod tests {
             init_from: Some(dir.join("first")),
             ..base.clone()
         };
-        shapes_cmd::pretrain(&second, &device).unwrap();
+        pretrain_cmd::pretrain(&second, &device).unwrap();
         let (_, a) = align_models::ShapesModel::load(&dir.join("first"), &device).unwrap();
         let (_, b) = align_models::ShapesModel::load(&dir.join("second"), &device).unwrap();
         let (align_models::ShapesModel::Dit(a), align_models::ShapesModel::Dit(b)) = (a, b) else {
@@ -905,8 +975,8 @@ mod tests {
             .fold(0.0f32, f32::max);
         assert!(max_step < 2e-3, "{max_step}");
         // A configuration of the other family is refused, naming the file and the field.
-        let err = shapes_cmd::pretrain(
-            &shapes_cmd::PretrainOptions {
+        let err = pretrain_cmd::pretrain(
+            &pretrain_cmd::PretrainOptions {
                 kind: align_models::DenoiserKind::Unet,
                 out: dir.join("third"),
                 ..second.clone()
@@ -919,8 +989,8 @@ mod tests {
             "{err}"
         );
         // Weights of another architecture are refused.
-        let err = shapes_cmd::pretrain(
-            &shapes_cmd::PretrainOptions {
+        let err = pretrain_cmd::pretrain(
+            &pretrain_cmd::PretrainOptions {
                 model_config: None,
                 preset: align_models::Preset::Small,
                 out: dir.join("fourth"),
@@ -931,8 +1001,8 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("--init-from"), "{err}");
         // A zero gap would let objects merge.
-        let err = shapes_cmd::pretrain(
-            &shapes_cmd::PretrainOptions {
+        let err = pretrain_cmd::pretrain(
+            &pretrain_cmd::PretrainOptions {
                 gap: 0,
                 out: dir.join("fifth"),
                 ..base.clone()
@@ -942,8 +1012,8 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("--gap"), "{err}");
         // A model of the stress test trains on the unseen-pairs split's training part.
-        shapes_cmd::pretrain(
-            &shapes_cmd::PretrainOptions {
+        pretrain_cmd::pretrain(
+            &pretrain_cmd::PretrainOptions {
                 split: align_data::SplitName::UnseenPairs,
                 out: dir.join("stress"),
                 ..base.clone()
@@ -954,21 +1024,21 @@ mod tests {
         assert!(dir.join("stress").join("model.safetensors").is_file());
         // The flow UNet: a UNet trained by flow matching, saved as such and sampled on the
         // flow grid; `flow` with a model file or a DiT is refused.
-        let flow = shapes_cmd::PretrainOptions {
+        let flow = pretrain_cmd::PretrainOptions {
             kind: align_models::DenoiserKind::Unet,
             flow: true,
             out: dir.join("flow-unet"),
             ..base.clone()
         };
-        shapes_cmd::pretrain(&flow, &device).unwrap();
+        pretrain_cmd::pretrain(&flow, &device).unwrap();
         let (config, _) = align_models::ShapesModel::load(&dir.join("flow-unet"), &device).unwrap();
         assert!(config.is_flow() && config.kind == align_models::DenoiserKind::Unet);
-        let options = shapes_cmd::SampleOptions {
+        let options = align_train::SampleOptions {
             steps: 2,
             guidance: 2.0,
         };
         let png = dir.join("flow-unet").join("grid.png");
-        shapes_cmd::sample(
+        sample_shapes(
             &dir.join("flow-unet"),
             "one red circle",
             2,
@@ -979,17 +1049,17 @@ mod tests {
         )
         .unwrap();
         for bad in [
-            shapes_cmd::PretrainOptions {
+            pretrain_cmd::PretrainOptions {
                 kind: align_models::DenoiserKind::Dit,
                 ..flow.clone()
             },
-            shapes_cmd::PretrainOptions {
+            pretrain_cmd::PretrainOptions {
                 out: dir.join("flow-unet-2"),
                 ..second.clone()
             },
         ] {
-            let bad = shapes_cmd::PretrainOptions { flow: true, ..bad };
-            let err = shapes_cmd::pretrain(&bad, &device).unwrap_err();
+            let bad = pretrain_cmd::PretrainOptions { flow: true, ..bad };
+            let err = pretrain_cmd::pretrain(&bad, &device).unwrap_err();
             assert!(err.contains("flow-unet"), "{err}");
         }
         std::fs::remove_dir_all(&dir).ok();
@@ -999,7 +1069,7 @@ mod tests {
     fn pretrain_then_sample_writes_a_png_grid() {
         let device = align_core::test_device();
         let dir = std::env::temp_dir().join(format!("align-cli-pretrain-{}", std::process::id()));
-        let options = shapes_cmd::PretrainOptions {
+        let options = pretrain_cmd::PretrainOptions {
             kind: align_models::DenoiserKind::Dit,
             flow: false,
             preset: align_models::Preset::Tiny,
@@ -1019,7 +1089,7 @@ mod tests {
             split: align_data::SplitName::Combinations,
             progress: false,
         };
-        shapes_cmd::pretrain(&options, &device).unwrap();
+        pretrain_cmd::pretrain(&options, &device).unwrap();
         assert!(dir.join("model.safetensors").is_file() && dir.join("model.json").is_file());
         assert_eq!(
             std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -1030,12 +1100,12 @@ mod tests {
         );
         assert!(dir.join("samples").join("step-000003.png").is_file());
         // --resume continues from the checkpoint to the new --steps, appending metrics.
-        let resumed = shapes_cmd::PretrainOptions {
+        let resumed = pretrain_cmd::PretrainOptions {
             steps: 5,
             resume: true,
             ..options.clone()
         };
-        shapes_cmd::pretrain(&resumed, &device).unwrap();
+        pretrain_cmd::pretrain(&resumed, &device).unwrap();
         let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
         assert_eq!(lines.lines().count(), 5);
         assert!(lines.lines().last().unwrap().starts_with("{\"step\":5,"));
@@ -1044,22 +1114,22 @@ mod tests {
             "5\n"
         );
         // Nothing left to do is an error that says so, and the checkpoint stays.
-        let err = shapes_cmd::pretrain(&resumed, &device).unwrap_err();
+        let err = pretrain_cmd::pretrain(&resumed, &device).unwrap_err();
         assert!(err.contains("already at step 5"), "{err}");
         assert!(dir.join("model.safetensors").is_file());
         let out = dir.join("grid.png");
-        let sample = shapes_cmd::SampleOptions {
+        let sample = align_train::SampleOptions {
             steps: 4,
             guidance: 2.0,
         };
-        shapes_cmd::sample(&dir, "two red circles", 6, &out, sample, 0, &device).unwrap();
+        sample_shapes(&dir, "two red circles", 6, &out, sample, 0, &device).unwrap();
         let png = image::open(&out).unwrap();
         // 4 columns × 2 rows of 16×16 tiles with 1-pixel gutters.
         assert_eq!((png.width(), png.height()), (4 * 17 + 1, 2 * 17 + 1));
-        let err = shapes_cmd::sample(&dir, "two purple circles", 1, &out, sample, 0, &device)
-            .unwrap_err();
+        let err =
+            sample_shapes(&dir, "two purple circles", 1, &out, sample, 0, &device).unwrap_err();
         assert!(err.contains("purple"), "{err}");
-        let err = shapes_cmd::sample(
+        let err = sample_shapes(
             &dir.join("missing"),
             "one red circle",
             1,
@@ -1097,7 +1167,7 @@ mod tests {
         );
         // Agreement with ShapeEval on a (tiny, untrained) base model's samples.
         let base = dir.join("base");
-        let pretrain = shapes_cmd::PretrainOptions {
+        let pretrain = pretrain_cmd::PretrainOptions {
             kind: align_models::DenoiserKind::Dit,
             flow: false,
             preset: align_models::Preset::Tiny,
@@ -1117,8 +1187,8 @@ mod tests {
             split: align_data::SplitName::Combinations,
             progress: false,
         };
-        shapes_cmd::pretrain(&pretrain, &device).unwrap();
-        let sample = shapes_cmd::SampleOptions {
+        pretrain_cmd::pretrain(&pretrain, &device).unwrap();
+        let sample = align_train::SampleOptions {
             steps: 2,
             guidance: 1.0,
         };
@@ -1138,11 +1208,11 @@ mod tests {
         for name in ["shapes-unet", "shapes-flow-unet", "shapes-dit"] {
             let out = std::env::temp_dir()
                 .join(format!("align-shipped-{name}-{}.png", std::process::id()));
-            let options = shapes_cmd::SampleOptions {
+            let options = align_train::SampleOptions {
                 steps: 4,
                 guidance: 3.0,
             };
-            shapes_cmd::sample(
+            sample_shapes(
                 &root.join(name),
                 "two red circles",
                 4,

@@ -8,7 +8,14 @@ use align_rewards::{
 };
 use burn::prelude::*;
 
-use crate::shapes_cmd::{SampleOptions, eval_images, images_to_tensor, progress_bar};
+use align_train::SampleOptions;
+use align_train::shapes_eval::{eval_images, eval_requests, generate_guided};
+
+use crate::progress::progress_bar;
+
+fn images_to_tensor(images: &[&Image], device: &Device) -> Result<Tensor<4>, String> {
+    align_train::images::images_to_tensor(images, device).map_err(|e| e.to_string())
+}
 
 /// `align train-reward`: trains the proxy and writes it to `out`; returns the held-out accuracy
 /// on rendered scenes.
@@ -55,7 +62,8 @@ pub fn eval_reward(
     device: &Device,
 ) -> Result<(Agreement, Agreement), String> {
     let (_, proxy) = ProxyReward::load(reward_dir, device).map_err(|e| e.to_string())?;
-    let (train, heldout) = eval_images(model_dir, seeds_per_prompt, options, device)?;
+    let (train, heldout) =
+        eval_images(model_dir, seeds_per_prompt, options, device).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for part in [&train, &heldout] {
         let mut scores = Vec::with_capacity(part.len());
@@ -64,7 +72,7 @@ pub fn eval_reward(
             let prompts: Vec<String> = chunk.iter().map(|(_, p, _)| p.clone()).collect();
             scores.extend(
                 proxy
-                    .score(&images_to_tensor(&images, device), &prompts)
+                    .score(&images_to_tensor(&images, device)?, &prompts)
                     .map_err(|e| e.to_string())?,
             );
         }
@@ -110,9 +118,9 @@ pub fn eval_guided(
     let verifier = align_data::ShapeEval::default();
     let mut parts = Vec::new();
     for part in [&set.train, &set.heldout] {
-        let (prompts, ids, specs) = crate::shapes_cmd::eval_requests(part, seeds_per_prompt);
+        let (prompts, ids, specs) = eval_requests(part, seeds_per_prompt);
         let images = match &model {
-            align_models::ShapesModel::Unet(m) => crate::shapes_cmd::generate_guided(
+            align_models::ShapesModel::Unet(m) => generate_guided(
                 &m.as_ref().clone().no_grad(),
                 &config,
                 &prompts,
@@ -121,8 +129,9 @@ pub fn eval_guided(
                 &proxy,
                 scale,
                 &ad,
-            )?,
-            align_models::ShapesModel::Dit(m) => crate::shapes_cmd::generate_guided(
+            )
+            .map_err(|e| e.to_string())?,
+            align_models::ShapesModel::Dit(m) => generate_guided(
                 &m.as_ref().clone().no_grad(),
                 &config,
                 &prompts,
@@ -131,7 +140,8 @@ pub fn eval_guided(
                 &proxy,
                 scale,
                 &ad,
-            )?,
+            )
+            .map_err(|e| e.to_string())?,
         };
         let mut out = GuidedPart {
             n: images.len(),
@@ -140,7 +150,7 @@ pub fn eval_guided(
         for chunk in images.chunks(64).zip(prompts.chunks(64)) {
             let refs: Vec<&Image> = chunk.0.iter().collect();
             let scores = proxy
-                .score(&images_to_tensor(&refs, &ad), chunk.1)
+                .score(&images_to_tensor(&refs, &ad)?, chunk.1)
                 .map_err(|e| e.to_string())?;
             out.proxy += scores.iter().sum::<f64>();
         }

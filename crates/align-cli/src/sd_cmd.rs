@@ -7,7 +7,7 @@ use align_samplers::{RolloutBatch, RolloutConfig, rollout};
 use burn::module::Module;
 use burn::prelude::*;
 
-use crate::shapes_cmd::{tensor_to_images, write_grid};
+use align_train::images::{tensor_to_images, write_grid};
 
 /// Options of `align sample --sd`.
 #[derive(Debug, Clone)]
@@ -79,8 +79,9 @@ pub fn sample(
         .last()
         .cloned()
         .ok_or_else(|| "sampling produced no latents".to_string())?;
-    let images = tensor_to_images(sd.decode(latents).clamp(-1.0, 1.0))?;
-    write_grid(&images, 4, out)
+    let images =
+        tensor_to_images(sd.decode(latents).clamp(-1.0, 1.0)).map_err(|e| e.to_string())?;
+    write_grid(&images, 4, out).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

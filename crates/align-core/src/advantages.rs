@@ -188,14 +188,38 @@ impl<K: Hash + Eq + Clone> StatTracker<K> {
         })
     }
 
-    /// Appends the batch's rewards and returns their advantages.
+    /// Appends the batch's rewards and returns their advantages; a key whose buffer holds
+    /// fewer than `min_count` rewards is standardised by the whole batch's statistics.
     ///
     /// # Errors
     /// Length mismatch, empty input or a non-finite reward (the tracker is left unchanged).
     pub fn update(&mut self, keys: &[K], rewards: &[f64]) -> Result<Vec<f64>> {
+        let everyone = vec![(); keys.len()];
+        self.update_with_fallback(keys, rewards, &everyone)
+    }
+
+    /// Like [`StatTracker::update`], but a key whose buffer is still short falls back to the
+    /// statistics of the batch's rewards that share its `fallback` group (SDPO: the rewards of
+    /// the same denoising step, not those pooled over every step).
+    ///
+    /// # Errors
+    /// Length mismatch, empty input or a non-finite reward (the tracker is left unchanged).
+    pub fn update_with_fallback<G: Hash + Eq>(
+        &mut self,
+        keys: &[K],
+        rewards: &[f64],
+        fallback: &[G],
+    ) -> Result<Vec<f64>> {
         check_finite(rewards)?;
         if keys.len() != rewards.len() {
             return Err(CoreError::shape("tracker keys", rewards.len(), keys.len()));
+        }
+        if fallback.len() != rewards.len() {
+            return Err(CoreError::shape(
+                "tracker fallback groups",
+                rewards.len(),
+                fallback.len(),
+            ));
         }
         for (k, &r) in keys.iter().zip(rewards) {
             let buf = self.buffers.entry(k.clone()).or_default();
@@ -204,20 +228,26 @@ impl<K: Hash + Eq + Clone> StatTracker<K> {
                 buf.pop_front();
             }
         }
-        let batch = mean_std(rewards);
+        let mut groups: HashMap<&G, Vec<f64>> = HashMap::new();
+        for (g, &r) in fallback.iter().zip(rewards) {
+            groups.entry(g).or_default().push(r);
+        }
+        let batch: HashMap<&G, (f64, f64)> =
+            groups.iter().map(|(g, v)| (*g, mean_std(v))).collect();
         let mut stats: HashMap<&K, (f64, f64)> = HashMap::new();
         Ok(keys
             .iter()
             .zip(rewards)
-            .map(|(k, &r)| {
-                let (mean, std) = *stats.entry(k).or_insert_with(|| {
-                    let buf = &self.buffers[k];
-                    if buf.len() < self.min_count {
-                        batch
-                    } else {
-                        mean_std(&buf.iter().copied().collect::<Vec<_>>())
-                    }
-                });
+            .zip(fallback)
+            .map(|((k, &r), g)| {
+                let buf = &self.buffers[k];
+                let (mean, std) = if buf.len() < self.min_count {
+                    batch[g]
+                } else {
+                    *stats
+                        .entry(k)
+                        .or_insert_with(|| mean_std(&buf.iter().copied().collect::<Vec<_>>()))
+                };
                 standardise(r, mean, std, self.eps)
             })
             .collect())
@@ -262,6 +292,45 @@ mod tests {
     }
 
     proptest! {
+        /// With short buffers, each fallback group is standardised by its own batch
+        /// statistics (computed here by hand); one group for everyone is `update`.
+        #[test]
+        fn short_buffers_fall_back_to_their_group_statistics(
+            rewards in rewards_strategy(),
+            n_groups in 1usize..4,
+        ) {
+            let keys: Vec<(String, usize)> =
+                (0..rewards.len()).map(|i| ("p".to_string(), i % n_groups)).collect();
+            let groups: Vec<usize> = (0..rewards.len()).map(|i| i % n_groups).collect();
+            let mut t = StepPromptStatTracker::new(64, 64, 1e-6).unwrap();
+            let adv = t.update_with_fallback(&keys, &rewards, &groups).unwrap();
+            for g in 0..n_groups {
+                let members: Vec<f64> = rewards
+                    .iter()
+                    .zip(&groups)
+                    .filter(|(_, gg)| **gg == g)
+                    .map(|(r, _)| *r)
+                    .collect();
+                let n = members.len() as f64;
+                let mean = members.iter().sum::<f64>() / n;
+                let std = (members.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+                for (i, &r) in rewards.iter().enumerate() {
+                    if groups[i] == g {
+                        let want = if std < 1e-12 { 0.0 } else { (r - mean) / (std + 1e-6) };
+                        prop_assert!((adv[i] - want).abs() < 1e-6 * want.abs().max(1.0));
+                    }
+                }
+            }
+            let mut a = StepPromptStatTracker::new(64, 64, 1e-6).unwrap();
+            let mut b = StepPromptStatTracker::new(64, 64, 1e-6).unwrap();
+            let one = vec![0u8; rewards.len()];
+            prop_assert_eq!(
+                a.update(&keys, &rewards).unwrap(),
+                b.update_with_fallback(&keys, &rewards, &one).unwrap()
+            );
+            prop_assert!(b.update_with_fallback(&keys, &rewards, &one[1..]).is_err());
+        }
+
         #[test]
         fn group_advantages_have_zero_mean_per_group(
             rewards in rewards_strategy(),

@@ -24,6 +24,8 @@
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
+use crate::error::{DataError, Result};
+use crate::prompt::parse_prompt;
 use crate::sampling;
 use crate::split::{Split, SplitName, SplitPart};
 use crate::world::SceneSpec;
@@ -71,6 +73,63 @@ impl EvalSet {
     /// 64 train + 64 held-out prompts, 4 seeds each, from a named split.
     pub fn for_split(name: SplitName) -> Self {
         Self::build(&name.split(), 64, 64, 4)
+    }
+
+    /// An evaluation set of a user's own prompts: each is parsed, checked to be a scene of
+    /// the world ([`SceneSpec::world`]: at most three objects, one or two groups of distinct
+    /// colour and shape) and filed under its part of `split`; prompt `k` (in the given order)
+    /// gets seeds `first_seed + k · seeds_per_prompt + j`, `j in 0..seeds_per_prompt`.
+    ///
+    /// # Errors
+    /// An empty list, zero seeds, a prompt the grammar refuses (the error names it), or a
+    /// scene outside the world.
+    pub fn from_prompts(
+        split: &Split,
+        prompts: &[String],
+        seeds_per_prompt: usize,
+        first_seed: u64,
+    ) -> Result<Self> {
+        if prompts.is_empty() {
+            return Err(DataError::Config {
+                field: "prompts".into(),
+                reason: "no prompts".into(),
+            });
+        }
+        if seeds_per_prompt == 0 {
+            return Err(DataError::Config {
+                field: "seeds".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let world = SceneSpec::world();
+        let mut set = EvalSet {
+            train: Vec::new(),
+            heldout: Vec::new(),
+        };
+        for (k, prompt) in prompts.iter().enumerate() {
+            let spec = parse_prompt(prompt)?;
+            if !world.contains(&spec) {
+                return Err(DataError::InvalidScene {
+                    reason: format!(
+                        "`{prompt}` is not a scene of the world (at most three objects in one or \
+                         two groups of different colours and shapes)"
+                    ),
+                });
+            }
+            let part = split.part(&spec);
+            let first = first_seed + (k * seeds_per_prompt) as u64;
+            let entry = EvalPrompt {
+                prompt: spec.to_string(),
+                spec,
+                part,
+                seeds: (first..first + seeds_per_prompt as u64).collect(),
+            };
+            match part {
+                SplitPart::Train => set.train.push(entry),
+                SplitPart::HeldOut => set.heldout.push(entry),
+            }
+        }
+        Ok(set)
     }
 
     /// An evaluation set of `n_train` + `n_heldout` prompts (fewer if a part has fewer
@@ -154,6 +213,28 @@ impl EvalSet {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn user_prompts_are_filed_by_part_with_their_own_seeds() {
+        let split = Split::standard();
+        let held = split.specs(SplitPart::HeldOut, 2)[0].to_string();
+        let train = split.specs(SplitPart::Train, 1)[0].to_string();
+        let prompts = vec![train.clone(), held.clone(), train.clone()];
+        let set = EvalSet::from_prompts(&split, &prompts, 2, 7).unwrap();
+        assert_eq!(set.train.len(), 2);
+        assert_eq!(set.heldout.len(), 1);
+        assert_eq!(set.train[0].seeds, vec![7, 8]);
+        assert_eq!(set.heldout[0].seeds, vec![9, 10]);
+        assert_eq!(set.train[1].seeds, vec![11, 12]);
+        assert_eq!(set.heldout[0].prompt, held);
+        assert!(set.heldout.iter().all(|p| p.part == SplitPart::HeldOut));
+        let err = EvalSet::from_prompts(&split, &["two purple circles".into()], 1, 0).unwrap_err();
+        assert!(err.to_string().contains("purple"), "{err}");
+        let big = "three red circles and three blue squares".to_string();
+        assert!(EvalSet::from_prompts(&split, &[big], 1, 0).is_err());
+        assert!(EvalSet::from_prompts(&split, &[], 1, 0).is_err());
+        assert!(EvalSet::from_prompts(&split, &prompts, 0, 0).is_err());
+    }
 
     #[test]
     fn standard_set() {

@@ -30,6 +30,12 @@ pub enum RlError {
     /// Encoding the prompts into conditions failed (the caller's encoder).
     #[error("encoding prompts: {0}")]
     Encode(String),
+    /// A tensor could not be read back to the host.
+    #[error("{0}")]
+    Readback(String),
+    /// The caller's reward failed (dense or step-wise rewards scored inside an update).
+    #[error("reward: {0}")]
+    Reward(String),
 }
 
 impl RlError {

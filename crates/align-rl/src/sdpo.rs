@@ -11,8 +11,8 @@
 //! G_k = r_k + γ G_{k+1}                        (discounted return, γ = 0.99)
 //! ```
 //!
-//! `G_k` is standardised per (prompt, step) with a running tracker (buffer 32, min count 16,
-//! batch fallback; `align_core::StepPromptStatTracker`) and clipped to ±5, giving `Â_k`. For a
+//! `G_k` is standardised per (prompt, step) with a running tracker (buffer 32, min count 16;
+//! until a buffer fills, the batch statistics of the same step; `align_core::StepPromptStatTracker`) and clipped to ±5, giving `Â_k`. For a
 //! pair (1, 2) of trajectories of the same prompt, with per-step log-ratios
 //! `δ^i_k = log π_θ(x^i_{k+1} | x^i_k) − log π_old(x^i_{k+1} | x^i_k)` and weights
 //! `w_k = λ^k / log_scale` (λ = 0.99):
@@ -238,7 +238,7 @@ pub fn trajectory_dense_rewards(
             t.clone()
                 .into_data()
                 .try_to_vec::<f32>()
-                .map_err(|e| RlError::Encode(format!("reading x̂₀: {e:?}")))
+                .map_err(|e| RlError::Readback(format!("reading x̂₀: {e:?}")))
         })
         .collect::<Result<_>>()?;
     let per = host[0].len() / b;
@@ -344,13 +344,17 @@ impl Sdpo {
             .collect();
         let mut keys = Vec::with_capacity(b * k);
         let mut values = Vec::with_capacity(b * k);
+        let mut steps = Vec::with_capacity(b * k);
         for (i, g) in returns.iter().enumerate() {
             for (step, &v) in g.iter().enumerate() {
                 keys.push((prompts[i].clone(), step));
                 values.push(v);
+                steps.push(step);
             }
         }
-        let mut adv = self.tracker.update(&keys, &values)?;
+        // A (prompt, step) with a short buffer falls back to the batch statistics of its step,
+        // as the official code does (returns at different steps have different scales).
+        let mut adv = self.tracker.update_with_fallback(&keys, &values, &steps)?;
         clip_advantages(&mut adv, self.config.adv_clip_max);
         Ok(adv.chunks(k).map(<[f64]>::to_vec).collect())
     }
@@ -448,7 +452,7 @@ impl Sdpo {
                 .clone()
                 .detach()
                 .try_into_scalar()
-                .map_err(|e| RlError::Encode(format!("reading the loss: {e:?}")))?;
+                .map_err(|e| RlError::Readback(format!("reading the loss: {e:?}")))?;
             if !value.is_finite() {
                 return Err(RlError::NonFinite {
                     what: format!("SDPO loss at step {k}"),
@@ -477,6 +481,51 @@ mod tests {
 
     fn unit(i: usize, n: usize) -> Vec<f32> {
         (0..n).map(|j| if j == i { 1.0 } else { 0.0 }).collect()
+    }
+
+    /// Until a (prompt, step) buffer reaches `min_count`, returns are standardised by the
+    /// batch statistics of *their step*. With γ = 1 the returns are {100, 106} at step 0 and
+    /// {100, 104} at step 1, so both steps give advantages ∓1; statistics pooled over the steps
+    /// (mean 102.5, std ≈ 2.6) would give −0.96 / +1.35 at step 0 and −0.96 / +0.58 at step 1.
+    #[test]
+    fn short_buffers_fall_back_to_the_statistics_of_the_same_step() {
+        let device = align_core::test_device();
+        let (b, k) = (4, 2);
+        let traj = Trajectory {
+            latents: (0..=k)
+                .map(|_| Tensor::zeros([b, 1, 2, 2], &device))
+                .collect(),
+            times: vec![1.0, 0.5, 0.0],
+            log_probs: vec![Some(Tensor::zeros([b], &device)); k],
+            stds: vec![0.1; k],
+            means: Vec::new(),
+            pred_x0: Vec::new(),
+            reduction: align_core::LogProbReduction::Mean,
+            guidance_scale: 1.0,
+            seed: 0,
+            sample_ids: (0..b as u64).collect(),
+            condition_ids: vec![0; b],
+            group_ids: vec![0; b],
+            rewards: None,
+        };
+        let config = SdpoConfig {
+            gamma: 1.0,
+            ..SdpoConfig::default()
+        };
+        let mut sdpo = Sdpo::new(config, vec!["one red circle".into()]).unwrap();
+        let dense = vec![
+            vec![0.0, 100.0],
+            vec![2.0, 104.0],
+            vec![0.0, 100.0],
+            vec![2.0, 104.0],
+        ];
+        let adv = sdpo.step_advantages(&traj, &dense).unwrap();
+        for (i, row) in adv.iter().enumerate() {
+            let sign = if i % 2 == 0 { -1.0 } else { 1.0 };
+            for (step, &a) in row.iter().enumerate() {
+                assert!((a - sign).abs() < 1e-5, "sample {i} step {step}: {a}");
+            }
+        }
     }
 
     #[test]

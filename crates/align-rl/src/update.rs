@@ -105,7 +105,7 @@ fn scalar(t: Tensor<1>, what: &str) -> Result<f64> {
     let v: f32 = t
         .mean()
         .try_into_scalar()
-        .map_err(|e| RlError::Encode(format!("reading {what}: {e:?}")))?;
+        .map_err(|e| RlError::Readback(format!("reading {what}: {e:?}")))?;
     if !v.is_finite() {
         return Err(RlError::NonFinite {
             what: what.to_string(),
@@ -213,7 +213,7 @@ where
             .abs()
             .max()
             .try_into_scalar()
-            .map_err(|e| RlError::Encode(format!("reading the ratio: {e:?}")))?;
+            .map_err(|e| RlError::Readback(format!("reading the ratio: {e:?}")))?;
         stats.max_ratio_deviation = stats.max_ratio_deviation.max(f64::from(dev));
         let loss = terms.loss.div_scalar(n);
         if !loss.is_tracked() {

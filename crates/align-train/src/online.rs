@@ -1,30 +1,24 @@
-//! `align train` (online RL from a TOML config) and `align quickstart` (Flow-GRPO on the
-//! shipped flow model toward the gold ShapeEval reward).
-//!
-//! Both drive [`align_core::Runner`] with [`ShapesRl`], a [`Job`] that rolls out the LoRA-adapted
-//! Shapes model on training-split prompts, scores the samples with ShapeEval and runs one
-//! iteration of an `align-rl` algorithm. The reference policy is the same model with adapters
-//! off.
+//! The online job on Shapes-world models: rollouts of the LoRA-adapted model on training-split
+//! prompts, rewards, one iteration of an `align-rl` algorithm (or a DRaFT / AlignProp update),
+//! periodic evaluations with the reward-hacking monitor, checkpoints, and the final report.
+//! The reference policy is the same model with adapters off.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use align_backprop::{
-    ChainInputs, Truncation, chain_gradients, reference_penalty, reward_cotangent,
-};
-use align_core::{Condition, CoreError, Denoiser, Job, Metrics, Runner, RunnerConfig};
+use align_backprop::{DraftConfig, DraftUpdate, draft_update, reward_cotangent};
+use align_core::{Condition, CoreError, Denoiser, Job, Metrics, Runner};
 use align_data::{Image, Split, SplitPart, Tokenizer};
 use align_models::{
     LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora, with_lora_scale,
 };
 use align_rewards::{
-    HackingMonitor, HackingMonitorConfig, ProxyReward, Reading, Reward, ShapeEvalMode,
-    ShapeEvalReward, same_prompt_diversity,
+    HackingMonitor, ProxyReward, Reading, Reward, ShapeEvalMode, ShapeEvalReward,
+    same_prompt_diversity,
 };
 use align_rl::{
-    Ddpo, DdpoConfig, DdpoVariant, DenseGrpo, DenseGrpoConfig, Dpok, DpokConfig, FlowGrpo,
-    FlowGrpoConfig, Iteration, OnlineAlgorithm, RlError, Sdpo, SdpoConfig, run_iteration,
-    step_reward_gains, trajectory_dense_rewards,
+    Ddpo, DdpoConfig, DdpoVariant, DenseGrpo, Dpok, FlowGrpo, Iteration, OnlineAlgorithm, RlError,
+    Sdpo, run_iteration, step_reward_gains, trajectory_dense_rewards,
 };
 use align_samplers::{
     FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, SamplerConfig, rollout,
@@ -35,427 +29,19 @@ use burn::tensor::Device;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::shapes_cmd::{
-    Accuracy, GRID_PROMPTS, SampleOptions, accuracies, evaluate_detailed, generate, progress_bar,
-    write_grid,
+use crate::config::{AlgorithmName, RewardName, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::images::{images_to_tensor, write_grid};
+use crate::observer::SharedObserver;
+use crate::report::{Report, Snapshot, WinRate, read_last_metrics, write_report};
+use crate::shapes_eval::{
+    Accuracy, GRID_PROMPTS, SampleOptions, accuracies, encode_prompt, evaluate_detailed, generate,
 };
 
-/// Which online-RL algorithm a config runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AlgorithmName {
-    /// Flow-GRPO (flow model).
-    FlowGrpo,
-    /// DenseGRPO: Flow-GRPO with step-wise reward gains from ODE completions (flow model).
-    DenseGrpo,
-    /// DDPO, score-function estimator (UNet).
-    DdpoSf,
-    /// DDPO, importance sampling with PPO-clip (UNet).
-    DdpoIs,
-    /// DPOK (UNet).
-    Dpok,
-    /// SDPO: dense x̂₀ rewards, squared pair loss (either model; `group_size` must be even).
-    Sdpo,
-    /// DRaFT / DRaFT-K: reward backprop through the last K sampler steps (`[backprop]
-    /// truncation`), differentiable reward (`reward = "proxy"`), either model.
-    Draft,
-    /// AlignProp: DRaFT with a random truncation length per update (`truncation = { random_k =
-    /// { min, max } }`), either model.
-    AlignProp,
-}
-
-impl AlgorithmName {
-    /// Whether the algorithm back-propagates a differentiable reward through the sampler.
-    pub fn is_backprop(self) -> bool {
-        matches!(self, AlgorithmName::Draft | AlgorithmName::AlignProp)
-    }
-}
-
-/// Which gold reward to optimise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RewardName {
-    /// ShapeEval pass/fail.
-    ShapeEval,
-    /// ShapeEval partial credit (fraction of attributes right).
-    ShapeEvalPartial,
-    /// The learned proxy reward model (`reward_model`): differentiable, imperfect.
-    Proxy,
-    /// Stable Diffusion models: the LAION aesthetic predictor (`aesthetic_head`) on the CLIP
-    /// model in `reward_model`.
-    Aesthetic,
-    /// Stable Diffusion models: CLIP score (`100 · max(cos, 0)`) with the CLIP model in
-    /// `reward_model`.
-    ClipScore,
-    /// Stable Diffusion models: PickScore-style `exp(logit_scale) · cos` with the CLIP model in
-    /// `reward_model` (e.g. a local PickScore_v1).
-    PickScore,
-    /// DDPO's JPEG compressibility (`−kB` at quality 95).
-    JpegCompressibility,
-    /// DDPO's JPEG incompressibility (`kB`).
-    JpegIncompressibility,
-}
-
-impl RewardName {
-    /// Whether the reward has a gradient to the pixels (the reward-backprop algorithms need
-    /// one).
-    pub fn is_differentiable(self) -> bool {
-        matches!(
-            self,
-            RewardName::Proxy
-                | RewardName::Aesthetic
-                | RewardName::ClipScore
-                | RewardName::PickScore
-        )
-    }
-
-    /// Whether the reward judges Shapes-world prompts (ShapeEval, the proxy model).
-    pub fn is_shapes_world(self) -> bool {
-        matches!(
-            self,
-            RewardName::ShapeEval | RewardName::ShapeEvalPartial | RewardName::Proxy
-        )
-    }
-}
-
-/// The `[backprop]` table (DRaFT, AlignProp).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackpropSection {
-    /// Which steps carry gradient: `"full"`, `{ last_k = K }`, `{ random_k = { min, max } }`.
-    pub truncation: Truncation,
-    /// The loss is `−reward_scale · mean r(x_T)`.
-    pub reward_scale: f64,
-    /// Weight β of the pull toward the reference (adapters off): β · mean (μ_θ − μ_ref)² of the
-    /// step means at the differentiated steps (`align_backprop::reference_penalty`); 0 = none.
-    pub reference_weight: f64,
-}
-
-impl Default for BackpropSection {
-    fn default() -> Self {
-        Self {
-            truncation: Truncation::LastK(1),
-            reward_scale: 1.0,
-            reference_weight: 0.0,
-        }
-    }
-}
-
-/// The `[lora]` table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LoraSection {
-    /// Rank.
-    pub rank: usize,
-    /// α.
-    pub alpha: f64,
-}
-
-impl Default for LoraSection {
-    fn default() -> Self {
-        Self {
-            rank: 8,
-            alpha: 8.0,
-        }
-    }
-}
-
-/// An `align train` configuration file (TOML). Every field has a default.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Algorithm.
-    pub algorithm: AlgorithmName,
-    /// Base model directory.
-    pub model: PathBuf,
-    /// Run directory.
-    pub out: PathBuf,
-    /// Run seed (prompts, noise, minibatch order).
-    pub seed: u64,
-    /// Reward.
-    pub reward: RewardName,
-    /// The proxy reward model's directory (`reward = "proxy"`).
-    pub reward_model: PathBuf,
-    /// Distinct prompts per iteration.
-    pub prompts_per_iteration: usize,
-    /// Samples per prompt (the GRPO group size).
-    pub group_size: usize,
-    /// Sampler steps of training rollouts.
-    pub train_steps: usize,
-    /// Flow SDE noise level `a` (flow models) or DDIM η (UNet).
-    pub noise_level: f64,
-    /// Classifier-free guidance scale of rollouts and re-scoring.
-    pub guidance: f64,
-    /// Flow models: train only SDE steps `[start, end)` of the rollout; the others are ODE
-    /// steps ("Flow-GRPO-Fast"). `None` = every step stochastic.
-    pub sde_window: Option<(usize, usize)>,
-    /// Evaluate every N iterations (0 = only before and after).
-    pub eval_every: usize,
-    /// Evaluation seeds per prompt.
-    pub eval_seeds: usize,
-    /// Sampler steps of evaluations and grids (0 = the family's default: 40 Euler / 50 DDIM).
-    pub eval_steps: usize,
-    /// LoRA adapters.
-    pub lora: LoraSection,
-    /// Optimizer, clipping, checkpoints, KL budget.
-    pub runner: RunnerConfig,
-    /// Reward-hacking monitor, consulted at each evaluation (`eval_every`); with
-    /// `stop_on_hacking` a warning stops the run (after a checkpoint).
-    pub monitor: HackingMonitorConfig,
-    /// Flow-GRPO hyper-parameters.
-    pub flow_grpo: FlowGrpoConfig,
-    /// DenseGRPO hyper-parameters.
-    pub dense_grpo: DenseGrpoConfig,
-    /// DDPO hyper-parameters (`variant` is set by `algorithm`).
-    pub ddpo: DdpoConfig,
-    /// DPOK hyper-parameters.
-    pub dpok: DpokConfig,
-    /// SDPO hyper-parameters.
-    pub sdpo: SdpoConfig,
-    /// DRaFT / AlignProp hyper-parameters.
-    pub backprop: BackpropSection,
-    /// Stable Diffusion models: the training prompts, one per line (`#` starts a comment).
-    pub prompts: Option<PathBuf>,
-    /// Stable Diffusion models: the evaluation prompts (default: `prompts`).
-    pub eval_prompts: Option<PathBuf>,
-    /// Stable Diffusion models: image side in pixels (0 = the model's default, 512 for SD 1.5).
-    pub image_size: usize,
-    /// The aesthetic predictor's head (safetensors) for `reward = "aesthetic"`.
-    pub aesthetic_head: Option<PathBuf>,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            algorithm: AlgorithmName::FlowGrpo,
-            model: default_model_dir("shapes-flow-unet"),
-            out: PathBuf::from("runs/quickstart"),
-            seed: 0,
-            reward: RewardName::ShapeEvalPartial,
-            reward_model: default_model_dir("proxy-rm"),
-            prompts_per_iteration: 4,
-            group_size: 8,
-            train_steps: 10,
-            noise_level: 0.7,
-            guidance: 3.0,
-            sde_window: None,
-            eval_every: 0,
-            eval_seeds: 1,
-            eval_steps: 0,
-            lora: LoraSection::default(),
-            runner: RunnerConfig {
-                iterations: 10,
-                learning_rate: 3e-4,
-                ..RunnerConfig::default()
-            },
-            monitor: HackingMonitorConfig::default(),
-            flow_grpo: FlowGrpoConfig::default(),
-            dense_grpo: DenseGrpoConfig::default(),
-            ddpo: DdpoConfig::default(),
-            dpok: DpokConfig::default(),
-            sdpo: SdpoConfig::default(),
-            backprop: BackpropSection::default(),
-            prompts: None,
-            eval_prompts: None,
-            image_size: 0,
-            aesthetic_head: None,
-        }
-    }
-}
-
-/// Reads a TOML configuration and checks it; errors name the file (and the field).
-pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    validate: impl Fn(&T) -> Result<(), String>,
-) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let config: T = toml::from_str(&text)
-        .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim()))?;
-    validate(&config).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(config)
-}
-
-/// `models/<name>` of the repository this binary was built from, or of the working directory.
-pub fn default_model_dir(name: &str) -> PathBuf {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models")
-        .join(name);
-    if built.is_dir() {
-        built
-    } else {
-        PathBuf::from("models").join(name)
-    }
-}
-
-impl TrainConfig {
-    /// Reads and checks a TOML file; errors name the file and the field.
-    ///
-    /// # Errors
-    /// Unreadable file, TOML errors, unknown fields, invalid values.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        read_toml(path, Self::validate)
-    }
-
-    /// Checks the values serde cannot.
-    ///
-    /// # Errors
-    /// The first invalid field.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.prompts_per_iteration == 0 || self.group_size == 0 {
-            return Err("prompts_per_iteration and group_size must be ≥ 1".into());
-        }
-        if self.train_steps == 0 {
-            return Err("train_steps must be ≥ 1".into());
-        }
-        let backprop = self.algorithm.is_backprop();
-        if !(self.noise_level.is_finite()
-            && (self.noise_level > 0.0 || backprop && self.noise_level == 0.0))
-        {
-            return Err(format!(
-                "noise_level {} must be positive (or 0 for draft / align-prop)",
-                self.noise_level
-            ));
-        }
-        if backprop && !self.reward.is_differentiable() {
-            return Err(format!(
-                "{:?} back-propagates the reward: it needs a differentiable one (reward = \"proxy\" \
-                 for Shapes models; aesthetic, clip-score or pick-score for Stable Diffusion)",
-                self.algorithm
-            ));
-        }
-        if self.algorithm == AlgorithmName::AlignProp
-            && !matches!(self.backprop.truncation, Truncation::RandomK { .. })
-        {
-            return Err(
-                "align-prop draws its truncation: set backprop.truncation = { random_k = { min = …, max = … } }"
-                    .into(),
-            );
-        }
-        self.backprop
-            .truncation
-            .validate()
-            .map_err(|e| format!("backprop.{e}"))?;
-        if !(self.backprop.reference_weight.is_finite() && self.backprop.reference_weight >= 0.0) {
-            return Err(format!(
-                "backprop.reference_weight {} must be ≥ 0",
-                self.backprop.reference_weight
-            ));
-        }
-        if !(self.backprop.reward_scale.is_finite() && self.backprop.reward_scale > 0.0) {
-            return Err(format!(
-                "backprop.reward_scale {} must be positive",
-                self.backprop.reward_scale
-            ));
-        }
-        if !(self.guidance.is_finite() && self.guidance >= 1.0) {
-            return Err(format!("guidance {} must be ≥ 1", self.guidance));
-        }
-        if let Some((a, b)) = self.sde_window
-            && !(a < b && b <= self.train_steps)
-        {
-            return Err(format!(
-                "sde_window [{a}, {b}) must be a non-empty range inside 0..{}",
-                self.train_steps
-            ));
-        }
-        if self.algorithm == AlgorithmName::Sdpo && !self.group_size.is_multiple_of(2) {
-            return Err(format!(
-                "group_size {} must be even for SDPO (it trains on pairs)",
-                self.group_size
-            ));
-        }
-        if self.eval_seeds == 0 {
-            return Err("eval_seeds must be ≥ 1".into());
-        }
-        self.runner.validate().map_err(|e| e.to_string())
-    }
-}
-
-/// One DRaFT / AlignProp update's inputs, shared by the Shapes and Stable Diffusion jobs: the
-/// reward's cotangent at the final sample (from [`reward_cotangent`]) is chained back through
-/// the last K steps (K from the truncation, drawn per iteration for AlignProp), with the
-/// optional pull toward the reference.
-pub(crate) struct BackpropUpdate<'a, M: Module, S: ?Sized> {
-    pub model: M,
-    pub reference: &'a M,
-    pub sampler: &'a S,
-    pub trajectory: &'a align_core::Trajectory,
-    pub section: &'a BackpropSection,
-    pub seed: u64,
-    pub iteration: usize,
-    /// The batch's rewards (for the metrics).
-    pub values: &'a [f64],
-    /// `∂L/∂x_T`.
-    pub cotangent: burn::tensor::Tensor<4>,
-    pub encode: &'a align_backprop::Encode<'a, M>,
-    pub apply: &'a mut dyn FnMut(M, GradientsParams) -> align_core::Result<M>,
-}
-
-/// Runs a [`BackpropUpdate`]: the updated model and the metrics `reward_mean`, `reward_std`,
-/// `differentiated_steps`, `reference_penalty` and `kl` (0).
-pub(crate) fn backprop_update<M: Module + Denoiser, S: Sampler + ?Sized>(
-    u: BackpropUpdate<'_, M, S>,
-) -> align_core::Result<(M, Metrics)> {
-    let job = |e: String| CoreError::Job(e);
-    let t = u.sampler.num_steps();
-    let mut rng = ChaCha8Rng::seed_from_u64(u.seed ^ 0x6472_6166_7400);
-    rng.set_stream(u.iteration as u64);
-    let first_step = u
-        .section
-        .truncation
-        .first_step(t, &mut rng)
-        .map_err(|e| job(e.to_string()))?;
-    let out = chain_gradients(ChainInputs {
-        policy: &u.model,
-        sampler: u.sampler,
-        trajectory: u.trajectory,
-        encode: u.encode,
-        first_step,
-        cotangent: u.cotangent,
-    })
-    .map_err(|e| job(e.to_string()))?;
-    let differentiated = out.steps;
-    let weight = u.section.reference_weight;
-    let (grads, penalty) = if weight > 0.0 && differentiated > 0 {
-        let steps: Vec<usize> = (first_step..t).collect();
-        let (pen, value) = reference_penalty(
-            &u.model,
-            u.reference,
-            u.sampler,
-            u.trajectory,
-            &steps,
-            u.encode,
-            weight,
-        )
-        .map_err(|e| job(e.to_string()))?;
-        let mut acc = burn::optim::GradientsAccumulator::<M>::new();
-        acc.accumulate(&u.model, out.grads);
-        acc.accumulate(&u.model, pen);
-        (acc.grads(), value)
-    } else {
-        (out.grads, 0.0)
-    };
-    let model = if differentiated > 0 {
-        (u.apply)(u.model, grads)?
-    } else {
-        u.model
-    };
-    let n = u.values.len() as f64;
-    let mean = u.values.iter().sum::<f64>() / n;
-    let std = (u.values.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let mut m = Metrics::new();
-    m.insert("reward_mean".into(), mean);
-    m.insert("reward_std".into(), std);
-    m.insert("differentiated_steps".into(), differentiated as f64);
-    m.insert("reference_penalty".into(), penalty);
-    m.insert("kl".into(), 0.0);
-    Ok((model, m))
-}
-
-/// The metrics of one online-RL iteration, and the progress bar's message.
+/// The metrics of one online-RL iteration, reported to the observer.
 pub(crate) fn iteration_metrics(
     stats: &align_rl::IterationStats,
-    bar: &indicatif::ProgressBar,
+    observer: &SharedObserver,
 ) -> Metrics {
     let mut m = Metrics::new();
     m.insert("reward_mean".into(), stats.reward_mean);
@@ -468,11 +54,10 @@ pub(crate) fn iteration_metrics(
     m.insert("policy_loss".into(), stats.update.policy_loss);
     m.insert("kl".into(), stats.update.kl);
     m.insert("clip_fraction".into(), stats.update.clip_fraction);
-    bar.set_message(format!(
+    observer.iteration(&format!(
         "reward {:.3}  kl {:.2e}",
         stats.reward_mean, stats.update.kl
     ));
-    bar.inc(1);
     m
 }
 
@@ -482,28 +67,48 @@ pub(crate) fn iteration_metrics(
 /// # Errors
 /// An invalid runner configuration, an unreadable directory, or an existing run without
 /// `resume`.
-pub(crate) fn open_runner(
-    config: align_core::RunnerConfig,
-    out: &Path,
-    resume: bool,
-) -> Result<Runner, String> {
-    let runner = Runner::new(config, out).map_err(|e| e.to_string())?;
-    if !resume
-        && runner
-            .latest_checkpoint()
-            .map_err(|e| e.to_string())?
-            .is_some()
-    {
-        return Err(format!(
-            "{}: already holds a run: resume it (--resume) or choose another directory",
-            out.display()
-        ));
+pub fn open_runner(config: align_core::RunnerConfig, out: &Path, resume: bool) -> Result<Runner> {
+    let runner = Runner::new(config, out).map_err(crate::config::runner_field)?;
+    if !resume && runner.latest_checkpoint()?.is_some() {
+        return Err(TrainError::RunExists {
+            dir: out.to_path_buf(),
+        });
     }
     Ok(runner)
 }
 
+/// An RL error as the runner's error (the runner's own errors pass through unchanged).
 pub(crate) fn rl_err(e: RlError) -> CoreError {
-    CoreError::Job(e.to_string())
+    match e {
+        RlError::Core(c) => c,
+        other => CoreError::Job(other.to_string()),
+    }
+}
+
+/// A reward-backprop error as the runner's error (the runner's own errors pass through).
+pub(crate) fn backprop_err(e: align_backprop::BackpropError) -> CoreError {
+    match e {
+        align_backprop::BackpropError::Core(c) => c,
+        other => CoreError::Job(other.to_string()),
+    }
+}
+
+/// The metrics of a DRaFT / AlignProp update: `reward_mean`, `reward_std`,
+/// `differentiated_steps`, `reference_penalty` and `kl` (0).
+pub(crate) fn draft_metrics(values: &[f64], stats: &align_backprop::DraftStats) -> Metrics {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let std = (values.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let mut m = Metrics::new();
+    m.insert("reward_mean".into(), mean);
+    m.insert("reward_std".into(), std);
+    m.insert(
+        "differentiated_steps".into(),
+        stats.differentiated_steps as f64,
+    );
+    m.insert("reference_penalty".into(), stats.reference_penalty);
+    m.insert("kl".into(), 0.0);
+    m
 }
 
 /// The algorithm a job runs: one of the shared-update algorithms, or SDPO (pairs, per-step
@@ -511,7 +116,7 @@ pub(crate) fn rl_err(e: RlError) -> CoreError {
 pub(crate) enum Algorithm {
     Online(Box<dyn OnlineAlgorithm>),
     Sdpo(Sdpo),
-    Backprop(BackpropSection),
+    Backprop(DraftConfig),
 }
 
 impl Algorithm {
@@ -544,7 +149,7 @@ pub struct ShapesRl<D: Module + Denoiser> {
     config: TrainConfig,
     model_config: ShapesModelConfig,
     image_size: usize,
-    bar: indicatif::ProgressBar,
+    observer: SharedObserver,
     monitor: HackingMonitor,
 }
 
@@ -580,7 +185,7 @@ impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
 
 /// One DRaFT / AlignProp update's inputs.
 struct BackpropStep<'a, D: Module> {
-    section: BackpropSection,
+    section: DraftConfig,
     model: TextToImage<D>,
     iteration: usize,
     ids: &'a [usize],
@@ -615,28 +220,28 @@ impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
         let (tokens, null) = (&self.tokens, &self.null);
         let ids = step.ids;
         let encode = |m: &TextToImage<D>| encode_prompts(tokens, null, m, ids);
-        let (model, mut m) = backprop_update(BackpropUpdate {
+        let (model, stats) = draft_update(DraftUpdate {
             model: step.model,
             reference: &self.reference,
             sampler: self.sampler.as_ref(),
             trajectory: step.traj,
-            section: &step.section,
+            config: &step.section,
             seed: self.config.seed,
             iteration: step.iteration,
-            values: &values,
             cotangent,
             encode: &encode,
             apply: step.apply,
-        })?;
+        })
+        .map_err(backprop_err)?;
+        let mut m = draft_metrics(&values, &stats);
         m.insert(
             "gold_partial_credit".into(),
             gold.iter().sum::<f64>() / gold.len() as f64,
         );
-        self.bar.set_message(format!(
+        self.observer.iteration(&format!(
             "proxy {:.3}  gold {:.3}  K {}",
             m["reward_mean"], m["gold_partial_credit"], m["differentiated_steps"]
         ));
-        self.bar.inc(1);
         Ok((model, m))
     }
 }
@@ -718,7 +323,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 let mut score = |x: burn::tensor::Tensor<4>| {
                     reward
                         .score(&x.clamp(-1.0, 1.0), &prompts)
-                        .map_err(|e| RlError::Encode(e.to_string()))
+                        .map_err(|e| RlError::Reward(e.to_string()))
                 };
                 Some(
                     step_reward_gains(
@@ -737,7 +342,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
         };
         let (tokens, null) = (&self.tokens, &self.null);
         let encode = |m: &TextToImage<D>, ids: &[usize]| encode_prompts(tokens, null, m, ids);
-        let mut apply_rl = |m, g| apply(m, g).map_err(|e| RlError::Encode(e.to_string()));
+        let mut apply_rl = |m, g| apply(m, g).map_err(RlError::Core);
         let shuffle_seed = self.config.seed.wrapping_add(iteration as u64);
         let (model, stats) = match &mut self.algorithm {
             Algorithm::Online(algorithm) => run_iteration(
@@ -762,7 +367,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 let mut score = |x: burn::tensor::Tensor<4>| {
                     reward
                         .score(&x.clamp(-1.0, 1.0), &prompts)
-                        .map_err(|e| RlError::Encode(e.to_string()))
+                        .map_err(|e| RlError::Reward(e.to_string()))
                 };
                 let dense = trajectory_dense_rewards(&traj, &mut score).map_err(rl_err)?;
                 let (model, update) = sdpo
@@ -791,7 +396,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 )
             }
         };
-        Ok((model, iteration_metrics(&stats, &self.bar)))
+        Ok((model, iteration_metrics(&stats, &self.observer)))
     }
 
     fn state(&self) -> align_core::Result<serde_json::Value> {
@@ -823,7 +428,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
             let device = valid.text.devices()[0].clone();
             let (train, held, _) =
                 evaluate_model(&valid, &self.model_config, &self.config, &device)
-                    .map_err(CoreError::Job)?;
+                    .map_err(TrainError::into_core)?;
             let (grid, diversity) = grid_and_diversity(
                 &valid,
                 &self.model_config,
@@ -831,7 +436,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 self.config.eval_steps,
                 &device,
             )
-            .map_err(CoreError::Job)?;
+            .map_err(TrainError::into_core)?;
             write_grid(
                 &grid,
                 GRID_PROMPTS.len(),
@@ -840,19 +445,16 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                     .out
                     .join(format!("grid-iteration-{:06}.png", iteration + 1)),
             )
-            .map_err(CoreError::Job)?;
+            .map_err(TrainError::into_core)?;
             metrics.insert("eval_train_accuracy".into(), train.rate());
             metrics.insert("eval_heldout_accuracy".into(), held.rate());
             metrics.insert("eval_diversity".into(), diversity);
-            say(
-                &self.bar,
-                format!(
-                    "iteration {}: ShapeEval train {:.1}% held-out {:.1}%, diversity {diversity:.4}",
-                    iteration + 1,
-                    100.0 * train.rate(),
-                    100.0 * held.rate()
-                ),
-            );
+            self.observer.say(&format!(
+                "iteration {}: ShapeEval train {:.1}% held-out {:.1}%, diversity {diversity:.4}",
+                iteration + 1,
+                100.0 * train.rate(),
+                100.0 * held.rate()
+            ));
             let verdict = self
                 .monitor
                 .observe(monitor_reading(
@@ -866,7 +468,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
                 .map_err(|e| CoreError::Job(e.to_string()))?;
             metrics.insert("hacking_warnings".into(), verdict.warnings.len() as f64);
             for w in &verdict.warnings {
-                say(&self.bar, format!("warning: {w}"));
+                self.observer.say(&format!("warning: {w}"));
             }
             if verdict.stop {
                 let reasons: Vec<String> = verdict.warnings.iter().map(|w| w.to_string()).collect();
@@ -877,15 +479,6 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
             }
         }
         Ok(align_core::Control::Continue)
-    }
-}
-
-/// A line above the progress bar, or on stdout when the bar is hidden (not a terminal).
-pub(crate) fn say(bar: &indicatif::ProgressBar, line: String) {
-    if bar.is_hidden() {
-        println!("{line}");
-    } else {
-        bar.println(line);
     }
 }
 
@@ -922,7 +515,7 @@ fn evaluate_model<D: Module + Denoiser + ModuleDisplay>(
     config: &ShapesModelConfig,
     train: &TrainConfig,
     device: &Device,
-) -> Result<(Accuracy, Accuracy, Vec<f64>), String> {
+) -> Result<(Accuracy, Accuracy, Vec<f64>)> {
     let verdicts = evaluate_detailed(
         model,
         config,
@@ -949,7 +542,7 @@ fn grid_and_diversity<D: Module + Denoiser + ModuleDisplay>(
     seeds: usize,
     steps: usize,
     device: &Device,
-) -> Result<(Vec<Image>, f64), String> {
+) -> Result<(Vec<Image>, f64)> {
     let mut prompts = Vec::new();
     let mut ids = Vec::new();
     let mut groups = Vec::new();
@@ -966,157 +559,14 @@ fn grid_and_diversity<D: Module + Denoiser + ModuleDisplay>(
     };
     let images = generate(model, config, &prompts, &ids, 7, options, device)?;
     let refs: Vec<&Image> = images.iter().collect();
-    let t = crate::shapes_cmd::images_to_tensor(&refs, device);
-    let diversity = same_prompt_diversity(&t, &groups).map_err(|e| e.to_string())?;
+    let t = images_to_tensor(&refs, device)?;
+    let diversity = same_prompt_diversity(&t, &groups)?;
     Ok((images, diversity))
-}
-
-/// What `align quickstart` / `align train` report.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Report {
-    /// Algorithm name.
-    pub algorithm: String,
-    /// Base model directory.
-    pub model: String,
-    /// Before training.
-    pub base: Snapshot,
-    /// After training.
-    #[serde(rename = "final")]
-    pub final_: Snapshot,
-    /// Iterations run.
-    pub iterations: usize,
-    /// Why the run stopped early, if it did.
-    pub stopped: Option<String>,
-    /// Wall time of the run (evaluations included, build excluded).
-    pub wall_seconds: f64,
-    /// Which weights `final` evaluates: `"final"` (the last step's) or `"ema"` (the moving
-    /// average, with `runner.ema_decay`).
-    pub evaluated_weights: String,
-    /// Stable Diffusion runs: the mean reward on the evaluation prompts before and after
-    /// (the ShapeEval fields are then unused).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eval_reward: Option<EvalReward>,
-    /// Shapes models: the gold win rate of the final model's held-out images over the base
-    /// model's (`None` for Stable Diffusion runs, or a resumed run whose `base.json` has no
-    /// per-image scores).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout_win_rate: Option<WinRate>,
-}
-
-/// The evaluation reward of a Stable Diffusion run.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct EvalReward {
-    /// Which reward.
-    pub reward: String,
-    /// Mean over the evaluation prompts and seeds, base model.
-    pub base: f64,
-    /// The same after training.
-    #[serde(rename = "final")]
-    pub final_: f64,
-}
-
-/// Accuracy and diversity at one point of a run.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Snapshot {
-    /// ShapeEval pass rate on the training part of the evaluation set.
-    pub train_accuracy: f64,
-    /// ShapeEval pass rate on the held-out part.
-    pub heldout_accuracy: f64,
-    /// Mean partial credit, held-out part.
-    pub heldout_partial_credit: f64,
-    /// Same-prompt diversity of the grid samples.
-    pub diversity: f64,
-    /// `diversity / base diversity`.
-    pub diversity_ratio: f64,
-    /// Mean per-step KL to the reference in the last iteration.
-    pub kl: f64,
-    /// Mean training reward in the last iteration.
-    pub reward_mean: f64,
-    /// Each held-out evaluation image's ShapeEval partial credit, in evaluation order (empty in
-    /// a `base.json` written before this field existed).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub heldout_scores: Vec<f64>,
-}
-
-/// How often the trained model's held-out image beats the base model's image from the same
-/// prompt and noise under the gold verifier (partial credit; ties count ½), with a 95 %
-/// bootstrap interval over the images ([`crate::pref_cmd::win_rate`]).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct WinRate {
-    /// The win rate.
-    pub rate: f64,
-    /// Lower end of the 95 % interval.
-    pub low: f64,
-    /// Upper end of the 95 % interval.
-    pub high: f64,
-}
-
-impl WinRate {
-    /// The win rate of `new` over `base`, or `None` when the two lists do not pair up (a base
-    /// measured before per-image scores were kept, or with other evaluation seeds).
-    pub fn paired(new: &[f64], base: &[f64]) -> Option<Self> {
-        if new.is_empty() || new.len() != base.len() {
-            return None;
-        }
-        let (rate, low, high) = crate::pref_cmd::win_rate(new, base);
-        Some(Self { rate, low, high })
-    }
-}
-
-fn write_report(dir: &Path, report: &Report) -> Result<(), String> {
-    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-    let path = dir.join("report.json");
-    std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
-    let pct = |x: f64| format!("{:.1} %", 100.0 * x);
-    let md = format!(
-        "# Run report: {alg}\n\nBase model: `{model}`. Iterations: {it}{stop}. Wall time: {wall:.0} s. \
-Final weights evaluated: {weights}.\n\n\
-| | base | final |\n|---|---|---|\n\
-| ShapeEval train | {bt} | {ft} |\n| ShapeEval held-out | {bh} | {fh} |\n\
-| held-out partial credit | {bp:.3} | {fp:.3} |\n| same-prompt diversity | {bd:.4} | {fd:.4} ({fr}) |\n\
-| per-step KL to reference | — | {kl:.3e} |\n{win}\n\
-Grids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). \
-Curves: `curves.png` (top: mean training reward per iteration, and held-out ShapeEval accuracy at \
-periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.jsonl`.\n",
-        alg = report.algorithm,
-        model = report.model,
-        it = report.iterations,
-        stop = report
-            .stopped
-            .as_ref()
-            .map(|s| format!(" (stopped: {s})"))
-            .unwrap_or_default(),
-        wall = report.wall_seconds,
-        weights = report.evaluated_weights,
-        bt = pct(report.base.train_accuracy),
-        ft = pct(report.final_.train_accuracy),
-        bh = pct(report.base.heldout_accuracy),
-        fh = pct(report.final_.heldout_accuracy),
-        bp = report.base.heldout_partial_credit,
-        fp = report.final_.heldout_partial_credit,
-        bd = report.base.diversity,
-        fd = report.final_.diversity,
-        fr = pct(report.final_.diversity_ratio),
-        kl = report.final_.kl,
-        win = report
-            .heldout_win_rate
-            .map(|w| {
-                format!(
-                    "| held-out gold win rate vs base (95 % CI) | — | {} ({}–{}) |\n",
-                    pct(w.rate),
-                    pct(w.low),
-                    pct(w.high)
-                )
-            })
-            .unwrap_or_default(),
-    );
-    let path = dir.join("report.md");
-    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The training reward: ShapeEval (pass or partial credit) or the proxy reward model, loaded on
 /// the autodiff device without trainable parameters (its gradient reaches the images only).
-fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>, String> {
+fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>> {
     Ok(match config.reward {
         RewardName::ShapeEval => Box::new(ShapeEvalReward::new(ShapeEvalMode::Pass)),
         RewardName::ShapeEvalPartial => {
@@ -1124,57 +574,54 @@ fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>
         }
         RewardName::Proxy => {
             let (_, proxy) = ProxyReward::load(&config.reward_model, &device.clone().autodiff())
-                .map_err(|e| format!("reward_model {}: {e}", config.reward_model.display()))?;
+                .map_err(|e| {
+                    TrainError::config(
+                        "reward_model",
+                        format!("{}: {e}", config.reward_model.display()),
+                    )
+                })?;
             Box::new(proxy.no_grad())
         }
         other => {
-            return Err(format!(
-                "reward {other:?} judges real images: it needs a Stable Diffusion model \
-                 directory in `model`, not a Shapes-world model"
+            return Err(TrainError::config(
+                "reward",
+                format!(
+                    "{other:?} judges real images: it needs a Stable Diffusion model \
+                     directory in `model`, not a Shapes-world model"
+                ),
             ));
         }
     })
 }
 
-pub(crate) fn build_algorithm(
-    config: &TrainConfig,
-    prompts: &[String],
-) -> Result<Algorithm, String> {
+pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Result<Algorithm> {
     if config.algorithm.is_backprop() {
         return Ok(Algorithm::Backprop(config.backprop.clone()));
     }
     if config.algorithm == AlgorithmName::Sdpo {
-        return Ok(Algorithm::Sdpo(
-            Sdpo::new(config.sdpo.clone(), prompts.to_vec()).map_err(|e| e.to_string())?,
-        ));
+        return Ok(Algorithm::Sdpo(Sdpo::new(
+            config.sdpo.clone(),
+            prompts.to_vec(),
+        )?));
     }
     Ok(Algorithm::Online(match config.algorithm {
-        AlgorithmName::FlowGrpo => {
-            Box::new(FlowGrpo::new(config.flow_grpo.clone()).map_err(|e| e.to_string())?)
-        }
-        AlgorithmName::DenseGrpo => {
-            Box::new(DenseGrpo::new(config.dense_grpo.clone()).map_err(|e| e.to_string())?)
-        }
+        AlgorithmName::FlowGrpo => Box::new(FlowGrpo::new(config.flow_grpo.clone())?),
+        AlgorithmName::DenseGrpo => Box::new(DenseGrpo::new(config.dense_grpo.clone())?),
         AlgorithmName::DdpoSf | AlgorithmName::DdpoIs => {
             let variant = if config.algorithm == AlgorithmName::DdpoSf {
                 DdpoVariant::Sf
             } else {
                 DdpoVariant::Is
             };
-            Box::new(
-                Ddpo::new(
-                    DdpoConfig {
-                        variant,
-                        ..config.ddpo.clone()
-                    },
-                    prompts.to_vec(),
-                )
-                .map_err(|e| e.to_string())?,
-            )
+            Box::new(Ddpo::new(
+                DdpoConfig {
+                    variant,
+                    ..config.ddpo.clone()
+                },
+                prompts.to_vec(),
+            )?)
         }
-        AlgorithmName::Dpok => {
-            Box::new(Dpok::new(config.dpok.clone(), prompts.to_vec()).map_err(|e| e.to_string())?)
-        }
+        AlgorithmName::Dpok => Box::new(Dpok::new(config.dpok.clone(), prompts.to_vec())?),
         AlgorithmName::Sdpo | AlgorithmName::Draft | AlgorithmName::AlignProp => {
             unreachable!("handled above")
         }
@@ -1184,7 +631,7 @@ pub(crate) fn build_algorithm(
 fn train_sampler(
     config: &TrainConfig,
     model: &ShapesModelConfig,
-) -> Result<Box<dyn Sampler + Send + Sync>, String> {
+) -> Result<Box<dyn Sampler + Send + Sync>> {
     let s = if model.is_flow() {
         SamplerConfig::FlowSde {
             num_steps: config.train_steps,
@@ -1203,7 +650,7 @@ fn train_sampler(
             clip_sample: Some(1.0),
         }
     };
-    s.build().map_err(|e| e.to_string())
+    Ok(s.build()?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1212,9 +659,9 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
     model_config: &ShapesModelConfig,
     config: &TrainConfig,
     resume: bool,
-    progress: bool,
+    observer: &SharedObserver,
     device: &Device,
-) -> Result<Report, String> {
+) -> Result<Report> {
     let started = Instant::now();
     let inner_model = base.valid();
     // LoRA's A factors are drawn from the device RNG: seed it so a run is reproducible.
@@ -1225,7 +672,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
             .with_rank(config.lora.rank)
             .with_alpha(config.lora.alpha),
     )
-    .map_err(|e| format!("lora: {e}"))?;
+    .map_err(|e| TrainError::config("lora", e.to_string()))?;
     let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
     let tok = Tokenizer::new();
     let split = Split::standard();
@@ -1236,15 +683,14 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         .collect();
     let tokens = prompts
         .iter()
-        .map(|p| tok.encode(p).map_err(|e| format!("prompt `{p}`: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
+        .map(|p| encode_prompt(&tok, p))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&config.out).map_err(|e| TrainError::io(&config.out, e))?;
     // Refuse to overwrite a run before spending minutes on the base evaluation.
     let runner = open_runner(config.runner.clone(), &config.out, resume)?;
     // Load the reward before spending minutes on the base evaluation.
     let reward = build_reward(config, device)?;
     let seeds = 4;
-    let bar = progress_bar(config.runner.iterations, progress);
     let mut report = Report {
         algorithm: format!("{:?}", config.algorithm),
         model: std::fs::canonicalize(&config.model)
@@ -1283,9 +729,11 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
                 heldout_scores: base_scores,
                 ..Snapshot::default()
             };
-            let json = serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?;
-            std::fs::write(&base_path, json)
-                .map_err(|e| format!("{}: {e}", base_path.display()))?;
+            let json = serde_json::to_string_pretty(&b).map_err(|e| TrainError::File {
+                path: base_path.clone(),
+                reason: e.to_string(),
+            })?;
+            crate::images::write_atomically(&base_path, &json)?;
             b
         }
     };
@@ -1295,12 +743,11 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         100.0 * report.base.train_accuracy,
         100.0 * report.base.heldout_accuracy
     );
-    if bar.is_hidden() {
-        println!("{msg}");
-    } else {
-        bar.println(msg);
-    }
-    let mut monitor = config.monitor.init().map_err(|e| format!("monitor: {e}"))?;
+    observer.say(&msg);
+    let mut monitor = config
+        .monitor
+        .init()
+        .map_err(|e| TrainError::config("monitor", e.to_string()))?;
     if !resume && config.reward != RewardName::Proxy {
         // The base model is the monitor's baseline (with the proxy reward, the first
         // evaluation is: the base model's proxy score on held-out prompts is not measured).
@@ -1315,7 +762,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
                 diversity: report.base.diversity,
                 kl: 0.0,
             })
-            .map_err(|e| format!("monitor: {e}"))?;
+            .map_err(|e| TrainError::config("monitor", e.to_string()))?;
     }
     let mut job = ShapesRl {
         algorithm: build_algorithm(config, &prompts)?,
@@ -1329,13 +776,12 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         config: config.clone(),
         model_config: model_config.clone(),
         image_size: model_config.image_size,
-        bar: bar.clone(),
+        observer: observer.clone(),
         monitor,
     };
-    let outcome = runner
-        .run(policy, &mut job, resume)
-        .map_err(|e| e.to_string())?;
-    bar.finish_and_clear();
+    observer.start(config.runner.iterations, 0);
+    let outcome = runner.run(policy, &mut job, resume)?;
+    observer.finish();
     let (trained, evaluated) = match outcome.ema {
         Some(average) => (average, "ema"),
         None => (outcome.model.valid(), "final"),
@@ -1360,8 +806,6 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         reward_mean: last.get("reward_mean").copied().unwrap_or(0.0),
         heldout_scores: scores,
     };
-    let curves = crate::plot::Curves::read(&config.out.join(align_core::runner::METRICS))?;
-    crate::plot::write_curves(&curves, &report.algorithm, &config.out.join("curves.png"))?;
     report.iterations = outcome.iterations;
     report.stopped = outcome.stopped;
     report.wall_seconds = started.elapsed().as_secs_f64();
@@ -1369,44 +813,36 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
     Ok(report)
 }
 
-pub(crate) fn read_last_metrics(path: &Path) -> Metrics {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.lines().last().map(str::to_string))
-        .and_then(|l| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&l).ok())
-        .map(|m| {
-            m.into_iter()
-                .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `align train --config <file>` (and `align quickstart`, which is `train` with the defaults).
+/// Runs an online job from a configuration: Shapes models (`model.json`) or Stable Diffusion
+/// directories (diffusers layout). Writes checkpoints, `metrics.jsonl`, `base.json`, the
+/// before/after grids and `report.json` / `report.md` into `config.out`; `resume` continues
+/// the run there from its last checkpoint (bit-identically).
 ///
 /// # Errors
-/// Bad configuration, a model that does not load or does not fit the algorithm, run errors.
+/// Bad configuration, a model that does not load or does not fit the algorithm, an existing
+/// run without `resume`, run errors.
 pub fn train(
     config: &TrainConfig,
     resume: bool,
-    progress: bool,
+    observer: &SharedObserver,
     device: &Device,
-) -> Result<Report, String> {
+) -> Result<Report> {
     config.validate()?;
-    if crate::sd_train::is_stable_diffusion_dir(&config.model) {
-        return crate::sd_train::train(config, resume, progress, device);
+    if crate::sd::is_stable_diffusion_dir(&config.model) {
+        return crate::sd::train_sd(config, resume, observer, device);
     }
     if !config.reward.is_shapes_world() {
-        return Err(format!(
-            "reward {:?} judges real images: `model` must be a Stable Diffusion directory \
-             (diffusers layout), not {}",
-            config.reward,
-            config.model.display()
-        ));
+        return Err(TrainError::Incompatible {
+            model: config.model.clone(),
+            reason: format!(
+                "reward {:?} judges real images: `model` must be a Stable Diffusion directory \
+                 (diffusers layout)",
+                config.reward
+            ),
+        });
     }
     // Loaded on the autodiff device: its LoRA factors are the trainable parameters.
-    let (model_config, model) =
-        ShapesModel::load(&config.model, &device.clone().autodiff()).map_err(|e| e.to_string())?;
+    let (model_config, model) = ShapesModel::load(&config.model, &device.clone().autodiff())?;
     let wants_flow = matches!(
         config.algorithm,
         AlgorithmName::FlowGrpo | AlgorithmName::DenseGrpo
@@ -1414,27 +850,30 @@ pub fn train(
     let either = config.algorithm == AlgorithmName::Sdpo || config.algorithm.is_backprop();
     match model {
         ShapesModel::Dit(m) if wants_flow || either => {
-            train_model(*m, &model_config, config, resume, progress, device)
+            train_model(*m, &model_config, config, resume, observer, device)
         }
         ShapesModel::Unet(m) if wants_flow == model_config.is_flow() || either => {
-            train_model(*m, &model_config, config, resume, progress, device)
+            train_model(*m, &model_config, config, resume, observer, device)
         }
-        _ => Err(format!(
-            "{}: {:?} needs a {} model",
-            config.model.display(),
-            config.algorithm,
-            if wants_flow {
-                "flow (DiT or flow UNet)"
-            } else {
-                "DDPM (ε UNet)"
-            }
-        )),
+        _ => Err(TrainError::Incompatible {
+            model: config.model.clone(),
+            reason: format!(
+                "{:?} needs a {} model",
+                config.algorithm,
+                if wants_flow {
+                    "flow (DiT or flow UNet)"
+                } else {
+                    "DDPM (ε UNet)"
+                }
+            ),
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use align_backprop::Truncation;
 
     #[test]
     fn configs_reject_unknown_fields_and_bad_values_by_name() {
@@ -1442,13 +881,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "algorithm = \"flow-grpo\"\ngroup_sise = 4\n").unwrap();
-        let err = TrainConfig::from_file(&bad).unwrap_err();
+        let err = TrainConfig::from_file(&bad).unwrap_err().to_string();
         assert!(
             err.contains("bad.toml") && err.contains("group_sise"),
             "{err}"
         );
         std::fs::write(&bad, "[runner]\nlearning_rate = -1.0\n").unwrap();
-        let err = TrainConfig::from_file(&bad).unwrap_err();
+        let err = TrainConfig::from_file(&bad).unwrap_err().to_string();
         assert!(err.contains("learning_rate"), "{err}");
         let good = dir.join("good.toml");
         std::fs::write(&good, "algorithm = \"ddpo-is\"\n[ddpo]\ninner_epochs = 2\n").unwrap();
@@ -1458,15 +897,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// Flow-GRPO on the shipped DiT for two iterations: the adapters receive gradients (the
+    /// Flow-GRPO on the shipped flow UNet for two iterations: the adapters receive gradients (the
     /// optimizer steps), the KL to the adapters-off reference becomes positive, the run stays
     /// finite.
     #[test]
-    fn flow_grpo_updates_the_shipped_dit() {
+    fn flow_grpo_updates_the_shipped_flow_unet() {
         let device = align_core::test_device();
         let dir = std::env::temp_dir().join(format!("align-train-dit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = TrainConfig {
+            model: crate::test_model_dir("shapes-flow-unet"),
             out: dir.clone(),
             prompts_per_iteration: 2,
             group_size: 3,
@@ -1476,7 +916,7 @@ mod tests {
         };
         config.runner.iterations = 2;
         config.runner.learning_rate = 1e-2;
-        train(&config, false, false, &device).unwrap();
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
         let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
         let rows: Vec<serde_json::Value> = text
             .lines()
@@ -1507,7 +947,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = TrainConfig {
             algorithm: AlgorithmName::Sdpo,
-            model: default_model_dir("shapes-unet"),
+            model: crate::test_model_dir("shapes-unet"),
             out: dir.clone(),
             prompts_per_iteration: 1,
             group_size: 3,
@@ -1517,10 +957,12 @@ mod tests {
             ..TrainConfig::default()
         };
         config.runner.iterations = 1;
-        let err = train(&config, false, false, &device).unwrap_err();
-        assert!(err.contains("group_size 3 must be even"), "{err}");
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("group_size: 3 must be even"), "{err}");
         config.group_size = 2;
-        train(&config, false, false, &device).unwrap();
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
         let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
         let row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         // One optimizer step per stochastic step (DDIM's last step is deterministic here).
@@ -1550,7 +992,7 @@ mod tests {
         model.save(&mc, &model_dir).unwrap();
         let mut config = TrainConfig {
             algorithm: AlgorithmName::DenseGrpo,
-            model: default_model_dir("shapes-unet"),
+            model: crate::test_model_dir("shapes-unet"),
             out: dir.join("run"),
             prompts_per_iteration: 2,
             group_size: 2,
@@ -1561,13 +1003,15 @@ mod tests {
         config.dense_grpo.calibration = Some(align_rl::NoiseCalibration::default());
         config.dense_grpo.ode_steps = Some(1);
         config.runner.iterations = 2;
-        let err = train(&config, false, false, &device).unwrap_err();
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("needs a flow (DiT or flow UNet) model"),
             "{err}"
         );
         config.model = model_dir;
-        train(&config, false, false, &device).unwrap();
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
         let latest = std::fs::read_to_string(config.out.join("LATEST")).unwrap();
         let state: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(config.out.join(latest.trim()).join("state.json")).unwrap(),
@@ -1578,7 +1022,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no noise scales in {state}"));
         assert_eq!(scales.len(), 3);
         config.runner.iterations = 3;
-        let report = train(&config, true, false, &device).unwrap();
+        let report = train(&config, true, &crate::observer::silent(), &device).unwrap();
         assert_eq!(report.iterations, 3);
         let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
         assert_eq!(text.lines().count(), 3);
@@ -1600,7 +1044,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = TrainConfig {
             algorithm: AlgorithmName::Draft,
-            model: default_model_dir("shapes-unet"),
+            model: crate::test_model_dir("shapes-unet"),
             out: dir.join("draft"),
             prompts_per_iteration: 2,
             group_size: 1,
@@ -1611,10 +1055,13 @@ mod tests {
         };
         config.backprop.truncation = Truncation::LastK(2);
         config.runner.iterations = 2;
-        let err = train(&config, false, false, &device).unwrap_err();
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("reward = \"proxy\""), "{err}");
         config.reward = RewardName::Proxy;
-        train(&config, false, false, &device).unwrap();
+        config.reward_model = crate::test_model_dir("proxy-rm");
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
         let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
         for line in text.lines() {
             let row: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -1626,12 +1073,14 @@ mod tests {
         }
         config.algorithm = AlgorithmName::AlignProp;
         config.out = dir.join("alignprop");
-        let err = train(&config, false, false, &device).unwrap_err();
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("random_k"), "{err}");
         config.backprop.truncation = Truncation::RandomK { min: 0, max: 4 };
         config.backprop.reference_weight = 0.1;
         config.runner.iterations = 3;
-        train(&config, false, false, &device).unwrap();
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
         let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
         let ks: Vec<f64> = text
             .lines()
@@ -1662,7 +1111,7 @@ mod tests {
                 let value: toml::Value = toml::from_str(&text).unwrap();
                 let algorithm = value["algorithm"].as_str().unwrap().to_string();
                 if ["diffusion-dpo", "mapo", "kto", "dspo"].contains(&algorithm.as_str()) {
-                    crate::pref_cmd::PrefConfig::from_file(&path).unwrap();
+                    crate::pref::PrefConfig::from_file(&path).unwrap();
                 } else {
                     TrainConfig::from_file(&path).unwrap();
                 }
@@ -1714,7 +1163,7 @@ mod tests {
         config.runner.ema_decay = Some(0.9);
         config.eval_every = 2;
         config.eval_steps = 2;
-        let report = train(&config, false, false, &device).unwrap();
+        let report = train(&config, false, &crate::observer::silent(), &device).unwrap();
         assert_eq!(report.iterations, 2);
         assert_eq!(report.evaluated_weights, "ema");
         assert!(config.out.join("grid-iteration-000002.png").is_file());
@@ -1723,7 +1172,6 @@ mod tests {
             "report.md",
             "grid-before.png",
             "grid-after.png",
-            "curves.png",
             "metrics.jsonl",
             "LATEST",
         ] {
@@ -1753,17 +1201,19 @@ mod tests {
             .heldout_win_rate
             .expect("a fresh run reports its win rate");
         let (rate, low, high) =
-            crate::pref_cmd::win_rate(&report.final_.heldout_scores, &report.base.heldout_scores);
+            crate::win_rate::win_rate(&report.final_.heldout_scores, &report.base.heldout_scores);
         assert_eq!((win.rate, win.low, win.high), (rate, low, high));
         assert!(low <= rate && rate <= high);
         assert!(json["heldout_win_rate"]["rate"].is_number());
         let md = std::fs::read_to_string(config.out.join("report.md")).unwrap();
         assert!(md.contains("held-out gold win rate vs base"), "{md}");
         // A finished run is never overwritten: refused before any evaluation.
-        let err = train(&config, false, false, &device).unwrap_err();
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already holds a run"), "{err}");
         config.runner.iterations = 3;
-        let report = train(&config, true, false, &device).unwrap();
+        let report = train(&config, true, &crate::observer::silent(), &device).unwrap();
         assert_eq!(report.iterations, 3);
         let lines = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
         assert_eq!(lines.lines().count(), 3);

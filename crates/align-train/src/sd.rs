@@ -1,4 +1,4 @@
-//! `align train --config` on a Stable Diffusion 1.x directory: DDPO-SF, DDPO-IS and DPOK with
+//! The online job on a Stable Diffusion 1.x directory: DDPO-SF, DDPO-IS and DPOK with
 //! LoRA on the UNet attention, toward a CLIP-based reward (aesthetic predictor, CLIP score,
 //! PickScore-style) or DDPO's JPEG (in)compressibility, on the user's prompts.
 //!
@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use align_backprop::reward_cotangent;
+use align_backprop::{DraftConfig, DraftUpdate, draft_update, reward_cotangent};
 use align_core::{Condition, CoreError, Job, Metrics};
 use align_models::{LoraConfig, StableDiffusion, apply_lora, with_lora_scale};
 use align_rewards::{AestheticPredictor, ClipScore, Jpeg, PickScore, Reward, VaeDecoded};
@@ -21,12 +21,14 @@ use burn::tensor::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::rl_cmd::{
-    Algorithm, AlgorithmName, BackpropUpdate, EvalReward, Report, RewardName, TrainConfig,
-    backprop_update, build_algorithm, iteration_metrics, open_runner, read_last_metrics, rl_err,
-    say,
+use crate::config::{AlgorithmName, RewardName, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::images::{tensor_to_images, write_atomically, write_grid};
+use crate::observer::SharedObserver;
+use crate::online::{
+    Algorithm, backprop_err, build_algorithm, draft_metrics, iteration_metrics, open_runner, rl_err,
 };
-use crate::shapes_cmd::{progress_bar, tensor_to_images, write_grid};
+use crate::report::{EvalReward, Report, read_last_metrics, write_sd_report};
 
 /// Whether `dir` looks like a diffusers Stable Diffusion directory (`unet/config.json`).
 pub fn is_stable_diffusion_dir(dir: &Path) -> bool {
@@ -37,8 +39,8 @@ pub fn is_stable_diffusion_dir(dir: &Path) -> bool {
 ///
 /// # Errors
 /// An unreadable file or one without prompts, naming the file.
-pub fn read_prompts(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let prompts: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -46,22 +48,27 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>, String> {
         .map(str::to_string)
         .collect();
     if prompts.is_empty() {
-        return Err(format!("{}: no prompts (one per line)", path.display()));
+        return Err(TrainError::File {
+            path: path.to_path_buf(),
+            reason: "no prompts (one per line)".into(),
+        });
     }
     Ok(prompts)
 }
 
 /// The training reward on images in `[−1, 1]`, loaded on the autodiff device without
 /// trainable parameters.
-fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>, String> {
+fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>> {
     let device = device.clone().autodiff();
     let clip = &config.reward_model;
-    let named = |e: String| format!("reward_model {}: {e}", clip.display());
+    let named = |e: String| TrainError::config("reward_model", format!("{}: {e}", clip.display()));
     Ok(match config.reward {
         RewardName::Aesthetic => {
             let head = config.aesthetic_head.clone().ok_or_else(|| {
-                "reward = \"aesthetic\" needs `aesthetic_head` (the predictor's safetensors)"
-                    .to_string()
+                TrainError::config(
+                    "aesthetic_head",
+                    "reward = \"aesthetic\" needs `aesthetic_head` (the predictor's safetensors)",
+                )
             })?;
             Box::new(
                 AestheticPredictor::load(clip, &head, &device).map_err(|e| named(e.to_string()))?,
@@ -76,9 +83,12 @@ fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>
         RewardName::JpegCompressibility => Box::new(Jpeg::compressibility()),
         RewardName::JpegIncompressibility => Box::new(Jpeg::incompressibility()),
         other => {
-            return Err(format!(
-                "reward {other:?} judges Shapes-world prompts; for a Stable Diffusion model use \
-                 aesthetic, clip-score, pick-score, jpeg-compressibility or jpeg-incompressibility"
+            return Err(TrainError::config(
+                "reward",
+                format!(
+                    "{other:?} judges Shapes-world prompts; for a Stable Diffusion model use \
+                     aesthetic, clip-score, pick-score, jpeg-compressibility or jpeg-incompressibility"
+                ),
             ));
         }
     })
@@ -93,7 +103,7 @@ struct SdRl {
     reward: Box<dyn Reward>,
     config: TrainConfig,
     shape: [usize; 3],
-    bar: indicatif::ProgressBar,
+    observer: SharedObserver,
 }
 
 fn encode(
@@ -135,7 +145,7 @@ impl SdRl {
         ids: &[usize],
         prompts: &[String],
         traj: &align_core::Trajectory,
-        section: crate::rl_cmd::BackpropSection,
+        section: DraftConfig,
         apply: &mut dyn FnMut(
             StableDiffusion,
             GradientsParams,
@@ -156,24 +166,24 @@ impl SdRl {
         };
         let table = &self.prompts;
         let encode_batch = |m: &StableDiffusion| encode(table, m, ids);
-        let (model, m) = backprop_update(BackpropUpdate {
+        let (model, stats) = draft_update(DraftUpdate {
             model,
             reference: &self.reference,
             sampler: &self.sampler,
             trajectory: traj,
-            section: &section,
+            config: &section,
             seed: self.config.seed,
             iteration,
-            values: &values,
             cotangent,
             encode: &encode_batch,
             apply,
-        })?;
-        self.bar.set_message(format!(
+        })
+        .map_err(backprop_err)?;
+        let m = draft_metrics(&values, &stats);
+        self.observer.iteration(&format!(
             "reward {:.3}  K {}",
             m["reward_mean"], m["differentiated_steps"]
         ));
-        self.bar.inc(1);
         Ok((model, m))
     }
 }
@@ -248,7 +258,7 @@ impl Job<StableDiffusion> for SdRl {
         let steps = traj.stochastic_steps();
         let table = &self.prompts;
         let encode = |m: &StableDiffusion, ids: &[usize]| encode(table, m, ids);
-        let mut apply_rl = |m, g| apply(m, g).map_err(|e| RlError::Encode(e.to_string()));
+        let mut apply_rl = |m, g| apply(m, g).map_err(RlError::Core);
         let Algorithm::Online(algorithm) = &mut self.algorithm else {
             return Err(job("SDPO does not run on Stable Diffusion yet".into()));
         };
@@ -268,7 +278,7 @@ impl Job<StableDiffusion> for SdRl {
             &mut apply_rl,
         )
         .map_err(rl_err)?;
-        Ok((model, iteration_metrics(&stats, &self.bar)))
+        Ok((model, iteration_metrics(&stats, &self.observer)))
     }
 
     fn state(&self) -> align_core::Result<serde_json::Value> {
@@ -287,7 +297,7 @@ fn evaluate(
     prompts: &[String],
     config: &TrainConfig,
     shape: [usize; 3],
-) -> Result<(f64, Vec<align_data::Image>), String> {
+) -> Result<(f64, Vec<align_data::Image>)> {
     let steps = if config.eval_steps == 0 {
         50
     } else {
@@ -296,14 +306,12 @@ fn evaluate(
     let sampler = model
         .scheduler
         .ddim(steps, 0.0)
-        .map_err(|e| format!("eval_steps: {e}"))?;
+        .map_err(|e| TrainError::config("eval_steps", e.to_string()))?;
     let mut all = Vec::new();
     let mut scores = Vec::new();
     for seed in 0..config.eval_seeds {
-        let cond = model.encode_prompts(prompts).map_err(|e| e.to_string())?;
-        let uncond = model
-            .encode_unconditional(prompts.len())
-            .map_err(|e| e.to_string())?;
+        let cond = model.encode_prompts(prompts)?;
+        let uncond = model.encode_unconditional(prompts.len())?;
         let traj = rollout(
             model,
             &sampler,
@@ -321,57 +329,26 @@ fn evaluate(
                 ..RolloutConfig::default()
             },
         )
-        .map_err(|e| format!("evaluation sampling: {e}"))?;
+        .map_err(|e| TrainError::config("eval_steps", format!("evaluation sampling: {e}")))?;
         let images = model.decode(traj.final_sample().clone()).clamp(-1.0, 1.0);
-        scores.extend(
-            reward
-                .score(&images, prompts)
-                .map_err(|e| format!("evaluation reward: {e}"))?,
-        );
+        scores.extend(reward.score(&images, prompts)?);
         all.extend(tensor_to_images(images)?);
     }
     Ok((scores.iter().sum::<f64>() / scores.len() as f64, all))
 }
 
-fn write_sd_report(dir: &Path, report: &Report, eval: &EvalReward) -> Result<(), String> {
-    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-    let path = dir.join("report.json");
-    std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
-    let md = format!(
-        "# Run report: {alg}\n\nStable Diffusion model: `{model}`. Iterations: {it}{stop}. Wall \
-time: {wall:.0} s.\n\n| | base | final |\n|---|---|---|\n| mean `{name}` on the evaluation \
-prompts (DDIM η = 0) | {b:.4} | {f:.4} |\n| per-step KL to reference (last iteration) | — | \
-{kl:.3e} |\n\nGrids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). \
-Curves: `curves.png`, from `metrics.jsonl`.\n",
-        alg = report.algorithm,
-        model = report.model,
-        it = report.iterations,
-        stop = report
-            .stopped
-            .as_ref()
-            .map(|s| format!(" (stopped: {s})"))
-            .unwrap_or_default(),
-        wall = report.wall_seconds,
-        name = eval.reward,
-        b = eval.base,
-        f = eval.final_,
-        kl = report.final_.kl,
-    );
-    let path = dir.join("report.md");
-    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// `align train` on a Stable Diffusion directory.
+/// The online job on a Stable Diffusion directory ([`crate::train`] calls it for a diffusers
+/// directory).
 ///
 /// # Errors
 /// An algorithm that does not run on SD (flow models, SDPO, reward backprop), a missing
 /// prompt file or reward model, a directory that does not load, run errors.
-pub fn train(
+pub fn train_sd(
     config: &TrainConfig,
     resume: bool,
-    progress: bool,
+    observer: &SharedObserver,
     device: &Device,
-) -> Result<Report, String> {
+) -> Result<Report> {
     let started = Instant::now();
     if !matches!(
         config.algorithm,
@@ -381,14 +358,20 @@ pub fn train(
             | AlgorithmName::Draft
             | AlgorithmName::AlignProp
     ) {
-        return Err(format!(
-            "algorithm {:?} does not run on Stable Diffusion directories yet: use ddpo-sf, \
-             ddpo-is, dpok, draft or align-prop",
-            config.algorithm
+        return Err(TrainError::config(
+            "algorithm",
+            format!(
+                "{:?} does not run on Stable Diffusion directories yet: use ddpo-sf, \
+                 ddpo-is, dpok, draft or align-prop",
+                config.algorithm
+            ),
         ));
     }
     let prompt_file: PathBuf = config.prompts.clone().ok_or_else(|| {
-        "a Stable Diffusion run needs `prompts` (a file with one prompt per line)".to_string()
+        TrainError::config(
+            "prompts",
+            "a Stable Diffusion run needs `prompts` (a file with one prompt per line)",
+        )
     })?;
     let prompts = read_prompts(&prompt_file)?;
     let eval_prompts = match &config.eval_prompts {
@@ -396,7 +379,7 @@ pub fn train(
         None => prompts.clone(),
     };
     let train_device = device.clone().autodiff();
-    let sd = StableDiffusion::load(&config.model, &train_device).map_err(|e| e.to_string())?;
+    let sd = StableDiffusion::load(&config.model, &train_device)?;
     let size = if config.image_size == 0 {
         sd.default_image_size()
     } else {
@@ -404,12 +387,12 @@ pub fn train(
     };
     let shape = sd
         .latent_shape(size, size)
-        .map_err(|e| format!("image_size: {e}"))?;
+        .map_err(|e| TrainError::config("image_size", e.to_string()))?;
     let sampler = sd
         .scheduler
         .ddim(config.train_steps, config.noise_level)
-        .map_err(|e| format!("train_steps / noise_level: {e}"))?;
-    std::fs::create_dir_all(&config.out).map_err(|e| format!("{}: {e}", config.out.display()))?;
+        .map_err(|e| TrainError::config("train_steps", e.to_string()))?;
+    std::fs::create_dir_all(&config.out).map_err(|e| TrainError::io(&config.out, e))?;
     // The frozen pipeline (4.3 GB for SD 1.5) is not copied into every checkpoint: a resumed
     // run reloads it from `model`.
     let runner_config = align_core::RunnerConfig {
@@ -424,9 +407,8 @@ pub fn train(
         .with_alpha(config.lora.alpha)
         .with_targets(StableDiffusion::lora_targets());
     let base_eval = sd.clone().no_grad();
-    let policy = apply_lora(sd, &lora).map_err(|e| format!("lora: {e}"))?;
+    let policy = apply_lora(sd, &lora).map_err(|e| TrainError::config("lora", e.to_string()))?;
     let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
-    let bar = progress_bar(config.runner.iterations, progress);
     let base_path = config.out.join("base.json");
     let saved: Option<f64> = if resume {
         std::fs::read_to_string(&base_path)
@@ -444,16 +426,12 @@ pub fn train(
                 eval_prompts.len(),
                 &config.out.join("grid-before.png"),
             )?;
-            std::fs::write(&base_path, b.to_string())
-                .map_err(|e| format!("{}: {e}", base_path.display()))?;
+            write_atomically(&base_path, &b.to_string())?;
             b
         }
     };
     drop(base_eval);
-    say(
-        &bar,
-        format!("base: mean {:?} reward {base:.4}", config.reward),
-    );
+    observer.say(&format!("base: mean {:?} reward {base:.4}", config.reward));
     let mut job = SdRl {
         algorithm: build_algorithm(config, &prompts)?,
         sampler,
@@ -462,12 +440,11 @@ pub fn train(
         reward,
         config: config.clone(),
         shape,
-        bar: bar.clone(),
+        observer: observer.clone(),
     };
-    let outcome = runner
-        .run(policy, &mut job, resume)
-        .map_err(|e| e.to_string())?;
-    bar.finish_and_clear();
+    observer.start(config.runner.iterations, 0);
+    let outcome = runner.run(policy, &mut job, resume)?;
+    observer.finish();
     let (trained, evaluated) = match outcome.ema {
         Some(average) => (average, "ema"),
         None => (outcome.model.valid(), "final"),
@@ -480,7 +457,6 @@ pub fn train(
         &config.out.join("grid-after.png"),
     )?;
     let last = read_last_metrics(&config.out.join(align_core::runner::METRICS));
-    let curves = crate::plot::Curves::read(&config.out.join(align_core::runner::METRICS))?;
     let eval = EvalReward {
         reward: format!("{:?}", config.reward),
         base,
@@ -500,7 +476,6 @@ pub fn train(
     };
     report.final_.kl = last.get("kl").copied().unwrap_or(0.0);
     report.final_.reward_mean = last.get("reward_mean").copied().unwrap_or(0.0);
-    crate::plot::write_curves(&curves, &report.algorithm, &config.out.join("curves.png"))?;
     report.wall_seconds = started.elapsed().as_secs_f64();
     write_sd_report(&config.out, &report, &eval)?;
     Ok(report)
@@ -549,7 +524,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let c = config(&dir);
-        let report = crate::rl_cmd::train(&c, false, false, &device).unwrap();
+        let report = crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
         assert_eq!(report.iterations, 2);
         let eval = report.eval_reward.clone().unwrap();
         assert!(eval.base.is_finite() && eval.final_.is_finite(), "{eval:?}");
@@ -560,7 +535,6 @@ mod tests {
         for f in [
             "report.json",
             "report.md",
-            "curves.png",
             "grid-before.png",
             "grid-after.png",
             "metrics.jsonl",
@@ -575,11 +549,14 @@ mod tests {
         assert!(names.iter().all(|n| n.contains(".lora.")), "{names:?}");
         // A second start refuses the existing run instead of overwriting it; a resume to a
         // later iteration continues from the adapters-only checkpoint.
-        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already holds a run"), "{err}");
         let mut longer = c.clone();
         longer.runner.iterations = 3;
-        let report = crate::rl_cmd::train(&longer, true, false, &device).unwrap();
+        let report =
+            crate::online::train(&longer, true, &crate::observer::silent(), &device).unwrap();
         assert_eq!(report.iterations, 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -597,7 +574,7 @@ mod tests {
         c.noise_level = 0.0;
         c.backprop.truncation = align_backprop::Truncation::LastK(2);
         c.runner.learning_rate = 1e-2;
-        let report = crate::rl_cmd::train(&c, false, false, &device).unwrap();
+        let report = crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
         assert_eq!(report.iterations, 2);
         let eval = report.eval_reward.clone().unwrap();
         assert_ne!(eval.base, eval.final_, "{eval:?}");
@@ -609,7 +586,9 @@ mod tests {
         let mut c = config(&dir);
         c.algorithm = AlgorithmName::Draft;
         c.reward = RewardName::JpegCompressibility;
-        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("differentiable"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -622,24 +601,34 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut c = config(&dir);
         c.algorithm = AlgorithmName::FlowGrpo;
-        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ddpo-is"), "{err}");
         let mut c = config(&dir);
         c.prompts = None;
-        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("prompts"), "{err}");
         let mut c = config(&dir);
         c.reward = RewardName::ShapeEval;
-        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Shapes-world"), "{err}");
         let mut c = config(&dir);
         c.aesthetic_head = None;
-        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("aesthetic_head"), "{err}");
         // And the Shapes path refuses real-image rewards.
         let mut c = config(&dir);
-        c.model = crate::rl_cmd::default_model_dir("shapes-unet");
-        let err = crate::rl_cmd::train(&c, false, false, &device).unwrap_err();
+        c.model = crate::test_model_dir("shapes-unet");
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Stable Diffusion"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

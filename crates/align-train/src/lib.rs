@@ -1,0 +1,87 @@
+#![warn(missing_docs)]
+//! # align-train
+//!
+//! The training jobs of `align`, as a library: what the `align` command runs, callable from
+//! Rust without the command line.
+//!
+//! - [`train`]: the online job from a [`TrainConfig`] — rollouts of the LoRA-adapted model,
+//!   rewards, one iteration of an `align-rl` algorithm (DDPO-SF/IS, DPOK, Flow-GRPO and its
+//!   Fast window, DenseGRPO, SDPO) or a reward-backprop update (DRaFT-K, AlignProp), periodic
+//!   evaluations with the reward-hacking monitor, checkpoints, and the report. It serves the
+//!   Shapes models (`model.json` directories) and Stable Diffusion 1.x directories.
+//! - [`pref_train`]: the preference job from a [`PrefConfig`] (Diffusion-DPO, MaPO,
+//!   Diffusion-KTO, DSPO) and [`pref_data`], the AI-feedback dataset it trains on.
+//! - [`shapes_eval`]: sampling and the exact ShapeEval evaluation of Shapes models;
+//!   [`win_rate`]: the paired gold win rate with its bootstrap interval.
+//! - [`Observer`]: how a front end follows a run (a progress bar, a log); [`Silent`] shows
+//!   nothing, [`PrintLines`] prints the news lines.
+//!
+//! Every job runs on [`align_core::Runner`]: its run directory holds atomic checkpoints
+//! (`checkpoint-NNNNNN/`, `LATEST`), `metrics.jsonl` (one row per iteration), `base.json`,
+//! the grids and `report.json` / `report.md`; `resume` continues a run bit-identically. Errors
+//! are [`TrainError`]s naming the file, the field or the model.
+//!
+//! ## Example
+//!
+//! Two iterations of Flow-GRPO on a freshly initialised tiny DiT toward ShapeEval's partial
+//! credit (a real run starts from a pretrained model directory such as `models/shapes-flow-unet`):
+//!
+//! ```
+//! use align_data::Tokenizer;
+//! use align_models::{DenoiserKind, Preset, ShapesModelConfig};
+//! use align_train::{TrainConfig, observer, train};
+//!
+//! let device = align_core::select_device(Some("flex")).unwrap();
+//! let dir = std::env::temp_dir().join(format!("align-train-doc-{}", std::process::id()));
+//! let tok = Tokenizer::new();
+//! let model = ShapesModelConfig::preset(DenoiserKind::Dit, Preset::Tiny, tok.vocab_size(), tok.max_len());
+//! model.init(&device).unwrap().save(&model, &dir.join("base")).unwrap();
+//!
+//! let mut config = TrainConfig {
+//!     model: dir.join("base"),
+//!     out: dir.join("run"),
+//!     prompts_per_iteration: 2,
+//!     group_size: 2,
+//!     train_steps: 2,
+//!     eval_steps: 2,
+//!     ..TrainConfig::default()
+//! };
+//! config.runner.iterations = 2;
+//! let report = train(&config, false, &observer::silent(), &device).unwrap();
+//! assert_eq!(report.iterations, 2);
+//! assert!((0.0..=1.0).contains(&report.final_.heldout_accuracy));
+//! assert!(dir.join("run/report.json").is_file());
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod images;
+pub mod observer;
+pub mod online;
+pub mod pref;
+pub mod report;
+pub mod sd;
+pub mod shapes_eval;
+pub mod win_rate;
+
+pub use config::{AlgorithmName, LoraSection, RewardName, TrainConfig, read_toml};
+pub use error::{Result, TrainError};
+pub use observer::{Observer, PrintLines, SharedObserver, Silent};
+pub use online::{ShapesRl, open_runner, train};
+pub use pref::{
+    KtoSection, MapoSection, PrefAlgorithm, PrefConfig, PrefDataOptions, PrefDataSummary,
+    PrefReport, pref_data, pref_train,
+};
+pub use report::{EvalReward, Report, Snapshot};
+pub use sd::{is_stable_diffusion_dir, read_prompts};
+pub use shapes_eval::{Accuracy, SampleOptions, Verdict};
+pub use win_rate::WinRate;
+
+/// `models/<name>` of this repository (tests only).
+#[cfg(test)]
+pub(crate) fn test_model_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name)
+}
