@@ -251,6 +251,7 @@ where
             u.kl += s.kl;
             u.clip_fraction += s.clip_fraction;
             u.max_ratio_deviation = u.max_ratio_deviation.max(s.max_ratio_deviation);
+            u.approx_kl += s.approx_kl;
             u.steps = s.steps;
             u.samples += s.samples;
         }
@@ -260,5 +261,6 @@ where
     u.policy_loss /= count;
     u.kl /= count;
     u.clip_fraction /= count;
+    u.approx_kl /= count;
     Ok((policy, stats))
 }

@@ -38,6 +38,9 @@ pub struct UpdateStats {
     pub clip_fraction: f64,
     /// Largest `|ρ − 1|` seen.
     pub max_ratio_deviation: f64,
+    /// Mean of PPO's `approx_kl` = `mean((ρ − 1) − log ρ)` over samples and steps: the k3
+    /// estimate of `KL(π_old ‖ π_θ)` (≥ 0, exactly 0 at `θ = θ_old`).
+    pub approx_kl: f64,
     /// Number of trained steps.
     pub steps: usize,
     /// Number of samples.
@@ -207,6 +210,8 @@ where
         stats.policy_loss += scalar(terms.policy, "policy loss")? / n;
         stats.kl += scalar(terms.kl, "KL to the reference")? / n;
         stats.clip_fraction += scalar(terms.clip_fraction, "clip fraction")? / n;
+        let approx = terms.ratio.clone().sub_scalar(1.0) - terms.ratio.clone().log();
+        stats.approx_kl += scalar(approx, "approx_kl")? / n;
         let dev: f32 = terms
             .ratio
             .sub_scalar(1.0)

@@ -153,6 +153,7 @@ fn ratio_is_exactly_one_at_theta_old_for_any_batch_size() {
         } else {
             assert_eq!(stats.max_ratio_deviation, 0.0, "b={b}: {stats:?}");
             assert_eq!(stats.clip_fraction, 0.0, "b={b}");
+            assert_eq!(stats.approx_kl, 0.0, "b={b}");
         }
     }
 }
@@ -247,6 +248,15 @@ fn kl_to_adapters_off_reference_is_zero_before_training_and_positive_after() {
         kl,
     );
     assert!(stats.kl > 0.0, "{stats:?}");
+    // The moved policy against the old rollout: PPO's approx_kl = mean(ρ − 1 − log ρ) is
+    // positive and, with every |ρ − 1| ≤ d < 1, at most d² / (2 (1 − d)²).
+    let d = stats.max_ratio_deviation;
+    assert!(d > 0.0 && d < 0.9, "{stats:?}");
+    assert!(stats.approx_kl > 0.0, "{stats:?}");
+    assert!(
+        stats.approx_kl <= d * d / (2.0 * (1.0 - d).powi(2)) + 1e-9,
+        "{stats:?}"
+    );
 }
 
 #[test]

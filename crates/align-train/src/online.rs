@@ -54,6 +54,11 @@ pub(crate) fn iteration_metrics(
     m.insert("policy_loss".into(), stats.update.policy_loss);
     m.insert("kl".into(), stats.update.kl);
     m.insert("clip_fraction".into(), stats.update.clip_fraction);
+    m.insert("approx_kl".into(), stats.update.approx_kl);
+    m.insert(
+        "max_ratio_deviation".into(),
+        stats.update.max_ratio_deviation,
+    );
     observer.iteration(&format!(
         "reward {:.3}  kl {:.2e}",
         stats.reward_mean, stats.update.kl
