@@ -367,6 +367,27 @@ pub fn train_sd(
             ),
         ));
     }
+    // Fields the Stable Diffusion job does not implement yet are refused by name rather than
+    // silently ignored.
+    if config.eval_every != 0 {
+        return Err(TrainError::config(
+            "eval_every",
+            "Stable Diffusion runs evaluate only before and after training for now: set 0",
+        ));
+    }
+    if config.sde_window.is_some() {
+        return Err(TrainError::config(
+            "sde_window",
+            "is a flow-model option; Stable Diffusion runs use DDIM",
+        ));
+    }
+    if config.monitor != align_rewards::HackingMonitorConfig::default() {
+        return Err(TrainError::config(
+            "monitor",
+            "the reward-hacking monitor needs periodic evaluations, which Stable Diffusion \
+             runs do not have yet: remove the [monitor] table",
+        ));
+    }
     let prompt_file: PathBuf = config.prompts.clone().ok_or_else(|| {
         TrainError::config(
             "prompts",
@@ -605,6 +626,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ddpo-is"), "{err}");
+        let mut c = config(&dir);
+        c.eval_every = 1;
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("eval_every:"), "{err}");
+        let mut c = config(&dir);
+        c.monitor.stop_on_hacking = !c.monitor.stop_on_hacking;
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("monitor:"), "{err}");
         let mut c = config(&dir);
         c.prompts = None;
         let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
