@@ -7,7 +7,6 @@
 mod plot;
 mod pretrain_cmd;
 mod progress;
-mod reward_cmd;
 mod sd_cmd;
 
 use std::path::PathBuf;
@@ -669,7 +668,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 seed,
                 noise_max,
             };
-            let acc = reward_cmd::train_reward(&config, &options, &out, true, &device)?;
+            let observer: align_train::SharedObserver = std::sync::Arc::new(progress::Bar::new());
+            let acc = align_train::reward_model::train_reward(
+                &config, &options, &out, &observer, &device,
+            )
+            .map_err(|e| format!("train-reward: {e}"))?;
             println!(
                 "wrote {}; accuracy on rendered held-out scenes (true vs corrupted prompts): {:.1}%",
                 out.display(),
@@ -686,8 +689,15 @@ fn run(cli: Cli) -> Result<(), String> {
             guidance,
         } => {
             let options = align_train::SampleOptions { steps, guidance };
-            let (train, held) =
-                reward_cmd::eval_guided(&reward_model, &model, seeds, options, scale, &device)?;
+            let (train, held) = align_train::reward_model::eval_guided(
+                &reward_model,
+                &model,
+                seeds,
+                options,
+                scale,
+                &device,
+            )
+            .map_err(|e| format!("eval-guided: {e}"))?;
             for (name, p) in [("train", train), ("held-out", held)] {
                 println!(
                     "reward guidance λ = {scale} on {}, {name} prompts ({} images): ShapeEval {:.1}%, partial credit {:.3}, proxy {:.3}",
@@ -708,8 +718,14 @@ fn run(cli: Cli) -> Result<(), String> {
             guidance,
         } => {
             let options = align_train::SampleOptions { steps, guidance };
-            let (train, held) =
-                reward_cmd::eval_reward(&reward_model, &model, seeds, options, &device)?;
+            let (train, held) = align_train::reward_model::eval_reward(
+                &reward_model,
+                &model,
+                seeds,
+                options,
+                &device,
+            )
+            .map_err(|e| format!("eval-reward: {e}"))?;
             for (name, a) in [("train prompts", train), ("held-out prompts", held)] {
                 println!(
                     "proxy vs ShapeEval on {} samples, {name}: agreement {:.1}% of {} (accepts {:.1}% of gold passes, rejects {:.1}% of gold failures)",
@@ -1140,62 +1156,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("model.json"), "{err}");
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn train_reward_writes_a_model_that_scores() {
-        let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-cli-reward-{}", std::process::id()));
-        let options = align_rewards::ProxyTrainOptions {
-            steps: 2,
-            batch: 8,
-            ..Default::default()
-        };
-        let config = align_rewards::ProxyRewardConfig::tiny();
-        let acc = reward_cmd::train_reward(&config, &options, &dir, false, &device).unwrap();
-        assert!((0.0..=1.0).contains(&acc));
-        assert!(dir.join("reward-model.safetensors").is_file());
-        let bad = align_rewards::ProxyTrainOptions {
-            steps: 0,
-            ..options
-        };
-        let err = reward_cmd::train_reward(&config, &bad, &dir, false, &device).unwrap_err();
-        assert!(
-            err.starts_with("train-reward:") && !err.contains('\n'),
-            "{err}"
-        );
-        // Agreement with ShapeEval on a (tiny, untrained) base model's samples.
-        let base = dir.join("base");
-        let pretrain = pretrain_cmd::PretrainOptions {
-            kind: align_models::DenoiserKind::Dit,
-            flow: false,
-            preset: align_models::Preset::Tiny,
-            steps: 1,
-            batch: 2,
-            lr: 1e-3,
-            seed: 0,
-            out: base.clone(),
-            eval_every: 0,
-            cfg_dropout: 0.1,
-            ema_decay: 0.9,
-            resume: false,
-            model_config: None,
-            init_from: None,
-            gap: 1,
-            min_snr_gamma: None,
-            split: align_data::SplitName::Combinations,
-            progress: false,
-        };
-        pretrain_cmd::pretrain(&pretrain, &device).unwrap();
-        let sample = align_train::SampleOptions {
-            steps: 2,
-            guidance: 1.0,
-        };
-        let (train, held) = reward_cmd::eval_reward(&dir, &base, 1, sample, &device).unwrap();
-        assert_eq!((train.n, held.n), (64, 64));
-        assert!((0.0..=1.0).contains(&held.accuracy));
-        assert!(reward_cmd::eval_reward(&base, &base, 1, sample, &device).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -61,6 +61,7 @@ pub mod observer;
 pub mod online;
 pub mod pref;
 pub mod report;
+pub mod reward_model;
 pub mod sd;
 pub mod shapes_eval;
 pub mod win_rate;
