@@ -125,7 +125,11 @@ proptest! {
         let out = dspo_loss(&policy, &reference, batch(&i), beta).unwrap();
         let loss = f64::from(out.loss.into_scalar::<f32>());
         let want = by_hand(&policy, &reference, &i, beta);
-        prop_assert!((loss - want).abs() <= 1e-5 * want.abs().max(1e-3), "{} vs {}", loss, want);
+        // The loss is computed in f32 from differences of log-likelihood terms scaled by β, so
+        // its rounding error grows with β as well as with the loss (β = 92.5 gave 6.3e-4 on
+        // 53.7, 1.2e-5 relative); a formula error is of order one.
+        let tol = 1e-5 * want.abs().max(1e-3) + 1e-5 * beta;
+        prop_assert!((loss - want).abs() <= tol, "{} vs {}", loss, want);
         // Swapping winner and loser negates `inside` (the loser's role is only there).
         let mut swapped = batch(&i);
         std::mem::swap(&mut swapped.winners, &mut swapped.losers);
