@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Crash-safety check of the training runner on a real Flow-GRPO run of the shipped flow model.
+# Crash-safety check of the training runner on real runs: online RL (Flow-GRPO on the shipped
+# flow model), preference training (Diffusion-DPO on the shipped UNet) or pretraining (a DiT).
 #
-# 1. Runs the reference: `align train` with the quickstart's algorithm and hyper-parameters (a
-#    smaller batch and fewer iterations, so the check takes minutes), uninterrupted.
+# 1. Runs the reference, uninterrupted: for KIND=rl, `align train` with the quickstart's
+#    algorithm and hyper-parameters (a smaller batch and fewer iterations, so the check takes
+#    minutes); for KIND=pref, `align pref-train` on a small AI-feedback dataset (`align
+#    pref-data`, made once); for KIND=pretrain, `align pretrain` of a small DiT.
 # 2. Runs the same config again, killing it with SIGKILL at random moments KILLS times and
 #    resuming it (`--resume`) after each kill, until it finishes.
 # 3. Compares the final checkpoints (model, optimizer state, job state) and metrics.jsonl
@@ -12,15 +15,37 @@
 #        KILLS=5 ITERATIONS=6 SEED=1 scripts/kill-resume.sh
 #        QUICKSTART=1 ITERATIONS=3 scripts/kill-resume.sh   # `align quickstart` itself (default
 #                                             config, full evaluations; kills anywhere in the run)
+#        KIND=pref scripts/kill-resume.sh       KIND=pretrain ITERATIONS=12 scripts/kill-resume.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/align}
 KILLS=${KILLS:-5}
 ITERATIONS=${ITERATIONS:-10}
 SEED=${SEED:-$RANDOM}
-WORK=${WORK:-runs/kill-resume}
+KIND=${KIND:-rl}
+WORK=${WORK:-runs/kill-resume-$KIND}
 rm -rf "$WORK"
 mkdir -p "$WORK"
+if [ "$KIND" = pref ]; then
+  echo "preference data (8 prompts x 2 candidates)"
+  "$BIN" pref-data --model models/shapes-unet --out "$WORK/data" --prompts 8 --candidates 2 --steps 10 > "$WORK/data.log" 2>&1
+  for run in reference killed; do
+    cat > "$WORK/$run.toml" <<TOML
+algorithm = "diffusion-dpo"
+model = "models/shapes-unet"
+data = "$WORK/data"
+out = "$WORK/$run"
+batch_size = 4
+eval_seeds = 1
+eval_steps = 4
+dpo_beta = 5000.0
+[runner]
+iterations = $ITERATIONS
+learning_rate = 1e-4
+checkpoint_every = 1
+TOML
+  done
+fi
 cat > "$WORK/config.toml" <<TOML
 # The quickstart (configs/flow-grpo.toml) with a smaller batch and fast evaluations.
 algorithm = "flow-grpo"
@@ -39,13 +64,17 @@ minibatches = 2
 TOML
 QUICKSTART=${QUICKSTART:-0}
 command_for() {
-  if [ "$QUICKSTART" = 1 ]; then
+  if [ "$KIND" = pref ]; then
+    echo pref-train --config "$WORK/$(basename "$1").toml"
+  elif [ "$KIND" = pretrain ]; then
+    echo pretrain --model dit --steps "$ITERATIONS" --batch 16 --eval-every 4 --seed 3 --out "$1"
+  elif [ "$QUICKSTART" = 1 ]; then
     echo quickstart --iterations "$ITERATIONS" --out "$1"
   else
     echo train --config "$WORK/config.toml" --out "$1"
   fi
 }
-echo "reference run ($ITERATIONS iterations$( [ "$QUICKSTART" = 1 ] && echo ', align quickstart'))"
+echo "$KIND reference run ($ITERATIONS iterations$( [ "$QUICKSTART" = 1 ] && echo ', align quickstart'))"
 t0=$(date +%s)
 # shellcheck disable=SC2046
 "$BIN" $(command_for "$WORK/reference") > "$WORK/reference.log" 2>&1
@@ -89,7 +118,11 @@ last="checkpoint-$(printf %06d "$ITERATIONS")"
 status=0
 # optimizer.bpk is compared through digest.txt: burn writes optimizer state in hash-map
 # order, so equal states can differ in byte order; digest.txt hashes the content by name.
-for f in "$last/model.bpk" "$last/digest.txt" "$last/state.json" metrics.jsonl; do
+files=("$last/model.bpk" "$last/digest.txt" "$last/state.json" metrics.jsonl)
+# (A pretraining run's model.safetensors holds the average of ema.bpk; its header is written
+# from a hash map, so it is compared through ema.bpk.)
+if [ "$KIND" = pretrain ]; then files+=("$last/ema.bpk"); fi
+for f in "${files[@]}"; do
   if cmp -s "$WORK/reference/$f" "$WORK/killed/$f"; then
     echo "  identical: $f"
   else

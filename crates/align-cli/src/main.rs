@@ -5,7 +5,6 @@
 //! `check` and `status` (what is implemented and which backends this binary has).
 
 mod plot;
-mod pretrain_cmd;
 mod progress;
 mod sd_cmd;
 
@@ -136,10 +135,14 @@ enum Command {
         /// Largest decay of the weight average that is saved and sampled (0 = none).
         #[arg(long, default_value_t = 0.999)]
         ema: f64,
-        /// Continue the run in `--out` from its last checkpoint up to `--steps` (the optimizer
-        /// moments restart; a short warm-up follows).
+        /// Continue the run in `--out` from its last checkpoint up to `--steps` (weights,
+        /// optimizer moments and the average are restored: the run ends as if uninterrupted).
         #[arg(long)]
         resume: bool,
+        /// Steps of linear learning-rate warm-up (default: 5 % of `--steps`); give it to
+        /// resume toward a larger `--steps` on the same schedule.
+        #[arg(long)]
+        warmup_steps: Option<usize>,
         /// A model configuration (`model.json` layout, e.g. a copy of
         /// `models/shapes-unet/model.json` with other widths or attention levels) to train
         /// instead of `--preset`.
@@ -515,6 +518,7 @@ fn run(cli: Cli) -> Result<(), String> {
             cfg_dropout,
             ema,
             resume,
+            warmup_steps,
             model_config,
             init_from,
             gap,
@@ -525,7 +529,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let split: align_data::SplitName = split
                 .parse()
                 .map_err(|e: align_data::DataError| format!("pretrain --split: {e}"))?;
-            let options = pretrain_cmd::PretrainOptions {
+            let options = align_train::PretrainOptions {
                 kind: if model == "dit" {
                     align_models::DenoiserKind::Dit
                 } else {
@@ -546,14 +550,24 @@ fn run(cli: Cli) -> Result<(), String> {
                 cfg_dropout,
                 ema_decay: ema,
                 resume,
+                warmup_steps,
                 model_config,
                 init_from,
                 gap,
                 min_snr_gamma,
                 split,
-                progress: true,
             };
-            pretrain_cmd::pretrain(&options, &device)
+            let observer: align_train::SharedObserver = std::sync::Arc::new(progress::Bar::new());
+            let done = align_train::pretrain(&options, &observer, &device)
+                .map_err(|e| format!("pretrain: {e}"))?;
+            println!(
+                "pretrained {} steps: ShapeEval train {:.1}% held-out {:.1}% (1 seed per prompt); model in {}",
+                done.steps,
+                100.0 * done.train_accuracy,
+                100.0 * done.heldout_accuracy,
+                options.out.display()
+            );
+            Ok(())
         }
         Command::Sample {
             model,
@@ -935,204 +949,33 @@ mod tests {
     }
 
     #[test]
-    fn pretrain_model_config_init_from_and_gap() {
-        let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-cli-warm-{}", std::process::id()));
-        let base = pretrain_cmd::PretrainOptions {
-            kind: align_models::DenoiserKind::Dit,
-            flow: false,
-            preset: align_models::Preset::Tiny,
-            steps: 2,
-            batch: 2,
-            lr: 1e-3,
-            seed: 0,
-            out: dir.join("first"),
-            eval_every: 0,
-            cfg_dropout: 0.1,
-            ema_decay: 0.0,
-            resume: false,
-            model_config: None,
-            init_from: None,
-            gap: 2,
-            min_snr_gamma: None,
-            split: align_data::SplitName::Combinations,
-            progress: false,
-        };
-        pretrain_cmd::pretrain(&base, &device).unwrap();
-        // A second run (another seed) from the first one's configuration file and weights
-        // starts from those weights, not from a fresh initialisation.
-        let second = pretrain_cmd::PretrainOptions {
-            steps: 1,
-            seed: 7,
-            out: dir.join("second"),
-            model_config: Some(dir.join("first").join("model.json")),
-            init_from: Some(dir.join("first")),
-            ..base.clone()
-        };
-        pretrain_cmd::pretrain(&second, &device).unwrap();
-        let (_, a) = align_models::ShapesModel::load(&dir.join("first"), &device).unwrap();
-        let (_, b) = align_models::ShapesModel::load(&dir.join("second"), &device).unwrap();
-        let (align_models::ShapesModel::Dit(a), align_models::ShapesModel::Dit(b)) = (a, b) else {
-            panic!("both runs train a DiT");
-        };
-        // One AdamW step at 1e-3 moves each weight by at most about 1e-3.
-        let (wa, wb) = (
-            a.denoiser.patch_embed.weight.val().into_data(),
-            b.denoiser.patch_embed.weight.val().into_data(),
-        );
-        let (wa, wb) = (
-            wa.try_to_vec::<f32>().unwrap(),
-            wb.try_to_vec::<f32>().unwrap(),
-        );
-        let max_step = wa
-            .iter()
-            .zip(&wb)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(max_step < 2e-3, "{max_step}");
-        // A configuration of the other family is refused, naming the file and the field.
-        let err = pretrain_cmd::pretrain(
-            &pretrain_cmd::PretrainOptions {
-                kind: align_models::DenoiserKind::Unet,
-                out: dir.join("third"),
-                ..second.clone()
-            },
-            &device,
-        )
-        .unwrap_err();
-        assert!(
-            err.contains("model.json") && err.contains("`kind`"),
-            "{err}"
-        );
-        // Weights of another architecture are refused.
-        let err = pretrain_cmd::pretrain(
-            &pretrain_cmd::PretrainOptions {
-                model_config: None,
-                preset: align_models::Preset::Small,
-                out: dir.join("fourth"),
-                ..second.clone()
-            },
-            &device,
-        )
-        .unwrap_err();
-        assert!(err.contains("--init-from"), "{err}");
-        // A zero gap would let objects merge.
-        let err = pretrain_cmd::pretrain(
-            &pretrain_cmd::PretrainOptions {
-                gap: 0,
-                out: dir.join("fifth"),
-                ..base.clone()
-            },
-            &device,
-        )
-        .unwrap_err();
-        assert!(err.contains("--gap"), "{err}");
-        // A model of the stress test trains on the unseen-pairs split's training part.
-        pretrain_cmd::pretrain(
-            &pretrain_cmd::PretrainOptions {
-                split: align_data::SplitName::UnseenPairs,
-                out: dir.join("stress"),
-                ..base.clone()
-            },
-            &device,
-        )
-        .unwrap();
-        assert!(dir.join("stress").join("model.safetensors").is_file());
-        // The flow UNet: a UNet trained by flow matching, saved as such and sampled on the
-        // flow grid; `flow` with a model file or a DiT is refused.
-        let flow = pretrain_cmd::PretrainOptions {
-            kind: align_models::DenoiserKind::Unet,
-            flow: true,
-            out: dir.join("flow-unet"),
-            ..base.clone()
-        };
-        pretrain_cmd::pretrain(&flow, &device).unwrap();
-        let (config, _) = align_models::ShapesModel::load(&dir.join("flow-unet"), &device).unwrap();
-        assert!(config.is_flow() && config.kind == align_models::DenoiserKind::Unet);
-        let options = align_train::SampleOptions {
-            steps: 2,
-            guidance: 2.0,
-        };
-        let png = dir.join("flow-unet").join("grid.png");
-        sample_shapes(
-            &dir.join("flow-unet"),
-            "one red circle",
-            2,
-            &png,
-            options,
-            0,
-            &device,
-        )
-        .unwrap();
-        for bad in [
-            pretrain_cmd::PretrainOptions {
-                kind: align_models::DenoiserKind::Dit,
-                ..flow.clone()
-            },
-            pretrain_cmd::PretrainOptions {
-                out: dir.join("flow-unet-2"),
-                ..second.clone()
-            },
-        ] {
-            let bad = pretrain_cmd::PretrainOptions { flow: true, ..bad };
-            let err = pretrain_cmd::pretrain(&bad, &device).unwrap_err();
-            assert!(err.contains("flow-unet"), "{err}");
-        }
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
     fn pretrain_then_sample_writes_a_png_grid() {
         let device = align_core::test_device();
         let dir = std::env::temp_dir().join(format!("align-cli-pretrain-{}", std::process::id()));
-        let options = pretrain_cmd::PretrainOptions {
-            kind: align_models::DenoiserKind::Dit,
-            flow: false,
-            preset: align_models::Preset::Tiny,
-            steps: 3,
-            batch: 4,
-            lr: 1e-3,
-            seed: 0,
-            out: dir.clone(),
-            eval_every: 0,
-            cfg_dropout: 0.1,
-            ema_decay: 0.9,
-            resume: false,
-            model_config: None,
-            init_from: None,
-            gap: 1,
-            min_snr_gamma: None,
-            split: align_data::SplitName::Combinations,
-            progress: false,
-        };
-        pretrain_cmd::pretrain(&options, &device).unwrap();
-        assert!(dir.join("model.safetensors").is_file() && dir.join("model.json").is_file());
-        assert_eq!(
-            std::fs::read_to_string(dir.join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .count(),
-            3
+        let _ = std::fs::remove_dir_all(&dir);
+        let cli = Cli::parse_from(
+            [
+                "align",
+                "pretrain",
+                "--model",
+                "dit",
+                "--preset",
+                "tiny",
+                "--steps",
+                "2",
+                "--batch",
+                "2",
+                "--eval-every",
+                "0",
+                "--ema",
+                "0.9",
+                "--out",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([dir.display().to_string()]),
         );
-        assert!(dir.join("samples").join("step-000003.png").is_file());
-        // --resume continues from the checkpoint to the new --steps, appending metrics.
-        let resumed = pretrain_cmd::PretrainOptions {
-            steps: 5,
-            resume: true,
-            ..options.clone()
-        };
-        pretrain_cmd::pretrain(&resumed, &device).unwrap();
-        let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-        assert_eq!(lines.lines().count(), 5);
-        assert!(lines.lines().last().unwrap().starts_with("{\"step\":5,"));
-        assert_eq!(
-            std::fs::read_to_string(dir.join("train-state").join("step.txt")).unwrap(),
-            "5\n"
-        );
-        // Nothing left to do is an error that says so, and the checkpoint stays.
-        let err = pretrain_cmd::pretrain(&resumed, &device).unwrap_err();
-        assert!(err.contains("already at step 5"), "{err}");
-        assert!(dir.join("model.safetensors").is_file());
+        run(cli).unwrap();
         let out = dir.join("grid.png");
         let sample = align_train::SampleOptions {
             steps: 4,
@@ -1156,6 +999,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("model.json"), "{err}");
+        // A bad option is one line naming it.
+        let cli = Cli::parse_from([
+            "align", "pretrain", "--model", "dit", "--batch", "0", "--out", "x",
+        ]);
+        let err = run(cli).unwrap_err();
+        assert!(err.contains("batch") && !err.contains('\n'), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 

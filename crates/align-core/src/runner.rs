@@ -75,14 +75,17 @@ pub trait Job<M: Module> {
         Ok(())
     }
 
-    /// Called after each iteration with the updated model (evaluation, sample grids, the
-    /// reward-hacking monitor); may add metrics or stop the run.
+    /// Called after each iteration with the updated model and, when the runner keeps one
+    /// (`ema_decay`), the moving average of its weights (evaluation, sample grids, the
+    /// reward-hacking monitor, saving the weights a user samples from); may add metrics or
+    /// stop the run.
     ///
     /// # Errors
     /// A failing evaluation.
     fn after_iteration(
         &mut self,
         _model: &M,
+        _average: Option<&M>,
         _iteration: usize,
         _metrics: &mut Metrics,
     ) -> Result<Control> {
@@ -96,8 +99,13 @@ pub trait Job<M: Module> {
 pub struct RunnerConfig {
     /// Iterations to run (a resumed run continues up to this number).
     pub iterations: usize,
-    /// AdamW learning rate.
+    /// AdamW learning rate (after the warm-up).
     pub learning_rate: f64,
+    /// Linear learning-rate warm-up: iteration `i` (0-based) uses
+    /// `learning_rate · min(1, (i + 1) / warmup_iterations)`; 0 = no warm-up. The rate depends
+    /// on the iteration alone, so a resumed run (which restores the optimizer moments) follows
+    /// the same schedule as an uninterrupted one.
+    pub warmup_iterations: usize,
     /// AdamW decoupled weight decay (PyTorch's default is 1e-2; DDPO and Flow-GRPO use 1e-4).
     pub weight_decay: f64,
     /// AdamW ε.
@@ -127,6 +135,7 @@ impl Default for RunnerConfig {
         Self {
             iterations: 100,
             learning_rate: 3e-4,
+            warmup_iterations: 0,
             weight_decay: 1e-4,
             adam_eps: 1e-8,
             beta1: 0.9,
@@ -189,6 +198,16 @@ impl RunnerConfig {
             return Err(CoreError::config("ema_decay", "must lie in [0, 1)"));
         }
         Ok(())
+    }
+
+    /// The learning rate of iteration `iteration` (0-based): `learning_rate` scaled by the
+    /// linear warm-up, `learning_rate · min(1, (iteration + 1) / warmup_iterations)`.
+    pub fn learning_rate_at(&self, iteration: usize) -> f64 {
+        if self.warmup_iterations == 0 {
+            return self.learning_rate;
+        }
+        let fraction = (iteration + 1) as f64 / self.warmup_iterations as f64;
+        self.learning_rate * fraction.min(1.0)
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
@@ -282,6 +301,20 @@ impl ModuleVisitor for TrainablePaths {
             self.frozen.push(path);
         }
     }
+}
+
+/// Reads every parameter of `module` once, so that lazily initialised ones (burn draws a
+/// fresh layer's weights from the device RNG when they are first read) take their values now.
+/// Clones share a parameter's lazy state, so after this every clone holds the same values
+/// whatever order they are used in.
+pub fn materialize<M: Module>(module: &M) {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
 }
 
 /// The module paths of `module`'s float parameters: `(trainable, frozen)`.
@@ -451,6 +484,22 @@ impl Runner {
             ));
         }
         Ok(Some(path))
+    }
+
+    /// The iteration of the latest complete checkpoint, if any (the point `resume` continues
+    /// from).
+    ///
+    /// # Errors
+    /// As [`Runner::latest_checkpoint`], or an unreadable `state.json`.
+    pub fn latest_iteration(&self) -> Result<Option<usize>> {
+        let Some(ckpt) = self.latest_checkpoint()? else {
+            return Ok(None);
+        };
+        let path = ckpt.join("state.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, "reading", e))?;
+        let state: CheckpointState =
+            serde_json::from_str(&text).map_err(|e| io(&path, "parsing", e))?;
+        Ok(Some(state.iteration))
     }
 
     fn save_checkpoint<M: Module>(
@@ -663,7 +712,7 @@ impl Runner {
         let mut done = start;
         for it in start..self.config.iterations {
             let mut norms: Vec<f64> = Vec::new();
-            let lr = self.config.learning_rate;
+            let lr = self.config.learning_rate_at(it);
             let clip = self.config.max_grad_norm;
             let optim_ref = &mut optim;
             let ema_ref = &mut ema;
@@ -691,7 +740,8 @@ impl Runner {
                 );
             }
             metrics.insert("optimizer_steps".into(), norms.len() as f64);
-            let control = job.after_iteration(&model, it, &mut metrics)?;
+            let average = ema.as_ref().map(Ema::average);
+            let control = job.after_iteration(&model, average, it, &mut metrics)?;
             if let Some((name, &value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
                 return Err(CoreError::Diverged {
                     metric: name.clone(),
@@ -1152,6 +1202,117 @@ mod tests {
         assert!(err.to_string().contains("already holds a run"), "{err}");
         assert!(dir.join("checkpoint-000002/state.json").is_file());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A linear loss `c · w`: its gradient is the constant `c`, so every AdamW step (no weight
+    /// decay, bias-corrected moments `m̂ = c`, `v̂ = c²`) moves each weight by exactly the step's
+    /// learning rate against the sign of `c` (up to ε). Records the average it is shown.
+    struct Linear {
+        averages: Vec<Vec<f32>>,
+    }
+
+    impl Job<Weights> for Linear {
+        fn iteration(
+            &mut self,
+            model: Weights,
+            _iteration: usize,
+            apply: &mut dyn FnMut(Weights, GradientsParams) -> Result<Weights>,
+        ) -> Result<(Weights, Metrics)> {
+            let device = model.w.val().device();
+            let c = Tensor::<1>::from_floats([2.0, -0.5, 1.0, -3.0], &device);
+            let loss = (model.w.val() * c).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            Ok((apply(model, grads)?, Metrics::new()))
+        }
+        fn after_iteration(
+            &mut self,
+            _model: &Weights,
+            average: Option<&Weights>,
+            _iteration: usize,
+            _metrics: &mut Metrics,
+        ) -> Result<Control> {
+            if let Some(a) = average {
+                self.averages
+                    .push(a.w.val().into_data().try_to_vec::<f32>().unwrap());
+            }
+            Ok(Control::Continue)
+        }
+    }
+
+    #[test]
+    fn warm_up_scales_each_step_linearly_and_resumes_bit_for_bit() {
+        let cfg = |iterations: usize| RunnerConfig {
+            iterations,
+            learning_rate: 0.05,
+            warmup_iterations: 4,
+            weight_decay: 0.0,
+            max_grad_norm: None,
+            ema_decay: Some(0.5),
+            ..RunnerConfig::default()
+        };
+        let rates: Vec<f64> = (0..6).map(|i| cfg(6).learning_rate_at(i)).collect();
+        let want = [0.0125, 0.025, 0.0375, 0.05, 0.05, 0.05];
+        for (r, w) in rates.iter().zip(want) {
+            assert!((r - w).abs() < 1e-15, "{rates:?}");
+        }
+        assert_eq!(RunnerConfig::default().learning_rate_at(0), 3e-4);
+        let device = crate::test_device().autodiff();
+        let (a, b) = (tempdir("warmup-full"), tempdir("warmup-halves"));
+        let mut job = Linear { averages: vec![] };
+        let full = Runner::new(cfg(6), &a)
+            .unwrap()
+            .run(weights(&device), &mut job, false)
+            .unwrap();
+        // Each weight moved by the sum of the rates (0.225) against the sign of its gradient.
+        let moved = 0.225f32;
+        let expected = [0.5 - moved, -1.0 + moved, 2.0 - moved, 0.0 + moved];
+        let got = full.model.w.val().into_data().try_to_vec::<f32>().unwrap();
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-5, "{got:?} vs {expected:?}");
+        }
+        // The job saw the runner's average after every iteration, the last one being the
+        // average the run returns.
+        assert_eq!(job.averages.len(), 6);
+        let ema = full.ema.as_ref().unwrap().w.val().into_data();
+        assert_eq!(job.averages[5], ema.try_to_vec::<f32>().unwrap());
+        assert_ne!(job.averages[5], got);
+        Runner::new(cfg(3), &b)
+            .unwrap()
+            .run(weights(&device), &mut Linear { averages: vec![] }, false)
+            .unwrap();
+        let runner = Runner::new(cfg(6), &b).unwrap();
+        assert_eq!(runner.latest_iteration().unwrap(), Some(3));
+        let resumed = runner
+            .run(weights(&device), &mut Linear { averages: vec![] }, true)
+            .unwrap();
+        assert_eq!(runner.latest_iteration().unwrap(), Some(6));
+        assert_eq!(
+            Runner::new(cfg(6), tempdir("warmup-none"))
+                .unwrap()
+                .latest_iteration()
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            got,
+            resumed
+                .model
+                .w
+                .val()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        );
+        for file in ["model.bpk", "optimizer.bpk", "ema.bpk"] {
+            assert_eq!(
+                bytes(a.join("checkpoint-000006").join(file)),
+                bytes(b.join("checkpoint-000006").join(file)),
+                "{file}"
+            );
+        }
+        for d in [a, b] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod ema;
 pub mod error;
 pub mod hf;
 pub mod lora;
+pub mod pipeline;
 pub mod pretrain;
 pub mod resblock;
 pub mod sd;
@@ -59,6 +60,7 @@ pub use dit::{DiT, DiTBlock, DiTConfig};
 pub use ema::{Ema, EmaConfig};
 pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, apply_lora, lora_factor_count, lora_parameter_count, with_lora_scale};
+pub use pipeline::Pipeline;
 pub use pretrain::{
     cfg_dropout, ddpm_loss, flow_matching_loss, min_snr_weight, weighted_ddpm_loss,
 };

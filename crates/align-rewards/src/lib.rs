@@ -74,6 +74,7 @@ pub mod decoded;
 pub mod ensemble;
 pub mod error;
 pub mod external;
+pub mod fn_reward;
 pub mod jpeg;
 pub mod monitor;
 pub mod proxy;
@@ -89,6 +90,7 @@ pub use ensemble::{
 };
 pub use error::{Result, RewardError};
 pub use external::{CommandReward, HttpReward};
+pub use fn_reward::{FnReward, reward_fn};
 pub use jpeg::{JPEG_QUALITY, Jpeg};
 pub use monitor::{
     HackingMonitor, HackingMonitorConfig, Reading, Verdict, Warning, same_prompt_diversity,

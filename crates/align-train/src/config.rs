@@ -242,6 +242,25 @@ impl TrainConfig {
     /// # Errors
     /// [`TrainError::Config`] naming the first invalid field.
     pub fn validate(&self) -> Result<()> {
+        if self.algorithm.is_backprop() && !self.reward.is_differentiable() {
+            return Err(TrainError::config(
+                "reward",
+                format!(
+                    "{:?} back-propagates the reward: it needs a differentiable one (reward = \"proxy\" \
+                     for Shapes models; aesthetic, clip-score or pick-score for Stable Diffusion)",
+                    self.algorithm
+                ),
+            ));
+        }
+        self.validate_job()
+    }
+
+    /// Checks the fields a job on any pipeline uses (everything but `reward`, which names the
+    /// reward of the command-line jobs: [`crate::train_pipeline`] takes the reward itself).
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming the first invalid field.
+    pub fn validate_job(&self) -> Result<()> {
         let bad = |field: &str, reason: String| Err(TrainError::config(field, reason));
         if self.prompts_per_iteration == 0 || self.group_size == 0 {
             return bad(
@@ -261,16 +280,6 @@ impl TrainConfig {
                 format!(
                     "{} must be positive (or 0 for draft / align-prop)",
                     self.noise_level
-                ),
-            );
-        }
-        if backprop && !self.reward.is_differentiable() {
-            return bad(
-                "reward",
-                format!(
-                    "{:?} back-propagates the reward: it needs a differentiable one (reward = \"proxy\" \
-                     for Shapes models; aesthetic, clip-score or pick-score for Stable Diffusion)",
-                    self.algorithm
                 ),
             );
         }

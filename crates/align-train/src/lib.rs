@@ -4,11 +4,17 @@
 //! The training jobs of `align`, as a library: what the `align` command runs, callable from
 //! Rust without the command line.
 //!
-//! - [`train`]: the online job from a [`TrainConfig`] — rollouts of the LoRA-adapted model,
-//!   rewards, one iteration of an `align-rl` algorithm (DDPO-SF/IS, DPOK, Flow-GRPO and its
-//!   Fast window, DenseGRPO, SDPO) or a reward-backprop update (DRaFT-K, AlignProp), periodic
-//!   evaluations with the reward-hacking monitor, checkpoints, and the report. It serves the
-//!   Shapes models (`model.json` directories) and Stable Diffusion 1.x directories.
+//! - [`train_pipeline`]: the online job on any [`align_models::Pipeline`] — rollouts of the
+//!   LoRA-adapted model, rewards, one iteration of an `align-rl` algorithm (DDPO-SF/IS, DPOK,
+//!   Flow-GRPO and its Fast window, DenseGRPO, SDPO) or a reward-backprop update (DRaFT-K,
+//!   AlignProp), periodic evaluations by an [`Evaluator`], checkpoints, and the report. Bring
+//!   a model (a `Denoiser` in [`align_models::TextToImage`], or your own `Pipeline`), prompts,
+//!   a reward ([`align_rewards::reward_fn`] turns a closure into one) and a sampler in an
+//!   [`OnlineTask`]; [`RewardEvaluator`] measures the mean reward.
+//! - [`train`]: that job from a [`TrainConfig`], for the Shapes models (`model.json`
+//!   directories, the exact ShapeEval evaluation with the reward-hacking monitor) and Stable
+//!   Diffusion 1.x directories.
+//! - [`pretrain`]: a Shapes model from scratch ([`PretrainOptions`]).
 //! - [`pref_train`]: the preference job from a [`PrefConfig`] (Diffusion-DPO, MaPO,
 //!   Diffusion-KTO, DSPO) and [`pref_data`], the AI-feedback dataset it trains on.
 //! - [`shapes_eval`]: sampling and the exact ShapeEval evaluation of Shapes models;
@@ -56,10 +62,13 @@
 
 pub mod config;
 pub mod error;
+pub mod evaluator;
 pub mod images;
+pub mod job;
 pub mod observer;
 pub mod online;
 pub mod pref;
+pub mod pretrain;
 pub mod report;
 pub mod reward_model;
 pub mod sd;
@@ -68,12 +77,15 @@ pub mod win_rate;
 
 pub use config::{AlgorithmName, LoraSection, RewardName, TrainConfig, read_toml};
 pub use error::{Result, TrainError};
+pub use evaluator::{Evaluator, RewardEvaluator, SharedReward};
+pub use job::{OnlineJob, OnlineTask, train_pipeline};
 pub use observer::{Observer, PrintLines, SharedObserver, Silent};
-pub use online::{ShapesRl, open_runner, train};
+pub use online::{open_runner, train};
 pub use pref::{
     KtoSection, MapoSection, PrefAlgorithm, PrefConfig, PrefDataOptions, PrefDataSummary,
     PrefReport, pref_data, pref_train,
 };
+pub use pretrain::{PretrainOptions, PretrainOutcome, pretrain};
 pub use report::{EvalReward, Report, Snapshot};
 pub use sd::{is_stable_diffusion_dir, read_prompts};
 pub use shapes_eval::{Accuracy, SampleOptions, Verdict};

@@ -1,39 +1,33 @@
-//! The online job on Shapes-world models: rollouts of the LoRA-adapted model on training-split
-//! prompts, rewards, one iteration of an `align-rl` algorithm (or a DRaFT / AlignProp update),
-//! periodic evaluations with the reward-hacking monitor, checkpoints, and the final report.
-//! The reference policy is the same model with adapters off.
+//! The online job on Shapes-world models: the shared job of [`crate::job`] on a
+//! [`TextToImage`] pipeline with the training split's prompts, ShapeEval or the proxy reward,
+//! and the exact ShapeEval evaluator (accuracies, win rate, diversity, the reward-hacking
+//! monitor); and [`train`], which runs a configuration on a Shapes model or a Stable Diffusion
+//! directory.
 
 use std::path::Path;
-use std::time::Instant;
 
-use align_backprop::{DraftConfig, DraftUpdate, draft_update, reward_cotangent};
-use align_core::{Condition, CoreError, Denoiser, Job, Metrics, Runner};
+use align_backprop::DraftConfig;
+use align_core::{Control, CoreError, Denoiser, Metrics, Runner};
 use align_data::{Image, Split, SplitPart, Tokenizer};
-use align_models::{
-    LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora, with_lora_scale,
-};
+use align_models::{ShapesModel, ShapesModelConfig, TextToImage};
 use align_rewards::{
     HackingMonitor, ProxyReward, Reading, Reward, ShapeEvalMode, ShapeEvalReward,
     same_prompt_diversity,
 };
 use align_rl::{
-    Ddpo, DdpoConfig, DdpoVariant, DenseGrpo, Dpok, FlowGrpo, Iteration, OnlineAlgorithm, RlError,
-    Sdpo, run_iteration, step_reward_gains, trajectory_dense_rewards,
+    Ddpo, DdpoConfig, DdpoVariant, DenseGrpo, Dpok, FlowGrpo, OnlineAlgorithm, RlError, Sdpo,
 };
-use align_samplers::{
-    FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, SamplerConfig, rollout,
-};
+use align_samplers::{Sampler, SamplerConfig};
 use burn::module::{Module, ModuleDisplay};
-use burn::optim::GradientsParams;
 use burn::tensor::Device;
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
 
 use crate::config::{AlgorithmName, RewardName, TrainConfig};
 use crate::error::{Result, TrainError};
+use crate::evaluator::Evaluator;
 use crate::images::{images_to_tensor, write_grid};
+use crate::job::{OnlineTask, train_pipeline};
 use crate::observer::SharedObserver;
-use crate::report::{Report, Snapshot, WinRate, read_last_metrics, write_report};
+use crate::report::{Report, Snapshot, WinRate, write_report};
 use crate::shapes_eval::{
     Accuracy, GRID_PROMPTS, SampleOptions, accuracies, encode_prompt, evaluate_detailed, generate,
 };
@@ -141,352 +135,183 @@ impl Algorithm {
     }
 }
 
-/// The online-RL job on a Shapes model.
-pub struct ShapesRl<D: Module + Denoiser> {
-    algorithm: Algorithm,
-    sampler: Box<dyn Sampler + Send + Sync>,
-    reference: TextToImage<D>,
-    prompts: Vec<String>,
-    tokens: Vec<Vec<u32>>,
-    null: Vec<u32>,
-    reward: Box<dyn Reward>,
-    gold: ShapeEvalReward,
-    config: TrainConfig,
+/// The exact ShapeEval evaluation of a Shapes run: train and held-out accuracy on
+/// `eval_seeds` seeds per prompt, the held-out partial credits (paired for the win rate), the
+/// same-prompt diversity of a grid, and the reward-hacking monitor at every periodic
+/// evaluation.
+struct ShapesEvaluator {
     model_config: ShapesModelConfig,
-    image_size: usize,
-    observer: SharedObserver,
+    config: TrainConfig,
+    device: Device,
     monitor: HackingMonitor,
+    base: Snapshot,
 }
 
-/// Conditions (and null-prompt conditions) of prompt-table entries `ids`.
-fn encode_prompts<D: Module + Denoiser>(
-    tokens: &[Vec<u32>],
-    null: &[u32],
-    m: &TextToImage<D>,
-    ids: &[usize],
-) -> Result<(Condition, Option<Condition>), String> {
-    let device = m.text.devices()[0].clone();
-    let rows: Vec<Vec<u32>> = ids.iter().map(|&i| tokens[i].clone()).collect();
-    let nulls = vec![null.to_vec(); ids.len()];
-    let c = m.encode(&rows, &device).map_err(|e| e.to_string())?;
-    let u = m.encode(&nulls, &device).map_err(|e| e.to_string())?;
-    Ok((c, Some(u)))
-}
+/// Grid seeds per prompt of the Shapes grids.
+const GRID_SEEDS: usize = 4;
 
-impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
-    /// The prompts of iteration `it`: `prompts_per_iteration` training-split prompts, each
-    /// `group_size` times.
-    fn batch_prompts(&self, it: usize) -> Vec<usize> {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ 0x726c_7072_6f6d_7074);
-        rng.set_stream(it as u64);
-        let mut ids = Vec::new();
-        for _ in 0..self.config.prompts_per_iteration {
-            let p = (rng.next_u64() % self.prompts.len() as u64) as usize;
-            ids.extend(std::iter::repeat_n(p, self.config.group_size));
-        }
-        ids
-    }
-}
-
-/// One DRaFT / AlignProp update's inputs.
-struct BackpropStep<'a, D: Module> {
-    section: DraftConfig,
-    model: TextToImage<D>,
-    iteration: usize,
-    ids: &'a [usize],
-    prompts: &'a [String],
-    traj: &'a align_core::Trajectory,
-    images: &'a burn::tensor::Tensor<4>,
-    apply: &'a mut dyn FnMut(TextToImage<D>, GradientsParams) -> align_core::Result<TextToImage<D>>,
-}
-
-impl<D: Module + Denoiser + ModuleDisplay> ShapesRl<D> {
-    /// DRaFT / AlignProp: the proxy reward's gradient at the final sample, chained back through
-    /// the last K steps (K from the truncation, drawn per iteration for AlignProp).
-    fn backprop_iteration(
+impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesEvaluator {
+    fn base(
         &mut self,
-        step: BackpropStep<'_, D>,
-    ) -> align_core::Result<(TextToImage<D>, Metrics)> {
-        let job = |e: String| CoreError::Job(e);
-        let gold = self
-            .gold
-            .score(step.images, step.prompts)
-            .map_err(|e| job(e.to_string()))?;
-        let reward = &self.reward;
-        let score = |x: burn::tensor::Tensor<4>| match reward
-            .score_differentiable(x.clamp(-1.0, 1.0), step.prompts)
-        {
-            Some(r) => r.map_err(|e| e.to_string()),
-            None => Err(format!("{} is not differentiable", reward.name())),
+        base: &TextToImage<D>,
+        out: &Path,
+        resume: bool,
+        observer: &SharedObserver,
+    ) -> Result<()> {
+        // Base measurements, made once per run directory (a resumed run reuses `base.json`).
+        let base_path = out.join("base.json");
+        let saved: Option<Snapshot> = if resume {
+            std::fs::read_to_string(&base_path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+        } else {
+            None
         };
-        let (values, cotangent) =
-            reward_cotangent(step.traj.final_sample(), step.section.reward_scale, &score)
-                .map_err(|e| job(e.to_string()))?;
-        let (tokens, null) = (&self.tokens, &self.null);
-        let ids = step.ids;
-        let encode = |m: &TextToImage<D>| encode_prompts(tokens, null, m, ids);
-        let (model, stats) = draft_update(DraftUpdate {
-            model: step.model,
-            reference: &self.reference,
-            sampler: self.sampler.as_ref(),
-            trajectory: step.traj,
-            config: &step.section,
-            seed: self.config.seed,
-            iteration: step.iteration,
-            cotangent,
-            encode: &encode,
-            apply: step.apply,
-        })
-        .map_err(backprop_err)?;
-        let mut m = draft_metrics(&values, &stats);
-        m.insert(
-            "gold_partial_credit".into(),
-            gold.iter().sum::<f64>() / gold.len() as f64,
-        );
-        self.observer.iteration(&format!(
-            "proxy {:.3}  gold {:.3}  K {}",
-            m["reward_mean"], m["gold_partial_credit"], m["differentiated_steps"]
+        let (mc, config, device) = (&self.model_config, &self.config, &self.device);
+        self.base = match saved {
+            Some(b) => b,
+            None => {
+                let inner = base.valid();
+                let (train, held, scores) = evaluate_model(&inner, mc, config, device)?;
+                let (grid, div) =
+                    grid_and_diversity(&inner, mc, GRID_SEEDS, config.eval_steps, device)?;
+                write_grid(&grid, GRID_PROMPTS.len(), &out.join("grid-before.png"))?;
+                let b = Snapshot {
+                    train_accuracy: train.rate(),
+                    heldout_accuracy: held.rate(),
+                    heldout_partial_credit: held.partial,
+                    diversity: div,
+                    diversity_ratio: 1.0,
+                    heldout_scores: scores,
+                    ..Snapshot::default()
+                };
+                let json = serde_json::to_string_pretty(&b).map_err(|e| TrainError::File {
+                    path: base_path.clone(),
+                    reason: e.to_string(),
+                })?;
+                crate::images::write_atomically(&base_path, &json)?;
+                b
+            }
+        };
+        observer.say(&format!(
+            "base: ShapeEval train {:.1}% held-out {:.1}%, diversity {:.4}",
+            100.0 * self.base.train_accuracy,
+            100.0 * self.base.heldout_accuracy,
+            self.base.diversity
         ));
-        Ok((model, m))
-    }
-}
-
-impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for ShapesRl<D> {
-    fn iteration(
-        &mut self,
-        model: TextToImage<D>,
-        iteration: usize,
-        apply: &mut dyn FnMut(
-            TextToImage<D>,
-            GradientsParams,
-        ) -> align_core::Result<TextToImage<D>>,
-    ) -> align_core::Result<(TextToImage<D>, Metrics)> {
-        let ids = self.batch_prompts(iteration);
-        let b = ids.len();
-        // DenseGRPO's calibrated per-step noise: this iteration's sampler.
-        if let Algorithm::Online(a) = &self.algorithm
-            && let Some(scales) = a.noise_scales()
-        {
-            let sampler = FlowSdeSampler::new(
-                FlowGrid::new(self.config.train_steps, 1.0)
-                    .map_err(|e| CoreError::Job(e.to_string()))?,
-                self.config.noise_level,
-            )
-            .and_then(|s| s.with_window(self.config.sde_window.map(|(a, b)| a..b)))
-            .and_then(|s| s.with_noise_scales(Some(scales)))
-            .map_err(|e| CoreError::Job(e.to_string()))?;
-            self.sampler = Box::new(sampler);
-        }
-        // Roll out on the training device without a graph: the update re-scores with the same
-        // kernels, so the PPO ratio at θ_old is exactly 1.
-        let frozen = model.clone().no_grad();
-        let (cond, uncond) =
-            encode_prompts(&self.tokens, &self.null, &frozen, &ids).map_err(CoreError::Job)?;
-        let traj = rollout(
-            &frozen,
-            self.sampler.as_ref(),
-            &RolloutBatch {
-                condition: &cond,
-                uncond: uncond.as_ref(),
-                sample_ids: (0..b as u64).map(|i| (iteration * b) as u64 + i).collect(),
-                condition_ids: ids.clone(),
-                group_ids: None,
-                sample_shape: [3, self.image_size, self.image_size],
-            },
-            &RolloutConfig {
-                seed: self.config.seed,
-                guidance_scale: self.config.guidance,
-                keep_means: true,
-                keep_pred_x0: matches!(self.algorithm, Algorithm::Sdpo(_)),
-                ..RolloutConfig::default()
-            },
-        )
-        .map_err(|e| CoreError::Job(e.to_string()))?;
-        let images = traj.final_sample().clone().clamp(-1.0, 1.0);
-        let prompts: Vec<String> = ids.iter().map(|&i| self.prompts[i].clone()).collect();
-        if let Algorithm::Backprop(section) = &self.algorithm {
-            return self.backprop_iteration(BackpropStep {
-                section: section.clone(),
-                model,
-                iteration,
-                ids: &ids,
-                prompts: &prompts,
-                traj: &traj,
-                images: &images,
-                apply,
-            });
-        }
-        let rewards = self
-            .reward
-            .score(&images, &prompts)
-            .map_err(|e| CoreError::Job(e.to_string()))?;
-        let steps = traj.stochastic_steps();
-        // DenseGRPO: step-wise reward gains from ODE completions with the rollout policy.
-        let dense = match &self.algorithm {
-            Algorithm::Online(a) if a.uses_dense_rewards() => {
-                let reward = &self.reward;
-                let mut score = |x: burn::tensor::Tensor<4>| {
-                    reward
-                        .score(&x.clamp(-1.0, 1.0), &prompts)
-                        .map_err(|e| RlError::Reward(e.to_string()))
-                };
-                Some(
-                    step_reward_gains(
-                        &frozen,
-                        &traj,
-                        &cond,
-                        uncond.as_ref(),
-                        &steps,
-                        self.config.dense_grpo.ode_steps,
-                        &mut score,
-                    )
-                    .map_err(rl_err)?,
-                )
-            }
-            _ => None,
-        };
-        let (tokens, null) = (&self.tokens, &self.null);
-        let encode = |m: &TextToImage<D>, ids: &[usize]| encode_prompts(tokens, null, m, ids);
-        let mut apply_rl = |m, g| apply(m, g).map_err(RlError::Core);
-        let shuffle_seed = self.config.seed.wrapping_add(iteration as u64);
-        let (model, stats) = match &mut self.algorithm {
-            Algorithm::Online(algorithm) => run_iteration(
-                algorithm.as_mut(),
-                model,
-                Iteration {
-                    reference: Some(&self.reference),
-                    sampler: self.sampler.as_ref(),
-                    trajectory: &traj,
-                    rewards: &rewards,
-                    dense_rewards: dense.as_deref(),
-                    steps: &steps,
-                    encode: &encode,
-                    shuffle_seed,
-                },
-                &mut apply_rl,
-            )
-            .map_err(rl_err)?,
-            Algorithm::Backprop(_) => unreachable!("returned above"),
-            Algorithm::Sdpo(sdpo) => {
-                let reward = &self.reward;
-                let mut score = |x: burn::tensor::Tensor<4>| {
-                    reward
-                        .score(&x.clamp(-1.0, 1.0), &prompts)
-                        .map_err(|e| RlError::Reward(e.to_string()))
-                };
-                let dense = trajectory_dense_rewards(&traj, &mut score).map_err(rl_err)?;
-                let (model, update) = sdpo
-                    .run_iteration(
-                        model,
-                        self.sampler.as_ref(),
-                        &traj,
-                        &dense,
-                        &encode,
-                        shuffle_seed,
-                        &mut apply_rl,
-                    )
-                    .map_err(rl_err)?;
-                let n = rewards.len() as f64;
-                let mean = rewards.iter().sum::<f64>() / n;
-                let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-                (
-                    model,
-                    align_rl::IterationStats {
-                        reward_mean: mean,
-                        reward_std: std,
-                        zero_advantage_fraction: 0.0,
-                        optimizer_steps: update.steps,
-                        update,
+        if !resume && config.reward != RewardName::Proxy {
+            // The base model is the monitor's baseline (with the proxy reward, the first
+            // evaluation is: the base model's proxy score on held-out prompts is not measured).
+            self.monitor
+                .observe(Reading {
+                    step: 0,
+                    proxy: match config.reward {
+                        RewardName::ShapeEval => self.base.heldout_accuracy,
+                        _ => self.base.heldout_partial_credit,
                     },
-                )
-            }
-        };
-        Ok((model, iteration_metrics(&stats, &self.observer)))
-    }
-
-    fn state(&self) -> align_core::Result<serde_json::Value> {
-        let monitor = serde_json::to_value(&self.monitor)
-            .map_err(|e| CoreError::Job(format!("saving the monitor: {e}")))?;
-        Ok(serde_json::json!({ "algorithm": self.algorithm.state(), "monitor": monitor }))
-    }
-
-    fn restore(&mut self, state: &serde_json::Value) -> align_core::Result<()> {
-        self.algorithm
-            .restore(&state["algorithm"])
-            .map_err(rl_err)?;
-        if !state["monitor"].is_null() {
-            self.monitor = serde_json::from_value(state["monitor"].clone())
-                .map_err(|e| CoreError::Job(format!("checkpoint monitor state: {e}")))?;
+                    gold: self.base.heldout_accuracy,
+                    diversity: self.base.diversity,
+                    kl: 0.0,
+                })
+                .map_err(|e| TrainError::config("monitor", e.to_string()))?;
         }
         Ok(())
     }
 
-    fn after_iteration(
+    fn periodic(
         &mut self,
         model: &TextToImage<D>,
         iteration: usize,
         metrics: &mut Metrics,
-    ) -> align_core::Result<align_core::Control> {
+        observer: &SharedObserver,
+    ) -> Result<Control> {
         let every = self.config.eval_every;
-        if every > 0 && (iteration + 1).is_multiple_of(every) {
-            let valid = model.valid();
-            let device = valid.text.devices()[0].clone();
-            let (train, held, _) =
-                evaluate_model(&valid, &self.model_config, &self.config, &device)
-                    .map_err(TrainError::into_core)?;
-            let (grid, diversity) = grid_and_diversity(
-                &valid,
-                &self.model_config,
-                4,
-                self.config.eval_steps,
-                &device,
-            )
-            .map_err(TrainError::into_core)?;
-            write_grid(
-                &grid,
-                GRID_PROMPTS.len(),
-                &self
-                    .config
-                    .out
-                    .join(format!("grid-iteration-{:06}.png", iteration + 1)),
-            )
-            .map_err(TrainError::into_core)?;
-            metrics.insert("eval_train_accuracy".into(), train.rate());
-            metrics.insert("eval_heldout_accuracy".into(), held.rate());
-            metrics.insert("eval_diversity".into(), diversity);
-            self.observer.say(&format!(
-                "iteration {}: ShapeEval train {:.1}% held-out {:.1}%, diversity {diversity:.4}",
-                iteration + 1,
-                100.0 * train.rate(),
-                100.0 * held.rate()
-            ));
-            let verdict = self
-                .monitor
-                .observe(monitor_reading(
-                    iteration + 1,
-                    self.config.reward,
-                    metrics.get("reward_mean").copied().unwrap_or(0.0),
-                    &held,
-                    diversity,
-                    metrics.get("kl").copied().unwrap_or(0.0),
-                ))
-                .map_err(|e| CoreError::Job(e.to_string()))?;
-            metrics.insert("hacking_warnings".into(), verdict.warnings.len() as f64);
-            for w in &verdict.warnings {
-                self.observer.say(&format!("warning: {w}"));
-            }
-            if verdict.stop {
-                let reasons: Vec<String> = verdict.warnings.iter().map(|w| w.to_string()).collect();
-                return Ok(align_core::Control::Stop(format!(
-                    "reward-hacking monitor: {}",
-                    reasons.join("; ")
-                )));
-            }
+        if every == 0 || !(iteration + 1).is_multiple_of(every) {
+            return Ok(Control::Continue);
         }
-        Ok(align_core::Control::Continue)
+        let valid = model.valid();
+        let device = valid.text.devices()[0].clone();
+        let (mc, config) = (&self.model_config, &self.config);
+        let (train, held, _) = evaluate_model(&valid, mc, config, &device)?;
+        let (grid, diversity) =
+            grid_and_diversity(&valid, mc, GRID_SEEDS, config.eval_steps, &device)?;
+        write_grid(
+            &grid,
+            GRID_PROMPTS.len(),
+            &config
+                .out
+                .join(format!("grid-iteration-{:06}.png", iteration + 1)),
+        )?;
+        metrics.insert("eval_train_accuracy".into(), train.rate());
+        metrics.insert("eval_heldout_accuracy".into(), held.rate());
+        metrics.insert("eval_diversity".into(), diversity);
+        observer.say(&format!(
+            "iteration {}: ShapeEval train {:.1}% held-out {:.1}%, diversity {diversity:.4}",
+            iteration + 1,
+            100.0 * train.rate(),
+            100.0 * held.rate()
+        ));
+        let verdict = self
+            .monitor
+            .observe(monitor_reading(
+                iteration + 1,
+                config.reward,
+                metrics.get("reward_mean").copied().unwrap_or(0.0),
+                &held,
+                diversity,
+                metrics.get("kl").copied().unwrap_or(0.0),
+            ))
+            .map_err(|e| TrainError::config("monitor", e.to_string()))?;
+        metrics.insert("hacking_warnings".into(), verdict.warnings.len() as f64);
+        for w in &verdict.warnings {
+            observer.say(&format!("warning: {w}"));
+        }
+        if verdict.stop {
+            let reasons: Vec<String> = verdict.warnings.iter().map(|w| w.to_string()).collect();
+            return Ok(Control::Stop(format!(
+                "reward-hacking monitor: {}",
+                reasons.join("; ")
+            )));
+        }
+        Ok(Control::Continue)
+    }
+
+    fn finish(&mut self, trained: &TextToImage<D>, report: &mut Report, out: &Path) -> Result<()> {
+        let (mc, config, device) = (&self.model_config, &self.config, &self.device);
+        let (train, held, scores) = evaluate_model(trained, mc, config, device)?;
+        report.heldout_win_rate = WinRate::paired(&scores, &self.base.heldout_scores);
+        let (grid, div) = grid_and_diversity(trained, mc, GRID_SEEDS, config.eval_steps, device)?;
+        write_grid(&grid, GRID_PROMPTS.len(), &out.join("grid-after.png"))?;
+        let base_div = self.base.diversity;
+        report.base = self.base.clone();
+        report.final_ = Snapshot {
+            train_accuracy: train.rate(),
+            heldout_accuracy: held.rate(),
+            heldout_partial_credit: held.partial,
+            diversity: div,
+            diversity_ratio: if base_div > 0.0 { div / base_div } else { 0.0 },
+            kl: report.final_.kl,
+            reward_mean: report.final_.reward_mean,
+            heldout_scores: scores,
+        };
+        Ok(())
+    }
+
+    fn write_report(&self, report: &Report, out: &Path) -> Result<()> {
+        write_report(out, report)
+    }
+
+    fn state(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(&self.monitor)
+            .map_err(|e| TrainError::config("monitor", format!("saving the monitor: {e}")))
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        self.monitor = serde_json::from_value(state.clone())
+            .map_err(|e| TrainError::config("monitor", format!("checkpoint monitor state: {e}")))?;
+        Ok(())
     }
 }
-
 /// A monitor reading from a held-out evaluation: the optimized reward (proxy) against the gold
 /// pass rate, with diversity and KL.
 /// With the learned proxy as the reward, the proxy reading is the last training batch's mean
@@ -658,7 +483,9 @@ fn train_sampler(
     Ok(s.build()?)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Salt of the Shapes runs' per-iteration prompt draw.
+const SHAPES_PROMPT_SALT: u64 = 0x726c_7072_6f6d_7074;
+
 fn train_model<D: Module + Denoiser + ModuleDisplay>(
     base: TextToImage<D>,
     model_config: &ShapesModelConfig,
@@ -667,155 +494,37 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
     observer: &SharedObserver,
     device: &Device,
 ) -> Result<Report> {
-    let started = Instant::now();
-    let inner_model = base.valid();
-    // LoRA's A factors are drawn from the device RNG: seed it so a run is reproducible.
-    device.clone().autodiff().seed(config.seed);
-    let policy = apply_lora(
-        base,
-        &LoraConfig::new()
-            .with_rank(config.lora.rank)
-            .with_alpha(config.lora.alpha),
-    )
-    .map_err(|e| TrainError::config("lora", e.to_string()))?;
-    let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
     let tok = Tokenizer::new();
-    let split = Split::standard();
-    let prompts: Vec<String> = split
+    let prompts: Vec<String> = Split::standard()
         .all_specs(SplitPart::Train)
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let tokens = prompts
-        .iter()
-        .map(|p| encode_prompt(&tok, p))
-        .collect::<Result<Vec<_>>>()?;
-    std::fs::create_dir_all(&config.out).map_err(|e| TrainError::io(&config.out, e))?;
-    // Refuse to overwrite a run before spending minutes on the base evaluation.
-    let runner = open_runner(config.runner.clone(), &config.out, resume)?;
-    // Load the reward before spending minutes on the base evaluation.
-    let reward = build_reward(config, device)?;
-    let seeds = 4;
-    let mut report = Report {
-        algorithm: format!("{:?}", config.algorithm),
-        model: std::fs::canonicalize(&config.model)
-            .unwrap_or_else(|_| config.model.clone())
-            .display()
-            .to_string(),
-        ..Report::default()
-    };
-    // Base measurements, made once per run directory (a resumed run reuses `base.json`).
-    let base_path = config.out.join("base.json");
-    let saved: Option<Snapshot> = if resume {
-        std::fs::read_to_string(&base_path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-    } else {
-        None
-    };
-    report.base = match saved {
-        Some(b) => b,
-        None => {
-            let (base_train, base_held, base_scores) =
-                evaluate_model(&inner_model, model_config, config, device)?;
-            let (grid, base_div) =
-                grid_and_diversity(&inner_model, model_config, seeds, config.eval_steps, device)?;
-            write_grid(
-                &grid,
-                GRID_PROMPTS.len(),
-                &config.out.join("grid-before.png"),
-            )?;
-            let b = Snapshot {
-                train_accuracy: base_train.rate(),
-                heldout_accuracy: base_held.rate(),
-                heldout_partial_credit: base_held.partial,
-                diversity: base_div,
-                diversity_ratio: 1.0,
-                heldout_scores: base_scores,
-                ..Snapshot::default()
-            };
-            let json = serde_json::to_string_pretty(&b).map_err(|e| TrainError::File {
-                path: base_path.clone(),
-                reason: e.to_string(),
-            })?;
-            crate::images::write_atomically(&base_path, &json)?;
-            b
-        }
-    };
-    let base_div = report.base.diversity;
-    let msg = format!(
-        "base: ShapeEval train {:.1}% held-out {:.1}%, diversity {base_div:.4}",
-        100.0 * report.base.train_accuracy,
-        100.0 * report.base.heldout_accuracy
-    );
-    observer.say(&msg);
-    let mut monitor = config
-        .monitor
-        .init()
-        .map_err(|e| TrainError::config("monitor", e.to_string()))?;
-    if !resume && config.reward != RewardName::Proxy {
-        // The base model is the monitor's baseline (with the proxy reward, the first
-        // evaluation is: the base model's proxy score on held-out prompts is not measured).
-        monitor
-            .observe(Reading {
-                step: 0,
-                proxy: match config.reward {
-                    RewardName::ShapeEval => report.base.heldout_accuracy,
-                    _ => report.base.heldout_partial_credit,
-                },
-                gold: report.base.heldout_accuracy,
-                diversity: report.base.diversity,
-                kl: 0.0,
-            })
-            .map_err(|e| TrainError::config("monitor", e.to_string()))?;
+    for p in &prompts {
+        encode_prompt(&tok, p)?;
     }
-    let mut job = ShapesRl {
-        algorithm: build_algorithm(config, &prompts)?,
-        sampler: train_sampler(config, model_config)?,
-        reference,
-        prompts,
-        tokens,
-        null: tok.null_prompt(),
-        reward,
-        gold: ShapeEvalReward::new(ShapeEvalMode::PartialCredit),
-        config: config.clone(),
+    let evaluator = ShapesEvaluator {
         model_config: model_config.clone(),
-        image_size: model_config.image_size,
-        observer: observer.clone(),
-        monitor,
+        config: config.clone(),
+        device: device.clone(),
+        monitor: config
+            .monitor
+            .init()
+            .map_err(|e| TrainError::config("monitor", e.to_string()))?,
+        base: Snapshot::default(),
     };
-    observer.start(config.runner.iterations, 0);
-    let outcome = runner.run(policy, &mut job, resume)?;
-    observer.finish();
-    let (trained, evaluated) = match outcome.ema {
-        Some(average) => (average, "ema"),
-        None => (outcome.model.valid(), "final"),
+    let task = OnlineTask {
+        pipeline: base,
+        prompts,
+        // Loaded before the base evaluation, so that a missing reward model fails fast.
+        reward: build_reward(config, device)?,
+        gold: Some(Box::new(ShapeEvalReward::new(ShapeEvalMode::PartialCredit))),
+        sampler: train_sampler(config, model_config)?,
+        sample_shape: [3, model_config.image_size, model_config.image_size],
+        lora_targets: None,
+        prompt_salt: SHAPES_PROMPT_SALT,
     };
-    report.evaluated_weights = evaluated.to_string();
-    let (train, held, scores) = evaluate_model(&trained, model_config, config, device)?;
-    report.heldout_win_rate = WinRate::paired(&scores, &report.base.heldout_scores);
-    let (grid, div) = grid_and_diversity(&trained, model_config, seeds, config.eval_steps, device)?;
-    write_grid(
-        &grid,
-        GRID_PROMPTS.len(),
-        &config.out.join("grid-after.png"),
-    )?;
-    let last = read_last_metrics(&config.out.join(align_core::runner::METRICS));
-    report.final_ = Snapshot {
-        train_accuracy: train.rate(),
-        heldout_accuracy: held.rate(),
-        heldout_partial_credit: held.partial,
-        diversity: div,
-        diversity_ratio: if base_div > 0.0 { div / base_div } else { 0.0 },
-        kl: last.get("kl").copied().unwrap_or(0.0),
-        reward_mean: last.get("reward_mean").copied().unwrap_or(0.0),
-        heldout_scores: scores,
-    };
-    report.iterations = outcome.iterations;
-    report.stopped = outcome.stopped;
-    report.wall_seconds = started.elapsed().as_secs_f64();
-    write_report(&config.out, &report)?;
-    Ok(report)
+    train_pipeline(task, Box::new(evaluator), config, resume, observer)
 }
 
 /// Runs an online job from a configuration: Shapes models (`model.json`) or Stable Diffusion

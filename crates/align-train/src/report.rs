@@ -131,10 +131,10 @@ periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.
 ///
 /// # Errors
 /// The files cannot be written.
-pub fn write_sd_report(dir: &Path, report: &Report, eval: &EvalReward) -> Result<()> {
+pub fn write_reward_report(dir: &Path, report: &Report, eval: &EvalReward) -> Result<()> {
     write_report_json(dir, report)?;
     let md = format!(
-        "# Run report: {alg}\n\nStable Diffusion model: `{model}`. Iterations: {it}{stop}. Wall \
+        "# Run report: {alg}\n\nModel: `{model}`. Iterations: {it}{stop}. Wall \
 time: {wall:.0} s.\n\n| | base | final |\n|---|---|---|\n| mean `{name}` on the evaluation \
 prompts (DDIM η = 0) | {b:.4} | {f:.4} |\n| per-step KL to reference (last iteration) | — | \
 {kl:.3e} |\n\nGrids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). \

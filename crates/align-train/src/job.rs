@@ -1,0 +1,457 @@
+//! The online job, generic over the [`Pipeline`]: rollouts of the LoRA-adapted policy on the
+//! run's prompts, rewards, one iteration of an `align-rl` algorithm (DDPO-SF/IS, DPOK,
+//! Flow-GRPO and its Fast window, DenseGRPO, SDPO) or a reward-backprop update (DRaFT-K,
+//! AlignProp), then the [`Evaluator`]'s periodic evaluation. The reference policy is the same
+//! pipeline with its adapters off.
+//!
+//! [`train_pipeline`] runs it on the [`align_core::Runner`] for any pipeline: the Shapes models
+//! ([`crate::train`] with a `model.json` directory), Stable Diffusion (a diffusers directory),
+//! or a model of the user's own (see `examples/flow_grpo_own_model.rs`).
+
+use std::path::Path;
+use std::time::Instant;
+
+use align_backprop::{DraftUpdate, draft_update, reward_cotangent};
+use align_core::{Condition, CoreError, Job, Metrics};
+use align_models::{LoraConfig, Pipeline, apply_lora, with_lora_scale};
+use align_rewards::Reward;
+use align_rl::{Iteration, RlError, run_iteration, step_reward_gains, trajectory_dense_rewards};
+use align_samplers::{FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, rollout};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::evaluator::Evaluator;
+use crate::observer::SharedObserver;
+use crate::online::{
+    Algorithm, backprop_err, build_algorithm, draft_metrics, iteration_metrics, open_runner, rl_err,
+};
+use crate::report::{Report, read_last_metrics};
+
+/// Salt of the per-iteration prompt draw of Stable Diffusion and user pipelines.
+pub const PIPELINE_PROMPT_SALT: u64 = 0x7364_7072_6f6d_7074;
+
+/// What an online run trains: the pipeline, its prompts, its reward and its sampler.
+pub struct OnlineTask<P: Pipeline> {
+    /// The base pipeline on the autodiff device (the job adds the LoRA adapters).
+    pub pipeline: P,
+    /// The training prompts; each iteration draws `prompts_per_iteration` of them (with
+    /// replacement), each `group_size` times.
+    pub prompts: Vec<String>,
+    /// The reward optimised (for reward backprop it must be differentiable).
+    pub reward: Box<dyn Reward>,
+    /// A second score logged beside a reward-backprop update as `gold_partial_credit`
+    /// (the Shapes runs log ShapeEval's partial credit while optimising the proxy).
+    pub gold: Option<Box<dyn Reward>>,
+    /// The rollout sampler (stochastic: DDIM with η > 0, the flow SDE).
+    pub sampler: Box<dyn Sampler + Send + Sync>,
+    /// The shape `[C, h, w]` of one sample.
+    pub sample_shape: [usize; 3],
+    /// Names of the layers the adapters attach to (`None` = [`LoraConfig`]'s default targets:
+    /// the attention and MLP projections `query`, `key`, `value`, `output`, `context_proj`,
+    /// `ff_*`, `mlp_*`).
+    pub lora_targets: Option<Vec<String>>,
+    /// Mixed into the seed of the prompt draw ([`PIPELINE_PROMPT_SALT`] unless a family keeps
+    /// its own sequence).
+    pub prompt_salt: u64,
+}
+
+impl<P: Pipeline> OnlineTask<P> {
+    /// A task with no gold score, the default LoRA targets and the default prompt salt.
+    pub fn new(
+        pipeline: P,
+        prompts: Vec<String>,
+        reward: Box<dyn Reward>,
+        sampler: Box<dyn Sampler + Send + Sync>,
+        sample_shape: [usize; 3],
+    ) -> Self {
+        Self {
+            pipeline,
+            prompts,
+            reward,
+            gold: None,
+            sampler,
+            sample_shape,
+            lora_targets: None,
+            prompt_salt: PIPELINE_PROMPT_SALT,
+        }
+    }
+}
+
+/// The online job as the runner drives it.
+pub struct OnlineJob<P: Pipeline> {
+    algorithm: Algorithm,
+    sampler: Box<dyn Sampler + Send + Sync>,
+    reference: P,
+    prompts: Vec<String>,
+    prompt_salt: u64,
+    reward: Box<dyn Reward>,
+    gold: Option<Box<dyn Reward>>,
+    config: TrainConfig,
+    shape: [usize; 3],
+    observer: SharedObserver,
+    evaluator: Box<dyn Evaluator<P>>,
+}
+
+/// Conditions (and unconditional conditions) of prompt-table entries `ids`.
+fn conditions<P: Pipeline>(
+    table: &[String],
+    m: &P,
+    ids: &[usize],
+) -> Result<(Condition, Option<Condition>), String> {
+    let rows: Vec<String> = ids.iter().map(|&i| table[i].clone()).collect();
+    let (c, u) = m.prompt_conditions(&rows).map_err(|e| e.to_string())?;
+    Ok((c, Some(u)))
+}
+
+impl<P: Pipeline> OnlineJob<P> {
+    /// The prompts of iteration `it`: `prompts_per_iteration` draws, each `group_size` times.
+    fn batch_prompts(&self, it: usize) -> Vec<usize> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ self.prompt_salt);
+        rng.set_stream(it as u64);
+        let mut ids = Vec::new();
+        for _ in 0..self.config.prompts_per_iteration {
+            let p = (rng.next_u64() % self.prompts.len() as u64) as usize;
+            ids.extend(std::iter::repeat_n(p, self.config.group_size));
+        }
+        ids
+    }
+
+    /// DRaFT / AlignProp: the reward's gradient at the decoded final sample, chained back
+    /// through the last K sampler steps (K from the truncation, drawn per iteration for
+    /// AlignProp), with the optional pull toward the adapters-off reference.
+    #[allow(clippy::too_many_arguments)]
+    fn backprop_iteration(
+        &mut self,
+        model: P,
+        iteration: usize,
+        ids: &[usize],
+        prompts: &[String],
+        traj: &align_core::Trajectory,
+        images: &Tensor<4>,
+        apply: &mut dyn FnMut(P, GradientsParams) -> align_core::Result<P>,
+    ) -> align_core::Result<(P, Metrics)> {
+        let Algorithm::Backprop(section) = &self.algorithm else {
+            return Err(CoreError::Job("not a reward-backprop run".into()));
+        };
+        let section = section.clone();
+        let job = |e: String| CoreError::Job(e);
+        let gold = match &self.gold {
+            Some(g) => Some(g.score(images, prompts).map_err(|e| job(e.to_string()))?),
+            None => None,
+        };
+        let (values, cotangent) = {
+            let reward = &self.reward;
+            let score =
+                |x: Tensor<4>| match reward.score_differentiable(model.sample_images(x), prompts) {
+                    Some(r) => r.map_err(|e| e.to_string()),
+                    None => Err(format!("{} is not differentiable", reward.name())),
+                };
+            reward_cotangent(traj.final_sample(), section.reward_scale, &score)
+                .map_err(|e| job(e.to_string()))?
+        };
+        let table = &self.prompts;
+        let encode = |m: &P| conditions(table, m, ids);
+        let (model, stats) = draft_update(DraftUpdate {
+            model,
+            reference: &self.reference,
+            sampler: self.sampler.as_ref(),
+            trajectory: traj,
+            config: &section,
+            seed: self.config.seed,
+            iteration,
+            cotangent,
+            encode: &encode,
+            apply,
+        })
+        .map_err(backprop_err)?;
+        let mut m = draft_metrics(&values, &stats);
+        match gold {
+            Some(gold) => {
+                m.insert(
+                    "gold_partial_credit".into(),
+                    gold.iter().sum::<f64>() / gold.len() as f64,
+                );
+                self.observer.iteration(&format!(
+                    "proxy {:.3}  gold {:.3}  K {}",
+                    m["reward_mean"], m["gold_partial_credit"], m["differentiated_steps"]
+                ));
+            }
+            None => self.observer.iteration(&format!(
+                "reward {:.3}  K {}",
+                m["reward_mean"], m["differentiated_steps"]
+            )),
+        }
+        Ok((model, m))
+    }
+}
+
+impl<P: Pipeline> Job<P> for OnlineJob<P> {
+    fn iteration(
+        &mut self,
+        model: P,
+        iteration: usize,
+        apply: &mut dyn FnMut(P, GradientsParams) -> align_core::Result<P>,
+    ) -> align_core::Result<(P, Metrics)> {
+        let job = |e: String| CoreError::Job(e);
+        let ids = self.batch_prompts(iteration);
+        let b = ids.len();
+        // DenseGRPO's calibrated per-step noise: this iteration's sampler.
+        if let Algorithm::Online(a) = &self.algorithm
+            && let Some(scales) = a.noise_scales()
+        {
+            let sampler = FlowSdeSampler::new(
+                FlowGrid::new(self.config.train_steps, 1.0).map_err(|e| job(e.to_string()))?,
+                self.config.noise_level,
+            )
+            .and_then(|s| s.with_window(self.config.sde_window.map(|(a, b)| a..b)))
+            .and_then(|s| s.with_noise_scales(Some(scales)))
+            .map_err(|e| job(e.to_string()))?;
+            self.sampler = Box::new(sampler);
+        }
+        // Roll out on the training device without a graph: the update re-scores with the same
+        // kernels, so the PPO ratio at θ_old is exactly 1.
+        let frozen = model.clone().no_grad();
+        let (cond, uncond) = conditions(&self.prompts, &frozen, &ids).map_err(job)?;
+        let traj = rollout(
+            &frozen,
+            self.sampler.as_ref(),
+            &RolloutBatch {
+                condition: &cond,
+                uncond: uncond.as_ref(),
+                sample_ids: (0..b as u64).map(|i| (iteration * b) as u64 + i).collect(),
+                condition_ids: ids.clone(),
+                group_ids: None,
+                sample_shape: self.shape,
+            },
+            &RolloutConfig {
+                seed: self.config.seed,
+                guidance_scale: self.config.guidance,
+                keep_means: true,
+                keep_pred_x0: matches!(self.algorithm, Algorithm::Sdpo(_)),
+                ..RolloutConfig::default()
+            },
+        )
+        .map_err(|e| job(e.to_string()))?;
+        let images = frozen
+            .sample_images(traj.final_sample().clone())
+            .clamp(-1.0, 1.0);
+        let prompts: Vec<String> = ids.iter().map(|&i| self.prompts[i].clone()).collect();
+        if matches!(self.algorithm, Algorithm::Backprop(_)) {
+            return self
+                .backprop_iteration(model, iteration, &ids, &prompts, &traj, &images, apply);
+        }
+        let rewards = self
+            .reward
+            .score(&images, &prompts)
+            .map_err(|e| job(e.to_string()))?;
+        let steps = traj.stochastic_steps();
+        let reward = &self.reward;
+        let mut score = |x: Tensor<4>| {
+            reward
+                .score(&frozen.sample_images(x).clamp(-1.0, 1.0), &prompts)
+                .map_err(|e| RlError::Reward(e.to_string()))
+        };
+        // DenseGRPO: step-wise reward gains from ODE completions with the rollout policy.
+        let dense = match &self.algorithm {
+            Algorithm::Online(a) if a.uses_dense_rewards() => Some(
+                step_reward_gains(
+                    &frozen,
+                    &traj,
+                    &cond,
+                    uncond.as_ref(),
+                    &steps,
+                    self.config.dense_grpo.ode_steps,
+                    &mut score,
+                )
+                .map_err(rl_err)?,
+            ),
+            _ => None,
+        };
+        let table = &self.prompts;
+        let encode = |m: &P, ids: &[usize]| conditions(table, m, ids);
+        let mut apply_rl = |m, g| apply(m, g).map_err(RlError::Core);
+        let shuffle_seed = self.config.seed.wrapping_add(iteration as u64);
+        let (model, stats) = match &mut self.algorithm {
+            Algorithm::Online(algorithm) => run_iteration(
+                algorithm.as_mut(),
+                model,
+                Iteration {
+                    reference: Some(&self.reference),
+                    sampler: self.sampler.as_ref(),
+                    trajectory: &traj,
+                    rewards: &rewards,
+                    dense_rewards: dense.as_deref(),
+                    steps: &steps,
+                    encode: &encode,
+                    shuffle_seed,
+                },
+                &mut apply_rl,
+            )
+            .map_err(rl_err)?,
+            Algorithm::Backprop(_) => unreachable!("returned above"),
+            Algorithm::Sdpo(sdpo) => {
+                let dense = trajectory_dense_rewards(&traj, &mut score).map_err(rl_err)?;
+                let (model, update) = sdpo
+                    .run_iteration(
+                        model,
+                        self.sampler.as_ref(),
+                        &traj,
+                        &dense,
+                        &encode,
+                        shuffle_seed,
+                        &mut apply_rl,
+                    )
+                    .map_err(rl_err)?;
+                let n = rewards.len() as f64;
+                let mean = rewards.iter().sum::<f64>() / n;
+                let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+                (
+                    model,
+                    align_rl::IterationStats {
+                        reward_mean: mean,
+                        reward_std: std,
+                        zero_advantage_fraction: 0.0,
+                        optimizer_steps: update.steps,
+                        update,
+                    },
+                )
+            }
+        };
+        Ok((model, iteration_metrics(&stats, &self.observer)))
+    }
+
+    fn state(&self) -> align_core::Result<serde_json::Value> {
+        let mut state = serde_json::json!({ "algorithm": self.algorithm.state() });
+        let evaluator = self.evaluator.state().map_err(TrainError::into_core)?;
+        if !evaluator.is_null() {
+            state["monitor"] = evaluator;
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> align_core::Result<()> {
+        self.algorithm
+            .restore(&state["algorithm"])
+            .map_err(rl_err)?;
+        if !state["monitor"].is_null() {
+            self.evaluator
+                .restore(&state["monitor"])
+                .map_err(TrainError::into_core)?;
+        }
+        Ok(())
+    }
+
+    fn after_iteration(
+        &mut self,
+        model: &P,
+        _average: Option<&P>,
+        iteration: usize,
+        metrics: &mut Metrics,
+    ) -> align_core::Result<align_core::Control> {
+        self.evaluator
+            .periodic(model, iteration, metrics, &self.observer)
+            .map_err(TrainError::into_core)
+    }
+}
+
+/// Runs the online job of `config` on `task` in `config.out`, measured by `evaluator`:
+/// LoRA adapters (rank and α from `config.lora`) on the pipeline, the adapters-off
+/// reference, the base evaluation (once per run directory), the runner's iterations with
+/// periodic evaluations, the final evaluation of the trained weights (the weight average
+/// when `runner.ema_decay` is set) and the report. `resume` continues the run from its last
+/// checkpoint, bit-identically.
+///
+/// `config.model` names the model in the report only, and `config.reward` is not read: the
+/// task carries the reward.
+///
+/// # Errors
+/// An invalid `config` ([`TrainConfig::validate_job`]), no prompts, an algorithm that cannot
+/// be built from `config`, an existing run without `resume`, bad LoRA targets, run and
+/// evaluation errors.
+pub fn train_pipeline<P: Pipeline>(
+    task: OnlineTask<P>,
+    mut evaluator: Box<dyn Evaluator<P>>,
+    config: &TrainConfig,
+    resume: bool,
+    observer: &SharedObserver,
+) -> Result<Report> {
+    let started = Instant::now();
+    config.validate_job()?;
+    if task.prompts.is_empty() {
+        return Err(TrainError::config(
+            "prompts",
+            "the run has no training prompts",
+        ));
+    }
+    let out: &Path = &config.out;
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    // Refuse to overwrite a run before spending minutes on the base evaluation.
+    let runner = open_runner(config.runner.clone(), out, resume)?;
+    // LoRA's A factors are drawn from the device RNG: seed it so a run is reproducible.
+    let device = task
+        .pipeline
+        .devices()
+        .into_iter()
+        .next()
+        .ok_or_else(|| TrainError::config("model", "the pipeline has no parameters"))?;
+    // Freshly initialised weights are lazy: drawn from the device RNG when first read. Draw
+    // them now, before the run seeds the RNG, so that every clone (the reference, the base
+    // evaluation) and a resumed run see the same values.
+    align_core::runner::materialize(&task.pipeline);
+    device.seed(config.seed);
+    let base = task.pipeline.clone();
+    let mut lora = LoraConfig::new()
+        .with_rank(config.lora.rank)
+        .with_alpha(config.lora.alpha);
+    if let Some(targets) = task.lora_targets {
+        lora = lora.with_targets(targets);
+    }
+    let policy =
+        apply_lora(task.pipeline, &lora).map_err(|e| TrainError::config("lora", e.to_string()))?;
+    align_core::runner::materialize(&policy);
+    let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
+    evaluator.base(&base, out, resume, observer)?;
+    drop(base);
+    let mut job = OnlineJob {
+        algorithm: build_algorithm(config, &task.prompts)?,
+        sampler: task.sampler,
+        reference,
+        prompts: task.prompts,
+        prompt_salt: task.prompt_salt,
+        reward: task.reward,
+        gold: task.gold,
+        config: config.clone(),
+        shape: task.sample_shape,
+        observer: observer.clone(),
+        evaluator,
+    };
+    observer.start(config.runner.iterations, 0);
+    let outcome = runner.run(policy, &mut job, resume)?;
+    observer.finish();
+    let (trained, evaluated) = match outcome.ema {
+        Some(average) => (average, "ema"),
+        None => (outcome.model.valid(), "final"),
+    };
+    let last = read_last_metrics(&out.join(align_core::runner::METRICS));
+    let mut report = Report {
+        algorithm: format!("{:?}", config.algorithm),
+        model: std::fs::canonicalize(&config.model)
+            .unwrap_or_else(|_| config.model.clone())
+            .display()
+            .to_string(),
+        iterations: outcome.iterations,
+        stopped: outcome.stopped,
+        evaluated_weights: evaluated.to_string(),
+        ..Report::default()
+    };
+    report.final_.kl = last.get("kl").copied().unwrap_or(0.0);
+    report.final_.reward_mean = last.get("reward_mean").copied().unwrap_or(0.0);
+    job.evaluator.finish(&trained, &mut report, out)?;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    job.evaluator.write_report(&report, out)?;
+    Ok(report)
+}
