@@ -174,11 +174,11 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             algorithm: AlgorithmName::FlowGrpo,
-            model: PathBuf::from("models/shapes-flow-unet"),
-            out: PathBuf::from("runs/quickstart"),
+            model: PathBuf::new(),
+            out: PathBuf::new(),
             seed: 0,
             reward: RewardName::ShapeEvalPartial,
-            reward_model: PathBuf::from("models/proxy-rm"),
+            reward_model: PathBuf::new(),
             prompts_per_iteration: 4,
             group_size: 8,
             train_steps: 10,
@@ -242,6 +242,22 @@ impl TrainConfig {
     /// # Errors
     /// [`TrainError::Config`] naming the first invalid field.
     pub fn validate(&self) -> Result<()> {
+        if self.model.as_os_str().is_empty() {
+            return Err(TrainError::config("model", "no model directory given"));
+        }
+        let needs_model = matches!(
+            self.reward,
+            RewardName::Proxy
+                | RewardName::Aesthetic
+                | RewardName::ClipScore
+                | RewardName::PickScore
+        );
+        if needs_model && self.reward_model.as_os_str().is_empty() {
+            return Err(TrainError::config(
+                "reward_model",
+                format!("reward {:?} needs the directory of its model", self.reward),
+            ));
+        }
         if self.algorithm.is_backprop() && !self.reward.is_differentiable() {
             return Err(TrainError::config(
                 "reward",
@@ -262,6 +278,9 @@ impl TrainConfig {
     /// [`TrainError::Config`] naming the first invalid field.
     pub fn validate_job(&self) -> Result<()> {
         let bad = |field: &str, reason: String| Err(TrainError::config(field, reason));
+        if self.out.as_os_str().is_empty() {
+            return bad("out", "no run directory given".into());
+        }
         if self.prompts_per_iteration == 0 || self.group_size == 0 {
             return bad(
                 "prompts_per_iteration",

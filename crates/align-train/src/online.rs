@@ -600,11 +600,29 @@ mod tests {
             err.contains("bad.toml") && err.contains("group_sise"),
             "{err}"
         );
-        std::fs::write(&bad, "[runner]\nlearning_rate = -1.0\n").unwrap();
+        // No defaults point into this repository: the model and the run directory are named.
+        std::fs::write(&bad, "algorithm = \"ddpo-is\"\n").unwrap();
+        let err = TrainConfig::from_file(&bad).unwrap_err().to_string();
+        assert!(err.contains("model:"), "{err}");
+        std::fs::write(&bad, "model = \"m\"\nalgorithm = \"ddpo-is\"\n").unwrap();
+        let err = TrainConfig::from_file(&bad).unwrap_err().to_string();
+        assert!(err.contains("out:"), "{err}");
+        std::fs::write(&bad, "model = \"m\"\nout = \"o\"\nreward = \"proxy\"\n").unwrap();
+        let err = TrainConfig::from_file(&bad).unwrap_err().to_string();
+        assert!(err.contains("reward_model:"), "{err}");
+        std::fs::write(
+            &bad,
+            "model = \"m\"\nout = \"o\"\n[runner]\nlearning_rate = -1.0\n",
+        )
+        .unwrap();
         let err = TrainConfig::from_file(&bad).unwrap_err().to_string();
         assert!(err.contains("learning_rate"), "{err}");
         let good = dir.join("good.toml");
-        std::fs::write(&good, "algorithm = \"ddpo-is\"\n[ddpo]\ninner_epochs = 2\n").unwrap();
+        std::fs::write(
+            &good,
+            "model = \"m\"\nout = \"o\"\nalgorithm = \"ddpo-is\"\n[ddpo]\ninner_epochs = 2\n",
+        )
+        .unwrap();
         let c = TrainConfig::from_file(&good).unwrap();
         assert_eq!(c.algorithm, AlgorithmName::DdpoIs);
         assert_eq!(c.ddpo.inner_epochs, 2);

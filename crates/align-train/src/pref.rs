@@ -282,9 +282,9 @@ impl Default for PrefConfig {
     fn default() -> Self {
         Self {
             algorithm: PrefAlgorithm::DiffusionDpo,
-            model: PathBuf::from("models/shapes-unet"),
-            data: PathBuf::from("runs/pref-data"),
-            out: PathBuf::from("runs/diffusion-dpo"),
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            out: PathBuf::new(),
             seed: 0,
             batch_size: 8,
             eval_seeds: 1,
@@ -317,6 +317,15 @@ impl PrefConfig {
     /// # Errors
     /// The first invalid field.
     pub fn validate(&self) -> Result<()> {
+        for (field, path) in [
+            ("model", &self.model),
+            ("data", &self.data),
+            ("out", &self.out),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(TrainError::config(field, "no path given"));
+            }
+        }
         if self.batch_size == 0 {
             return Err(TrainError::config("batch_size", "must be ≥ 1"));
         }
