@@ -67,7 +67,7 @@ command_for() {
   if [ "$KIND" = pref ]; then
     echo pref-train --config "$WORK/$(basename "$1").toml"
   elif [ "$KIND" = pretrain ]; then
-    echo pretrain --model dit --steps "$ITERATIONS" --batch 16 --eval-every 4 --seed 3 --out "$1"
+    echo pretrain --model dit --steps "$ITERATIONS" --batch 16 --eval-every 6 --checkpoint-every 1 --seed 3 --out "$1"
   elif [ "$QUICKSTART" = 1 ]; then
     echo quickstart --iterations "$ITERATIONS" --out "$1"
   else

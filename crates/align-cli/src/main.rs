@@ -129,6 +129,9 @@ enum Command {
         /// Evaluate, write a sample grid and checkpoint every N steps (0 = at the end only).
         #[arg(long, default_value_t = 1000)]
         eval_every: usize,
+        /// Checkpoint every N steps instead (default: at every evaluation).
+        #[arg(long)]
+        checkpoint_every: Option<usize>,
         /// Probability of training on the null prompt (classifier-free guidance).
         #[arg(long, default_value_t = 0.1)]
         cfg_dropout: f64,
@@ -515,6 +518,7 @@ fn run(cli: Cli) -> Result<(), String> {
             lr,
             seed,
             eval_every,
+            checkpoint_every,
             cfg_dropout,
             ema,
             resume,
@@ -547,6 +551,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 seed,
                 out,
                 eval_every,
+                checkpoint_every,
                 cfg_dropout,
                 ema_decay: ema,
                 resume,

@@ -5,6 +5,7 @@
 //!
 //! - the optimizer: AdamW with explicit `ε` and weight decay (burn's defaults differ from
 //!   PyTorch's; the defaults here are the published DDPO / Flow-GRPO values);
+//! - a linear learning-rate warm-up (`warmup_iterations`), a function of the iteration alone;
 //! - global-norm gradient clipping ([`crate::clip_grad_norm`]) before every step;
 //! - `metrics.jsonl`: one JSON line per iteration (`iteration` plus the job's metrics,
 //!   `grad_norm` and `optimizer_steps`);

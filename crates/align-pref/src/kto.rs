@@ -27,8 +27,10 @@ use burn::tensor::{Tensor, TensorData};
 use crate::error::{PrefError, Result, check_loss};
 use crate::noising::{NoiseLevels, denoising_errors};
 
-/// Where the utility's reference point comes from.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Where the utility's reference point comes from (TOML: `reference_point = "batch-mean"` or
+/// `reference_point = { fixed = 0.0 }`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ReferencePoint {
     /// `max(0, mean_batch ρ)`, detached.
     BatchMean,
@@ -36,8 +38,9 @@ pub enum ReferencePoint {
     Fixed(f64),
 }
 
-/// Diffusion-KTO hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Diffusion-KTO hyper-parameters (the `[kto]` table of a preference run).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KtoConfig {
     /// β scaling the implicit reward (mean-reduced errors: thousands, as Diffusion-DPO).
     pub beta: f64,

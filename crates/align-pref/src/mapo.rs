@@ -25,8 +25,9 @@ use crate::diffusion_dpo::DpoBatch;
 use crate::error::{Result, check_loss, check_positive, positive_fraction};
 use crate::noising::denoising_errors;
 
-/// MaPO hyper-parameters (the official defaults).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// MaPO hyper-parameters (the official defaults; the `[mapo]` table of a preference run).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MapoConfig {
     /// β: weight of the margin term (`beta_mapo`, 0.1).
     pub beta: f64,

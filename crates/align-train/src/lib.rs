@@ -82,8 +82,7 @@ pub use job::{OnlineJob, OnlineTask, train_pipeline};
 pub use observer::{Observer, PrintLines, SharedObserver, Silent};
 pub use online::{open_runner, train};
 pub use pref::{
-    KtoSection, MapoSection, PrefAlgorithm, PrefConfig, PrefDataOptions, PrefDataSummary,
-    PrefReport, pref_data, pref_train,
+    PrefAlgorithm, PrefConfig, PrefDataOptions, PrefDataSummary, PrefReport, pref_data, pref_train,
 };
 pub use pretrain::{PretrainOptions, PretrainOutcome, pretrain};
 pub use report::{EvalReward, Report, Snapshot};

@@ -15,8 +15,7 @@ use align_models::{
     LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora, with_lora_scale,
 };
 use align_pref::{
-    DpoBatch, KtoBatch, KtoConfig, MapoConfig, NoiseLevels, ReferencePoint, diffusion_dpo_loss,
-    kto_loss, mapo_loss,
+    DpoBatch, KtoBatch, KtoConfig, MapoConfig, NoiseLevels, diffusion_dpo_loss, kto_loss, mapo_loss,
 };
 use align_samplers::NoiseSchedule;
 use burn::module::{Module, ModuleDisplay};
@@ -198,52 +197,6 @@ pub enum PrefAlgorithm {
     Dspo,
 }
 
-/// The `[mapo]` table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MapoSection {
-    /// β of the margin term.
-    pub beta: f64,
-    /// κ of the score.
-    pub snr: f64,
-    /// T multiplying the log-odds.
-    pub horizon: f64,
-}
-
-impl Default for MapoSection {
-    fn default() -> Self {
-        let d = MapoConfig::default();
-        Self {
-            beta: d.beta,
-            snr: d.snr,
-            horizon: d.horizon,
-        }
-    }
-}
-
-/// The `[kto]` table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KtoSection {
-    /// β of the implicit reward.
-    pub beta: f64,
-    /// λ_D.
-    pub desirable_weight: f64,
-    /// λ_U.
-    pub undesirable_weight: f64,
-}
-
-impl Default for KtoSection {
-    fn default() -> Self {
-        let d = KtoConfig::default();
-        Self {
-            beta: d.beta,
-            desirable_weight: d.desirable_weight,
-            undesirable_weight: d.undesirable_weight,
-        }
-    }
-}
-
 /// A preference job's configuration (`align pref-train` TOML). Every field has a default.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -271,9 +224,9 @@ pub struct PrefConfig {
     /// Diffusion-DPO β on mean-reduced errors.
     pub dpo_beta: f64,
     /// MaPO hyper-parameters.
-    pub mapo: MapoSection,
+    pub mapo: MapoConfig,
     /// KTO hyper-parameters.
-    pub kto: KtoSection,
+    pub kto: KtoConfig,
     /// DSPO β (in `inside` and in the target shift).
     pub dspo_beta: f64,
 }
@@ -296,8 +249,8 @@ impl Default for PrefConfig {
                 ..RunnerConfig::default()
             },
             dpo_beta: align_pref::DIFFUSION_DPO_BETA,
-            mapo: MapoSection::default(),
-            kto: KtoSection::default(),
+            mapo: MapoConfig::default(),
+            kto: KtoConfig::default(),
             dspo_beta: align_pref::DSPO_BETA,
         }
     }
@@ -428,7 +381,6 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                     images_tensor(&pick.iter().map(|p| &p.loser).collect::<Vec<_>>(), &device)?;
                 let cond = self.encode(&model, &prompts).map_err(job)?;
                 if self.config.algorithm == PrefAlgorithm::Mapo {
-                    let c = &self.config.mapo;
                     let out = mapo_loss(
                         &model,
                         DpoBatch {
@@ -439,11 +391,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                             condition: &cond,
                             reference_condition: None,
                         },
-                        MapoConfig {
-                            beta: c.beta,
-                            snr: c.snr,
-                            horizon: c.horizon,
-                        },
+                        self.config.mapo,
                     )
                     .map_err(|e| job(e.to_string()))?;
                     m.insert("margin_accuracy".into(), out.margin_accuracy);
@@ -481,7 +429,6 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                 let desirable: Vec<bool> = pick.iter().map(|p| p.desirable).collect();
                 let cond = self.encode(&model, &prompts).map_err(job)?;
                 let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
-                let c = &self.config.kto;
                 let out = kto_loss(
                     &model,
                     &self.reference,
@@ -493,12 +440,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                         condition: &cond,
                         reference_condition: Some(&ref_cond),
                     },
-                    KtoConfig {
-                        beta: c.beta,
-                        desirable_weight: c.desirable_weight,
-                        undesirable_weight: c.undesirable_weight,
-                        reference_point: ReferencePoint::BatchMean,
-                    },
+                    self.config.kto,
                 )
                 .map_err(|e| job(e.to_string()))?;
                 m.insert("kto_reference_point".into(), out.z0);
@@ -695,6 +637,47 @@ pub fn pref_train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `[mapo]` and `[kto]` tables are align-pref's own configs: every field, the KTO
+    /// reference point included, comes from TOML, and unknown fields are refused by name.
+    #[test]
+    fn preference_tables_are_the_library_configs() {
+        let dir = std::env::temp_dir().join(format!("align-pref-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kto.toml");
+        let head = "algorithm = \"kto\"\nmodel = \"m\"\ndata = \"d\"\nout = \"o\"\n";
+        std::fs::write(
+            &path,
+            format!(
+                "{head}[kto]\nbeta = 2.0\nreference_point = {{ fixed = 0.5 }}\n[mapo]\nsnr = 0.25\n"
+            ),
+        )
+        .unwrap();
+        let c = PrefConfig::from_file(&path).unwrap();
+        assert_eq!(c.kto.beta, 2.0);
+        assert_eq!(
+            c.kto.reference_point,
+            align_pref::ReferencePoint::Fixed(0.5)
+        );
+        assert_eq!(
+            c.kto.desirable_weight,
+            KtoConfig::default().desirable_weight
+        );
+        assert_eq!(
+            (c.mapo.snr, c.mapo.beta),
+            (0.25, MapoConfig::default().beta)
+        );
+        std::fs::write(&path, format!("{head}[mapo]\nsnr_value = 0.5\n")).unwrap();
+        let err = PrefConfig::from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("kto.toml") && err.contains("snr_value"),
+            "{err}"
+        );
+        std::fs::write(&path, "algorithm = \"kto\"\n").unwrap();
+        let err = PrefConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("model:"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// AI-feedback data from the shipped UNet (2 prompts × 2 candidates, 2 sampler steps), then
     /// a few steps of each loss on it; a DiT-free, CI-sized end-to-end check of the plumbing.

@@ -61,6 +61,9 @@ pub struct PretrainOptions {
     /// Evaluate, write a sample grid, save the model and checkpoint every this many steps
     /// (0 = only at the end).
     pub eval_every: usize,
+    /// Checkpoint (weights, optimizer moments, average) every this many steps instead; `None`
+    /// = at every evaluation.
+    pub checkpoint_every: Option<usize>,
     /// Probability of replacing a prompt by the null prompt.
     pub cfg_dropout: f64,
     /// Largest decay of the weight average that is saved and sampled (0 = no averaging).
@@ -97,6 +100,7 @@ impl Default for PretrainOptions {
             seed: 0,
             out: PathBuf::new(),
             eval_every: 1000,
+            checkpoint_every: None,
             cfg_dropout: 0.1,
             ema_decay: 0.999,
             resume: false,
@@ -162,6 +166,9 @@ impl PretrainOptions {
         if self.out.as_os_str().is_empty() {
             return Err(TrainError::config("out", "no run directory given"));
         }
+        if self.checkpoint_every == Some(0) {
+            return Err(TrainError::config("checkpoint_every", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -176,10 +183,10 @@ impl PretrainOptions {
             weight_decay: 0.0,
             adam_eps: 1e-8,
             max_grad_norm: Some(1.0),
-            checkpoint_every: if self.eval_every == 0 {
-                self.steps
-            } else {
-                self.eval_every
+            checkpoint_every: match (self.checkpoint_every, self.eval_every) {
+                (Some(n), _) => n,
+                (None, 0) => self.steps,
+                (None, n) => n,
             },
             ema_decay: (self.ema_decay > 0.0).then_some(self.ema_decay),
             ..RunnerConfig::default()
@@ -625,6 +632,13 @@ mod tests {
         );
         // A zero gap would let objects merge; other bad options name themselves.
         for (bad, field) in [
+            (
+                PretrainOptions {
+                    checkpoint_every: Some(0),
+                    ..base.clone()
+                },
+                "checkpoint_every",
+            ),
             (
                 PretrainOptions {
                     gap: 0,

@@ -60,6 +60,7 @@ fn a_resumed_run_is_bit_identical_and_saves_the_average() {
         steps,
         batch: 2,
         eval_every: 2,
+        checkpoint_every: Some(1),
         ema_decay: 0.9,
         warmup_steps: Some(2),
         gap: 1,
