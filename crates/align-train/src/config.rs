@@ -229,12 +229,20 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(
 }
 
 impl TrainConfig {
-    /// Reads and checks a TOML file; errors name the file and the field.
+    /// Reads and checks a TOML file; errors name the file and the field. `out` may be left
+    /// out (a front end can set it, as `align train --out` does); [`TrainConfig::validate`]
+    /// (which [`crate::train`] calls) then requires it.
     ///
     /// # Errors
     /// Unreadable file, TOML errors, unknown fields, invalid values.
     pub fn from_file(path: &Path) -> Result<Self> {
-        read_toml(path, Self::validate)
+        read_toml(path, |c: &Self| {
+            let mut named = c.clone();
+            if named.out.as_os_str().is_empty() {
+                named.out = PathBuf::from("out");
+            }
+            named.validate()
+        })
     }
 
     /// Checks the values serde cannot.
