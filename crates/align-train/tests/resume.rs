@@ -4,6 +4,7 @@
 //! burn draws a fresh layer's weights from the device RNG, which is global to the process:
 //! tests running in parallel threads would interleave their draws. These tests live in their
 //! own binary and hold one lock, so nothing else draws while they run.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
