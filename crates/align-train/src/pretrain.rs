@@ -399,13 +399,30 @@ fn fresh_model(
     Ok(model)
 }
 
+/// Runs the pretraining job on `model` (saved through `wrap`). The lazily initialised weights
+/// are drawn first, right after the caller seeded the RNG.
 fn run_job<D: Module + ModuleDisplay + Denoiser>(
     runner: &Runner,
     model: TextToImage<D>,
-    mut job: PretrainJob<D>,
-    resume: bool,
+    wrap: fn(TextToImage<D>) -> ShapesModel,
+    options: &PretrainOptions,
+    config: ShapesModelConfig,
+    data: ShapesDataset,
+    observer: &SharedObserver,
 ) -> Result<PretrainOutcome> {
-    let outcome = runner.run(model, &mut job, resume)?;
+    align_core::runner::materialize(&model);
+    let mut job = PretrainJob {
+        options: options.clone(),
+        schedule: config.noise_schedule()?,
+        config,
+        data,
+        tok: Tokenizer::new(),
+        wrap,
+        observer: observer.clone(),
+        smooth_loss: None,
+        last_eval: None,
+    };
+    let outcome = runner.run(model, &mut job, options.resume)?;
     let (train_accuracy, heldout_accuracy) = job.last_eval.unwrap_or((f64::NAN, f64::NAN));
     Ok(PretrainOutcome {
         steps: outcome.iterations,
@@ -497,42 +514,26 @@ pub fn pretrain(
     } else {
         fresh_model(options, &config, observer, &ad)?
     };
-    // Draw the lazily initialised weights now, right after seeding.
-    match &model {
-        ShapesModel::Unet(m) => align_core::runner::materialize(m.as_ref()),
-        ShapesModel::Dit(m) => align_core::runner::materialize(m.as_ref()),
-    }
     observer.start(options.steps, done.unwrap_or(0));
-    let schedule = config.noise_schedule()?;
     let outcome = match model {
-        ShapesModel::Unet(m) => {
-            let job = PretrainJob {
-                options: options.clone(),
-                config,
-                data,
-                schedule,
-                tok,
-                wrap: |m| ShapesModel::Unet(Box::new(m)),
-                observer: observer.clone(),
-                smooth_loss: None,
-                last_eval: None,
-            };
-            run_job(&runner, *m, job, options.resume)
-        }
-        ShapesModel::Dit(m) => {
-            let job = PretrainJob {
-                options: options.clone(),
-                config,
-                data,
-                schedule,
-                tok,
-                wrap: |m| ShapesModel::Dit(Box::new(m)),
-                observer: observer.clone(),
-                smooth_loss: None,
-                last_eval: None,
-            };
-            run_job(&runner, *m, job, options.resume)
-        }
+        ShapesModel::Unet(m) => run_job(
+            &runner,
+            *m,
+            |m| ShapesModel::Unet(Box::new(m)),
+            options,
+            config,
+            data,
+            observer,
+        ),
+        ShapesModel::Dit(m) => run_job(
+            &runner,
+            *m,
+            |m| ShapesModel::Dit(Box::new(m)),
+            options,
+            config,
+            data,
+            observer,
+        ),
     };
     observer.finish();
     outcome
