@@ -87,7 +87,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         steps: usize,
     },
-    /// Preference optimisation (Diffusion-DPO, MaPO, KTO) from a TOML config (see
+    /// Preference optimisation (Diffusion-DPO, MaPO, KTO, DSPO, RWR) from a TOML config (see
     /// `configs/diffusion-dpo.toml`), with the held-out gold win rate against the base model.
     PrefTrain {
         /// The configuration file.
@@ -796,8 +796,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let r = align_train::pref_train(&config, resume, &observer, &device)
                 .map_err(|e| e.to_string())?;
             println!(
-                "{}: held-out ShapeEval {:.1}% → {:.1}%, partial credit {:.3} → {:.3}, gold win rate vs base {:.1}% (95% CI {:.1}–{:.1}%), {:.0} s",
+                "{}: train ShapeEval {:.1}% → {:.1}%, held-out {:.1}% → {:.1}%, partial credit {:.3} → {:.3}, gold win rate vs base {:.1}% (95% CI {:.1}–{:.1}%), {:.0} s",
                 r.algorithm,
+                100.0 * r.base_train_accuracy,
+                100.0 * r.final_train_accuracy,
                 100.0 * r.base_heldout_accuracy,
                 100.0 * r.final_heldout_accuracy,
                 r.base_heldout_partial_credit,

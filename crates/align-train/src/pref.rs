@@ -195,6 +195,11 @@ pub enum PrefAlgorithm {
     Kto,
     /// DSPO (pairs, frozen reference; score matching on the winner).
     Dspo,
+    /// Reward-weighted regression on the labelled images (`labels.jsonl`, reward 1 for a
+    /// desirable image and 0 otherwise): the denoising loss weighted by
+    /// `exp(R / rwr_temperature)` normalised over the batch, no reference. A small temperature
+    /// makes it fine-tuning on the verifier's passes (rejection-sampling fine-tuning).
+    Rwr,
 }
 
 /// A preference job's configuration (`align pref-train` TOML). Every field has a default.
@@ -229,6 +234,8 @@ pub struct PrefConfig {
     pub kto: KtoConfig,
     /// DSPO β (in `inside` and in the target shift).
     pub dspo_beta: f64,
+    /// RWR temperature α of `exp(R / α)` (rewards are 0 or 1).
+    pub rwr_temperature: f64,
 }
 
 impl Default for PrefConfig {
@@ -252,6 +259,7 @@ impl Default for PrefConfig {
             mapo: MapoConfig::default(),
             kto: KtoConfig::default(),
             dspo_beta: align_pref::DSPO_BETA,
+            rwr_temperature: 0.1,
         }
     }
 }
@@ -298,6 +306,7 @@ impl PrefConfig {
         positive("mapo.horizon", self.mapo.horizon)?;
         positive("kto.beta", self.kto.beta)?;
         positive("dspo_beta", self.dspo_beta)?;
+        positive("rwr_temperature", self.rwr_temperature)?;
         self.runner.validate().map_err(runner_field)
     }
 }
@@ -419,6 +428,36 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                     loss
                 }
             }
+            PrefAlgorithm::Rwr => {
+                let pick: Vec<&LabeledImage> = (0..b)
+                    .map(|_| &self.labels[(rng.next_u64() % self.labels.len() as u64) as usize])
+                    .collect();
+                let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
+                let images =
+                    images_tensor(&pick.iter().map(|p| &p.image).collect::<Vec<_>>(), &device)?;
+                let rewards: Vec<f64> = pick
+                    .iter()
+                    .map(|p| if p.desirable { 1.0 } else { 0.0 })
+                    .collect();
+                let cond = self.encode(&model, &prompts).map_err(job)?;
+                let (loss, _) = align_pref::rwr_loss(
+                    &model,
+                    images,
+                    &rewards,
+                    align_pref::RewardWeighting::Exponential {
+                        temperature: self.config.rwr_temperature,
+                    },
+                    noise,
+                    &levels,
+                    &cond,
+                )
+                .map_err(|e| job(e.to_string()))?;
+                m.insert(
+                    "desirable_fraction".into(),
+                    rewards.iter().sum::<f64>() / b as f64,
+                );
+                loss
+            }
             PrefAlgorithm::Kto => {
                 let pick: Vec<&LabeledImage> = (0..b)
                     .map(|_| &self.labels[(rng.next_u64() % self.labels.len() as u64) as usize])
@@ -461,16 +500,21 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
     }
 }
 
-/// Per-image ShapeEval partial credit and pass of the held-out evaluation set.
-fn heldout_scores<D: Module + ModuleDisplay + Denoiser>(
+/// Per-image ShapeEval partial credit and pass of one part of the evaluation set.
+fn part_scores<D: Module + ModuleDisplay + Denoiser>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
+    part: SplitPart,
     seeds: usize,
     steps: usize,
     device: &Device,
 ) -> Result<Vec<(f64, bool)>> {
     let set = EvalSet::standard();
-    let (prompts, ids, specs) = eval_requests(&set.heldout, seeds);
+    let prompts_of_part = match part {
+        SplitPart::Train => &set.train,
+        SplitPart::HeldOut => &set.heldout,
+    };
+    let (prompts, ids, specs) = eval_requests(prompts_of_part, seeds);
     Ok(host_scores(
         model,
         config,
@@ -498,6 +542,10 @@ pub struct PrefReport {
     pub model: String,
     /// Iterations run.
     pub iterations: usize,
+    /// Training-part ShapeEval pass rate of the base (the column to tune on).
+    pub base_train_accuracy: f64,
+    /// Training-part pass rate after training.
+    pub final_train_accuracy: f64,
     /// Held-out ShapeEval pass rate, base and final.
     pub base_heldout_accuracy: f64,
     /// Held-out pass rate after training.
@@ -536,7 +584,7 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
         model_config.image_size as u32,
         model_config.image_size as u32,
     )?;
-    let labels = if config.algorithm == PrefAlgorithm::Kto {
+    let labels = if matches!(config.algorithm, PrefAlgorithm::Kto | PrefAlgorithm::Rwr) {
         read_labels(
             &config.data,
             model_config.image_size as u32,
@@ -548,13 +596,18 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
     std::fs::create_dir_all(&config.out).map_err(|e| TrainError::io(&config.out, e))?;
     let runner = open_runner(config.runner.clone(), &config.out, resume)?;
     let inner = base.valid();
-    let base_scores = heldout_scores(
-        &inner,
-        model_config,
-        config.eval_seeds,
-        config.eval_steps,
-        device,
-    )?;
+    let score = |m: &TextToImage<D>, part| {
+        part_scores(
+            m,
+            model_config,
+            part,
+            config.eval_seeds,
+            config.eval_steps,
+            device,
+        )
+    };
+    let base_train = score(&inner, SplitPart::Train)?;
+    let base_scores = score(&inner, SplitPart::HeldOut)?;
     device.clone().autodiff().seed(config.seed);
     let policy = apply_lora(
         base,
@@ -581,13 +634,8 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
     let outcome = runner.run(policy, &mut job, resume)?;
     observer.finish();
     let trained = outcome.model.valid();
-    let final_scores = heldout_scores(
-        &trained,
-        model_config,
-        config.eval_seeds,
-        config.eval_steps,
-        device,
-    )?;
+    let final_train = score(&trained, SplitPart::Train)?;
+    let final_scores = score(&trained, SplitPart::HeldOut)?;
     let (win, lo, hi) = win_rate(
         &final_scores.iter().map(|x| x.0).collect::<Vec<_>>(),
         &base_scores.iter().map(|x| x.0).collect::<Vec<_>>(),
@@ -598,6 +646,8 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
         algorithm: format!("{:?}", config.algorithm),
         model: config.model.display().to_string(),
         iterations: outcome.iterations,
+        base_train_accuracy: mean_of(&base_train).0,
+        final_train_accuracy: mean_of(&final_train).0,
         base_heldout_accuracy: b_acc,
         final_heldout_accuracy: f_acc,
         base_heldout_partial_credit: b_partial,
@@ -715,6 +765,7 @@ mod tests {
             PrefAlgorithm::Mapo,
             PrefAlgorithm::Kto,
             PrefAlgorithm::Dspo,
+            PrefAlgorithm::Rwr,
         ] {
             let mut config = PrefConfig {
                 algorithm,
