@@ -843,7 +843,7 @@ mod tests {
                 let text = std::fs::read_to_string(&path).unwrap();
                 let value: toml::Value = toml::from_str(&text).unwrap();
                 let algorithm = value["algorithm"].as_str().unwrap().to_string();
-                if ["diffusion-dpo", "mapo", "kto", "dspo"].contains(&algorithm.as_str()) {
+                if ["diffusion-dpo", "mapo", "kto", "dspo", "rwr"].contains(&algorithm.as_str()) {
                     crate::pref::PrefConfig::from_file(&path).unwrap();
                 } else {
                     TrainConfig::from_file(&path).unwrap();
