@@ -338,6 +338,22 @@ impl<D: Module + Denoiser + ModuleDisplay> PrefJob<D> {
         m.encode(&rows, &device).map_err(|e| e.to_string())
     }
 
+    /// Draws `b` labelled images uniformly with replacement (one `next_u64` each, in order)
+    /// and returns them with their prompts and the `[b, 3, s, s]` image tensor.
+    fn pick_labels(
+        &self,
+        rng: &mut ChaCha8Rng,
+        b: usize,
+        device: &Device,
+    ) -> align_core::Result<(Vec<&LabeledImage>, Vec<String>, Tensor<4>)> {
+        let pick: Vec<&LabeledImage> = (0..b)
+            .map(|_| &self.labels[(rng.next_u64() % self.labels.len() as u64) as usize])
+            .collect();
+        let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
+        let images = images_tensor(&pick.iter().map(|p| &p.image).collect::<Vec<_>>(), device)?;
+        Ok((pick, prompts, images))
+    }
+
     fn levels(&self, rng: &mut ChaCha8Rng, b: usize) -> Result<NoiseLevels, String> {
         match &self.schedule {
             Some(s) => {
@@ -429,12 +445,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                 }
             }
             PrefAlgorithm::Rwr => {
-                let pick: Vec<&LabeledImage> = (0..b)
-                    .map(|_| &self.labels[(rng.next_u64() % self.labels.len() as u64) as usize])
-                    .collect();
-                let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
-                let images =
-                    images_tensor(&pick.iter().map(|p| &p.image).collect::<Vec<_>>(), &device)?;
+                let (pick, prompts, images) = self.pick_labels(&mut rng, b, &device)?;
                 let rewards: Vec<f64> = pick
                     .iter()
                     .map(|p| if p.desirable { 1.0 } else { 0.0 })
@@ -459,12 +470,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                 loss
             }
             PrefAlgorithm::Kto => {
-                let pick: Vec<&LabeledImage> = (0..b)
-                    .map(|_| &self.labels[(rng.next_u64() % self.labels.len() as u64) as usize])
-                    .collect();
-                let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
-                let images =
-                    images_tensor(&pick.iter().map(|p| &p.image).collect::<Vec<_>>(), &device)?;
+                let (pick, prompts, images) = self.pick_labels(&mut rng, b, &device)?;
                 let desirable: Vec<bool> = pick.iter().map(|p| p.desirable).collect();
                 let cond = self.encode(&model, &prompts).map_err(job)?;
                 let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
