@@ -23,6 +23,15 @@
 //! - `cargo xtask bench <name>` runs one criterion benchmark of `align-benches` (`samplers`,
 //!   `shapes`, `models`) or the reward-backprop memory table (`backprop_memory`) on the
 //!   default backend. Results are recorded in docs/benchmarks.md.
+//! - `cargo xtask efficacy [--quick] [--jobs N] [--only a,b] [--table-only] [--rows FILE]`
+//!   builds `align` in release mode and runs the rows of `configs/efficacy/rows.toml` (every
+//!   method from its shipped config, before/after held-out evaluation), copies each finished
+//!   row's report into `docs/efficacy/<row>/` and writes the table and the held-out accuracy
+//!   figure into docs/efficacy.md. Finished rows are skipped and an interrupted row resumes
+//!   from its last checkpoint, so the table can be built over several sittings. `--quick` runs
+//!   the small subset marked `quick` with tiny budgets into `runs/efficacy-quick/`.
+
+mod efficacy;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -32,7 +41,7 @@ const BACKEND_CRATES: [&str; 2] = ["align-core", "align-samplers"];
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask test --backend <flex|ndarray|wgpu> [-- <cargo test args>]\n       cargo xtask ci\n       cargo xtask bench [--backends flex,ndarray,wgpu,cuda] [--vs-torch] [-- <bench-table args>]\n       cargo xtask bench <samplers|shapes|models|backprop_memory>"
+        "usage: cargo xtask test --backend <flex|ndarray|wgpu> [-- <cargo test args>]\n       cargo xtask ci\n       cargo xtask bench [--backends flex,ndarray,wgpu,cuda] [--vs-torch] [-- <bench-table args>]\n       cargo xtask bench <samplers|shapes|models|backprop_memory>\n       cargo xtask efficacy [--quick] [--jobs N] [--only a,b] [--table-only] [--rows FILE]"
     );
     ExitCode::from(2)
 }
@@ -258,6 +267,7 @@ fn main() -> ExitCode {
                 }
             },
         },
+        Some("efficacy") => efficacy::efficacy(&args[1..]),
         _ => return usage(),
     };
     if ok {

@@ -45,6 +45,12 @@ enum Command {
         /// Iterations (default: the quickstart config's).
         #[arg(long)]
         iterations: Option<usize>,
+        /// Training seed (prompt draws and rollout noise; the evaluation's seeds are fixed).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Evaluation seeds per prompt of the before/after evaluations (64 + 64 prompts).
+        #[arg(long, default_value_t = 1)]
+        eval_seeds: usize,
         /// Continue an interrupted run in `--out`.
         #[arg(long)]
         resume: bool,
@@ -97,11 +103,22 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
-    /// Draw a run's reward and KL curves (`curves.png`) from its `metrics.jsonl`.
+    /// Draw a run's reward and KL curves (`curves.png`) from its `metrics.jsonl`; with
+    /// `--compare OUT.png` and several `--run`, the held-out ShapeEval accuracy of every run
+    /// against the samples it generated, on one figure.
     Plot {
-        /// Run directory.
+        /// Run directory (repeat with `--compare`).
+        #[arg(long, required = true)]
+        run: Vec<PathBuf>,
+        /// Write the comparison of the runs' held-out accuracy to this PNG.
         #[arg(long)]
-        run: PathBuf,
+        compare: Option<PathBuf>,
+        /// The comparison's title.
+        #[arg(
+            long,
+            default_value = "held-out ShapeEval accuracy against samples generated"
+        )]
+        title: String,
     },
     /// What is implemented, what is planned, and which backends this binary has.
     Status,
@@ -757,7 +774,23 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Plot { run } => plot_run(&run),
+        Command::Plot {
+            run,
+            compare: Some(out),
+            title,
+        } => {
+            let series = run
+                .iter()
+                .map(|r| plot::AccuracySeries::read(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            plot::write_comparison(&series, &title, &out)?;
+            println!("{}", out.display());
+            Ok(())
+        }
+        Command::Plot { run, .. } => match run.as_slice() {
+            [one] => plot_run(one),
+            _ => Err("plot: several --run need --compare OUT.png".into()),
+        },
         Command::PrefData {
             model,
             out,
@@ -814,9 +847,13 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Quickstart {
             out,
             iterations,
+            seed,
+            eval_seeds,
             resume,
         } => {
             let mut config = quickstart_config(out);
+            config.seed = seed;
+            config.eval_seeds = eval_seeds;
             if let Some(n) = iterations {
                 config.runner.iterations = n;
             }

@@ -190,9 +190,204 @@ pub fn write_curves(curves: &Curves, title: &str, out: &Path) -> Result<(), Stri
     std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
 }
 
+/// One run's held-out ShapeEval accuracy against the samples it had generated, for
+/// [`write_comparison`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccuracySeries {
+    /// The legend label (the run directory's name).
+    pub label: String,
+    /// `(samples, accuracy)`: the base model at 0 samples, every periodic evaluation, the
+    /// final model, in order of samples.
+    pub points: Vec<(f64, f64)>,
+}
+
+impl AccuracySeries {
+    /// Reads a run directory: `report.json` (base and final held-out accuracy) and
+    /// `metrics.jsonl` (periodic `eval_heldout_accuracy` at `samples`). A run without
+    /// `samples` in its metrics (preference runs, runs before the metric existed) gives the
+    /// base and final points only, at 0 and at the last iteration's count if known.
+    ///
+    /// # Errors
+    /// An unreadable `report.json` or `metrics.jsonl`, or a report without held-out
+    /// accuracies.
+    pub fn read(run: &Path) -> Result<Self, String> {
+        let report_path = run.join("report.json");
+        let text = std::fs::read_to_string(&report_path)
+            .map_err(|e| format!("{}: {e}", report_path.display()))?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", report_path.display()))?;
+        let field = |path: &[&str]| {
+            let mut v = &report;
+            for k in path {
+                v = v.get(*k)?;
+            }
+            v.as_f64()
+        };
+        let base = field(&["base", "heldout_accuracy"])
+            .or_else(|| field(&["base_heldout_accuracy"]))
+            .ok_or_else(|| format!("{}: no base held-out accuracy", report_path.display()))?;
+        let last = field(&["final", "heldout_accuracy"])
+            .or_else(|| field(&["final_heldout_accuracy"]))
+            .ok_or_else(|| format!("{}: no final held-out accuracy", report_path.display()))?;
+        let mut points = vec![(0.0, base)];
+        let metrics = run.join(align_core::runner::METRICS);
+        let mut end = 0.0f64;
+        if metrics.exists() {
+            let text = std::fs::read_to_string(&metrics)
+                .map_err(|e| format!("{}: {e}", metrics.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+                    .map_err(|e| format!("{}: line {}: {e}", metrics.display(), n + 1))?;
+                let get = |k: &str| row.get(k).and_then(serde_json::Value::as_f64);
+                if let Some(x) = get("samples").filter(|v| v.is_finite()) {
+                    end = end.max(x);
+                    if let Some(y) = get("eval_heldout_accuracy").filter(|v| v.is_finite()) {
+                        points.push((x, y));
+                    }
+                }
+            }
+        }
+        points.push((end, last));
+        let label = run
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| run.display().to_string());
+        Ok(Self { label, points })
+    }
+}
+
+/// Colours of the comparison's series, in order (repeated past ten).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Draws every series of held-out accuracy against samples into one PNG at `out` (written to a
+/// temporary file, then renamed), one colour per run, with a legend when a font is found.
+///
+/// # Errors
+/// No series, drawing or file errors.
+pub fn write_comparison(series: &[AccuracySeries], title: &str, out: &Path) -> Result<(), String> {
+    if series.is_empty() {
+        return Err("a comparison needs at least one run".into());
+    }
+    let text = font_available();
+    let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
+        let err = |e: DrawingAreaErrorKind<<BitMapBackend<'_> as DrawingBackend>::ErrorType>| {
+            format!("drawing {title}: {e:?}")
+        };
+        root.fill(&WHITE).map_err(|e| format!("{e:?}"))?;
+        let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
+        let (y0, y1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(14);
+        if text {
+            builder
+                .caption(title, ("sans-serif", 18))
+                .x_label_area_size(36)
+                .y_label_area_size(64);
+        }
+        let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?;
+        if text {
+            chart
+                .configure_mesh()
+                .x_desc("samples generated")
+                .y_desc("held-out ShapeEval accuracy")
+                .light_line_style(WHITE)
+                .draw()
+                .map_err(err)?;
+        }
+        for (i, s) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let drawn = chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?;
+            if text {
+                drawn.label(s.label.clone()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+                });
+            }
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(err)?;
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()
+                .map_err(err)?;
+        }
+        root.present().map_err(|e| format!("{e:?}"))?;
+    }
+    let img = image::RgbImage::from_raw(WIDTH, HEIGHT, buf)
+        .ok_or_else(|| "plot buffer of the wrong size".to_string())?;
+    let tmp = out.with_extension("png.tmp");
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comparison_series_are_read_from_runs_and_drawn() {
+        let dir = std::env::temp_dir().join(format!("align-compare-{}", std::process::id()));
+        let (a, b) = (dir.join("flow-grpo"), dir.join("kto"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(
+            a.join("report.json"),
+            r#"{"base":{"heldout_accuracy":0.3},"final":{"heldout_accuracy":0.5}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            a.join("metrics.jsonl"),
+            "{\"iteration\":1,\"samples\":32}\n             {\"iteration\":2,\"samples\":64,\"eval_heldout_accuracy\":0.4}\n             {\"iteration\":3,\"samples\":96}\n",
+        )
+        .unwrap();
+        // A preference report: flat fields, no samples in its metrics.
+        std::fs::write(
+            b.join("report.json"),
+            r#"{"base_heldout_accuracy":0.3,"final_heldout_accuracy":0.35}"#,
+        )
+        .unwrap();
+        let sa = AccuracySeries::read(&a).unwrap();
+        assert_eq!(sa.label, "flow-grpo");
+        assert_eq!(sa.points, vec![(0.0, 0.3), (64.0, 0.4), (96.0, 0.5)]);
+        let sb = AccuracySeries::read(&b).unwrap();
+        assert_eq!(sb.points, vec![(0.0, 0.3), (0.0, 0.35)]);
+        let png = dir.join("compare.png");
+        write_comparison(&[sa, sb], "test", &png).unwrap();
+        let img = image::open(&png).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
+        let has = |c: RGBColor| img.pixels().any(|p| p.0 == [c.0, c.1, c.2]);
+        assert!(has(PALETTE[0]) && has(PALETTE[1]));
+        assert!(write_comparison(&[], "none", &png).is_err());
+        let e = AccuracySeries::read(&dir.join("missing")).unwrap_err();
+        assert!(e.contains("report.json"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn curves_are_read_from_metrics_and_drawn_into_a_png() {

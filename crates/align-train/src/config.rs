@@ -135,10 +135,15 @@ pub struct TrainConfig {
     /// Flow models: train only SDE steps `[start, end)` of the rollout; the others are ODE
     /// steps ("Flow-GRPO-Fast"). `None` = every step stochastic.
     pub sde_window: Option<(usize, usize)>,
-    /// Evaluate every N iterations (0 = only before and after).
-    pub eval_every: usize,
-    /// Evaluation seeds per prompt.
+    /// Periodic evaluation — the reward-hacking monitor's readings — every N iterations;
+    /// `0` turns it off (only before and after). Absent: on, four times per run (every
+    /// `⌈iterations / 4⌉` iterations), with [`monitor_seeds`](Self::monitor_seeds) seeds.
+    pub eval_every: Option<usize>,
+    /// Evaluation seeds per prompt of the before/after evaluations.
     pub eval_seeds: usize,
+    /// Seeds per prompt of the periodic evaluations (Shapes models; default 1, so that the
+    /// monitor stays cheap: one image per evaluation prompt).
+    pub monitor_seeds: usize,
     /// Sampler steps of evaluations and grids (0 = the family's default: 40 Euler / 50 DDIM).
     pub eval_steps: usize,
     /// LoRA adapters.
@@ -185,8 +190,9 @@ impl Default for TrainConfig {
             noise_level: 0.7,
             guidance: 3.0,
             sde_window: None,
-            eval_every: 0,
+            eval_every: None,
             eval_seeds: 1,
+            monitor_seeds: 1,
             eval_steps: 0,
             lora: LoraSection::default(),
             runner: RunnerConfig {
@@ -229,6 +235,13 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(
 }
 
 impl TrainConfig {
+    /// The periodic-evaluation interval in iterations (`0` = none): `eval_every` when the
+    /// config sets it, else `⌈iterations / 4⌉` (the monitor on by default).
+    pub fn eval_interval(&self) -> usize {
+        self.eval_every
+            .unwrap_or_else(|| self.runner.iterations.div_ceil(4).max(1))
+    }
+
     /// Reads and checks a TOML file; errors name the file and the field. `out` may be left
     /// out (a front end can set it, as `align train --out` does); [`TrainConfig::validate`]
     /// (which [`crate::train`] calls) then requires it.
@@ -350,6 +363,9 @@ impl TrainConfig {
         }
         if self.eval_seeds == 0 {
             return bad("eval_seeds", "must be ≥ 1".into());
+        }
+        if self.monitor_seeds == 0 {
+            return bad("monitor_seeds", "must be ≥ 1".into());
         }
         self.runner.validate().map_err(runner_field)
     }

@@ -178,7 +178,7 @@ impl RewardEvaluator {
             sampler,
             config.guidance,
             sample_shape,
-            config.eval_every,
+            config.eval_interval(),
             &config.out,
         )
     }

@@ -169,6 +169,7 @@ impl<P: Pipeline> OnlineJob<P> {
         })
         .map_err(backprop_err)?;
         let mut m = draft_metrics(&values, &stats);
+        m.insert("samples".into(), ((iteration + 1) * ids.len()) as f64);
         match gold {
             Some(gold) => {
                 m.insert(
@@ -321,7 +322,10 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                 )
             }
         };
-        Ok((model, iteration_metrics(&stats, &self.observer)))
+        let mut m = iteration_metrics(&stats, &self.observer);
+        // Samples generated so far (`iteration` counts from 0; every iteration rolls out `b`).
+        m.insert("samples".into(), ((iteration + 1) * b) as f64);
+        Ok((model, m))
     }
 
     fn state(&self) -> align_core::Result<serde_json::Value> {

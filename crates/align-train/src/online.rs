@@ -172,7 +172,8 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
             Some(b) => b,
             None => {
                 let inner = base.valid();
-                let (train, held, scores) = evaluate_model(&inner, mc, config, device)?;
+                let (train, held, scores) =
+                    evaluate_model(&inner, mc, config, config.eval_seeds, device)?;
                 let (grid, div) =
                     grid_and_diversity(&inner, mc, GRID_SEEDS, config.eval_steps, device)?;
                 write_grid(&grid, GRID_PROMPTS.len(), &out.join("grid-before.png"))?;
@@ -225,14 +226,14 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
         metrics: &mut Metrics,
         observer: &SharedObserver,
     ) -> Result<Control> {
-        let every = self.config.eval_every;
+        let every = self.config.eval_interval();
         if every == 0 || !(iteration + 1).is_multiple_of(every) {
             return Ok(Control::Continue);
         }
         let valid = model.valid();
         let device = valid.text.devices()[0].clone();
         let (mc, config) = (&self.model_config, &self.config);
-        let (train, held, _) = evaluate_model(&valid, mc, config, &device)?;
+        let (train, held, _) = evaluate_model(&valid, mc, config, config.monitor_seeds, &device)?;
         let (grid, diversity) =
             grid_and_diversity(&valid, mc, GRID_SEEDS, config.eval_steps, &device)?;
         write_grid(
@@ -278,7 +279,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
 
     fn finish(&mut self, trained: &TextToImage<D>, report: &mut Report, out: &Path) -> Result<()> {
         let (mc, config, device) = (&self.model_config, &self.config, &self.device);
-        let (train, held, scores) = evaluate_model(trained, mc, config, device)?;
+        let (train, held, scores) = evaluate_model(trained, mc, config, config.eval_seeds, device)?;
         report.heldout_win_rate = WinRate::paired(&scores, &self.base.heldout_scores);
         let (grid, div) = grid_and_diversity(trained, mc, GRID_SEEDS, config.eval_steps, device)?;
         write_grid(&grid, GRID_PROMPTS.len(), &out.join("grid-after.png"))?;
@@ -344,12 +345,13 @@ fn evaluate_model<D: Module + Denoiser + ModuleDisplay>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
     train: &TrainConfig,
+    seeds: usize,
     device: &Device,
 ) -> Result<(Accuracy, Accuracy, Vec<f64>)> {
     let verdicts = evaluate_detailed(
         model,
         config,
-        train.eval_seeds,
+        seeds,
         SampleOptions {
             steps: train.eval_steps,
             guidance: 3.0,
@@ -894,7 +896,7 @@ mod tests {
         };
         config.runner.iterations = 2;
         config.runner.ema_decay = Some(0.9);
-        config.eval_every = 2;
+        config.eval_every = Some(2);
         config.eval_steps = 2;
         let report = train(&config, false, &crate::observer::silent(), &device).unwrap();
         assert_eq!(report.iterations, 2);

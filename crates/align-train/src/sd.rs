@@ -180,7 +180,7 @@ pub fn train_sd(
         Box::new(eval_sampler),
         config.guidance,
         shape,
-        config.eval_every,
+        config.eval_interval(),
         &config.out,
     );
     let task = OnlineTask {
@@ -318,7 +318,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut c = config(&dir);
-        c.eval_every = 1;
+        c.eval_every = Some(1);
         let report = crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
         let rows: Vec<serde_json::Value> = std::fs::read_to_string(c.out.join("metrics.jsonl"))
             .unwrap()

@@ -252,7 +252,7 @@ fn run(out: &Path, iterations: usize, resume: bool) -> Report {
         group_size: 4,
         train_steps: 4,
         guidance: 1.0,
-        eval_every: 2,
+        eval_every: Some(2),
         eval_seeds: 2,
         ..TrainConfig::default()
     };
