@@ -216,7 +216,13 @@ fn efficacy_inner(args: &[String]) -> Result<bool, String> {
         if !crate::run(crate::cargo().args(["build", "--release", "-p", "align-cli"])) {
             return Err("building the `align` binary failed".into());
         }
-        ok = run_rows(&plan, &selected, &paths, &options, &bin)?;
+        // The commit the binary was built from; later commits (results, docs) do not change
+        // what the rows run.
+        let build = Build {
+            commit: git(&["rev-parse", "HEAD"]),
+            dirty: !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+        };
+        ok = run_rows(&plan, &selected, &paths, &options, &bin, &build)?;
     }
     let table_rows: Vec<Row> = plan
         .iter()
@@ -226,6 +232,13 @@ fn efficacy_inner(args: &[String]) -> Result<bool, String> {
     write_table(&table_rows, &paths, options.quick, &bin)?;
     eprintln!("xtask efficacy: wrote {}", paths.markdown.display());
     Ok(ok)
+}
+
+/// What the rows of one call run: the commit the `align` binary was built from.
+#[derive(Clone)]
+struct Build {
+    commit: String,
+    dirty: bool,
 }
 
 fn align_binary() -> PathBuf {
@@ -239,6 +252,12 @@ fn done(paths: &Paths, name: &str) -> bool {
     paths.results.join(name).join("row.json").exists()
 }
 
+/// A needed row is ready when it is done and its output (e.g. a dataset) is in the working
+/// directory; results are committed, working directories are not.
+fn ready(paths: &Paths, name: &str) -> bool {
+    done(paths, name) && paths.work.join(name).exists()
+}
+
 /// Runs the selected rows that are not done, `options.jobs` at a time, each after the rows it
 /// needs. Returns whether all succeeded.
 fn run_rows(
@@ -247,6 +266,7 @@ fn run_rows(
     paths: &Paths,
     options: &Options,
     bin: &Path,
+    build: &Build,
 ) -> Result<bool, String> {
     std::fs::create_dir_all(&paths.work).map_err(|e| format!("{}: {e}", paths.work.display()))?;
     std::fs::create_dir_all(&paths.results)
@@ -264,6 +284,26 @@ fn run_rows(
             );
         }
     }
+    // A done row whose output a pending row needs but which this working directory lacks (a
+    // fresh clone holds the results, not the runs) is run again first: its commands are
+    // seeded, so it writes the same output.
+    let mut rerun: Vec<Row> = Vec::new();
+    for r in &pending {
+        for n in &r.needs {
+            if done(paths, n)
+                && !ready(paths, n)
+                && !rerun.iter().any(|x| &x.name == n)
+                && let Some(row) = plan.iter().find(|p| &p.name == n)
+            {
+                eprintln!(
+                    "xtask efficacy: running {n} again: {} needs its output",
+                    r.name
+                );
+                rerun.push(row.clone());
+            }
+        }
+    }
+    pending.splice(0..0, rerun);
     // A needed row that is neither done nor selected can never finish in this call.
     for r in &pending {
         for n in &r.needs {
@@ -275,7 +315,6 @@ fn run_rows(
             }
         }
     }
-    let _ = plan;
     let (tx, rx) = mpsc::channel::<(String, Result<(), String>)>();
     let mut running = 0usize;
     let mut failed: HashSet<String> = HashSet::new();
@@ -294,7 +333,7 @@ fn run_rows(
         while running < options.jobs {
             let Some(i) = pending
                 .iter()
-                .position(|r| r.needs.iter().all(|n| done(paths, n)))
+                .position(|r| r.needs.iter().all(|n| ready(paths, n)))
             else {
                 break;
             };
@@ -303,10 +342,11 @@ fn run_rows(
             let (work, results, bin) =
                 (paths.work.clone(), paths.results.clone(), bin.to_path_buf());
             let quick = options.quick;
+            let build = build.clone();
             running += 1;
             eprintln!("xtask efficacy: starting {}", row.name);
             std::thread::spawn(move || {
-                let r = run_row(&row, &work, &results, &bin, quick, threads_each);
+                let r = run_row(&row, &work, &results, &bin, quick, threads_each, &build);
                 let _ = tx.send((row.name.clone(), r));
             });
         }
@@ -413,6 +453,7 @@ fn run_row(
     bin: &Path,
     quick: bool,
     threads: Option<&str>,
+    build: &Build,
 ) -> Result<(), String> {
     let out = work.join(&row.name);
     let work_s = work.display().to_string();
@@ -512,8 +553,8 @@ fn run_row(
         "name": row.name,
         "method": row.method,
         "command": format!("align {}", argv.join(" ")),
-        "commit": git(&["rev-parse", "HEAD"]),
-        "dirty": !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+        "commit": build.commit,
+        "dirty": build.dirty,
         "finished": now_utc(),
         "process_wall_seconds": wall,
         "resumed": resume,
