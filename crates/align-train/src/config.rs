@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use align_backprop::{DraftConfig, Truncation};
+use align_backprop::{DraftConfig, ReflLoss, Truncation};
 use align_core::RunnerConfig;
 use align_rewards::HackingMonitorConfig;
 use align_rl::{DdpoConfig, DenseGrpoConfig, DpokConfig, FlowGrpoConfig, SdpoConfig};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 
 use crate::error::{Result, TrainError};
 
@@ -31,12 +34,107 @@ pub enum AlgorithmName {
     /// AlignProp: DRaFT with a random truncation length per update (`truncation = { random_k =
     /// { min, max } }`), either model.
     AlignProp,
+    /// ReFL: the reward of the one-step prediction `x̂₀` at a random late step, back-propagated
+    /// through that step only (`[refl]`), either model.
+    Refl,
+    /// DRaFT-LV: DRaFT-1 averaged over `[draft_lv] copies` re-noisings of the final sample to
+    /// the last step's input time (flow model).
+    DraftLv,
 }
 
 impl AlgorithmName {
     /// Whether the algorithm back-propagates a differentiable reward through the sampler.
     pub fn is_backprop(self) -> bool {
-        matches!(self, AlgorithmName::Draft | AlgorithmName::AlignProp)
+        matches!(
+            self,
+            AlgorithmName::Draft
+                | AlgorithmName::AlignProp
+                | AlgorithmName::Refl
+                | AlgorithmName::DraftLv
+        )
+    }
+
+    /// Whether the algorithm trains on the rollout's stochastic steps through the shared
+    /// PPO-style update (the algorithms `timestep_fraction` applies to).
+    pub fn uses_step_update(self) -> bool {
+        matches!(
+            self,
+            AlgorithmName::FlowGrpo
+                | AlgorithmName::DenseGrpo
+                | AlgorithmName::DdpoSf
+                | AlgorithmName::DdpoIs
+                | AlgorithmName::Dpok
+        )
+    }
+}
+
+/// Which sampler rolls out the training trajectories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutSampler {
+    /// The family's default: the Flow-GRPO SDE on flow models, DDIM (η = `noise_level`) on ε
+    /// models.
+    #[default]
+    Default,
+    /// The Flow-GRPO marginal-preserving SDE, `σ_t = a √(t / (1 − t))` with `a = noise_level`
+    /// (flow models).
+    Sde,
+    /// Coefficient-preserving sampling (flow models): `noise_level` is the noise fraction in
+    /// `[0, 1]` (Flow-GRPO-Fast's public recipe: 0.8).
+    Cps,
+    /// DDIM with η = `noise_level` (ε models).
+    Ddim,
+    /// DDPM ancestral sampling with the posterior variance β̃ (ε models; `noise_level` unused).
+    Ddpm,
+}
+
+/// Which of the rollout's stochastic steps an iteration trains when `timestep_fraction < 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimestepOrder {
+    /// A random subset, drawn per iteration from a generator keyed by the run seed and the
+    /// iteration (shared by the batch). DDPO's code draws one permutation per sample.
+    #[default]
+    Random,
+    /// The first steps of the rollout, as Flow-GRPO's code does (with 10 steps and 0.99 it
+    /// skips the last step).
+    First,
+}
+
+/// The `[refl]` table (ReFL).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReflSection {
+    /// The late step is drawn uniformly `stop_min ..= stop_max` steps before the end (the
+    /// official code: 1..=10 of 40 steps, the last quarter; default 1..=3 of 10).
+    pub stop_min: usize,
+    /// See `stop_min`.
+    pub stop_max: usize,
+    /// The map from reward to loss: `{ hinge = { margin = 2.0 } }` (official) or `"negative"`.
+    pub loss: ReflLoss,
+}
+
+impl Default for ReflSection {
+    fn default() -> Self {
+        Self {
+            stop_min: 1,
+            stop_max: 3,
+            loss: ReflLoss::Hinge { margin: 2.0 },
+        }
+    }
+}
+
+/// The `[draft_lv]` table (DRaFT-LV).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DraftLvSection {
+    /// Re-noised copies of each final sample (the gradient is their mean).
+    pub copies: usize,
+}
+
+impl Default for DraftLvSection {
+    fn default() -> Self {
+        Self { copies: 2 }
     }
 }
 
@@ -135,6 +233,21 @@ pub struct TrainConfig {
     /// Flow models: train only SDE steps `[start, end)` of the rollout; the others are ODE
     /// steps ("Flow-GRPO-Fast"). `None` = every step stochastic.
     pub sde_window: Option<(usize, usize)>,
+    /// Flow models, Flow-GRPO-Fast as in its public code: a window of `sde_window_size` SDE
+    /// steps whose start is drawn per iteration (keyed by the run seed and the iteration)
+    /// inside `sde_window_range = [lo, hi)`; 0 = off (then `sde_window` applies).
+    pub sde_window_size: usize,
+    /// See `sde_window_size`; absent = `[0, train_steps / 2)` (the public code's first half).
+    pub sde_window_range: Option<(usize, usize)>,
+    /// The rollout sampler (`"sde"` or `"cps"` on flow models, `"ddim"` or `"ddpm"` on ε
+    /// models); absent = the family's default (SDE / DDIM).
+    pub rollout_sampler: RolloutSampler,
+    /// Fraction of the rollout's stochastic steps each iteration trains (DDPO, DPOK, Flow-GRPO,
+    /// DenseGRPO): `max(1, ⌊fraction · steps⌋)` steps chosen by `timestep_order`. Official
+    /// defaults: DDPO 1.0, Flow-GRPO 0.99 (with the first steps).
+    pub timestep_fraction: f64,
+    /// Which steps `timestep_fraction` keeps.
+    pub timestep_order: TimestepOrder,
     /// Periodic evaluation — the reward-hacking monitor's readings — every N iterations;
     /// `0` turns it off (only before and after). Absent: on, four times per run (every
     /// `⌈iterations / 4⌉` iterations), with [`monitor_seeds`](Self::monitor_seeds) seeds.
@@ -163,8 +276,13 @@ pub struct TrainConfig {
     pub dpok: DpokConfig,
     /// SDPO hyper-parameters.
     pub sdpo: SdpoConfig,
-    /// DRaFT / AlignProp hyper-parameters.
+    /// DRaFT / AlignProp hyper-parameters (`reward_scale` also scales ReFL's and DRaFT-LV's
+    /// losses).
     pub backprop: DraftConfig,
+    /// ReFL's late-step range and loss (`algorithm = "refl"`).
+    pub refl: ReflSection,
+    /// DRaFT-LV's copies (`algorithm = "draft-lv"`).
+    pub draft_lv: DraftLvSection,
     /// Stable Diffusion models: the training prompts, one per line (`#` starts a comment).
     pub prompts: Option<PathBuf>,
     /// Stable Diffusion models: the evaluation prompts (default: `prompts`).
@@ -190,6 +308,11 @@ impl Default for TrainConfig {
             noise_level: 0.7,
             guidance: 3.0,
             sde_window: None,
+            sde_window_size: 0,
+            sde_window_range: None,
+            rollout_sampler: RolloutSampler::Default,
+            timestep_fraction: 1.0,
+            timestep_order: TimestepOrder::Random,
             eval_every: None,
             eval_seeds: 1,
             monitor_seeds: 1,
@@ -207,6 +330,8 @@ impl Default for TrainConfig {
             dpok: DpokConfig::default(),
             sdpo: SdpoConfig::default(),
             backprop: DraftConfig::default(),
+            refl: ReflSection::default(),
+            draft_lv: DraftLvSection::default(),
             prompts: None,
             eval_prompts: None,
             image_size: 0,
@@ -240,6 +365,57 @@ impl TrainConfig {
     pub fn eval_interval(&self) -> usize {
         self.eval_every
             .unwrap_or_else(|| self.runner.iterations.div_ceil(4).max(1))
+    }
+
+    /// The range a drawn SDE window's start lies in (`sde_window_range`, or the first half of
+    /// the rollout).
+    pub fn window_range(&self) -> (usize, usize) {
+        self.sde_window_range
+            .unwrap_or((0, (self.train_steps / 2).max(1)))
+    }
+
+    /// The SDE window of iteration `iteration`: `sde_window` when fixed; with
+    /// `sde_window_size = n > 0`, `[s, s + n)` with `s` uniform in `lo ..= hi − n`, drawn from a
+    /// generator keyed by the run seed and the iteration (so a resumed run draws the same).
+    pub fn iteration_window(&self, iteration: usize) -> Option<(usize, usize)> {
+        if self.sde_window_size == 0 {
+            return self.sde_window;
+        }
+        let (lo, hi) = self.window_range();
+        let n = self.sde_window_size;
+        let span = (hi.saturating_sub(n).saturating_sub(lo) + 1) as u64;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x7364_6577_696e_646f);
+        rng.set_stream(iteration as u64);
+        let s = lo + (rng.next_u64() % span) as usize;
+        Some((s, s + n))
+    }
+
+    /// The stochastic steps iteration `iteration` trains: all of `steps` when
+    /// `timestep_fraction = 1`, else `max(1, ⌊fraction · |steps|⌋)` of them by
+    /// `timestep_order` (a random subset keyed by the run seed and the iteration, or the
+    /// first ones), in rollout order.
+    pub fn train_step_subset(&self, steps: &[usize], iteration: usize) -> Vec<usize> {
+        if self.timestep_fraction >= 1.0 || steps.is_empty() {
+            return steps.to_vec();
+        }
+        let keep =
+            ((self.timestep_fraction * steps.len() as f64).floor() as usize).clamp(1, steps.len());
+        match self.timestep_order {
+            TimestepOrder::First => steps[..keep].to_vec(),
+            TimestepOrder::Random => {
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x7473_7465_7073_7562);
+                rng.set_stream(iteration as u64);
+                // A partial Fisher–Yates shuffle of the indices, then rollout order.
+                let mut idx: Vec<usize> = (0..steps.len()).collect();
+                for i in 0..keep {
+                    let j = i + (rng.next_u64() % (idx.len() - i) as u64) as usize;
+                    idx.swap(i, j);
+                }
+                let mut chosen: Vec<usize> = idx[..keep].to_vec();
+                chosen.sort_unstable();
+                chosen.into_iter().map(|i| steps[i]).collect()
+            }
+        }
     }
 
     /// Reads and checks a TOML file; errors name the file and the field. `out` may be left
@@ -352,6 +528,89 @@ impl TrainConfig {
                 ),
             );
         }
+        if self.sde_window_size > 0 {
+            if self.sde_window.is_some() {
+                return bad(
+                    "sde_window_size",
+                    "a drawn window (sde_window_size) and a fixed one (sde_window) exclude each \
+                     other: set one"
+                        .into(),
+                );
+            }
+            let (lo, hi) = self.window_range();
+            if !(lo < hi && hi <= self.train_steps && self.sde_window_size <= hi - lo) {
+                return bad(
+                    "sde_window_range",
+                    format!(
+                        "[{lo}, {hi}) must lie inside 0..{} and hold sde_window_size = {} steps",
+                        self.train_steps, self.sde_window_size
+                    ),
+                );
+            }
+        } else if self.sde_window_range.is_some() {
+            return bad(
+                "sde_window_range",
+                "has no effect without sde_window_size ≥ 1".into(),
+            );
+        }
+        if !(self.timestep_fraction.is_finite()
+            && self.timestep_fraction > 0.0
+            && self.timestep_fraction <= 1.0)
+        {
+            return bad(
+                "timestep_fraction",
+                format!("{} must be in (0, 1]", self.timestep_fraction),
+            );
+        }
+        if self.timestep_fraction < 1.0 && !self.algorithm.uses_step_update() {
+            return bad(
+                "timestep_fraction",
+                format!(
+                    "applies to ddpo-sf, ddpo-is, dpok, flow-grpo and dense-grpo, not {:?}",
+                    self.algorithm
+                ),
+            );
+        }
+        if self.rollout_sampler == RolloutSampler::Cps && self.noise_level > 1.0 {
+            return bad(
+                "noise_level",
+                format!(
+                    "{} must be ≤ 1 with rollout_sampler = \"cps\" (it is the noise fraction)",
+                    self.noise_level
+                ),
+            );
+        }
+        if self.algorithm == AlgorithmName::DenseGrpo
+            && !matches!(
+                self.rollout_sampler,
+                RolloutSampler::Default | RolloutSampler::Sde
+            )
+        {
+            return bad(
+                "rollout_sampler",
+                "dense-grpo calibrates the SDE's per-step noise: use the SDE (\"sde\")".into(),
+            );
+        }
+        if self.algorithm == AlgorithmName::Refl {
+            let r = &self.refl;
+            if !(1 <= r.stop_min && r.stop_min <= r.stop_max && r.stop_max <= self.train_steps) {
+                return bad(
+                    "refl.stop_min",
+                    format!(
+                        "need 1 ≤ stop_min ≤ stop_max ≤ train_steps = {}, got {}..={}",
+                        self.train_steps, r.stop_min, r.stop_max
+                    ),
+                );
+            }
+            if let ReflLoss::Hinge { margin } = r.loss
+                && !margin.is_finite()
+            {
+                return bad("refl.loss", format!("margin {margin} must be finite"));
+            }
+        }
+        if self.algorithm == AlgorithmName::DraftLv && self.draft_lv.copies == 0 {
+            return bad("draft_lv.copies", "must be ≥ 1".into());
+        }
         if self.algorithm == AlgorithmName::Sdpo && !self.group_size.is_multiple_of(2) {
             return bad(
                 "group_size",
@@ -378,5 +637,162 @@ pub(crate) fn runner_field(e: align_core::CoreError) -> TrainError {
             TrainError::config(format!("runner.{field}"), reason)
         }
         other => TrainError::config("runner", other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(fraction: f64, order: TimestepOrder, seed: u64) -> TrainConfig {
+        TrainConfig {
+            timestep_fraction: fraction,
+            timestep_order: order,
+            seed,
+            ..TrainConfig::default()
+        }
+    }
+
+    proptest! {
+        /// `timestep_fraction` keeps `max(1, ⌊f · n⌋)` distinct steps of the rollout, in
+        /// rollout order; "first" keeps a prefix; the draw is a function of (seed, iteration).
+        #[test]
+        fn the_trained_steps_are_a_subset_of_the_expected_size(
+            n in 1usize..40,
+            f in 0.01f64..=1.0,
+            seed in any::<u64>(),
+            it in 0usize..1000,
+            offset in 0usize..5,
+        ) {
+            let steps: Vec<usize> = (offset..offset + n).collect();
+            let expected = if f >= 1.0 { n } else { ((f * n as f64).floor() as usize).max(1) };
+            for order in [TimestepOrder::Random, TimestepOrder::First] {
+                let c = config(f, order, seed);
+                let chosen = c.train_step_subset(&steps, it);
+                prop_assert_eq!(chosen.len(), expected);
+                prop_assert!(chosen.windows(2).all(|w| w[0] < w[1]), "{:?}", chosen);
+                prop_assert!(chosen.iter().all(|s| steps.contains(s)));
+                prop_assert_eq!(&chosen, &c.train_step_subset(&steps, it));
+                if order == TimestepOrder::First {
+                    prop_assert_eq!(&chosen[..], &steps[..expected]);
+                }
+            }
+        }
+
+        /// A drawn window has `sde_window_size` steps and lies inside its range.
+        #[test]
+        fn drawn_windows_lie_in_their_range(
+            lo in 0usize..5,
+            extra in 0usize..6,
+            size in 1usize..5,
+            seed in any::<u64>(),
+            it in 0usize..1000,
+        ) {
+            let hi = lo + size + extra;
+            let c = TrainConfig {
+                train_steps: hi + 1,
+                sde_window_size: size,
+                sde_window_range: Some((lo, hi)),
+                seed,
+                ..TrainConfig::default()
+            };
+            let (a, b) = c.iteration_window(it).expect("a drawn window");
+            prop_assert_eq!(b - a, size);
+            prop_assert!(lo <= a && b <= hi, "[{}, {}) outside [{}, {})", a, b, lo, hi);
+            prop_assert_eq!(c.iteration_window(it), Some((a, b)));
+        }
+    }
+
+    /// Over many iterations the random subset reaches every step about equally often, and
+    /// the drawn window takes every start of its range (the draws are not stuck).
+    #[test]
+    fn the_draws_cover_their_choices() {
+        let c = config(0.3, TimestepOrder::Random, 7);
+        let steps: Vec<usize> = (0..10).collect();
+        let mut counts = [0usize; 10];
+        for it in 0..3000 {
+            for s in c.train_step_subset(&steps, it) {
+                counts[s] += 1;
+            }
+        }
+        // 3 of 10 per iteration: 900 expected per step; ±15 % is > 7 standard deviations.
+        assert!(
+            counts.iter().all(|&k| (765..=1035).contains(&k)),
+            "{counts:?}"
+        );
+        let w = TrainConfig {
+            train_steps: 10,
+            sde_window_size: 2,
+            ..TrainConfig::default()
+        };
+        // Default range: the first half, [0, 5): starts 0..=3.
+        let starts: std::collections::BTreeSet<usize> = (0..200)
+            .map(|it| w.iteration_window(it).unwrap().0)
+            .collect();
+        assert_eq!(starts.into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        // Without a drawn window the fixed one applies to every iteration.
+        let fixed = TrainConfig {
+            sde_window: Some((2, 6)),
+            ..TrainConfig::default()
+        };
+        assert_eq!(fixed.iteration_window(17), Some((2, 6)));
+        assert_eq!(TrainConfig::default().iteration_window(3), None);
+    }
+
+    /// Every new field's bad values are refused by name.
+    #[test]
+    fn bad_new_fields_are_named() {
+        let base = TrainConfig {
+            out: "o".into(),
+            train_steps: 10,
+            ..TrainConfig::default()
+        };
+        let err = |c: TrainConfig| c.validate_job().unwrap_err().to_string();
+        let mut c = base.clone();
+        c.sde_window_size = 2;
+        c.sde_window = Some((0, 2));
+        assert!(err(c).starts_with("sde_window_size:"));
+        let mut c = base.clone();
+        c.sde_window_size = 4;
+        c.sde_window_range = Some((0, 3));
+        assert!(err(c).starts_with("sde_window_range:"));
+        let mut c = base.clone();
+        c.sde_window_range = Some((0, 3));
+        assert!(err(c).starts_with("sde_window_range:"));
+        for f in [0.0, -0.5, 1.5, f64::NAN] {
+            let mut c = base.clone();
+            c.timestep_fraction = f;
+            assert!(err(c).starts_with("timestep_fraction:"), "{f}");
+        }
+        let mut c = base.clone();
+        c.algorithm = AlgorithmName::Sdpo;
+        c.group_size = 2;
+        c.timestep_fraction = 0.5;
+        assert!(err(c).starts_with("timestep_fraction:"));
+        let mut c = base.clone();
+        c.rollout_sampler = RolloutSampler::Cps;
+        c.noise_level = 1.2;
+        assert!(err(c).starts_with("noise_level:"));
+        let mut c = base.clone();
+        c.algorithm = AlgorithmName::DenseGrpo;
+        c.rollout_sampler = RolloutSampler::Cps;
+        assert!(err(c).starts_with("rollout_sampler:"));
+        let mut c = base.clone();
+        c.algorithm = AlgorithmName::Refl;
+        c.refl.stop_max = 11;
+        assert!(err(c).starts_with("refl.stop_min:"));
+        let mut c = base.clone();
+        c.algorithm = AlgorithmName::DraftLv;
+        c.draft_lv.copies = 0;
+        assert!(err(c).starts_with("draft_lv.copies:"));
+        // The defaults are valid, and so is a drawn window of the public recipe (3 of the
+        // first 5 of 10 steps) with CPS.
+        base.validate_job().unwrap();
+        let mut c = base.clone();
+        c.sde_window_size = 3;
+        c.rollout_sampler = RolloutSampler::Cps;
+        c.noise_level = 0.8;
+        c.validate_job().unwrap();
     }
 }

@@ -11,18 +11,22 @@
 use std::path::Path;
 use std::time::Instant;
 
-use align_backprop::{DraftUpdate, draft_update, reward_cotangent};
+use align_backprop::{
+    DraftUpdate, draft_lv_gradients, draft_update, late_step, refl_gradients, reward_cotangent,
+};
 use align_core::{Condition, CoreError, Job, Metrics};
 use align_models::{LoraConfig, Pipeline, apply_lora, with_lora_scale};
 use align_rewards::Reward;
 use align_rl::{Iteration, RlError, run_iteration, step_reward_gains, trajectory_dense_rewards};
-use align_samplers::{FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, rollout};
+use align_samplers::{
+    CpsSampler, FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, rollout,
+};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::TrainConfig;
+use crate::config::{AlgorithmName, RolloutSampler, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::evaluator::Evaluator;
 use crate::observer::SharedObserver;
@@ -107,6 +111,28 @@ fn conditions<P: Pipeline>(
     Ok((c, Some(u)))
 }
 
+/// A flow sampler for one iteration: the SDE or CPS (`rollout_sampler`) on the training grid,
+/// with the iteration's window ([`TrainConfig::iteration_window`]) and DenseGRPO's calibrated
+/// per-step noise scales (SDE only).
+fn flow_iteration_sampler(
+    config: &TrainConfig,
+    iteration: usize,
+    scales: Option<Vec<f64>>,
+) -> std::result::Result<Box<dyn Sampler + Send + Sync>, align_samplers::SamplerError> {
+    let grid = FlowGrid::new(config.train_steps, 1.0)?;
+    let window = config.iteration_window(iteration).map(|(a, b)| a..b);
+    Ok(match config.rollout_sampler {
+        RolloutSampler::Cps => {
+            Box::new(CpsSampler::new(grid, config.noise_level)?.with_window(window)?)
+        }
+        _ => Box::new(
+            FlowSdeSampler::new(grid, config.noise_level)?
+                .with_window(window)?
+                .with_noise_scales(scales)?,
+        ),
+    })
+}
+
 impl<P: Pipeline> OnlineJob<P> {
     /// The prompts of iteration `it`: `prompts_per_iteration` draws, each `group_size` times.
     fn batch_prompts(&self, it: usize) -> Vec<usize> {
@@ -143,6 +169,21 @@ impl<P: Pipeline> OnlineJob<P> {
             Some(g) => Some(g.score(images, prompts).map_err(|e| job(e.to_string()))?),
             None => None,
         };
+        if matches!(
+            self.config.algorithm,
+            AlgorithmName::Refl | AlgorithmName::DraftLv
+        ) {
+            return self.one_step_backprop_iteration(
+                model,
+                iteration,
+                ids,
+                prompts,
+                traj,
+                gold,
+                section.reward_scale,
+                apply,
+            );
+        }
         let (values, cotangent) = {
             let reward = &self.reward;
             let score =
@@ -170,6 +211,12 @@ impl<P: Pipeline> OnlineJob<P> {
         .map_err(backprop_err)?;
         let mut m = draft_metrics(&values, &stats);
         m.insert("samples".into(), ((iteration + 1) * ids.len()) as f64);
+        self.log_backprop(&mut m, gold);
+        Ok((model, m))
+    }
+
+    /// The progress line (and gold partial credit) of a reward-backprop iteration.
+    fn log_backprop(&self, m: &mut Metrics, gold: Option<Vec<f64>>) {
         match gold {
             Some(gold) => {
                 m.insert(
@@ -186,9 +233,85 @@ impl<P: Pipeline> OnlineJob<P> {
                 m["reward_mean"], m["differentiated_steps"]
             )),
         }
+    }
+
+    /// ReFL and DRaFT-LV: a reward gradient through one sampler step, from the rollout's
+    /// stored state (ReFL: `x̂₀` at a random late step `k`, [`late_step`] keyed by the run seed
+    /// and the iteration; DRaFT-LV: the last step from `copies` re-noisings of the final
+    /// sample), applied as one optimizer step.
+    #[allow(clippy::too_many_arguments)]
+    fn one_step_backprop_iteration(
+        &mut self,
+        model: P,
+        iteration: usize,
+        ids: &[usize],
+        prompts: &[String],
+        traj: &align_core::Trajectory,
+        gold: Option<Vec<f64>>,
+        reward_scale: f64,
+        apply: &mut dyn FnMut(P, GradientsParams) -> align_core::Result<P>,
+    ) -> align_core::Result<(P, Metrics)> {
+        let table = &self.prompts;
+        let encode = |m: &P| conditions(table, m, ids);
+        let (grads, values, step) = {
+            let reward = &self.reward;
+            let score = |x: Tensor<4>| -> std::result::Result<Tensor<1>, String> {
+                match reward.score_differentiable(model.sample_images(x), prompts) {
+                    Some(r) => r.map_err(|e| e.to_string()),
+                    None => Err(format!("{} is not differentiable", reward.name())),
+                }
+            };
+            match self.config.algorithm {
+                AlgorithmName::Refl => {
+                    let r = &self.config.refl;
+                    let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ REFL_STEP_SALT);
+                    rng.set_stream(iteration as u64);
+                    let k = late_step(traj.num_steps(), r.stop_min, r.stop_max, &mut rng)
+                        .map_err(backprop_err)?;
+                    let (g, v) = refl_gradients(
+                        &model,
+                        self.sampler.as_ref(),
+                        traj,
+                        k,
+                        &encode,
+                        &score,
+                        r.loss,
+                        reward_scale,
+                    )
+                    .map_err(backprop_err)?;
+                    (g, v, k)
+                }
+                _ => {
+                    let (g, v) = draft_lv_gradients(
+                        &model,
+                        self.sampler.as_ref(),
+                        traj,
+                        &encode,
+                        &score,
+                        self.config.draft_lv.copies,
+                        self.config.seed,
+                        reward_scale,
+                    )
+                    .map_err(backprop_err)?;
+                    (g, v, traj.num_steps().saturating_sub(1))
+                }
+            }
+        };
+        let model = apply(model, grads)?;
+        let stats = align_backprop::DraftStats {
+            differentiated_steps: 1,
+            reference_penalty: 0.0,
+        };
+        let mut m = draft_metrics(&values, &stats);
+        m.insert("differentiated_step".into(), step as f64);
+        m.insert("samples".into(), ((iteration + 1) * ids.len()) as f64);
+        self.log_backprop(&mut m, gold);
         Ok((model, m))
     }
 }
+
+/// Salt of ReFL's per-iteration draw of the late step.
+const REFL_STEP_SALT: u64 = 0x7265_666c_7374_6570;
 
 impl<P: Pipeline> Job<P> for OnlineJob<P> {
     fn iteration(
@@ -200,18 +323,15 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         let job = |e: String| CoreError::Job(e);
         let ids = self.batch_prompts(iteration);
         let b = ids.len();
-        // DenseGRPO's calibrated per-step noise: this iteration's sampler.
-        if let Algorithm::Online(a) = &self.algorithm
-            && let Some(scales) = a.noise_scales()
-        {
-            let sampler = FlowSdeSampler::new(
-                FlowGrid::new(self.config.train_steps, 1.0).map_err(|e| job(e.to_string()))?,
-                self.config.noise_level,
-            )
-            .and_then(|s| s.with_window(self.config.sde_window.map(|(a, b)| a..b)))
-            .and_then(|s| s.with_noise_scales(Some(scales)))
-            .map_err(|e| job(e.to_string()))?;
-            self.sampler = Box::new(sampler);
+        // DenseGRPO's calibrated per-step noise and Flow-GRPO-Fast's drawn window: this
+        // iteration's (flow) sampler.
+        let scales = match &self.algorithm {
+            Algorithm::Online(a) => a.noise_scales(),
+            _ => None,
+        };
+        if scales.is_some() || self.config.sde_window_size > 0 {
+            self.sampler = flow_iteration_sampler(&self.config, iteration, scales)
+                .map_err(|e| job(e.to_string()))?;
         }
         // Roll out on the training device without a graph: the update re-scores with the same
         // kernels, so the PPO ratio at θ_old is exactly 1.
@@ -249,7 +369,10 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             .reward
             .score(&images, &prompts)
             .map_err(|e| job(e.to_string()))?;
-        let steps = traj.stochastic_steps();
+        // `timestep_fraction`: the steps this iteration trains.
+        let steps = self
+            .config
+            .train_step_subset(&traj.stochastic_steps(), iteration);
         let reward = &self.reward;
         let mut score = |x: Tensor<4>| {
             reward
@@ -323,6 +446,15 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             }
         };
         let mut m = iteration_metrics(&stats, &self.observer);
+        if !matches!(self.algorithm, Algorithm::Sdpo(_)) {
+            m.insert("trained_steps".into(), steps.len() as f64);
+        }
+        if let Some((a, b)) = self.config.iteration_window(iteration)
+            && self.config.sde_window_size > 0
+        {
+            m.insert("sde_window_start".into(), a as f64);
+            m.insert("sde_window_end".into(), b as f64);
+        }
         // Samples generated so far (`iteration` counts from 0; every iteration rolls out `b`).
         m.insert("samples".into(), ((iteration + 1) * b) as f64);
         Ok((model, m))

@@ -7,7 +7,8 @@
 //! - [`train_pipeline`]: the online job on any [`align_models::Pipeline`] — rollouts of the
 //!   LoRA-adapted model, rewards, one iteration of an `align-rl` algorithm (DDPO-SF/IS, DPOK,
 //!   Flow-GRPO and its Fast window, DenseGRPO, SDPO) or a reward-backprop update (DRaFT-K,
-//!   AlignProp), periodic evaluations by an [`Evaluator`], checkpoints, and the report. Bring
+//!   AlignProp, ReFL, DRaFT-LV), periodic evaluations by an [`Evaluator`], checkpoints, and
+//!   the report. Bring
 //!   a model (a `Denoiser` in [`align_models::TextToImage`], or your own `Pipeline`), prompts,
 //!   a reward ([`align_rewards::reward_fn`] turns a closure into one) and a sampler in an
 //!   [`OnlineTask`]; [`RewardEvaluator`] measures the mean reward.
@@ -16,7 +17,7 @@
 //!   Diffusion 1.x directories.
 //! - [`pretrain`]: a Shapes model from scratch ([`PretrainOptions`]).
 //! - [`pref_train`]: the preference job from a [`PrefConfig`] (Diffusion-DPO, MaPO,
-//!   Diffusion-KTO, DSPO) and [`pref_data`], the AI-feedback dataset it trains on.
+//!   Diffusion-KTO, DSPO, RWR) and [`pref_data`], the AI-feedback dataset it trains on.
 //! - [`shapes_eval`]: sampling and the exact ShapeEval evaluation of Shapes models;
 //!   [`win_rate`]: the paired gold win rate with its bootstrap interval.
 //! - [`Observer`]: how a front end follows a run (a progress bar, a log); [`Silent`] shows
@@ -75,7 +76,10 @@ pub mod sd;
 pub mod shapes_eval;
 pub mod win_rate;
 
-pub use config::{AlgorithmName, LoraSection, RewardName, TrainConfig, read_toml};
+pub use config::{
+    AlgorithmName, DraftLvSection, LoraSection, ReflSection, RewardName, RolloutSampler,
+    TimestepOrder, TrainConfig, read_toml,
+};
 pub use error::{Result, TrainError};
 pub use evaluator::{Evaluator, RewardEvaluator, SharedReward};
 pub use job::{OnlineJob, OnlineTask, train_pipeline};

@@ -454,35 +454,94 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
             )?)
         }
         AlgorithmName::Dpok => Box::new(Dpok::new(config.dpok.clone(), prompts.to_vec())?),
-        AlgorithmName::Sdpo | AlgorithmName::Draft | AlgorithmName::AlignProp => {
+        AlgorithmName::Sdpo
+        | AlgorithmName::Draft
+        | AlgorithmName::AlignProp
+        | AlgorithmName::Refl
+        | AlgorithmName::DraftLv => {
             unreachable!("handled above")
         }
     }))
 }
 
-fn train_sampler(
+/// The rollout sampler of a Shapes run (`rollout_sampler`, the family's default when absent),
+/// with the fixed `sde_window` or, for a drawn window, iteration 0's (the job redraws it per
+/// iteration: [`TrainConfig::iteration_window`]).
+///
+/// # Errors
+/// A sampler or window of the other family (named by field), invalid sampler values.
+pub(crate) fn train_sampler(
     config: &TrainConfig,
     model: &ShapesModelConfig,
 ) -> Result<Box<dyn Sampler + Send + Sync>> {
-    let s = if model.is_flow() {
-        SamplerConfig::FlowSde {
+    use crate::config::RolloutSampler as R;
+    let flow = model.is_flow();
+    if !flow && (config.sde_window.is_some() || config.sde_window_size > 0) {
+        return Err(TrainError::config(
+            if config.sde_window.is_some() {
+                "sde_window"
+            } else {
+                "sde_window_size"
+            },
+            "is a flow-model option; this model is an ε (DDPM) UNet",
+        ));
+    }
+    if config.algorithm == AlgorithmName::DraftLv && !flow {
+        return Err(TrainError::config(
+            "algorithm",
+            "draft-lv re-noises along the flow's linear path: it needs a flow model (DiT or \
+             flow UNet)",
+        ));
+    }
+    let family_error = |name: &str| {
+        Err(TrainError::config(
+            "rollout_sampler",
+            format!(
+                "\"{name}\" is for {} models; this model is a {} model",
+                if flow { "ε (DDPM)" } else { "flow" },
+                if flow { "flow" } else { "ε (DDPM)" }
+            ),
+        ))
+    };
+    let window = config.iteration_window(0);
+    let ddpm_schedule = || align_samplers::BetaSchedule::ddpm_linear();
+    let s = match (config.rollout_sampler, flow) {
+        (R::Default | R::Sde, true) => SamplerConfig::FlowSde {
             num_steps: config.train_steps,
             shift: 1.0,
             noise_level: config.noise_level,
-            window: config.sde_window,
-        }
-    } else {
-        SamplerConfig::Ddim {
+            window,
+        },
+        (R::Cps, true) => SamplerConfig::Cps {
+            num_steps: config.train_steps,
+            shift: 1.0,
+            noise_level: config.noise_level,
+            window,
+        },
+        (R::Default | R::Ddim, false) => SamplerConfig::Ddim {
             num_train_timesteps: model.num_train_timesteps,
-            beta_schedule: align_samplers::BetaSchedule::ddpm_linear(),
+            beta_schedule: ddpm_schedule(),
             num_steps: config.train_steps,
             spacing: align_samplers::TimestepSpacing::Leading { offset: 1 },
             eta: config.noise_level,
             final_alpha: align_samplers::FinalAlpha::One,
             clip_sample: Some(1.0),
-        }
+        },
+        (R::Ddpm, false) => SamplerConfig::Ddpm {
+            num_train_timesteps: model.num_train_timesteps,
+            beta_schedule: ddpm_schedule(),
+            num_steps: config.train_steps,
+            spacing: align_samplers::TimestepSpacing::Leading { offset: 1 },
+            variance: align_samplers::DdpmVariance::FixedSmall,
+            clip_sample: Some(1.0),
+        },
+        (R::Sde, false) => return family_error("sde"),
+        (R::Cps, false) => return family_error("cps"),
+        (R::Ddim, true) => return family_error("ddim"),
+        (R::Ddpm, true) => return family_error("ddpm"),
     };
-    Ok(s.build()?)
+    s.build()
+        .map_err(|e| TrainError::config("rollout_sampler", e.to_string()))
 }
 
 /// Salt of the Shapes runs' per-iteration prompt draw.
@@ -589,6 +648,7 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RolloutSampler;
     use align_backprop::Truncation;
 
     #[test]
@@ -832,6 +892,161 @@ mod tests {
             let p = row["reference_penalty"].as_f64().unwrap();
             assert!(p.is_finite() && p >= 0.0, "{l}");
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// ReFL and DRaFT-LV through `align train` on the shipped flow UNet and the proxy reward
+    /// model: one step carries gradient (a late step for ReFL, inside its stop range; the last
+    /// for DRaFT-LV), the adapters move, the proxy stays a probability; DRaFT-LV on an ε
+    /// model is refused by name.
+    #[test]
+    fn refl_and_draft_lv_backpropagate_through_one_step() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-refl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = TrainConfig {
+            algorithm: AlgorithmName::Refl,
+            model: crate::test_model_dir("shapes-flow-unet"),
+            out: dir.join("refl"),
+            reward: RewardName::Proxy,
+            reward_model: crate::test_model_dir("proxy-rm"),
+            prompts_per_iteration: 2,
+            group_size: 1,
+            train_steps: 4,
+            noise_level: 0.0,
+            eval_steps: 2,
+            eval_every: Some(0),
+            ..TrainConfig::default()
+        };
+        config.refl.stop_min = 1;
+        config.refl.stop_max = 2;
+        config.runner.iterations = 4;
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        let rows = |out: &Path| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(out.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        for row in rows(&config.out) {
+            let k = row["differentiated_step"].as_f64().unwrap();
+            // stop 1..=2 steps before the end of 4: steps 2 or 3.
+            assert!(k == 2.0 || k == 3.0, "{row}");
+            assert_eq!(row["differentiated_steps"].as_f64(), Some(1.0));
+            assert!(row["grad_norm"].as_f64().unwrap() > 0.0, "{row}");
+            assert!((0.0..=1.0).contains(&row["reward_mean"].as_f64().unwrap()));
+        }
+        config.algorithm = AlgorithmName::DraftLv;
+        config.out = dir.join("draft-lv");
+        config.runner.iterations = 2;
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        for row in rows(&config.out) {
+            assert_eq!(row["differentiated_step"].as_f64(), Some(3.0), "{row}");
+            assert!(row["grad_norm"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        config.model = crate::test_model_dir("shapes-unet");
+        config.out = dir.join("draft-lv-eps");
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("draft-lv re-noises"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The rollout sampler, `timestep_fraction` and a drawn SDE window reach the update: on a
+    /// tiny DiT, half the stochastic steps are trained; with CPS and a window of 2 drawn in
+    /// [0, 3) the window's steps are the stochastic ones; DDPM rolls out the ε UNet; a sampler
+    /// of the other family is refused by name.
+    #[test]
+    fn rollout_samplers_fractions_and_drawn_windows_reach_the_update() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-steps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tok = Tokenizer::new();
+        let mc = ShapesModelConfig::preset(
+            align_models::DenoiserKind::Dit,
+            align_models::Preset::Tiny,
+            tok.vocab_size(),
+            tok.max_len(),
+        );
+        device.seed(5);
+        let model = mc.init(&device).unwrap();
+        let model_dir = dir.join("base");
+        model.save(&mc, &model_dir).unwrap();
+        let rows = |out: &Path| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(out.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let trained = |out: &Path| -> Vec<f64> {
+            rows(out)
+                .iter()
+                .map(|r| r["trained_steps"].as_f64().unwrap())
+                .collect()
+        };
+        let mut config = TrainConfig {
+            model: model_dir,
+            out: dir.join("all"),
+            prompts_per_iteration: 2,
+            group_size: 2,
+            train_steps: 4,
+            eval_steps: 2,
+            eval_every: Some(0),
+            ..TrainConfig::default()
+        };
+        config.runner.iterations = 2;
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        let all = trained(&config.out);
+        assert!(all.iter().all(|&n| n == all[0] && n >= 2.0), "{all:?}");
+        config.out = dir.join("half");
+        config.timestep_fraction = 0.5;
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        let half = trained(&config.out);
+        assert!(
+            half.iter().all(|&n| n == (all[0] * 0.5).floor()),
+            "{half:?} of {all:?}"
+        );
+        config.out = dir.join("cps-window");
+        config.timestep_fraction = 1.0;
+        config.rollout_sampler = RolloutSampler::Cps;
+        config.sde_window_size = 2;
+        config.sde_window_range = Some((0, 3));
+        config.runner.iterations = 3;
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        for row in rows(&config.out) {
+            let a = row["sde_window_start"].as_f64().unwrap();
+            assert!(a == 0.0 || a == 1.0, "{row}");
+            assert_eq!(row["sde_window_end"].as_f64(), Some(a + 2.0), "{row}");
+            assert_eq!(row["trained_steps"].as_f64(), Some(2.0), "{row}");
+            assert!(row["loss"].as_f64().unwrap().is_finite(), "{row}");
+        }
+        let mut eps = TrainConfig {
+            algorithm: AlgorithmName::DdpoIs,
+            model: crate::test_model_dir("shapes-unet"),
+            out: dir.join("ddpm"),
+            prompts_per_iteration: 1,
+            group_size: 2,
+            train_steps: 3,
+            noise_level: 1.0,
+            eval_steps: 2,
+            eval_every: Some(0),
+            rollout_sampler: RolloutSampler::Ddpm,
+            ..TrainConfig::default()
+        };
+        eps.runner.iterations = 1;
+        train(&eps, false, &crate::observer::silent(), &device).unwrap();
+        let row = &rows(&eps.out)[0];
+        assert!(row["trained_steps"].as_f64().unwrap() >= 1.0, "{row}");
+        assert!(row["loss"].as_f64().unwrap().is_finite(), "{row}");
+        eps.out = dir.join("cps-eps");
+        eps.rollout_sampler = RolloutSampler::Cps;
+        let err = train(&eps, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("rollout_sampler:"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

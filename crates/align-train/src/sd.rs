@@ -106,22 +106,37 @@ pub fn train_sd(
             | AlgorithmName::Sdpo
             | AlgorithmName::Draft
             | AlgorithmName::AlignProp
+            | AlgorithmName::Refl
     ) {
         return Err(TrainError::config(
             "algorithm",
             format!(
                 "{:?} needs a flow-matching model; Stable Diffusion 1.x is a DDPM model: use \
-                 ddpo-sf, ddpo-is, dpok, sdpo, draft or align-prop",
+                 ddpo-sf, ddpo-is, dpok, sdpo, draft, align-prop or refl",
                 config.algorithm
             ),
         ));
     }
     // Fields the Stable Diffusion job does not implement are refused by name rather than
     // silently ignored.
-    if config.sde_window.is_some() {
+    if config.sde_window.is_some() || config.sde_window_size > 0 {
         return Err(TrainError::config(
-            "sde_window",
+            if config.sde_window.is_some() {
+                "sde_window"
+            } else {
+                "sde_window_size"
+            },
             "is a flow-model option; Stable Diffusion runs use DDIM",
+        ));
+    }
+    if !matches!(
+        config.rollout_sampler,
+        crate::config::RolloutSampler::Default | crate::config::RolloutSampler::Ddim
+    ) {
+        return Err(TrainError::config(
+            "rollout_sampler",
+            "Stable Diffusion runs roll out with DDIM (η = noise_level): remove the field or \
+             set \"ddim\"",
         ));
     }
     if config.monitor != align_rewards::HackingMonitorConfig::default() {
