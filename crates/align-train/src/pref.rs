@@ -222,6 +222,12 @@ pub struct PrefConfig {
     pub eval_seeds: usize,
     /// Sampler steps of the evaluations (0 = the family's default).
     pub eval_steps: usize,
+    /// Periodic ShapeEval evaluation (train and held-out pass rates in `metrics.jsonl`: the
+    /// monitor of a run against the gold verifier) every N optimizer steps; `0` turns it off.
+    /// Absent: four times per run (every `⌈iterations / 4⌉` steps).
+    pub eval_every: Option<usize>,
+    /// Seeds per prompt of the periodic evaluations (default 1: one image per prompt).
+    pub monitor_seeds: usize,
     /// LoRA adapters.
     pub lora: LoraSection,
     /// Optimizer, clipping, checkpoints.
@@ -249,6 +255,8 @@ impl Default for PrefConfig {
             batch_size: 8,
             eval_seeds: 1,
             eval_steps: 0,
+            eval_every: None,
+            monitor_seeds: 1,
             lora: LoraSection::default(),
             runner: RunnerConfig {
                 iterations: 100,
@@ -265,6 +273,13 @@ impl Default for PrefConfig {
 }
 
 impl PrefConfig {
+    /// The periodic-evaluation interval in optimizer steps (`0` = none): `eval_every` when
+    /// set, else `⌈iterations / 4⌉`.
+    pub fn eval_interval(&self) -> usize {
+        self.eval_every
+            .unwrap_or_else(|| self.runner.iterations.div_ceil(4).max(1))
+    }
+
     /// Reads and checks a TOML file; errors name the file and the field.
     ///
     /// # Errors
@@ -293,6 +308,9 @@ impl PrefConfig {
         if self.eval_seeds == 0 {
             return Err(TrainError::config("eval_seeds", "must be ≥ 1"));
         }
+        if self.monitor_seeds == 0 {
+            return Err(TrainError::config("monitor_seeds", "must be ≥ 1"));
+        }
         let positive = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
@@ -318,7 +336,7 @@ struct PrefJob<D: Module> {
     labels: Vec<LabeledImage>,
     reference: TextToImage<D>,
     schedule: Option<NoiseSchedule>,
-    image_size: usize,
+    model_config: ShapesModelConfig,
     observer: SharedObserver,
 }
 
@@ -389,7 +407,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
         let keys: Vec<NoiseKey> = (0..b)
             .map(|i| NoiseKey::initial(self.config.seed ^ 0x6e6f_6973, (iteration * b + i) as u64))
             .collect();
-        let s = self.image_size;
+        let s = self.model_config.image_size;
         let noise =
             align_core::noise_tensor(&keys, [3, s, s], &device).map_err(|e| job(e.to_string()))?;
         let levels = self.levels(&mut rng, b).map_err(job)?;
@@ -503,6 +521,46 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
         let model = apply(model, grads)?;
         self.observer.iteration(&format!("loss {value:.4}"));
         Ok((model, m))
+    }
+
+    /// Every [`PrefConfig::eval_interval`] steps: ShapeEval pass rates of the current weights
+    /// on both parts of the evaluation set (`monitor_seeds` seeds), as `eval_train_accuracy`
+    /// and `eval_heldout_accuracy`.
+    fn after_iteration(
+        &mut self,
+        model: &TextToImage<D>,
+        _average: Option<&TextToImage<D>>,
+        iteration: usize,
+        metrics: &mut Metrics,
+    ) -> align_core::Result<align_core::Control> {
+        let every = self.config.eval_interval();
+        if every == 0 || !(iteration + 1).is_multiple_of(every) {
+            return Ok(align_core::Control::Continue);
+        }
+        let valid = model.valid();
+        let device = valid.text.devices()[0].clone();
+        let mut rates = [0.0; 2];
+        for (rate, part) in rates.iter_mut().zip([SplitPart::Train, SplitPart::HeldOut]) {
+            let scores = part_scores(
+                &valid,
+                &self.model_config,
+                part,
+                self.config.monitor_seeds,
+                self.config.eval_steps,
+                &device,
+            )
+            .map_err(TrainError::into_core)?;
+            *rate = mean_of(&scores).0;
+        }
+        metrics.insert("eval_train_accuracy".into(), rates[0]);
+        metrics.insert("eval_heldout_accuracy".into(), rates[1]);
+        self.observer.say(&format!(
+            "step {}: ShapeEval train {:.1}% held-out {:.1}%",
+            iteration + 1,
+            100.0 * rates[0],
+            100.0 * rates[1]
+        ));
+        Ok(align_core::Control::Continue)
     }
 }
 
@@ -633,7 +691,7 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
         } else {
             Some(model_config.noise_schedule()?)
         },
-        image_size: model_config.image_size,
+        model_config: model_config.clone(),
         observer: observer.clone(),
     };
     observer.start(config.runner.iterations, 0);
@@ -780,6 +838,9 @@ mod tests {
                 out: dir.join(format!("{algorithm:?}")),
                 batch_size: 2,
                 eval_steps: 2,
+                // The periodic evaluation is on by default (every ⌈2 / 4⌉ = 1 step here);
+                // one loss keeps it, the others turn it off.
+                eval_every: (algorithm != PrefAlgorithm::DiffusionDpo).then_some(0),
                 ..PrefConfig::default()
             };
             config.runner.iterations = 2;
@@ -794,6 +855,15 @@ mod tests {
                     row["grad_norm"].as_f64().unwrap() > 0.0,
                     "{algorithm:?}: {line}"
                 );
+                for field in ["eval_train_accuracy", "eval_heldout_accuracy"] {
+                    match config.eval_every {
+                        None => assert!(
+                            (0.0..=1.0).contains(&row[field].as_f64().unwrap()),
+                            "{line}"
+                        ),
+                        Some(_) => assert!(row.get(field).is_none(), "{line}"),
+                    }
+                }
             }
         }
         let _ = std::fs::remove_dir_all(dir);
