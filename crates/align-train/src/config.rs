@@ -40,6 +40,14 @@ pub enum AlgorithmName {
     /// DRaFT-LV: DRaFT-1 averaged over `[draft_lv] copies` re-noisings of the final sample to
     /// the last step's input time (flow model).
     DraftLv,
+    /// The reward's gradient through the whole deterministic flow rollout by the continuous
+    /// adjoint (memory of one model call whatever the step count; flow model, `noise_level =
+    /// 0`).
+    Adjoint,
+    /// Adjoint Matching: regress the control onto the lean adjoint of rollouts with the
+    /// memoryless SDE (`noise_level = √2`), toward `p_base · exp(λ r)` (`[adjoint_matching]
+    /// lambda`; flow model).
+    AdjointMatching,
 }
 
 impl AlgorithmName {
@@ -51,6 +59,20 @@ impl AlgorithmName {
                 | AlgorithmName::AlignProp
                 | AlgorithmName::Refl
                 | AlgorithmName::DraftLv
+                | AlgorithmName::Adjoint
+                | AlgorithmName::AdjointMatching
+        )
+    }
+
+    /// Whether the algorithm needs a flow (velocity) model whatever the family of the others.
+    pub fn needs_flow(self) -> bool {
+        matches!(
+            self,
+            AlgorithmName::FlowGrpo
+                | AlgorithmName::DenseGrpo
+                | AlgorithmName::DraftLv
+                | AlgorithmName::Adjoint
+                | AlgorithmName::AdjointMatching
         )
     }
 
@@ -135,6 +157,21 @@ pub struct DraftLvSection {
 impl Default for DraftLvSection {
     fn default() -> Self {
         Self { copies: 2 }
+    }
+}
+
+/// The `[adjoint_matching]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdjointMatchingSection {
+    /// The reward multiplier λ of the target `p_base · exp(λ r)` (the source documents give
+    /// no default; 1 is ours).
+    pub lambda: f64,
+}
+
+impl Default for AdjointMatchingSection {
+    fn default() -> Self {
+        Self { lambda: 1.0 }
     }
 }
 
@@ -283,6 +320,8 @@ pub struct TrainConfig {
     pub refl: ReflSection,
     /// DRaFT-LV's copies (`algorithm = "draft-lv"`).
     pub draft_lv: DraftLvSection,
+    /// Adjoint Matching's λ (`algorithm = "adjoint-matching"`).
+    pub adjoint_matching: AdjointMatchingSection,
     /// Stable Diffusion models: the training prompts, one per line (`#` starts a comment).
     pub prompts: Option<PathBuf>,
     /// Stable Diffusion models: the evaluation prompts (default: `prompts`).
@@ -332,6 +371,7 @@ impl Default for TrainConfig {
             backprop: DraftConfig::default(),
             refl: ReflSection::default(),
             draft_lv: DraftLvSection::default(),
+            adjoint_matching: AdjointMatchingSection::default(),
             prompts: None,
             eval_prompts: None,
             image_size: 0,
@@ -494,7 +534,7 @@ impl TrainConfig {
             return bad(
                 "noise_level",
                 format!(
-                    "{} must be positive (or 0 for draft / align-prop)",
+                    "{} must be positive (or 0 for the reward-backprop algorithms)",
                     self.noise_level
                 ),
             );
@@ -610,6 +650,50 @@ impl TrainConfig {
         }
         if self.algorithm == AlgorithmName::DraftLv && self.draft_lv.copies == 0 {
             return bad("draft_lv.copies", "must be ≥ 1".into());
+        }
+        if self.algorithm == AlgorithmName::Adjoint && self.noise_level != 0.0 {
+            return bad(
+                "noise_level",
+                format!(
+                    "{} must be 0 for adjoint: the continuous adjoint re-integrates the \
+                     deterministic flow ODE",
+                    self.noise_level
+                ),
+            );
+        }
+        if self.algorithm == AlgorithmName::AdjointMatching {
+            let a = align_backprop::MEMORYLESS_NOISE_LEVEL;
+            if (self.noise_level - a).abs() > 1e-6 {
+                return bad(
+                    "noise_level",
+                    format!(
+                        "{} must be √2 = {a} for adjoint-matching (the memoryless SDE)",
+                        self.noise_level
+                    ),
+                );
+            }
+            if self.sde_window.is_some() || self.sde_window_size > 0 {
+                return bad(
+                    "sde_window",
+                    "adjoint-matching needs every step stochastic: remove the window".into(),
+                );
+            }
+            let l = self.adjoint_matching.lambda;
+            if !(l.is_finite() && l > 0.0) {
+                return bad("adjoint_matching.lambda", format!("{l} must be positive"));
+            }
+        }
+        if matches!(
+            self.algorithm,
+            AlgorithmName::Adjoint | AlgorithmName::AdjointMatching
+        ) && !matches!(
+            self.rollout_sampler,
+            RolloutSampler::Default | RolloutSampler::Sde
+        ) {
+            return bad(
+                "rollout_sampler",
+                format!("{:?} rolls out with the flow SDE (\"sde\")", self.algorithm),
+            );
         }
         if self.algorithm == AlgorithmName::Sdpo && !self.group_size.is_multiple_of(2) {
             return bad(
@@ -786,6 +870,18 @@ mod tests {
         c.algorithm = AlgorithmName::DraftLv;
         c.draft_lv.copies = 0;
         assert!(err(c).starts_with("draft_lv.copies:"));
+        let mut c = base.clone();
+        c.algorithm = AlgorithmName::Adjoint;
+        assert!(err(c).starts_with("noise_level:"));
+        let mut c = base.clone();
+        c.algorithm = AlgorithmName::AdjointMatching;
+        assert!(err(c.clone()).starts_with("noise_level:"));
+        c.noise_level = align_backprop::MEMORYLESS_NOISE_LEVEL;
+        c.adjoint_matching.lambda = 0.0;
+        assert!(err(c.clone()).starts_with("adjoint_matching.lambda:"));
+        c.adjoint_matching.lambda = 1.0;
+        c.sde_window = Some((0, 2));
+        assert!(err(c).starts_with("sde_window:"));
         // The defaults are valid, and so is a drawn window of the public recipe (3 of the
         // first 5 of 10 steps) with CPS.
         base.validate_job().unwrap();

@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use align_backprop::{
-    DraftUpdate, draft_lv_gradients, draft_update, late_step, refl_gradients, reward_cotangent,
+    AdjointInputs, AdjointMatchingInputs, DraftUpdate, adjoint_matching_gradients,
+    continuous_adjoint, draft_lv_gradients, draft_update, late_step, refl_gradients,
+    reward_cotangent,
 };
 use align_core::{Condition, CoreError, Job, Metrics};
 use align_models::{LoraConfig, Pipeline, apply_lora, with_lora_scale};
@@ -171,7 +173,10 @@ impl<P: Pipeline> OnlineJob<P> {
         };
         if matches!(
             self.config.algorithm,
-            AlgorithmName::Refl | AlgorithmName::DraftLv
+            AlgorithmName::Refl
+                | AlgorithmName::DraftLv
+                | AlgorithmName::Adjoint
+                | AlgorithmName::AdjointMatching
         ) {
             return self.one_step_backprop_iteration(
                 model,
@@ -235,10 +240,12 @@ impl<P: Pipeline> OnlineJob<P> {
         }
     }
 
-    /// ReFL and DRaFT-LV: a reward gradient through one sampler step, from the rollout's
-    /// stored state (ReFL: `x̂₀` at a random late step `k`, [`late_step`] keyed by the run seed
-    /// and the iteration; DRaFT-LV: the last step from `copies` re-noisings of the final
-    /// sample), applied as one optimizer step.
+    /// ReFL, DRaFT-LV, the continuous adjoint and Adjoint Matching: one gradient from the
+    /// rollout's stored state, applied as one optimizer step. ReFL: `x̂₀` at a random late step
+    /// `k` ([`late_step`], keyed by the run seed and the iteration); DRaFT-LV: the last step
+    /// from `copies` re-noisings of the final sample; adjoint: the reward's gradient at the
+    /// final sample carried back through the whole ODE by the continuous adjoint; Adjoint
+    /// Matching: the regression of the control onto the lean adjoint (base = adapters off).
     #[allow(clippy::too_many_arguments)]
     fn one_step_backprop_iteration(
         &mut self,
@@ -253,7 +260,8 @@ impl<P: Pipeline> OnlineJob<P> {
     ) -> align_core::Result<(P, Metrics)> {
         let table = &self.prompts;
         let encode = |m: &P| conditions(table, m, ids);
-        let (grads, values, step) = {
+        let mut extra: Vec<(&str, f64)> = Vec::new();
+        let (grads, values, step, differentiated) = {
             let reward = &self.reward;
             let score = |x: Tensor<4>| -> std::result::Result<Tensor<1>, String> {
                 match reward.score_differentiable(model.sample_images(x), prompts) {
@@ -279,7 +287,40 @@ impl<P: Pipeline> OnlineJob<P> {
                         reward_scale,
                     )
                     .map_err(backprop_err)?;
-                    (g, v, k)
+                    (g, v, k, 1)
+                }
+                AlgorithmName::Adjoint => {
+                    let (v, cotangent) =
+                        reward_cotangent(traj.final_sample(), reward_scale, &score)
+                            .map_err(backprop_err)?;
+                    let (g, _) = continuous_adjoint(AdjointInputs {
+                        policy: &model,
+                        times: &traj.times,
+                        sample: traj.final_sample().clone(),
+                        cotangent,
+                        encode: &encode,
+                        guidance_scale: self.config.guidance,
+                    })
+                    .map_err(backprop_err)?;
+                    (g, v, 0, traj.num_steps())
+                }
+                AlgorithmName::AdjointMatching => {
+                    // ∂(−mean r)/∂x = −∇r / B: the per-sample reward gradient is −B × that.
+                    let (v, cotangent) =
+                        reward_cotangent(traj.final_sample(), 1.0, &score).map_err(backprop_err)?;
+                    let b = traj.batch_size() as f64;
+                    let (g, loss) = adjoint_matching_gradients(AdjointMatchingInputs {
+                        policy: &model,
+                        base: &self.reference,
+                        sampler: self.sampler.as_ref(),
+                        trajectory: traj,
+                        encode: &encode,
+                        reward_gradient: cotangent.mul_scalar(-b),
+                        lambda: self.config.adjoint_matching.lambda,
+                    })
+                    .map_err(backprop_err)?;
+                    extra.push(("adjoint_matching_loss", loss));
+                    (g, v, 0, traj.num_steps())
                 }
                 _ => {
                     let (g, v) = draft_lv_gradients(
@@ -293,17 +334,21 @@ impl<P: Pipeline> OnlineJob<P> {
                         reward_scale,
                     )
                     .map_err(backprop_err)?;
-                    (g, v, traj.num_steps().saturating_sub(1))
+                    (g, v, traj.num_steps().saturating_sub(1), 1)
                 }
             }
         };
         let model = apply(model, grads)?;
         let stats = align_backprop::DraftStats {
-            differentiated_steps: 1,
+            differentiated_steps: differentiated,
             reference_penalty: 0.0,
         };
         let mut m = draft_metrics(&values, &stats);
+        // The first differentiated step.
         m.insert("differentiated_step".into(), step as f64);
+        for (k, v) in extra {
+            m.insert(k.into(), v);
+        }
         m.insert("samples".into(), ((iteration + 1) * ids.len()) as f64);
         self.log_backprop(&mut m, gold);
         Ok((model, m))

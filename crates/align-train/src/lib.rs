@@ -7,7 +7,7 @@
 //! - [`train_pipeline`]: the online job on any [`align_models::Pipeline`] — rollouts of the
 //!   LoRA-adapted model, rewards, one iteration of an `align-rl` algorithm (DDPO-SF/IS, DPOK,
 //!   Flow-GRPO and its Fast window, DenseGRPO, SDPO) or a reward-backprop update (DRaFT-K,
-//!   AlignProp, ReFL, DRaFT-LV), periodic evaluations by an [`Evaluator`], checkpoints, and
+//!   AlignProp, ReFL, DRaFT-LV, the continuous adjoint, Adjoint Matching), periodic evaluations by an [`Evaluator`], checkpoints, and
 //!   the report. Bring
 //!   a model (a `Denoiser` in [`align_models::TextToImage`], or your own `Pipeline`), prompts,
 //!   a reward ([`align_rewards::reward_fn`] turns a closure into one) and a sampler in an
@@ -77,8 +77,8 @@ pub mod shapes_eval;
 pub mod win_rate;
 
 pub use config::{
-    AlgorithmName, DraftLvSection, LoraSection, ReflSection, RewardName, RolloutSampler,
-    TimestepOrder, TrainConfig, read_toml,
+    AdjointMatchingSection, AlgorithmName, DraftLvSection, LoraSection, ReflSection, RewardName,
+    RolloutSampler, TimestepOrder, TrainConfig, read_toml,
 };
 pub use error::{Result, TrainError};
 pub use evaluator::{Evaluator, RewardEvaluator, SharedReward};

@@ -458,7 +458,9 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
         | AlgorithmName::Draft
         | AlgorithmName::AlignProp
         | AlgorithmName::Refl
-        | AlgorithmName::DraftLv => {
+        | AlgorithmName::DraftLv
+        | AlgorithmName::Adjoint
+        | AlgorithmName::AdjointMatching => {
             unreachable!("handled above")
         }
     }))
@@ -486,11 +488,14 @@ pub(crate) fn train_sampler(
             "is a flow-model option; this model is an ε (DDPM) UNet",
         ));
     }
-    if config.algorithm == AlgorithmName::DraftLv && !flow {
+    if config.algorithm.needs_flow() && !flow {
         return Err(TrainError::config(
             "algorithm",
-            "draft-lv re-noises along the flow's linear path: it needs a flow model (DiT or \
-             flow UNet)",
+            format!(
+                "{:?} integrates or re-noises along the flow's path: it needs a flow model \
+                 (DiT or flow UNet)",
+                config.algorithm
+            ),
         ));
     }
     let family_error = |name: &str| {
@@ -895,12 +900,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// ReFL and DRaFT-LV through `align train` on the shipped flow UNet and the proxy reward
-    /// model: one step carries gradient (a late step for ReFL, inside its stop range; the last
-    /// for DRaFT-LV), the adapters move, the proxy stays a probability; DRaFT-LV on an ε
-    /// model is refused by name.
+    /// ReFL, DRaFT-LV, the continuous adjoint and Adjoint Matching through `align train` on
+    /// the shipped flow UNet and the proxy reward model: one step carries gradient for ReFL (a
+    /// late step inside its stop range) and DRaFT-LV (the last), every step for the adjoint;
+    /// the adapters move, the proxy stays a probability; DRaFT-LV on an ε model is refused by
+    /// name.
     #[test]
-    fn refl_and_draft_lv_backpropagate_through_one_step() {
+    fn refl_draft_lv_and_the_adjoints_backpropagate_the_proxy() {
         let device = align_core::test_device();
         let dir = std::env::temp_dir().join(format!("align-train-refl-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -945,12 +951,32 @@ mod tests {
             assert_eq!(row["differentiated_step"].as_f64(), Some(3.0), "{row}");
             assert!(row["grad_norm"].as_f64().unwrap() > 0.0, "{row}");
         }
+        // The continuous adjoint: every step of the ODE rollout carries gradient.
+        config.algorithm = AlgorithmName::Adjoint;
+        config.out = dir.join("adjoint");
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        for row in rows(&config.out) {
+            assert_eq!(row["differentiated_steps"].as_f64(), Some(4.0), "{row}");
+            assert!(row["grad_norm"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        // Adjoint Matching on memoryless-SDE rollouts: a finite regression loss, a gradient.
+        config.algorithm = AlgorithmName::AdjointMatching;
+        config.noise_level = align_backprop::MEMORYLESS_NOISE_LEVEL;
+        config.out = dir.join("adjoint-matching");
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        for row in rows(&config.out) {
+            let loss = row["adjoint_matching_loss"].as_f64().unwrap();
+            assert!(loss.is_finite() && loss > 0.0, "{row}");
+            assert!(row["grad_norm"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        config.algorithm = AlgorithmName::DraftLv;
+        config.noise_level = 0.0;
         config.model = crate::test_model_dir("shapes-unet");
         config.out = dir.join("draft-lv-eps");
         let err = train(&config, false, &crate::observer::silent(), &device)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("draft-lv re-noises"), "{err}");
+        assert!(err.contains("DraftLv integrates or re-noises"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
