@@ -48,6 +48,10 @@ pub enum AlgorithmName {
     /// memoryless SDE (`noise_level = √2`), toward `p_base · exp(λ r)` (`[adjoint_matching]
     /// lambda`; flow model).
     AdjointMatching,
+    /// D3PO: DPO on the denoising MDP from pairs of the policy's own rollouts (`group_size =
+    /// 2`), the reward's verdict picking the preferred one (AI feedback), every trained step
+    /// of the preferred trajectory preferred (`[d3po] beta`; either model).
+    D3po,
 }
 
 impl AlgorithmName {
@@ -86,6 +90,7 @@ impl AlgorithmName {
                 | AlgorithmName::DdpoSf
                 | AlgorithmName::DdpoIs
                 | AlgorithmName::Dpok
+                | AlgorithmName::D3po
         )
     }
 }
@@ -157,6 +162,20 @@ pub struct DraftLvSection {
 impl Default for DraftLvSection {
     fn default() -> Self {
         Self { copies: 2 }
+    }
+}
+
+/// The `[d3po]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct D3poSection {
+    /// β of the DPO loss on per-step log-ratios (the official code's 0.1).
+    pub beta: f64,
+}
+
+impl Default for D3poSection {
+    fn default() -> Self {
+        Self { beta: 0.1 }
     }
 }
 
@@ -322,6 +341,8 @@ pub struct TrainConfig {
     pub draft_lv: DraftLvSection,
     /// Adjoint Matching's λ (`algorithm = "adjoint-matching"`).
     pub adjoint_matching: AdjointMatchingSection,
+    /// D3PO's β (`algorithm = "d3po"`).
+    pub d3po: D3poSection,
     /// Stable Diffusion models: the training prompts, one per line (`#` starts a comment).
     pub prompts: Option<PathBuf>,
     /// Stable Diffusion models: the evaluation prompts (default: `prompts`).
@@ -372,6 +393,7 @@ impl Default for TrainConfig {
             refl: ReflSection::default(),
             draft_lv: DraftLvSection::default(),
             adjoint_matching: AdjointMatchingSection::default(),
+            d3po: D3poSection::default(),
             prompts: None,
             eval_prompts: None,
             image_size: 0,
@@ -694,6 +716,21 @@ impl TrainConfig {
                 "rollout_sampler",
                 format!("{:?} rolls out with the flow SDE (\"sde\")", self.algorithm),
             );
+        }
+        if self.algorithm == AlgorithmName::D3po {
+            if self.group_size != 2 {
+                return bad(
+                    "group_size",
+                    format!(
+                        "{} must be 2 for D3PO (it compares the two rollouts of a prompt)",
+                        self.group_size
+                    ),
+                );
+            }
+            let b = self.d3po.beta;
+            if !(b.is_finite() && b > 0.0) {
+                return bad("d3po.beta", format!("{b} must be positive"));
+            }
         }
         if self.algorithm == AlgorithmName::Sdpo && !self.group_size.is_multiple_of(2) {
             return bad(

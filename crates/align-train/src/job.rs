@@ -18,12 +18,13 @@ use align_backprop::{
 };
 use align_core::{Condition, CoreError, Job, Metrics};
 use align_models::{LoraConfig, Pipeline, apply_lora, with_lora_scale};
+use align_pref::{D3poSide, d3po_step_loss};
 use align_rewards::Reward;
 use align_rl::{Iteration, RlError, run_iteration, step_reward_gains, trajectory_dense_rewards};
 use align_samplers::{
     CpsSampler, FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, rollout,
 };
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -355,6 +356,107 @@ impl<P: Pipeline> OnlineJob<P> {
     }
 }
 
+impl<P: Pipeline> OnlineJob<P> {
+    /// D3PO on the iteration's rollouts: each prompt's two samples form a pair, the one the
+    /// reward scores higher is preferred (ties are left out), and the DPO loss of every
+    /// trained step's per-step log-ratios (policy vs the adapters-off reference, exact
+    /// transition log-probs) is averaged over the steps into one optimizer step. One step's
+    /// graph at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn d3po_iteration(
+        &mut self,
+        model: P,
+        iteration: usize,
+        ids: &[usize],
+        traj: &align_core::Trajectory,
+        rewards: &[f64],
+        steps: &[usize],
+        beta: f64,
+        apply: &mut dyn FnMut(P, GradientsParams) -> align_core::Result<P>,
+    ) -> align_core::Result<(P, Metrics)> {
+        let job = |e: String| CoreError::Job(e);
+        let (mut winners, mut losers) = (Vec::new(), Vec::new());
+        for pair in 0..ids.len() / 2 {
+            let (a, b) = (2 * pair, 2 * pair + 1);
+            if rewards[a] > rewards[b] {
+                winners.push(a);
+                losers.push(b);
+            } else if rewards[b] > rewards[a] {
+                winners.push(b);
+                losers.push(a);
+            }
+        }
+        let n = rewards.len().max(1) as f64;
+        let mean = rewards.iter().sum::<f64>() / n;
+        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let mut m = Metrics::new();
+        m.insert("reward_mean".into(), mean);
+        m.insert("reward_std".into(), std);
+        m.insert("d3po_pairs".into(), winners.len() as f64);
+        m.insert("trained_steps".into(), steps.len() as f64);
+        m.insert("samples".into(), ((iteration + 1) * ids.len()) as f64);
+        if winners.is_empty() || steps.is_empty() {
+            // Every pair tied: nothing to prefer.
+            m.insert("loss".into(), 0.0);
+            m.insert("optimizer_steps".into(), 0.0);
+            self.observer
+                .iteration(&format!("reward {mean:.3}  no untied pair"));
+            return Ok((model, m));
+        }
+        let tw = traj.select(&winners)?;
+        let tl = traj.select(&losers)?;
+        let pair_ids: Vec<usize> = winners.iter().map(|&i| ids[i]).collect();
+        let mut acc = GradientsAccumulator::<P>::new();
+        let (mut loss_sum, mut inside_sum) = (0.0, 0.0);
+        for &k in steps {
+            let (c, u) = conditions(&self.prompts, &model, &pair_ids).map_err(job)?;
+            let (rc, ru) = conditions(&self.prompts, &self.reference, &pair_ids).map_err(job)?;
+            let side = |t| D3poSide {
+                trajectory: t,
+                condition: &c,
+                uncond: u.as_ref(),
+                reference_condition: Some((&rc, ru.as_ref())),
+            };
+            let (loss, inside) = d3po_step_loss(
+                &model,
+                &self.reference,
+                self.sampler.as_ref(),
+                side(&tw),
+                side(&tl),
+                k,
+                beta,
+            )
+            .map_err(|e| job(e.to_string()))?;
+            let loss = loss.div_scalar(steps.len() as f64);
+            loss_sum += scalar(&loss)?;
+            inside_sum += scalar(&inside.mean())? / steps.len() as f64;
+            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+        }
+        let model = apply(model, acc.grads())?;
+        m.insert("loss".into(), loss_sum);
+        m.insert("d3po_inside_mean".into(), inside_sum);
+        m.insert("optimizer_steps".into(), 1.0);
+        self.observer.iteration(&format!(
+            "reward {mean:.3}  loss {loss_sum:.4}  pairs {}",
+            winners.len()
+        ));
+        Ok((model, m))
+    }
+}
+
+/// The value of a one-element tensor.
+fn scalar(t: &Tensor<1>) -> align_core::Result<f64> {
+    let v = t
+        .clone()
+        .detach()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| CoreError::Job(format!("reading a loss: {e:?}")))?;
+    v.first()
+        .map(|&x| f64::from(x))
+        .ok_or_else(|| CoreError::Job("an empty loss tensor".into()))
+}
+
 /// Salt of ReFL's per-iteration draw of the late step.
 const REFL_STEP_SALT: u64 = 0x7265_666c_7374_6570;
 
@@ -418,6 +520,10 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         let steps = self
             .config
             .train_step_subset(&traj.stochastic_steps(), iteration);
+        if let Algorithm::D3po(beta) = self.algorithm {
+            return self
+                .d3po_iteration(model, iteration, &ids, &traj, &rewards, &steps, beta, apply);
+        }
         let reward = &self.reward;
         let mut score = |x: Tensor<4>| {
             reward
@@ -461,7 +567,7 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                 &mut apply_rl,
             )
             .map_err(rl_err)?,
-            Algorithm::Backprop(_) => unreachable!("returned above"),
+            Algorithm::Backprop(_) | Algorithm::D3po(_) => unreachable!("returned above"),
             Algorithm::Sdpo(sdpo) => {
                 let dense = trajectory_dense_rewards(&traj, &mut score).map_err(rl_err)?;
                 let (model, update) = sdpo

@@ -116,6 +116,8 @@ pub(crate) enum Algorithm {
     Online(Box<dyn OnlineAlgorithm>),
     Sdpo(Sdpo),
     Backprop(DraftConfig),
+    /// D3PO with its β.
+    D3po(f64),
 }
 
 impl Algorithm {
@@ -123,14 +125,14 @@ impl Algorithm {
         match self {
             Algorithm::Online(a) => a.state(),
             Algorithm::Sdpo(s) => s.state(),
-            Algorithm::Backprop(_) => serde_json::Value::Null,
+            Algorithm::Backprop(_) | Algorithm::D3po(_) => serde_json::Value::Null,
         }
     }
     pub(crate) fn restore(&mut self, state: &serde_json::Value) -> Result<(), RlError> {
         match self {
             Algorithm::Online(a) => a.restore(state),
             Algorithm::Sdpo(s) => s.restore(state),
-            Algorithm::Backprop(_) => Ok(()),
+            Algorithm::Backprop(_) | Algorithm::D3po(_) => Ok(()),
         }
     }
 }
@@ -430,6 +432,9 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
     if config.algorithm.is_backprop() {
         return Ok(Algorithm::Backprop(config.backprop.clone()));
     }
+    if config.algorithm == AlgorithmName::D3po {
+        return Ok(Algorithm::D3po(config.d3po.beta));
+    }
     if config.algorithm == AlgorithmName::Sdpo {
         return Ok(Algorithm::Sdpo(Sdpo::new(
             config.sdpo.clone(),
@@ -460,7 +465,8 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
         | AlgorithmName::Refl
         | AlgorithmName::DraftLv
         | AlgorithmName::Adjoint
-        | AlgorithmName::AdjointMatching => {
+        | AlgorithmName::AdjointMatching
+        | AlgorithmName::D3po => {
             unreachable!("handled above")
         }
     }))
@@ -627,7 +633,8 @@ pub fn train(
         config.algorithm,
         AlgorithmName::FlowGrpo | AlgorithmName::DenseGrpo
     );
-    let either = config.algorithm == AlgorithmName::Sdpo || config.algorithm.is_backprop();
+    let either = matches!(config.algorithm, AlgorithmName::Sdpo | AlgorithmName::D3po)
+        || config.algorithm.is_backprop();
     match model {
         ShapesModel::Dit(m) if wants_flow || either => {
             train_model(*m, &model_config, config, resume, observer, device)
@@ -1073,6 +1080,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("rollout_sampler:"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// D3PO through `align train` on the shipped ε UNet: pairs of each prompt's two rollouts,
+    /// the DPO loss is ln 2 at the first iteration (policy = reference, checked against the
+    /// closed form), one optimizer step per iteration with an untied pair; a group size other
+    /// than 2 is refused by name.
+    #[test]
+    fn d3po_trains_on_pairs_of_its_own_rollouts() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-d3po-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = TrainConfig {
+            algorithm: AlgorithmName::D3po,
+            model: crate::test_model_dir("shapes-unet"),
+            out: dir.clone(),
+            prompts_per_iteration: 4,
+            group_size: 3,
+            train_steps: 3,
+            noise_level: 1.0,
+            eval_steps: 2,
+            eval_every: Some(0),
+            ..TrainConfig::default()
+        };
+        config.runner.iterations = 2;
+        config.runner.learning_rate = 1e-2;
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("group_size: 3 must be 2"), "{err}");
+        config.group_size = 2;
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let first = &rows[0];
+        let pairs = first["d3po_pairs"].as_f64().unwrap();
+        assert!((0.0..=4.0).contains(&pairs), "{first}");
+        assert!(pairs >= 1.0, "every pair tied at this seed: {first}");
+        let loss = first["loss"].as_f64().unwrap();
+        assert!((loss - std::f64::consts::LN_2).abs() < 1e-5, "{first}");
+        assert_eq!(first["optimizer_steps"].as_f64(), Some(1.0));
+        assert!(first["grad_norm"].as_f64().unwrap() > 0.0, "{first}");
+        assert!(rows.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -107,12 +107,13 @@ pub fn train_sd(
             | AlgorithmName::Draft
             | AlgorithmName::AlignProp
             | AlgorithmName::Refl
+            | AlgorithmName::D3po
     ) {
         return Err(TrainError::config(
             "algorithm",
             format!(
                 "{:?} needs a flow-matching model; Stable Diffusion 1.x is a DDPM model: use \
-                 ddpo-sf, ddpo-is, dpok, sdpo, draft, align-prop or refl",
+                 ddpo-sf, ddpo-is, dpok, sdpo, d3po, draft, align-prop or refl",
                 config.algorithm
             ),
         ));
