@@ -52,6 +52,11 @@ pub enum AlgorithmName {
     /// 2`), the reward's verdict picking the preferred one (AI feedback), every trained step
     /// of the preferred trajectory preferred (`[d3po] beta`; either model).
     D3po,
+    /// SPO: at every stochastic step, `[spo] candidates` next states from the shared state,
+    /// ranked by the reward of each candidate's clean-sample prediction (the stand-in for the
+    /// paper's step-aware preference model); DPO on the best vs the worst; a random candidate
+    /// continues (either model).
+    Spo,
 }
 
 impl AlgorithmName {
@@ -176,6 +181,27 @@ pub struct D3poSection {
 impl Default for D3poSection {
     fn default() -> Self {
         Self { beta: 0.1 }
+    }
+}
+
+/// The `[spo]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoSection {
+    /// β of the step-wise DPO loss (the checklist's code default 500, unverified against the
+    /// paper).
+    pub beta: f64,
+    /// Candidates per step from the shared state (the public code's pool: 2; the SD 1.5
+    /// paper config: 4).
+    pub candidates: usize,
+}
+
+impl Default for SpoSection {
+    fn default() -> Self {
+        Self {
+            beta: 500.0,
+            candidates: 2,
+        }
     }
 }
 
@@ -343,6 +369,8 @@ pub struct TrainConfig {
     pub adjoint_matching: AdjointMatchingSection,
     /// D3PO's β (`algorithm = "d3po"`).
     pub d3po: D3poSection,
+    /// SPO's β and pool (`algorithm = "spo"`).
+    pub spo: SpoSection,
     /// Stable Diffusion models: the training prompts, one per line (`#` starts a comment).
     pub prompts: Option<PathBuf>,
     /// Stable Diffusion models: the evaluation prompts (default: `prompts`).
@@ -394,6 +422,7 @@ impl Default for TrainConfig {
             draft_lv: DraftLvSection::default(),
             adjoint_matching: AdjointMatchingSection::default(),
             d3po: D3poSection::default(),
+            spo: SpoSection::default(),
             prompts: None,
             eval_prompts: None,
             image_size: 0,
@@ -730,6 +759,15 @@ impl TrainConfig {
             let b = self.d3po.beta;
             if !(b.is_finite() && b > 0.0) {
                 return bad("d3po.beta", format!("{b} must be positive"));
+            }
+        }
+        if self.algorithm == AlgorithmName::Spo {
+            if self.spo.candidates < 2 {
+                return bad("spo.candidates", "must be ≥ 2 (a pair needs two)".into());
+            }
+            let b = self.spo.beta;
+            if !(b.is_finite() && b > 0.0) {
+                return bad("spo.beta", format!("{b} must be positive"));
             }
         }
         if self.algorithm == AlgorithmName::Sdpo && !self.group_size.is_multiple_of(2) {

@@ -16,13 +16,17 @@ use align_backprop::{
     continuous_adjoint, draft_lv_gradients, draft_update, late_step, refl_gradients,
     reward_cotangent,
 };
+use align_core::LogProbReduction;
 use align_core::{Condition, CoreError, Job, Metrics};
 use align_models::{LoraConfig, Pipeline, apply_lora, with_lora_scale};
-use align_pref::{D3poSide, d3po_step_loss};
+use align_pref::{
+    D3poSide, SpoState, d3po_step_loss, spo_candidates, spo_resample, spo_select, spo_step_loss,
+};
 use align_rewards::Reward;
 use align_rl::{Iteration, RlError, run_iteration, step_reward_gains, trajectory_dense_rewards};
 use align_samplers::{
-    CpsSampler, FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, rollout,
+    CpsSampler, FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, Transition,
+    guided_predict, rollout,
 };
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
@@ -444,6 +448,190 @@ impl<P: Pipeline> OnlineJob<P> {
     }
 }
 
+impl<P: Pipeline> OnlineJob<P> {
+    /// SPO: one chain per sample from its keyed initial noise. At every stochastic step the
+    /// frozen policy draws `pool` candidates from the shared state, each is scored by the
+    /// reward of its clean-sample prediction (the final sample itself at the last step), the
+    /// best and the worst form the pair and the DPO loss of the transition is back-propagated
+    /// (a sample whose candidates all tie takes its pair as (c, c): zero gradient, and the
+    /// loss is rescaled to the mean over untied samples); a random candidate continues. The
+    /// step losses are averaged into one optimizer step.
+    #[allow(clippy::too_many_arguments)]
+    fn spo_iteration(
+        &mut self,
+        model: P,
+        iteration: usize,
+        ids: &[usize],
+        beta: f64,
+        pool: usize,
+        apply: &mut dyn FnMut(P, GradientsParams) -> align_core::Result<P>,
+    ) -> align_core::Result<(P, Metrics)> {
+        let job = |e: String| CoreError::Job(e);
+        let b = ids.len();
+        let frozen = model.clone().no_grad();
+        let (cond, uncond) = conditions(&self.prompts, &frozen, ids).map_err(job)?;
+        let prompts: Vec<String> = ids.iter().map(|&i| self.prompts[i].clone()).collect();
+        let sample_ids: Vec<u64> = (0..b as u64).map(|i| (iteration * b) as u64 + i).collect();
+        let seed = self.config.seed;
+        let device = cond.context.device();
+        let keys: Vec<align_core::NoiseKey> = sample_ids
+            .iter()
+            .map(|&s| align_core::NoiseKey::initial(seed, s))
+            .collect();
+        let mut x = align_core::noise_tensor(&keys, self.shape, &device)?;
+        let sampler = self.sampler.as_ref();
+        let g = self.config.guidance;
+        let t_of = |k: usize| {
+            Tensor::<1>::from_data(
+                burn::tensor::TensorData::new(vec![sampler.model_time(k) as f32; b], [b]),
+                &device,
+            )
+        };
+        let param = frozen.parameterization();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ SPO_RESAMPLE_SALT);
+        rng.set_stream(iteration as u64);
+        let mut acc = GradientsAccumulator::<P>::new();
+        let steps: Vec<usize> = (0..sampler.num_steps())
+            .filter(|&k| sampler.step_std(k) > 0.0)
+            .collect();
+        let (mut loss_sum, mut untied_sum, mut loss_steps) = (0.0, 0.0, 0usize);
+        let rl = |e: align_pref::PrefError| job(e.to_string());
+        for k in 0..sampler.num_steps() {
+            if sampler.step_std(k) <= 0.0 {
+                let out = guided_predict(&frozen, x.clone(), t_of(k), &cond, uncond.as_ref(), g)
+                    .map_err(|e| job(e.to_string()))?;
+                x = sampler
+                    .step(k, x, out, param, Transition::Mean, LogProbReduction::Mean)
+                    .map_err(|e| job(e.to_string()))?
+                    .prev_sample
+                    .detach();
+                continue;
+            }
+            let state = SpoState {
+                k,
+                x: x.clone(),
+                condition: &cond,
+                uncond: uncond.as_ref(),
+                guidance_scale: g,
+            };
+            let candidates =
+                spo_candidates(&frozen, sampler, &state, &sample_ids, seed, pool).map_err(rl)?;
+            let mut scores = Vec::with_capacity(pool);
+            for c in &candidates {
+                let clean = if k + 1 < sampler.num_steps() {
+                    let out =
+                        guided_predict(&frozen, c.clone(), t_of(k + 1), &cond, uncond.as_ref(), g)
+                            .map_err(|e| job(e.to_string()))?;
+                    sampler
+                        .step(
+                            k + 1,
+                            c.clone(),
+                            out,
+                            param,
+                            Transition::Mean,
+                            LogProbReduction::Mean,
+                        )
+                        .map_err(|e| job(e.to_string()))?
+                        .pred_x0
+                } else {
+                    c.clone()
+                };
+                let images = frozen.sample_images(clean.detach()).clamp(-1.0, 1.0);
+                scores.push(
+                    self.reward
+                        .score(&images, &prompts)
+                        .map_err(|e| job(e.to_string()))?,
+                );
+            }
+            let pairs = spo_select(&scores).map_err(rl)?;
+            let untied = pairs.iter().filter(|p| p.is_some()).count();
+            untied_sum += untied as f64 / b as f64;
+            if untied > 0 {
+                let pick = |which: fn((usize, usize)) -> usize| -> Tensor<4> {
+                    let rows: Vec<Tensor<4>> = pairs
+                        .iter()
+                        .enumerate()
+                        .map(|(j, p)| {
+                            let i = p.map(which).unwrap_or(0);
+                            candidates[i].clone().narrow(0, j, 1)
+                        })
+                        .collect();
+                    Tensor::cat(rows, 0)
+                };
+                let (winner, loser) = (pick(|p| p.0), pick(|p| p.1));
+                let (pc, pu) = conditions(&self.prompts, &model, ids).map_err(job)?;
+                let (rc, ru) = conditions(&self.prompts, &self.reference, ids).map_err(job)?;
+                let policy_state = SpoState {
+                    k,
+                    x: x.clone(),
+                    condition: &pc,
+                    uncond: pu.as_ref(),
+                    guidance_scale: g,
+                };
+                let (loss, inside) = spo_step_loss(
+                    &model,
+                    &self.reference,
+                    sampler,
+                    &policy_state,
+                    Some((&rc, ru.as_ref())),
+                    winner,
+                    loser,
+                    beta,
+                )
+                .map_err(rl)?;
+                // Tied samples add ln 2 and no gradient: the mean over the untied ones.
+                let loss = loss.mul_scalar(b as f64 / (untied as f64 * steps.len() as f64));
+                let inside: Vec<f32> = inside
+                    .detach()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| job(format!("reading SPO's inside: {e:?}")))?;
+                // −log σ(z) = ln(1 + e^{−z}) over the untied samples.
+                loss_sum += pairs
+                    .iter()
+                    .zip(&inside)
+                    .filter(|(p, _)| p.is_some())
+                    .map(|(_, &z)| (-f64::from(z)).exp().ln_1p())
+                    .sum::<f64>()
+                    / untied as f64;
+                loss_steps += 1;
+                acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            }
+            x = spo_resample(&candidates, &mut rng).map_err(rl)?;
+        }
+        let images = frozen.sample_images(x).clamp(-1.0, 1.0);
+        let rewards = self
+            .reward
+            .score(&images, &prompts)
+            .map_err(|e| job(e.to_string()))?;
+        let n = rewards.len().max(1) as f64;
+        let mean = rewards.iter().sum::<f64>() / n;
+        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let grads = acc.grads();
+        let stepped = !grads.is_empty();
+        let model = if stepped { apply(model, grads)? } else { model };
+        let mut m = Metrics::new();
+        m.insert("reward_mean".into(), mean);
+        m.insert("reward_std".into(), std);
+        // The mean over the steps with an untied pair of the untied samples' mean loss.
+        let loss = loss_sum / loss_steps.max(1) as f64;
+        m.insert("loss".into(), loss);
+        m.insert(
+            "spo_untied_fraction".into(),
+            untied_sum / steps.len().max(1) as f64,
+        );
+        m.insert("trained_steps".into(), steps.len() as f64);
+        m.insert("optimizer_steps".into(), if stepped { 1.0 } else { 0.0 });
+        m.insert("samples".into(), ((iteration + 1) * b) as f64);
+        self.observer
+            .iteration(&format!("reward {mean:.3}  loss {loss:.4}"));
+        Ok((model, m))
+    }
+}
+
+/// Salt of SPO's per-iteration resampling.
+const SPO_RESAMPLE_SALT: u64 = 0x7370_6f72_6573_6d70;
+
 /// The value of a one-element tensor.
 fn scalar(t: &Tensor<1>) -> align_core::Result<f64> {
     let v = t
@@ -479,6 +667,9 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         if scales.is_some() || self.config.sde_window_size > 0 {
             self.sampler = flow_iteration_sampler(&self.config, iteration, scales)
                 .map_err(|e| job(e.to_string()))?;
+        }
+        if let Algorithm::Spo(beta, pool) = self.algorithm {
+            return self.spo_iteration(model, iteration, &ids, beta, pool, apply);
         }
         // Roll out on the training device without a graph: the update re-scores with the same
         // kernels, so the PPO ratio at θ_old is exactly 1.
@@ -567,7 +758,9 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                 &mut apply_rl,
             )
             .map_err(rl_err)?,
-            Algorithm::Backprop(_) | Algorithm::D3po(_) => unreachable!("returned above"),
+            Algorithm::Backprop(_) | Algorithm::D3po(_) | Algorithm::Spo(..) => {
+                unreachable!("returned above")
+            }
             Algorithm::Sdpo(sdpo) => {
                 let dense = trajectory_dense_rewards(&traj, &mut score).map_err(rl_err)?;
                 let (model, update) = sdpo

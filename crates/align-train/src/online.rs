@@ -118,6 +118,8 @@ pub(crate) enum Algorithm {
     Backprop(DraftConfig),
     /// D3PO with its β.
     D3po(f64),
+    /// SPO with its β and pool size.
+    Spo(f64, usize),
 }
 
 impl Algorithm {
@@ -125,14 +127,16 @@ impl Algorithm {
         match self {
             Algorithm::Online(a) => a.state(),
             Algorithm::Sdpo(s) => s.state(),
-            Algorithm::Backprop(_) | Algorithm::D3po(_) => serde_json::Value::Null,
+            Algorithm::Backprop(_) | Algorithm::D3po(_) | Algorithm::Spo(..) => {
+                serde_json::Value::Null
+            }
         }
     }
     pub(crate) fn restore(&mut self, state: &serde_json::Value) -> Result<(), RlError> {
         match self {
             Algorithm::Online(a) => a.restore(state),
             Algorithm::Sdpo(s) => s.restore(state),
-            Algorithm::Backprop(_) | Algorithm::D3po(_) => Ok(()),
+            Algorithm::Backprop(_) | Algorithm::D3po(_) | Algorithm::Spo(..) => Ok(()),
         }
     }
 }
@@ -435,6 +439,9 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
     if config.algorithm == AlgorithmName::D3po {
         return Ok(Algorithm::D3po(config.d3po.beta));
     }
+    if config.algorithm == AlgorithmName::Spo {
+        return Ok(Algorithm::Spo(config.spo.beta, config.spo.candidates));
+    }
     if config.algorithm == AlgorithmName::Sdpo {
         return Ok(Algorithm::Sdpo(Sdpo::new(
             config.sdpo.clone(),
@@ -466,7 +473,8 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
         | AlgorithmName::DraftLv
         | AlgorithmName::Adjoint
         | AlgorithmName::AdjointMatching
-        | AlgorithmName::D3po => {
+        | AlgorithmName::D3po
+        | AlgorithmName::Spo => {
             unreachable!("handled above")
         }
     }))
@@ -633,8 +641,10 @@ pub fn train(
         config.algorithm,
         AlgorithmName::FlowGrpo | AlgorithmName::DenseGrpo
     );
-    let either = matches!(config.algorithm, AlgorithmName::Sdpo | AlgorithmName::D3po)
-        || config.algorithm.is_backprop();
+    let either = matches!(
+        config.algorithm,
+        AlgorithmName::Sdpo | AlgorithmName::D3po | AlgorithmName::Spo
+    ) || config.algorithm.is_backprop();
     match model {
         ShapesModel::Dit(m) if wants_flow || either => {
             train_model(*m, &model_config, config, resume, observer, device)
@@ -1121,6 +1131,52 @@ mod tests {
         let pairs = first["d3po_pairs"].as_f64().unwrap();
         assert!((0.0..=4.0).contains(&pairs), "{first}");
         assert!(pairs >= 1.0, "every pair tied at this seed: {first}");
+        let loss = first["loss"].as_f64().unwrap();
+        assert!((loss - std::f64::consts::LN_2).abs() < 1e-5, "{first}");
+        assert_eq!(first["optimizer_steps"].as_f64(), Some(1.0));
+        assert!(first["grad_norm"].as_f64().unwrap() > 0.0, "{first}");
+        assert!(rows.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// SPO through `align train` on the shipped ε UNet: at θ = ref the untied pairs' mean
+    /// DPO loss is ln 2 (the closed form), an untied step moves the adapters; a pool of one
+    /// candidate is refused by name.
+    #[test]
+    fn spo_prefers_candidate_steps_from_a_shared_state() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-spo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = TrainConfig {
+            algorithm: AlgorithmName::Spo,
+            model: crate::test_model_dir("shapes-unet"),
+            out: dir.clone(),
+            prompts_per_iteration: 4,
+            group_size: 1,
+            train_steps: 3,
+            noise_level: 1.0,
+            eval_steps: 2,
+            eval_every: Some(0),
+            ..TrainConfig::default()
+        };
+        config.spo.candidates = 1;
+        config.runner.iterations = 2;
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spo.candidates"), "{err}");
+        config.spo.candidates = 3;
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let first = &rows[0];
+        assert!(
+            first["spo_untied_fraction"].as_f64().unwrap() > 0.0,
+            "every candidate tied at this seed: {first}"
+        );
         let loss = first["loss"].as_f64().unwrap();
         assert!((loss - std::f64::consts::LN_2).abs() < 1e-5, "{first}");
         assert_eq!(first["optimizer_steps"].as_f64(), Some(1.0));

@@ -108,12 +108,13 @@ pub fn train_sd(
             | AlgorithmName::AlignProp
             | AlgorithmName::Refl
             | AlgorithmName::D3po
+            | AlgorithmName::Spo
     ) {
         return Err(TrainError::config(
             "algorithm",
             format!(
                 "{:?} needs a flow-matching model; Stable Diffusion 1.x is a DDPM model: use \
-                 ddpo-sf, ddpo-is, dpok, sdpo, d3po, draft, align-prop or refl",
+                 ddpo-sf, ddpo-is, dpok, sdpo, d3po, spo, draft, align-prop or refl",
                 config.algorithm
             ),
         ));
