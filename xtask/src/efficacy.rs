@@ -896,7 +896,9 @@ the final model's images over the base model's on the same prompts and seeds (ti
                 "\n![held-out ShapeEval accuracy against samples generated]({})\n\n\
 The figure: held-out ShapeEval accuracy of every online row against the samples it had \
 generated: the base model at 0, the periodic (monitor) evaluations in between (one seed per \
-prompt, so ±12 points), and the final evaluation at the end (the row's `eval_seeds`).\n",
+prompt, so ±12 points), and the final evaluation at the end (the row's `eval_seeds`). At \
+the last iteration both the monitor's one-seed evaluation and the final one are drawn, so the \
+vertical segment there is the one-seed evaluation's error.\n",
                 rel.display()
             ));
         } else {
