@@ -38,7 +38,8 @@ use crate::error::{Result, TrainError};
 use crate::evaluator::Evaluator;
 use crate::observer::SharedObserver;
 use crate::online::{
-    Algorithm, backprop_err, build_algorithm, draft_metrics, iteration_metrics, open_runner, rl_err,
+    Algorithm, backprop_err, build_algorithm, draft_metrics, iteration_metrics, mean_std,
+    open_runner, rl_err,
 };
 use crate::report::{Report, read_last_metrics};
 
@@ -390,9 +391,7 @@ impl<P: Pipeline> OnlineJob<P> {
                 losers.push(a);
             }
         }
-        let n = rewards.len().max(1) as f64;
-        let mean = rewards.iter().sum::<f64>() / n;
-        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let (mean, std) = mean_std(rewards);
         let mut m = Metrics::new();
         m.insert("reward_mean".into(), mean);
         m.insert("reward_std".into(), std);
@@ -604,9 +603,7 @@ impl<P: Pipeline> OnlineJob<P> {
             .reward
             .score(&images, &prompts)
             .map_err(|e| job(e.to_string()))?;
-        let n = rewards.len().max(1) as f64;
-        let mean = rewards.iter().sum::<f64>() / n;
-        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let (mean, std) = mean_std(&rewards);
         let grads = acc.grads();
         let stepped = !grads.is_empty();
         let model = if stepped { apply(model, grads)? } else { model };
@@ -774,9 +771,7 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                         &mut apply_rl,
                     )
                     .map_err(rl_err)?;
-                let n = rewards.len() as f64;
-                let mean = rewards.iter().sum::<f64>() / n;
-                let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+                let (mean, std) = mean_std(&rewards);
                 (
                     model,
                     align_rl::IterationStats {

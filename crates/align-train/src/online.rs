@@ -94,10 +94,16 @@ pub(crate) fn backprop_err(e: align_backprop::BackpropError) -> CoreError {
 
 /// The metrics of a DRaFT / AlignProp update: `reward_mean`, `reward_std`,
 /// `differentiated_steps`, `reference_penalty` and `kl` (0).
+/// Mean and population standard deviation of `v` (0 and 0 when empty).
+pub(crate) fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let std = (v.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    (mean, std)
+}
+
 pub(crate) fn draft_metrics(values: &[f64], stats: &align_backprop::DraftStats) -> Metrics {
-    let n = values.len().max(1) as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let std = (values.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let (mean, std) = mean_std(values);
     let mut m = Metrics::new();
     m.insert("reward_mean".into(), mean);
     m.insert("reward_std".into(), std);
