@@ -66,6 +66,6 @@ pub use error::{PrefError, Result};
 pub use kto::{KtoBatch, KtoConfig, KtoOutput, ReferencePoint, kto_loss};
 pub use mapo::{MapoConfig, MapoOutput, mapo_loss};
 pub use noising::{NoiseLevels, denoising_errors, denoising_residuals};
-pub use pfm::{pfm_loss, pfm_transport};
+pub use pfm::{ResidualFlow, pfm_loss, pfm_transport};
 pub use rwr::{RewardWeighting, rwr_loss, rwr_weights};
 pub use spo::{SpoState, spo_candidates, spo_resample, spo_select, spo_step_loss};

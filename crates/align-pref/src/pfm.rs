@@ -12,6 +12,16 @@
 //! from `τ = 0` to `τ = 1` ([`pfm_transport`]). `τ` runs the other way from the sampling time
 //! of this project's flow models (`t = 1` noise → `t = 0` data): PFM's flow starts at a
 //! sample, not at noise. Any [`Denoiser`] can be `v_φ` (its output is read as the velocity).
+//!
+//! [`ResidualFlow`] builds `v_φ` from a trainable copy of a model and its frozen original,
+//!
+//! ```text
+//! v_φ(x, τ, c) = D_φ(x, τ, c) − D_ref(x, τ, c_ref),
+//! ```
+//!
+//! so that a LoRA copy whose adapters start at zero starts at `v_φ ≡ 0` (the transport is the
+//! identity) and learns only the displacement; the base model's features are reused and the
+//! base model itself is still never changed.
 
 use align_core::{Condition, CoreError, Denoiser};
 use burn::tensor::{Tensor, TensorData};
@@ -86,4 +96,33 @@ pub fn pfm_transport<M: Denoiser + ?Sized>(
         x = x.clone() + flow.predict(x, t, condition).mul_scalar(h);
     }
     Ok(x)
+}
+
+/// `v_φ(x, τ, c) = D_φ(x, τ, c) − D_ref(x, τ, c_ref)` (module docs): the preference flow as the
+/// difference of a trainable model and a frozen reference, so that it is exactly zero wherever
+/// the two agree (a LoRA copy at initialisation). The reference output is detached: gradients
+/// reach only the trainable model. The condition passed to [`Denoiser::predict`] is the trainable
+/// model's; `reference_condition` (the same prompts encoded by the reference) is held here.
+#[derive(Debug, Clone, Copy)]
+pub struct ResidualFlow<'a, P: ?Sized, R: ?Sized> {
+    /// The trainable model `D_φ`.
+    pub trainable: &'a P,
+    /// The frozen reference `D_ref`.
+    pub reference: &'a R,
+    /// The reference's condition `c_ref` (batch `B`).
+    pub reference_condition: &'a Condition,
+}
+
+impl<P: Denoiser + ?Sized, R: Denoiser + ?Sized> Denoiser for ResidualFlow<'_, P, R> {
+    fn parameterization(&self) -> align_core::Parameterization {
+        align_core::Parameterization::FlowVelocity
+    }
+
+    fn predict(&self, x: Tensor<4>, t: Tensor<1>, condition: &Condition) -> Tensor<4> {
+        let reference = self
+            .reference
+            .predict(x.clone(), t.clone(), self.reference_condition)
+            .detach();
+        self.trainable.predict(x, t, condition) - reference
+    }
 }

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use align_core::{Condition, Denoiser, NoiseKey, Parameterization, noise_tensor, test_device};
-use align_pref::{pfm_loss, pfm_transport};
+use align_pref::{ResidualFlow, pfm_loss, pfm_transport};
 use burn::module::{Module, Param};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
@@ -77,4 +77,73 @@ fn pfm_learns_the_shift_and_transports_by_it() {
         )
         .is_err()
     );
+}
+
+fn shift(values: [f32; 2], device: &Device) -> Shift {
+    Shift {
+        b: Param::from_tensor(Tensor::from_floats(values, device)),
+    }
+}
+
+/// `ResidualFlow` predicts `D_φ − D_ref` (here `b_φ − b_ref` per channel, computed by hand),
+/// transports by exactly nothing when the two models agree, and sends gradients to the
+/// trainable model only: the loss gradient on `b_φ` is the closed form `2 (b_φ − b_ref − m)`
+/// averaged over channels, the reference gets none.
+#[test]
+fn residual_flow_is_the_difference_and_trains_only_the_copy() {
+    let device = test_device().autodiff();
+    let b = 8;
+    let cond = Condition::new(Tensor::zeros([b, 1, 1], &device));
+    let trainable = shift([0.5, 0.25], &device);
+    let reference = shift([0.2, -0.5], &device);
+    let flow = ResidualFlow {
+        trainable: &trainable,
+        reference: &reference,
+        reference_condition: &cond,
+    };
+    let x = noise(3, b, &device);
+    let t = Tensor::<1>::zeros([b], &device);
+    let v: Vec<f32> = flow
+        .predict(x.clone(), t, &cond)
+        .mean_dim(0)
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    assert!(
+        (v[0] - 0.3).abs() < 1e-6 && (v[1] - 0.75).abs() < 1e-6,
+        "{v:?}"
+    );
+
+    // Equal models: the flow is zero and the transport the identity, bit for bit.
+    let same = ResidualFlow {
+        trainable: &reference,
+        reference: &reference,
+        reference_condition: &cond,
+    };
+    let moved = pfm_transport(&same, x.clone(), 5, &cond).unwrap();
+    assert_eq!(
+        moved.into_data().try_to_vec::<f32>().unwrap(),
+        x.clone().into_data().try_to_vec::<f32>().unwrap()
+    );
+
+    // Gradient: L = mean over (B, 2 channels) of (b_φ − b_ref − m)², m = (0.1, 0.2) for every
+    // pair, so dL/db_φ[c] = 2 (b_φ[c] − b_ref[c] − m[c]) / 2.
+    let m = Tensor::<1>::from_floats([0.1, 0.2], &device).reshape([1, 2, 1, 1]);
+    let losers = noise(4, b, &device);
+    let winners = losers.clone() + m;
+    let taus: Vec<f64> = (0..b).map(|i| i as f64 / b as f64).collect();
+    let loss = pfm_loss(&flow, winners, losers, &taus, &cond).unwrap();
+    let grads = loss.backward();
+    let g: Vec<f32> = trainable
+        .b
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    let expected = [0.3 - 0.1, 0.75 - 0.2];
+    for (got, want) in g.iter().zip(expected) {
+        assert!((got - want).abs() < 1e-5, "{g:?} vs {expected:?}");
+    }
+    assert!(reference.b.grad(&grads).is_none());
 }

@@ -1,7 +1,8 @@
 //! Preference optimisation of Shapes models: an AI-feedback preference dataset (the base
 //! model's samples labelled by the gold ShapeEval verifier, [`pref_data`]) and the preference
-//! job ([`pref_train`]: Diffusion-DPO, MaPO, Diffusion-KTO or DSPO on such a dataset, LoRA on
-//! the model, with a held-out gold win rate against the base).
+//! job ([`pref_train`]: Diffusion-DPO, MaPO, Diffusion-KTO, DSPO, RWR or Preference Flow
+//! Matching on such a dataset, LoRA on the model, with a held-out gold win rate against the
+//! base).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,7 +16,8 @@ use align_models::{
     LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora, with_lora_scale,
 };
 use align_pref::{
-    DpoBatch, KtoBatch, KtoConfig, MapoConfig, NoiseLevels, diffusion_dpo_loss, kto_loss, mapo_loss,
+    DpoBatch, KtoBatch, KtoConfig, MapoConfig, NoiseLevels, ResidualFlow, diffusion_dpo_loss,
+    kto_loss, mapo_loss, pfm_loss, pfm_transport,
 };
 use align_samplers::NoiseSchedule;
 use burn::module::{Module, ModuleDisplay};
@@ -26,7 +28,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::config::{LoraSection, read_toml, runner_field};
 use crate::error::{Result, TrainError};
-use crate::images::images_to_tensor;
+use crate::images::{images_to_tensor, tensor_to_images};
 use crate::observer::SharedObserver;
 use crate::online::open_runner;
 use crate::report::write_report_json;
@@ -200,6 +202,11 @@ pub enum PrefAlgorithm {
     /// `exp(R / rwr_temperature)` normalised over the batch, no reference. A small temperature
     /// makes it fine-tuning on the verifier's passes (rejection-sampling fine-tuning).
     Rwr,
+    /// Preference Flow Matching (pairs; flow models only): the base model is never changed; a
+    /// LoRA copy of it learns the preference flow `v = D_LoRA − D_base` from losers to winners
+    /// (`x_τ = (1 − τ) y⁻ + τ y⁺`, target `y⁺ − y⁻`, `τ ~ U[0, 1]`), and the evaluations
+    /// transport the base model's samples along it with `pfm_steps` Euler steps.
+    Pfm,
 }
 
 /// A preference job's configuration (`align pref-train` TOML). Every field has a default.
@@ -242,6 +249,8 @@ pub struct PrefConfig {
     pub dspo_beta: f64,
     /// RWR temperature α of `exp(R / α)` (rewards are 0 or 1).
     pub rwr_temperature: f64,
+    /// PFM: Euler steps of the transport from `τ = 0` to `τ = 1` in the evaluations.
+    pub pfm_steps: usize,
 }
 
 impl Default for PrefConfig {
@@ -268,6 +277,7 @@ impl Default for PrefConfig {
             kto: KtoConfig::default(),
             dspo_beta: align_pref::DSPO_BETA,
             rwr_temperature: 0.1,
+            pfm_steps: 10,
         }
     }
 }
@@ -325,6 +335,9 @@ impl PrefConfig {
         positive("kto.beta", self.kto.beta)?;
         positive("dspo_beta", self.dspo_beta)?;
         positive("rwr_temperature", self.rwr_temperature)?;
+        if self.pfm_steps == 0 {
+            return Err(TrainError::config("pfm_steps", "must be ≥ 1"));
+        }
         self.runner.validate().map_err(runner_field)
     }
 }
@@ -462,6 +475,27 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                     loss
                 }
             }
+            PrefAlgorithm::Pfm => {
+                let pick: Vec<&PreferencePair> = (0..b)
+                    .map(|_| &self.pairs[(rng.next_u64() % self.pairs.len() as u64) as usize])
+                    .collect();
+                let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
+                let winners =
+                    images_tensor(&pick.iter().map(|p| &p.winner).collect::<Vec<_>>(), &device)?;
+                let losers =
+                    images_tensor(&pick.iter().map(|p| &p.loser).collect::<Vec<_>>(), &device)?;
+                let taus: Vec<f64> = (0..b)
+                    .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+                    .collect();
+                let cond = self.encode(&model, &prompts).map_err(job)?;
+                let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
+                let flow = ResidualFlow {
+                    trainable: &model,
+                    reference: &self.reference,
+                    reference_condition: &ref_cond,
+                };
+                pfm_loss(&flow, winners, losers, &taus, &cond).map_err(|e| job(e.to_string()))?
+            }
             PrefAlgorithm::Rwr => {
                 let (pick, prompts, images) = self.pick_labels(&mut rng, b, &device)?;
                 let rewards: Vec<f64> = pick
@@ -538,6 +572,8 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
             return Ok(align_core::Control::Continue);
         }
         let valid = model.valid();
+        let reference = self.reference.valid();
+        let transport = self.config.transport(&reference);
         let device = valid.text.devices()[0].clone();
         let mut rates = [0.0; 2];
         for (rate, part) in rates.iter_mut().zip([SplitPart::Train, SplitPart::HeldOut]) {
@@ -547,6 +583,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                 part,
                 self.config.monitor_seeds,
                 self.config.eval_steps,
+                transport,
                 &device,
             )
             .map_err(TrainError::into_core)?;
@@ -564,13 +601,104 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
     }
 }
 
-/// Per-image ShapeEval partial credit and pass of one part of the evaluation set.
+/// How PFM evaluates: the reference's samples moved along `D_model − D_reference`.
+struct Transport<'a, D: Module> {
+    reference: &'a TextToImage<D>,
+    steps: usize,
+}
+
+impl<D: Module> Clone for Transport<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D: Module> Copy for Transport<'_, D> {}
+
+impl PrefConfig {
+    /// PFM's transport for the evaluations (`None` for the other losses, whose evaluations
+    /// sample the trained model itself).
+    fn transport<'a, D: Module>(&self, reference: &'a TextToImage<D>) -> Option<Transport<'a, D>> {
+        (self.algorithm == PrefAlgorithm::Pfm).then_some(Transport {
+            reference,
+            steps: self.pfm_steps,
+        })
+    }
+}
+
+fn encode_prompts<D: Module + Denoiser>(
+    model: &TextToImage<D>,
+    prompts: &[String],
+    device: &Device,
+) -> Result<Condition> {
+    let tok = Tokenizer::new();
+    let rows = prompts
+        .iter()
+        .map(|p| encode_prompt(&tok, p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(model.encode(&rows, device)?)
+}
+
+/// PFM's evaluation images: the reference's samples of `prompts` (sample ids `ids`, noise seed
+/// 0, as [`host_scores`] draws them), transported by [`pfm_transport`] along
+/// `D_model − D_reference` and clamped to `[−1, 1]`, scored with ShapeEval.
+#[allow(clippy::too_many_arguments)]
+fn transported_scores<D: Module + ModuleDisplay + Denoiser>(
+    model: &TextToImage<D>,
+    transport: Transport<'_, D>,
+    config: &ShapesModelConfig,
+    prompts: &[String],
+    specs: &[&SceneSpec],
+    ids: &[u64],
+    options: SampleOptions,
+    device: &Device,
+) -> Result<Vec<(f64, bool)>> {
+    let base = generate(
+        transport.reference,
+        config,
+        prompts,
+        ids,
+        0,
+        options,
+        device,
+    )?;
+    let verifier = ShapeEval::default();
+    let mut out = Vec::with_capacity(base.len());
+    for ((images, chunk_prompts), chunk_specs) in base
+        .chunks(64)
+        .zip(prompts.chunks(64))
+        .zip(specs.chunks(64))
+    {
+        let cond = encode_prompts(model, chunk_prompts, device)?;
+        let reference_condition = encode_prompts(transport.reference, chunk_prompts, device)?;
+        let flow = ResidualFlow {
+            trainable: model,
+            reference: transport.reference,
+            reference_condition: &reference_condition,
+        };
+        let x = images_to_tensor(&images.iter().collect::<Vec<_>>(), device)?;
+        let moved = pfm_transport(&flow, x, transport.steps, &cond)
+            .map_err(|e| TrainError::config("pfm_steps", e.to_string()))?;
+        for (im, spec) in tensor_to_images(moved.clamp(-1.0, 1.0))?
+            .iter()
+            .zip(chunk_specs)
+        {
+            let r = verifier.score(im, spec);
+            out.push((r.partial_credit, r.pass));
+        }
+    }
+    Ok(out)
+}
+
+/// Per-image ShapeEval partial credit and pass of one part of the evaluation set: of the
+/// model's own samples, or for PFM of the reference's samples transported by the model.
 fn part_scores<D: Module + ModuleDisplay + Denoiser>(
     model: &TextToImage<D>,
     config: &ShapesModelConfig,
     part: SplitPart,
     seeds: usize,
     steps: usize,
+    transport: Option<Transport<'_, D>>,
     device: &Device,
 ) -> Result<Vec<(f64, bool)>> {
     let set = EvalSet::standard();
@@ -579,22 +707,21 @@ fn part_scores<D: Module + ModuleDisplay + Denoiser>(
         SplitPart::HeldOut => &set.heldout,
     };
     let (prompts, ids, specs) = eval_requests(prompts_of_part, seeds);
-    Ok(host_scores(
-        model,
-        config,
-        &prompts,
-        &specs,
-        &ids,
-        0,
-        SampleOptions {
-            steps,
-            guidance: 3.0,
-        },
-        device,
-    )?
-    .into_iter()
-    .map(|(_, p, pass)| (p, pass))
-    .collect())
+    let options = SampleOptions {
+        steps,
+        guidance: 3.0,
+    };
+    if let Some(transport) = transport {
+        return transported_scores(
+            model, transport, config, &prompts, &specs, &ids, options, device,
+        );
+    }
+    Ok(
+        host_scores(model, config, &prompts, &specs, &ids, 0, options, device)?
+            .into_iter()
+            .map(|(_, p, pass)| (p, pass))
+            .collect(),
+    )
 }
 
 /// What the preference job reports (`report.json`).
@@ -660,18 +787,19 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
     std::fs::create_dir_all(&config.out).map_err(|e| TrainError::io(&config.out, e))?;
     let runner = open_runner(config.runner.clone(), &config.out, resume)?;
     let inner = base.valid();
-    let score = |m: &TextToImage<D>, part| {
+    let score = |m: &TextToImage<D>, part, transport| {
         part_scores(
             m,
             model_config,
             part,
             config.eval_seeds,
             config.eval_steps,
+            transport,
             device,
         )
     };
-    let base_train = score(&inner, SplitPart::Train)?;
-    let base_scores = score(&inner, SplitPart::HeldOut)?;
+    let base_train = score(&inner, SplitPart::Train, None)?;
+    let base_scores = score(&inner, SplitPart::HeldOut, None)?;
     device.clone().autodiff().seed(config.seed);
     let policy = apply_lora(
         base,
@@ -698,8 +826,10 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
     let outcome = runner.run(policy, &mut job, resume)?;
     observer.finish();
     let trained = outcome.model.valid();
-    let final_train = score(&trained, SplitPart::Train)?;
-    let final_scores = score(&trained, SplitPart::HeldOut)?;
+    let reference = job.reference.valid();
+    let transport = config.transport(&reference);
+    let final_train = score(&trained, SplitPart::Train, transport)?;
+    let final_scores = score(&trained, SplitPart::HeldOut, transport)?;
     let (win, lo, hi) = win_rate(
         &final_scores.iter().map(|x| x.0).collect::<Vec<_>>(),
         &base_scores.iter().map(|x| x.0).collect::<Vec<_>>(),
@@ -738,6 +868,15 @@ pub fn pref_train(
 ) -> Result<PrefReport> {
     config.validate()?;
     let (model_config, model) = ShapesModel::load(&config.model, &device.clone().autodiff())?;
+    if config.algorithm == PrefAlgorithm::Pfm && !model_config.is_flow() {
+        return Err(TrainError::config(
+            "model",
+            format!(
+                "{} is an ε-prediction model; PFM needs a flow (velocity) model",
+                config.model.display()
+            ),
+        ));
+    }
     match model {
         ShapesModel::Unet(m) => {
             train_pref_model(*m, &model_config, config, resume, observer, device)
@@ -866,6 +1005,85 @@ mod tests {
                 }
             }
         }
+        // PFM on the shipped flow UNet, on the same pairs (images are images): it trains (a
+        // gradient on the LoRA copy) and evaluates by transport; an ε model is refused by name.
+        let mut config = PrefConfig {
+            algorithm: PrefAlgorithm::Pfm,
+            model: crate::test_model_dir("shapes-flow-unet"),
+            data: data.clone(),
+            out: dir.join("pfm"),
+            batch_size: 2,
+            eval_steps: 2,
+            pfm_steps: 2,
+            ..PrefConfig::default()
+        };
+        config.runner.iterations = 2;
+        let report = pref_train(&config, false, &crate::observer::silent(), &device).unwrap();
+        assert_eq!(report.iterations, 2);
+        let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
+        for line in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(row["loss"].as_f64().unwrap().is_finite(), "{line}");
+            assert!(row["grad_norm"].as_f64().unwrap() > 0.0, "PFM: {line}");
+            assert!(row["eval_heldout_accuracy"].as_f64().is_some(), "{line}");
+        }
+        config.model = crate::test_model_dir("shapes-unet");
+        config.out = dir.join("pfm-eps");
+        let err = pref_train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model") && err.contains("flow"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// At initialisation (LoRA `B = 0`) the preference flow `D_LoRA − D_base` is exactly zero,
+    /// so PFM's evaluation — base samples transported along it — scores every image exactly as
+    /// the base model's own samples do. Checks that the transport path draws the same base
+    /// samples (ids, seed, steps) as the ordinary evaluation and changes nothing by itself.
+    #[test]
+    fn pfm_evaluation_at_initialisation_is_the_base_evaluation() {
+        let device = align_core::test_device();
+        let dir = crate::test_model_dir("shapes-flow-unet");
+        let (model_config, model) = ShapesModel::load(&dir, &device.clone().autodiff()).unwrap();
+        let ShapesModel::Unet(base) = model else {
+            panic!("the shipped flow model is a UNet")
+        };
+        let policy = apply_lora(*base, &LoraConfig::new().with_rank(4).with_alpha(4.0)).unwrap();
+        let reference = with_lora_scale(policy.clone(), 0.0).no_grad().valid();
+        let policy = policy.valid();
+        let config = PrefConfig {
+            algorithm: PrefAlgorithm::Pfm,
+            pfm_steps: 3,
+            ..PrefConfig::default()
+        };
+        let part = SplitPart::HeldOut;
+        let own = part_scores(&reference, &model_config, part, 1, 2, None, &device).unwrap();
+        let moved = part_scores(
+            &policy,
+            &model_config,
+            part,
+            1,
+            2,
+            config.transport(&reference),
+            &device,
+        )
+        .unwrap();
+        assert_eq!(own.len(), 64);
+        assert_eq!(own, moved);
+        let other = PrefConfig::default();
+        assert!(other.transport(&reference).is_none());
+        let bad = PrefConfig {
+            pfm_steps: 0,
+            model: "m".into(),
+            data: "d".into(),
+            out: "o".into(),
+            ..PrefConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pfm_steps")
+        );
     }
 }
