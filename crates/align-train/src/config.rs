@@ -120,6 +120,22 @@ pub enum RolloutSampler {
     Ddpm,
 }
 
+/// Which parameters an online job trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Finetune {
+    /// LoRA adapters (the `[lora]` table) on the attention, text-context and feed-forward
+    /// projections; everything else frozen. The reference policy is the model with its
+    /// adapters off (no second copy of the weights).
+    #[default]
+    Lora,
+    /// Every parameter of the pipeline (text encoder, denoiser, convolutions and norms
+    /// included); `[lora]` is not read. The reference policy is a frozen copy of the base
+    /// weights, so a run holds two copies of the model. On the small Shapes models this is
+    /// what reaches the convolutions that draw the shapes, which LoRA leaves frozen.
+    Full,
+}
+
 /// Which of the rollout's stochastic steps an iteration trains when `timestep_fraction < 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -341,7 +357,10 @@ pub struct TrainConfig {
     pub monitor_seeds: usize,
     /// Sampler steps of evaluations and grids (0 = the family's default: 40 Euler / 50 DDIM).
     pub eval_steps: usize,
-    /// LoRA adapters.
+    /// What the update trains: `"lora"` (default, the `[lora]` adapters) or `"full"` (every
+    /// parameter; the reference is a frozen copy of the base).
+    pub finetune: Finetune,
+    /// LoRA adapters (`finetune = "lora"`).
     pub lora: LoraSection,
     /// Optimizer, clipping, checkpoints, KL budget.
     pub runner: RunnerConfig,
@@ -405,6 +424,7 @@ impl Default for TrainConfig {
             eval_seeds: 1,
             monitor_seeds: 1,
             eval_steps: 0,
+            finetune: Finetune::Lora,
             lora: LoraSection::default(),
             runner: RunnerConfig {
                 iterations: 10,

@@ -2,7 +2,7 @@
 //! run's prompts, rewards, one iteration of an `align-rl` algorithm (DDPO-SF/IS, DPOK,
 //! Flow-GRPO and its Fast window, DenseGRPO, SDPO) or a reward-backprop update (DRaFT-K,
 //! AlignProp), then the [`Evaluator`]'s periodic evaluation. The reference policy is the same
-//! pipeline with its adapters off.
+//! pipeline with its adapters off (`finetune = "full"`: a frozen copy of the base weights).
 //!
 //! [`train_pipeline`] runs it on the [`align_core::Runner`] for any pipeline: the Shapes models
 //! ([`crate::train`] with a `model.json` directory), Stable Diffusion (a diffusers directory),
@@ -33,7 +33,7 @@ use burn::tensor::Tensor;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::{AlgorithmName, RolloutSampler, TrainConfig};
+use crate::config::{AlgorithmName, Finetune, RolloutSampler, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::evaluator::Evaluator;
 use crate::observer::SharedObserver;
@@ -834,8 +834,9 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
 }
 
 /// Runs the online job of `config` on `task` in `config.out`, measured by `evaluator`:
-/// LoRA adapters (rank and α from `config.lora`) on the pipeline, the adapters-off
-/// reference, the base evaluation (once per run directory), the runner's iterations with
+/// LoRA adapters (rank and α from `config.lora`) on the pipeline and the adapters-off
+/// reference — or, with `finetune = "full"`, every parameter and a frozen copy of the base as
+/// the reference —, the base evaluation (once per run directory), the runner's iterations with
 /// periodic evaluations, the final evaluation of the trained weights (the weight average
 /// when `runner.ema_decay` is set) and the report. `resume` continues the run from its last
 /// checkpoint, bit-identically.
@@ -879,16 +880,27 @@ pub fn train_pipeline<P: Pipeline>(
     align_core::runner::materialize(&task.pipeline);
     device.seed(config.seed);
     let base = task.pipeline.clone();
-    let mut lora = LoraConfig::new()
-        .with_rank(config.lora.rank)
-        .with_alpha(config.lora.alpha);
-    if let Some(targets) = task.lora_targets {
-        lora = lora.with_targets(targets);
-    }
-    let policy =
-        apply_lora(task.pipeline, &lora).map_err(|e| TrainError::config("lora", e.to_string()))?;
-    align_core::runner::materialize(&policy);
-    let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
+    let (policy, reference) = match config.finetune {
+        Finetune::Lora => {
+            let mut lora = LoraConfig::new()
+                .with_rank(config.lora.rank)
+                .with_alpha(config.lora.alpha);
+            if let Some(targets) = task.lora_targets {
+                lora = lora.with_targets(targets);
+            }
+            let policy = apply_lora(task.pipeline, &lora)
+                .map_err(|e| TrainError::config("lora", e.to_string()))?;
+            align_core::runner::materialize(&policy);
+            let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
+            (policy, reference)
+        }
+        // Every parameter trains; the reference is a frozen copy of the base weights (the
+        // optimizer replaces the policy's tensors, the copy keeps the old ones).
+        Finetune::Full => {
+            let reference = task.pipeline.clone().no_grad();
+            (task.pipeline, reference)
+        }
+    };
     evaluator.base(&base, out, resume, observer)?;
     drop(base);
     let mut job = OnlineJob {

@@ -17,7 +17,7 @@
 //!   Diffusion 1.x directories.
 //! - [`pretrain`]: a Shapes model from scratch ([`PretrainOptions`]).
 //! - [`pref_train`]: the preference job from a [`PrefConfig`] (Diffusion-DPO, MaPO,
-//!   Diffusion-KTO, DSPO, RWR) and [`pref_data`], the AI-feedback dataset it trains on.
+//!   Diffusion-KTO, DSPO, RWR, PFM) and [`pref_data`], the AI-feedback dataset it trains on.
 //! - [`shapes_eval`]: sampling and the exact ShapeEval evaluation of Shapes models;
 //!   [`win_rate`]: the paired gold win rate with its bootstrap interval.
 //! - [`Observer`]: how a front end follows a run (a progress bar, a log); [`Silent`] shows
@@ -77,8 +77,8 @@ pub mod shapes_eval;
 pub mod win_rate;
 
 pub use config::{
-    AdjointMatchingSection, AlgorithmName, DraftLvSection, LoraSection, ReflSection, RewardName,
-    RolloutSampler, TimestepOrder, TrainConfig, read_toml,
+    AdjointMatchingSection, AlgorithmName, DraftLvSection, Finetune, LoraSection, ReflSection,
+    RewardName, RolloutSampler, TimestepOrder, TrainConfig, read_toml,
 };
 pub use error::{Result, TrainError};
 pub use evaluator::{Evaluator, RewardEvaluator, SharedReward};

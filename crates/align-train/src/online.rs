@@ -676,7 +676,7 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RolloutSampler;
+    use crate::config::{Finetune, RolloutSampler};
     use align_backprop::Truncation;
 
     #[test]
@@ -759,6 +759,74 @@ mod tests {
             "{text}"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// `finetune = "full"` trains every parameter — the first convolution's kernel, which LoRA
+    /// leaves frozen, moves away from the base — and measures the KL against a frozen copy of the
+    /// base (positive once the policy has moved); with LoRA the same kernel stays bit for bit the
+    /// base's. The kernel is read from the checkpoint file and the base model's safetensors, not
+    /// through the job.
+    #[test]
+    fn full_finetuning_trains_the_convolutions_that_lora_leaves_frozen() {
+        let device = align_core::test_device();
+        let model = crate::test_model_dir("shapes-flow-unet");
+        let base = safetensors_tensor(&model.join("model.safetensors"), "denoiser.conv_in.weight");
+        for (finetune, moves) in [(Finetune::Full, true), (Finetune::Lora, false)] {
+            let dir = std::env::temp_dir().join(format!(
+                "align-train-full-{finetune:?}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut config = TrainConfig {
+                model: model.clone(),
+                out: dir.clone(),
+                prompts_per_iteration: 2,
+                group_size: 3,
+                train_steps: 3,
+                eval_steps: 2,
+                eval_every: Some(0),
+                finetune,
+                ..TrainConfig::default()
+            };
+            config.runner.iterations = 1;
+            config.runner.learning_rate = 1e-3;
+            config.runner.checkpoint_every = 1;
+            train(&config, false, &crate::observer::silent(), &device).unwrap();
+            let reader =
+                burn::store::burn_pack::Reader::from_file(dir.join("checkpoint-000001/model.bpk"))
+                    .unwrap();
+            let name = reader
+                .tensor_names()
+                .iter()
+                .map(|n| n.to_string())
+                .find(|n| n.ends_with("conv_in.weight"))
+                .unwrap();
+            let bytes = reader.tensor_data(&name).unwrap();
+            let trained: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            assert_eq!(trained.len(), base.len());
+            let changed = trained.iter().zip(&base).any(|(a, b)| a != b);
+            assert_eq!(changed, moves, "{finetune:?}: conv_in changed = {changed}");
+            let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+            let row: serde_json::Value =
+                serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            assert!(row["kl"].as_f64().unwrap() > 0.0, "{finetune:?}: {text}");
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// The f32 values of one tensor of a safetensors file.
+    fn safetensors_tensor(path: &std::path::Path, name: &str) -> Vec<f32> {
+        let bytes = std::fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let view = file.tensor(name).unwrap();
+        assert_eq!(view.dtype(), safetensors::Dtype::F32);
+        view.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     }
 
     /// SDPO through `align train` on the shipped UNet: pairs, dense rewards, one optimizer
