@@ -101,3 +101,35 @@ pub(crate) fn test_model_dir(name: &str) -> std::path::PathBuf {
         .join("../../models")
         .join(name)
 }
+
+/// The f32 values of tensor `name` of a safetensors file (tests only).
+#[cfg(test)]
+pub(crate) fn safetensors_f32(path: &std::path::Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = file.tensor(name).unwrap();
+    assert_eq!(view.dtype(), safetensors::Dtype::F32);
+    view.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The f32 values of the tensor of a burnpack checkpoint file whose path ends with `suffix`
+/// (tests only).
+#[cfg(test)]
+pub(crate) fn burnpack_f32(path: &std::path::Path, suffix: &str) -> Vec<f32> {
+    let reader = burn::store::burn_pack::Reader::from_file(path).unwrap();
+    let name = reader
+        .tensor_names()
+        .iter()
+        .map(|n| n.to_string())
+        .find(|n| n.ends_with(suffix))
+        .unwrap();
+    reader
+        .tensor_data(&name)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}

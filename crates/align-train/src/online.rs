@@ -770,7 +770,8 @@ mod tests {
     fn full_finetuning_trains_the_convolutions_that_lora_leaves_frozen() {
         let device = align_core::test_device();
         let model = crate::test_model_dir("shapes-flow-unet");
-        let base = safetensors_tensor(&model.join("model.safetensors"), "denoiser.conv_in.weight");
+        let base =
+            crate::safetensors_f32(&model.join("model.safetensors"), "denoiser.conv_in.weight");
         for (finetune, moves) in [(Finetune::Full, true), (Finetune::Lora, false)] {
             let dir = std::env::temp_dir().join(format!(
                 "align-train-full-{finetune:?}-{}",
@@ -792,20 +793,8 @@ mod tests {
             config.runner.learning_rate = 1e-3;
             config.runner.checkpoint_every = 1;
             train(&config, false, &crate::observer::silent(), &device).unwrap();
-            let reader =
-                burn::store::burn_pack::Reader::from_file(dir.join("checkpoint-000001/model.bpk"))
-                    .unwrap();
-            let name = reader
-                .tensor_names()
-                .iter()
-                .map(|n| n.to_string())
-                .find(|n| n.ends_with("conv_in.weight"))
-                .unwrap();
-            let bytes = reader.tensor_data(&name).unwrap();
-            let trained: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let trained =
+                crate::burnpack_f32(&dir.join("checkpoint-000001/model.bpk"), "conv_in.weight");
             assert_eq!(trained.len(), base.len());
             let changed = trained.iter().zip(&base).any(|(a, b)| a != b);
             assert_eq!(changed, moves, "{finetune:?}: conv_in changed = {changed}");
@@ -815,18 +804,6 @@ mod tests {
             assert!(row["kl"].as_f64().unwrap() > 0.0, "{finetune:?}: {text}");
             let _ = std::fs::remove_dir_all(dir);
         }
-    }
-
-    /// The f32 values of one tensor of a safetensors file.
-    fn safetensors_tensor(path: &std::path::Path, name: &str) -> Vec<f32> {
-        let bytes = std::fs::read(path).unwrap();
-        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let view = file.tensor(name).unwrap();
-        assert_eq!(view.dtype(), safetensors::Dtype::F32);
-        view.data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
     }
 
     /// SDPO through `align train` on the shipped UNet: pairs, dense rewards, one optimizer
@@ -1268,8 +1245,13 @@ mod tests {
             if path.extension().is_some_and(|e| e == "toml") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 let value: toml::Value = toml::from_str(&text).unwrap();
-                let algorithm = value["algorithm"].as_str().unwrap().to_string();
-                if ["diffusion-dpo", "mapo", "kto", "dspo", "rwr"].contains(&algorithm.as_str()) {
+                // A preference config is one whose algorithm names a preference loss (no
+                // hand-kept list that a new loss could miss).
+                let is_pref = value["algorithm"]
+                    .clone()
+                    .try_into::<crate::pref::PrefAlgorithm>()
+                    .is_ok();
+                if is_pref {
                     crate::pref::PrefConfig::from_file(&path).unwrap();
                 } else {
                     TrainConfig::from_file(&path).unwrap();

@@ -26,7 +26,7 @@ use burn::tensor::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::{LoraSection, read_toml, runner_field};
+use crate::config::{Finetune, LoraSection, read_toml, runner_field};
 use crate::error::{Result, TrainError};
 use crate::images::{images_to_tensor, tensor_to_images};
 use crate::observer::SharedObserver;
@@ -237,6 +237,10 @@ pub struct PrefConfig {
     pub monitor_seeds: usize,
     /// LoRA adapters.
     pub lora: LoraSection,
+    /// What the loss trains: `"lora"` (default, the `[lora]` adapters; the reference is the
+    /// model with its adapters off) or `"full"` (every parameter; the reference is a frozen
+    /// copy of the base).
+    pub finetune: Finetune,
     /// Optimizer, clipping, checkpoints.
     pub runner: RunnerConfig,
     /// Diffusion-DPO β on mean-reduced errors.
@@ -267,6 +271,7 @@ impl Default for PrefConfig {
             eval_every: None,
             monitor_seeds: 1,
             lora: LoraSection::default(),
+            finetune: Finetune::Lora,
             runner: RunnerConfig {
                 iterations: 100,
                 learning_rate: 1e-4,
@@ -801,14 +806,24 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
     let base_train = score(&inner, SplitPart::Train, None)?;
     let base_scores = score(&inner, SplitPart::HeldOut, None)?;
     device.clone().autodiff().seed(config.seed);
-    let policy = apply_lora(
-        base,
-        &LoraConfig::new()
-            .with_rank(config.lora.rank)
-            .with_alpha(config.lora.alpha),
-    )
-    .map_err(|e| TrainError::config("lora", e.to_string()))?;
-    let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
+    let (policy, reference) = match config.finetune {
+        Finetune::Lora => {
+            let policy = apply_lora(
+                base,
+                &LoraConfig::new()
+                    .with_rank(config.lora.rank)
+                    .with_alpha(config.lora.alpha),
+            )
+            .map_err(|e| TrainError::config("lora", e.to_string()))?;
+            let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
+            (policy, reference)
+        }
+        // Every parameter trains; the reference is a frozen copy of the base weights.
+        Finetune::Full => {
+            let reference = base.clone().no_grad();
+            (base, reference)
+        }
+    };
     let mut job = PrefJob {
         config: config.clone(),
         pairs,
@@ -1005,6 +1020,32 @@ mod tests {
                 }
             }
         }
+        // `finetune = "full"`: KTO trains the convolutions LoRA leaves frozen (the first
+        // kernel moves away from the base's, read from the checkpoint file).
+        let mut config = PrefConfig {
+            algorithm: PrefAlgorithm::Kto,
+            model: crate::test_model_dir("shapes-unet"),
+            data: data.clone(),
+            out: dir.join("kto-full"),
+            batch_size: 2,
+            eval_steps: 2,
+            eval_every: Some(0),
+            finetune: Finetune::Full,
+            ..PrefConfig::default()
+        };
+        config.runner.iterations = 1;
+        config.runner.checkpoint_every = 1;
+        pref_train(&config, false, &crate::observer::silent(), &device).unwrap();
+        let base = crate::safetensors_f32(
+            &config.model.join("model.safetensors"),
+            "denoiser.conv_in.weight",
+        );
+        let trained = crate::burnpack_f32(
+            &config.out.join("checkpoint-000001/model.bpk"),
+            "conv_in.weight",
+        );
+        assert_eq!(base.len(), trained.len());
+        assert!(base.iter().zip(&trained).any(|(a, b)| a != b));
         // PFM on the shipped flow UNet, on the same pairs (images are images): it trains (a
         // gradient on the LoRA copy) and evaluates by transport; an ε model is refused by name.
         let mut config = PrefConfig {
