@@ -390,7 +390,9 @@ pub struct TrainConfig {
     pub d3po: D3poSection,
     /// SPO's β and pool (`algorithm = "spo"`).
     pub spo: SpoSection,
-    /// Stable Diffusion models: the training prompts, one per line (`#` starts a comment).
+    /// The training prompts, one per line (`#` starts a comment). Stable Diffusion models need
+    /// it; Shapes models default to every prompt of the world's training split, and with a
+    /// file train on its prompts only (each must be a Shapes prompt the verifier can judge).
     pub prompts: Option<PathBuf>,
     /// Stable Diffusion models: the evaluation prompts (default: `prompts`).
     pub eval_prompts: Option<PathBuf>,

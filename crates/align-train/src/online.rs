@@ -581,11 +581,25 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
     device: &Device,
 ) -> Result<Report> {
     let tok = Tokenizer::new();
-    let prompts: Vec<String> = Split::standard()
-        .all_specs(SplitPart::Train)
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let prompts: Vec<String> = match &config.prompts {
+        Some(file) => {
+            let list = crate::read_prompts(file)?;
+            for p in &list {
+                align_data::parse_prompt(p).map_err(|e| {
+                    TrainError::config(
+                        "prompts",
+                        format!("{}: `{p}` is not a Shapes prompt: {e}", file.display()),
+                    )
+                })?;
+            }
+            list
+        }
+        None => Split::standard()
+            .all_specs(SplitPart::Train)
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
     for p in &prompts {
         encode_prompt(&tok, p)?;
     }
@@ -804,6 +818,68 @@ mod tests {
             assert!(row["kl"].as_f64().unwrap() > 0.0, "{finetune:?}: {text}");
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+
+    /// The rows of a run's `metrics.jsonl`.
+    fn metric_rows(out: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// `prompts = FILE` on a Shapes model trains on the file's prompts only: two runs with the
+    /// same seed and different one-prompt files see different rewards (the default draws from
+    /// the training split, which would make them equal); a line that is not a Shapes prompt is
+    /// refused, naming the field, the file and the line.
+    #[test]
+    fn a_prompt_file_replaces_the_training_split() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-train-prompts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut first_rewards = Vec::new();
+        for (name, prompt) in [
+            ("a", "one red circle"),
+            ("b", "two blue triangles and one yellow square"),
+        ] {
+            let file = dir.join(format!("{name}.txt"));
+            std::fs::write(&file, format!("# one prompt\n{prompt}\n")).unwrap();
+            let mut config = TrainConfig {
+                model: crate::test_model_dir("shapes-flow-unet"),
+                out: dir.join(name),
+                prompts: Some(file),
+                prompts_per_iteration: 2,
+                group_size: 2,
+                train_steps: 3,
+                eval_steps: 2,
+                eval_every: Some(0),
+                ..TrainConfig::default()
+            };
+            config.runner.iterations = 1;
+            train(&config, false, &crate::observer::silent(), &device).unwrap();
+            first_rewards.push(metric_rows(&config.out)[0]["reward_mean"].as_f64().unwrap());
+        }
+        assert_ne!(first_rewards[0], first_rewards[1], "{first_rewards:?}");
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, "one red circle\nfour purple hexagons\n").unwrap();
+        let config = TrainConfig {
+            model: crate::test_model_dir("shapes-flow-unet"),
+            out: dir.join("bad"),
+            prompts: Some(bad),
+            ..TrainConfig::default()
+        };
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("prompts:")
+                && err.contains("bad.txt")
+                && err.contains("four purple hexagons"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// SDPO through `align train` on the shipped UNet: pairs, dense rewards, one optimizer

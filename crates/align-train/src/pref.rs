@@ -390,6 +390,22 @@ impl<D: Module + Denoiser + ModuleDisplay> PrefJob<D> {
         Ok((pick, prompts, images))
     }
 
+    /// `b` pairs drawn with replacement: their prompts, winners and losers `[b, 3, H, W]`.
+    fn pick_pairs(
+        &self,
+        rng: &mut ChaCha8Rng,
+        b: usize,
+        device: &Device,
+    ) -> align_core::Result<(Vec<String>, Tensor<4>, Tensor<4>)> {
+        let pick: Vec<&PreferencePair> = (0..b)
+            .map(|_| &self.pairs[(rng.next_u64() % self.pairs.len() as u64) as usize])
+            .collect();
+        let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
+        let winners = images_tensor(&pick.iter().map(|p| &p.winner).collect::<Vec<_>>(), device)?;
+        let losers = images_tensor(&pick.iter().map(|p| &p.loser).collect::<Vec<_>>(), device)?;
+        Ok((prompts, winners, losers))
+    }
+
     fn levels(&self, rng: &mut ChaCha8Rng, b: usize) -> Result<NoiseLevels, String> {
         match &self.schedule {
             Some(s) => {
@@ -432,14 +448,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
         let mut m = Metrics::new();
         let loss = match self.config.algorithm {
             PrefAlgorithm::DiffusionDpo | PrefAlgorithm::Mapo | PrefAlgorithm::Dspo => {
-                let pick: Vec<&PreferencePair> = (0..b)
-                    .map(|_| &self.pairs[(rng.next_u64() % self.pairs.len() as u64) as usize])
-                    .collect();
-                let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
-                let winners =
-                    images_tensor(&pick.iter().map(|p| &p.winner).collect::<Vec<_>>(), &device)?;
-                let losers =
-                    images_tensor(&pick.iter().map(|p| &p.loser).collect::<Vec<_>>(), &device)?;
+                let (prompts, winners, losers) = self.pick_pairs(&mut rng, b, &device)?;
                 let cond = self.encode(&model, &prompts).map_err(job)?;
                 if self.config.algorithm == PrefAlgorithm::Mapo {
                     let out = mapo_loss(
@@ -481,14 +490,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
                 }
             }
             PrefAlgorithm::Pfm => {
-                let pick: Vec<&PreferencePair> = (0..b)
-                    .map(|_| &self.pairs[(rng.next_u64() % self.pairs.len() as u64) as usize])
-                    .collect();
-                let prompts: Vec<String> = pick.iter().map(|p| p.prompt.clone()).collect();
-                let winners =
-                    images_tensor(&pick.iter().map(|p| &p.winner).collect::<Vec<_>>(), &device)?;
-                let losers =
-                    images_tensor(&pick.iter().map(|p| &p.loser).collect::<Vec<_>>(), &device)?;
+                let (prompts, winners, losers) = self.pick_pairs(&mut rng, b, &device)?;
                 let taus: Vec<f64> = (0..b)
                     .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
                     .collect();
