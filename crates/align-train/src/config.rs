@@ -396,6 +396,10 @@ pub struct TrainConfig {
     pub prompts: Option<PathBuf>,
     /// Stable Diffusion models: the evaluation prompts (default: `prompts`).
     pub eval_prompts: Option<PathBuf>,
+    /// Shapes models with `prompts`: images per prompt of an extra ShapeEval before and after
+    /// training on the run's own prompts (pass rate, partial credit and the paired gold win
+    /// rate against the base in the report); `0` = off.
+    pub prompt_eval_seeds: usize,
     /// Stable Diffusion models: image side in pixels (0 = the model's default, 512 for SD 1.5).
     pub image_size: usize,
     /// The aesthetic predictor's head (safetensors) for `reward = "aesthetic"`.
@@ -447,6 +451,7 @@ impl Default for TrainConfig {
             spo: SpoSection::default(),
             prompts: None,
             eval_prompts: None,
+            prompt_eval_seeds: 0,
             image_size: 0,
             aesthetic_head: None,
         }
@@ -599,6 +604,12 @@ impl TrainConfig {
         }
         if self.train_steps == 0 {
             return bad("train_steps", "must be ≥ 1".into());
+        }
+        if self.prompt_eval_seeds > 0 && self.prompts.is_none() {
+            return bad(
+                "prompt_eval_seeds",
+                "evaluates the run's own prompts: name them with `prompts`".into(),
+            );
         }
         let backprop = self.algorithm.is_backprop();
         if !(self.noise_level.is_finite()

@@ -89,7 +89,7 @@ pub use pref::{
     PrefAlgorithm, PrefConfig, PrefDataOptions, PrefDataSummary, PrefReport, pref_data, pref_train,
 };
 pub use pretrain::{PretrainOptions, PretrainOutcome, pretrain};
-pub use report::{EvalReward, Report, Snapshot};
+pub use report::{EvalReward, PromptsEval, Report, Snapshot};
 pub use sd::{is_stable_diffusion_dir, read_prompts};
 pub use shapes_eval::{Accuracy, SampleOptions, Verdict};
 pub use win_rate::WinRate;

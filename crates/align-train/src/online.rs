@@ -8,7 +8,7 @@ use std::path::Path;
 
 use align_backprop::DraftConfig;
 use align_core::{Control, CoreError, Denoiser, Metrics, Runner};
-use align_data::{Image, Split, SplitPart, Tokenizer};
+use align_data::{EvalSet, Image, Split, SplitPart, Tokenizer};
 use align_models::{ShapesModel, ShapesModelConfig, TextToImage};
 use align_rewards::{
     HackingMonitor, ProxyReward, Reading, Reward, ShapeEvalMode, ShapeEvalReward,
@@ -27,9 +27,10 @@ use crate::evaluator::Evaluator;
 use crate::images::{images_to_tensor, write_grid};
 use crate::job::{OnlineTask, train_pipeline};
 use crate::observer::SharedObserver;
-use crate::report::{Report, Snapshot, WinRate, write_report};
+use crate::report::{PromptsEval, Report, Snapshot, WinRate, write_report};
 use crate::shapes_eval::{
-    Accuracy, GRID_PROMPTS, SampleOptions, accuracies, encode_prompt, evaluate_detailed, generate,
+    Accuracy, GRID_PROMPTS, SampleOptions, accuracies, encode_prompt, evaluate_detailed,
+    evaluate_set, generate,
 };
 
 /// The metrics of one online-RL iteration, reported to the observer.
@@ -157,6 +158,44 @@ struct ShapesEvaluator {
     device: Device,
     monitor: HackingMonitor,
     base: Snapshot,
+    /// The run's own prompts × `prompt_eval_seeds` (`None` = not measured).
+    prompt_set: Option<EvalSet>,
+}
+
+impl ShapesEvaluator {
+    /// Each image's (partial credit, pass) on the run's own prompts; empty when not measured.
+    fn prompt_verdicts<D: Module + Denoiser + ModuleDisplay>(
+        &self,
+        model: &TextToImage<D>,
+    ) -> Result<Vec<(f64, bool)>> {
+        let Some(set) = &self.prompt_set else {
+            return Ok(Vec::new());
+        };
+        let options = SampleOptions {
+            steps: self.config.eval_steps,
+            guidance: 3.0,
+        };
+        Ok(evaluate_set(
+            model,
+            &self.model_config,
+            set,
+            self.config.prompt_eval_seeds,
+            options,
+            &self.device,
+        )?
+        .iter()
+        .map(|v| (v.result.partial_credit, v.result.pass))
+        .collect())
+    }
+}
+
+/// Pass rate and mean partial credit of `(partial credit, pass)` verdicts.
+fn pass_and_partial(verdicts: &[(f64, bool)]) -> (f64, f64) {
+    let n = verdicts.len().max(1) as f64;
+    (
+        verdicts.iter().filter(|v| v.1).count() as f64 / n,
+        verdicts.iter().map(|v| v.0).sum::<f64>() / n,
+    )
 }
 
 /// Grid seeds per prompt of the Shapes grids.
@@ -196,6 +235,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
                     diversity: div,
                     diversity_ratio: 1.0,
                     heldout_scores: scores,
+                    prompt_verdicts: self.prompt_verdicts(&inner)?,
                     ..Snapshot::default()
                 };
                 let json = serde_json::to_string_pretty(&b).map_err(|e| TrainError::File {
@@ -212,6 +252,14 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
             100.0 * self.base.heldout_accuracy,
             self.base.diversity
         ));
+        if !self.base.prompt_verdicts.is_empty() {
+            let (pass, partial) = pass_and_partial(&self.base.prompt_verdicts);
+            observer.say(&format!(
+                "base: ShapeEval on the run's prompts {:.1}% ({} images), partial credit {partial:.3}",
+                100.0 * pass,
+                self.base.prompt_verdicts.len()
+            ));
+        }
         if !resume && config.reward != RewardName::Proxy {
             // The base model is the monitor's baseline (with the proxy reward, the first
             // evaluation is: the base model's proxy score on held-out prompts is not measured).
@@ -306,7 +354,22 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
             kl: report.final_.kl,
             reward_mean: report.final_.reward_mean,
             heldout_scores: scores,
+            prompt_verdicts: self.prompt_verdicts(trained)?,
         };
+        let (before, after) = (&self.base.prompt_verdicts, &report.final_.prompt_verdicts);
+        let paired = |v: &[(f64, bool)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+        if let Some(win_rate) = WinRate::paired(&paired(after), &paired(before)) {
+            let (base_accuracy, base_partial_credit) = pass_and_partial(before);
+            let (final_accuracy, final_partial_credit) = pass_and_partial(after);
+            report.run_prompts = Some(PromptsEval {
+                images: after.len(),
+                base_accuracy,
+                final_accuracy,
+                base_partial_credit,
+                final_partial_credit,
+                win_rate,
+            });
+        }
         Ok(())
     }
 
@@ -612,6 +675,13 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
             .init()
             .map_err(|e| TrainError::config("monitor", e.to_string()))?,
         base: Snapshot::default(),
+        prompt_set: match config.prompt_eval_seeds {
+            0 => None,
+            seeds => Some(
+                EvalSet::from_prompts(&Split::standard(), &prompts, seeds, 0)
+                    .map_err(|e| TrainError::config("prompts", e.to_string()))?,
+            ),
+        },
     };
     let task = OnlineTask {
         pipeline: base,
@@ -858,10 +928,45 @@ mod tests {
                 ..TrainConfig::default()
             };
             config.runner.iterations = 1;
-            train(&config, false, &crate::observer::silent(), &device).unwrap();
+            // The first run also measures ShapeEval on its own prompt (1 prompt × 2 seeds).
+            if name == "a" {
+                config.prompt_eval_seeds = 2;
+            }
+            let report = train(&config, false, &crate::observer::silent(), &device).unwrap();
             first_rewards.push(metric_rows(&config.out)[0]["reward_mean"].as_f64().unwrap());
+            match (name, &report.run_prompts) {
+                ("a", Some(r)) => {
+                    assert_eq!(r.images, 2);
+                    for x in [
+                        r.base_accuracy,
+                        r.final_accuracy,
+                        r.win_rate.low,
+                        r.win_rate.high,
+                    ] {
+                        assert!((0.0..=1.0).contains(&x), "{r:?}");
+                    }
+                    assert!(
+                        r.win_rate.low <= r.win_rate.rate && r.win_rate.rate <= r.win_rate.high
+                    );
+                    let md = std::fs::read_to_string(config.out.join("report.md")).unwrap();
+                    assert!(md.contains("the run's own prompts (2 images)"), "{md}");
+                }
+                ("b", None) => {}
+                (_, other) => panic!("run {name}: {other:?}"),
+            }
         }
         assert_ne!(first_rewards[0], first_rewards[1], "{first_rewards:?}");
+        // Measuring the run's prompts needs them named.
+        let config = TrainConfig {
+            model: crate::test_model_dir("shapes-flow-unet"),
+            out: dir.join("none"),
+            prompt_eval_seeds: 2,
+            ..TrainConfig::default()
+        };
+        let err = train(&config, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("prompt_eval_seeds:"), "{err}");
         let bad = dir.join("bad.txt");
         std::fs::write(&bad, "one red circle\nfour purple hexagons\n").unwrap();
         let config = TrainConfig {

@@ -38,6 +38,27 @@ pub struct Report {
     /// per-image scores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout_win_rate: Option<WinRate>,
+    /// Shapes runs with `prompt_eval_seeds`: ShapeEval on the run's own training prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_prompts: Option<PromptsEval>,
+}
+
+/// ShapeEval on a run's own prompts (`prompts` × `prompt_eval_seeds` images), before and after.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PromptsEval {
+    /// Images per measurement.
+    pub images: usize,
+    /// Pass rate of the base model.
+    pub base_accuracy: f64,
+    /// Pass rate after training.
+    pub final_accuracy: f64,
+    /// Mean partial credit of the base model.
+    pub base_partial_credit: f64,
+    /// Mean partial credit after training.
+    pub final_partial_credit: f64,
+    /// Paired gold (partial-credit) win rate of the final images over the base's, same prompts
+    /// and seeds, with its 95 % bootstrap interval.
+    pub win_rate: WinRate,
 }
 
 /// The evaluation reward of a Stable Diffusion run.
@@ -73,6 +94,10 @@ pub struct Snapshot {
     /// a `base.json` written before this field existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heldout_scores: Vec<f64>,
+    /// With `prompt_eval_seeds`: each image's (partial credit, pass) on the run's own prompts,
+    /// in evaluation order (prompt-major, the same seeds for every model).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompt_verdicts: Vec<(f64, bool)>,
 }
 
 /// Writes `report.json` and `report.md` of a Shapes-model run.
@@ -124,6 +149,26 @@ periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.
             })
             .unwrap_or_default(),
     );
+    let md = match &report.run_prompts {
+        Some(r) => md.replacen(
+            "\nGrids:",
+            &format!(
+                "| ShapeEval on the run's own prompts ({} images) | {} | {} |\n\
+| its partial credit | {:.3} | {:.3} |\n\
+| its gold win rate vs base (95 % CI) | — | {} ({}–{}) |\n\nGrids:",
+                r.images,
+                pct(r.base_accuracy),
+                pct(r.final_accuracy),
+                r.base_partial_credit,
+                r.final_partial_credit,
+                pct(r.win_rate.rate),
+                pct(r.win_rate.low),
+                pct(r.win_rate.high)
+            ),
+            1,
+        ),
+        None => md,
+    };
     write_atomically(&dir.join("report.md"), &md)
 }
 
