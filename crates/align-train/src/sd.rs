@@ -141,6 +141,13 @@ pub fn train_sd(
              set \"ddim\"",
         ));
     }
+    if config.prompt_eval_seeds > 0 {
+        return Err(TrainError::config(
+            "prompt_eval_seeds",
+            "measures ShapeEval on a Shapes run's prompts; a Stable Diffusion run evaluates its \
+             reward on `eval_prompts`",
+        ));
+    }
     if config.monitor != align_rewards::HackingMonitorConfig::default() {
         return Err(TrainError::config(
             "monitor",
@@ -380,6 +387,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("sde_window:"), "{err}");
+        let mut c = config(&dir);
+        c.prompt_eval_seeds = 2;
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("prompt_eval_seeds:"), "{err}");
         let mut c = config(&dir);
         c.monitor.stop_on_hacking = !c.monitor.stop_on_hacking;
         let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
