@@ -13,9 +13,10 @@
 //!   a reward ([`align_rewards::reward_fn`] turns a closure into one) and a sampler in an
 //!   [`OnlineTask`]; [`RewardEvaluator`] measures the mean reward.
 //! - [`train`]: that job from a [`TrainConfig`], for the Shapes models (`model.json`
-//!   directories, the exact ShapeEval evaluation with the reward-hacking monitor) and Stable
-//!   Diffusion 1.x directories.
-//! - [`pretrain`]: a Shapes model from scratch ([`PretrainOptions`]).
+//!   directories, the exact ShapeEval evaluation with the reward-hacking monitor; the whole
+//!   training split or a prompt file, optionally measured on its own prompts) and Stable
+//!   Diffusion 1.x directories; LoRA adapters or, with [`Finetune::Full`], every parameter.
+//! - [`pretrain`](fn@pretrain): a Shapes model from scratch ([`PretrainOptions`]).
 //! - [`pref_train`]: the preference job from a [`PrefConfig`] (Diffusion-DPO, MaPO,
 //!   Diffusion-KTO, DSPO, RWR, PFM) and [`pref_data`], the AI-feedback dataset it trains on.
 //! - [`shapes_eval`]: sampling and the exact ShapeEval evaluation of Shapes models;
