@@ -113,7 +113,7 @@ Final weights evaluated: {weights}.\n\n\
 | | base | final |\n|---|---|---|\n\
 | ShapeEval train | {bt} | {ft} |\n| ShapeEval held-out | {bh} | {fh} |\n\
 | held-out partial credit | {bp:.3} | {fp:.3} |\n| same-prompt diversity | {bd:.4} | {fd:.4} ({fr}) |\n\
-| per-step KL to reference | — | {kl:.3e} |\n{win}\n\
+| per-step KL to reference | — | {kl:.3e} |\n{win}{prompts}\n\
 Grids: `grid-before.png`, `grid-after.png` (rows: seeds; columns: prompts). \
 Curves: `curves.png` (top: mean training reward per iteration, and held-out ShapeEval accuracy at \
 periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.jsonl`.\n",
@@ -148,27 +148,26 @@ periodic evaluations; bottom: mean per-step KL to the reference), from `metrics.
                 )
             })
             .unwrap_or_default(),
-    );
-    let md = match &report.run_prompts {
-        Some(r) => md.replacen(
-            "\nGrids:",
-            &format!(
-                "| ShapeEval on the run's own prompts ({} images) | {} | {} |\n\
+        prompts = report
+            .run_prompts
+            .as_ref()
+            .map(|r| {
+                format!(
+                    "| ShapeEval on the run's own prompts ({} images) | {} | {} |\n\
 | its partial credit | {:.3} | {:.3} |\n\
-| its gold win rate vs base (95 % CI) | — | {} ({}–{}) |\n\nGrids:",
-                r.images,
-                pct(r.base_accuracy),
-                pct(r.final_accuracy),
-                r.base_partial_credit,
-                r.final_partial_credit,
-                pct(r.win_rate.rate),
-                pct(r.win_rate.low),
-                pct(r.win_rate.high)
-            ),
-            1,
-        ),
-        None => md,
-    };
+| its gold win rate vs base (95 % CI) | — | {} ({}–{}) |\n",
+                    r.images,
+                    pct(r.base_accuracy),
+                    pct(r.final_accuracy),
+                    r.base_partial_credit,
+                    r.final_partial_credit,
+                    pct(r.win_rate.rate),
+                    pct(r.win_rate.low),
+                    pct(r.win_rate.high)
+                )
+            })
+            .unwrap_or_default(),
+    );
     write_atomically(&dir.join("report.md"), &md)
 }
 
@@ -226,4 +225,42 @@ pub fn write_report_json<T: serde::Serialize>(dir: &Path, report: &T) -> Result<
         reason: e.to_string(),
     })?;
     write_atomically(&path, &(json + "\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run-prompt rows follow the held-out win-rate row inside the table, and the table
+    /// ends with one blank line before the grids sentence.
+    #[test]
+    fn report_md_places_the_run_prompt_rows_in_the_table() {
+        let dir = std::env::temp_dir().join(format!("align-report-md-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let w = WinRate {
+            rate: 0.57,
+            low: 0.52,
+            high: 0.617,
+        };
+        let report = Report {
+            heldout_win_rate: Some(w),
+            run_prompts: Some(PromptsEval {
+                images: 128,
+                base_accuracy: 0.266,
+                final_accuracy: 0.359,
+                base_partial_credit: 0.689,
+                final_partial_credit: 0.752,
+                win_rate: w,
+            }),
+            ..Report::default()
+        };
+        write_report(&dir, &report).unwrap();
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        let expected = "| held-out gold win rate vs base (95 % CI) | — | 57.0 % (52.0 %–61.7 %) |\n\
+| ShapeEval on the run's own prompts (128 images) | 26.6 % | 35.9 % |\n\
+| its partial credit | 0.689 | 0.752 |\n\
+| its gold win rate vs base (95 % CI) | — | 57.0 % (52.0 %–61.7 %) |\n\nGrids:";
+        assert!(md.contains(expected), "{md}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
