@@ -42,6 +42,7 @@ pub mod ema;
 pub mod error;
 pub mod hf;
 pub mod lora;
+pub mod lora_file;
 pub mod pipeline;
 pub mod pretrain;
 pub mod resblock;
@@ -59,7 +60,14 @@ pub use checkpoint::{load_safetensors, save_safetensors, warm_start_safetensors}
 pub use dit::{DiT, DiTBlock, DiTConfig};
 pub use ema::{Ema, EmaConfig};
 pub use error::{ModelError, Result};
-pub use lora::{LoraConfig, apply_lora, lora_factor_count, lora_parameter_count, with_lora_scale};
+pub use lora::{
+    LoraConfig, apply_lora, apply_lora_exact, lora_factor_count, lora_parameter_count,
+    with_lora_scale,
+};
+pub use lora_file::{
+    BurnNaming, LoraFactors, LoraFormat, LoraNaming, LoraWeights, SdUnetNaming, WeightDtype,
+    apply_lora_weights, lora_weights, read_lora, save_lora,
+};
 pub use pipeline::Pipeline;
 pub use pretrain::{
     cfg_dropout, ddpm_loss, flow_matching_loss, min_snr_weight, weighted_ddpm_loss,

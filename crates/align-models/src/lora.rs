@@ -63,6 +63,35 @@ pub fn apply_lora<M: Module>(model: M, config: &LoraConfig) -> Result<M> {
     Ok(adapted)
 }
 
+/// Attaches LoRA adapters to exactly the weights whose paths are `config.targets` (full paths
+/// such as `unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight`) and freezes
+/// everything else; what [`crate::apply_lora_weights`] uses to rebuild a saved adapter.
+///
+/// # Errors
+/// As [`apply_lora`], and [`ModelError::Config`] listing targets that name no rank-2 weight.
+pub fn apply_lora_exact<M: Module>(model: M, config: &LoraConfig) -> Result<M> {
+    if config.rank == 0 || !config.alpha.is_finite() || config.targets.is_empty() {
+        return Err(ModelError::config(
+            "lora",
+            "rank must be ≥ 1, alpha finite and at least one weight named",
+        ));
+    }
+    let group = ParamGroup::from_paths(config.targets.clone());
+    let adapted = model.apply_lora(Lora::new(config.rank, config.alpha).set_param_group(group));
+    let found = lora_factor_count(&adapted) / 2;
+    if found != config.targets.len() {
+        return Err(ModelError::config(
+            "lora.targets",
+            format!(
+                "{} of the {} weights named are not rank-2 weights of the model",
+                config.targets.len() - found,
+                config.targets.len()
+            ),
+        ));
+    }
+    Ok(adapted)
+}
+
 /// Tracks the module path during a traversal.
 #[derive(Default)]
 struct Path(Vec<String>);

@@ -795,3 +795,59 @@ impl UNet2DConditionConfig {
         crate::hf::load_pytorch_safetensors(model, path, &UNET_REMAP, &[])
     }
 }
+
+/// The inverse of [`UNET_REMAP`]: burn's names back to diffusers' on save.
+pub const UNET_REMAP_SAVE: [(&str, &str); 3] = [
+    (r"\.to_out\.(weight|bias)$", ".to_out.0.$1"),
+    (r"\.ff\.proj\.(weight|bias)$", ".ff.net.0.proj.$1"),
+    (r"\.ff\.out\.(weight|bias)$", ".ff.net.2.$1"),
+];
+
+impl UNet2DCondition {
+    /// Writes the weights as diffusers' `diffusion_pytorch_model.safetensors` (PyTorch layout
+    /// and names, `dtype` precision), atomically. LoRA adapters must be merged first
+    /// ([`Module::materialize`]); the file then loads with `UNet2DConditionModel.from_pretrained`
+    /// beside the original `config.json`.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] if the model still carries adapters;
+    /// [`crate::ModelError::Checkpoint`] if the file cannot be written.
+    pub fn save_weights(&self, path: &Path, dtype: crate::WeightDtype) -> Result<()> {
+        if crate::lora_factor_count(self) > 0 {
+            return Err(crate::ModelError::config(
+                "lora",
+                "merge the adapters (materialize) before saving full weights",
+            ));
+        }
+        use burn::store::{
+            BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, SafetensorsStore,
+        };
+        let fail = |reason: String| crate::ModelError::Checkpoint {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        let mut store = SafetensorsStore::from_file(&tmp)
+            .overwrite(true)
+            .metadata("format", "pt")
+            .with_to_adapter(BurnToPyTorchAdapter.chain(FloatCastAdapter::to(dtype.dtype())));
+        for (from, to) in UNET_REMAP_SAVE {
+            store = store.with_key_remapping(from, to);
+        }
+        if let Err(e) = self.save_into(&mut store) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(format!("writing: {e:?}")));
+        }
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            fail(format!("renaming the temporary file: {e}"))
+        })
+    }
+}
