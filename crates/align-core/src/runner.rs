@@ -370,6 +370,20 @@ fn load_model_file<M: Module>(mut model: M, path: &Path, trainable_only: bool) -
     Ok(model)
 }
 
+/// Loads a checkpoint's weights file (`model.bpk`, or `ema.bpk` for the weight average) into
+/// `model`, built as the run built its policy (same adapters): every trainable parameter must
+/// be in the file; frozen ones may be absent (checkpoints of a run with
+/// `checkpoint_trainable_only`).
+///
+/// # Errors
+/// [`CoreError`] naming the file if it is missing, unreadable or does not fit the model.
+pub fn load_checkpoint_file<M: Module>(model: M, path: &Path) -> Result<M> {
+    if !path.is_file() {
+        return Err(io(path, "loading", "no such file"));
+    }
+    load_model_file(model, path, true)
+}
+
 /// `module` with every parameter id replaced by a hash of the parameter's module path.
 ///
 /// burn draws parameter ids at random, and optimizer state and burnpack checkpoints are keyed

@@ -308,6 +308,26 @@ pub(crate) fn safetensors_bytes(
     safetensors::serialize(views, metadata).map_err(|e| file_error(path, e.to_string()))
 }
 
+/// Writes named tensors as an f32 safetensors file, atomically (reference outputs for the
+/// checks that compare with other libraries).
+///
+/// # Errors
+/// [`ModelError::Checkpoint`] naming the file if it cannot be written;
+/// [`ModelError::Input`] for non-float data.
+pub fn save_tensors(path: &Path, tensors: &[(&str, TensorData)]) -> Result<()> {
+    let mut map = BTreeMap::new();
+    for (name, data) in tensors {
+        map.insert(
+            name.to_string(),
+            (f32_values(data, name)?, data.shape().to_vec()),
+        );
+    }
+    write_atomically(
+        path,
+        &safetensors_bytes(&map, WeightDtype::F32, None, path)?,
+    )
+}
+
 /// The `adapter_config.json` of a PEFT LoRA adapter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeftAdapterConfig {
@@ -974,5 +994,28 @@ mod tests {
         let err = apply_lora_weights(sd(), &other).unwrap_err().to_string();
         assert!(err.contains("lora"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Adapters saved by diffusers' own `save_lora_weights` (`lora.down` / `lora.up` names, α
+    /// in the header metadata) and by PEFT's `save_pretrained` (`scripts/make-lora-fixtures.py`,
+    /// r = 4, α = 8, both factors random): read into the fixture pipeline, the UNet computes
+    /// what PyTorch computed with the adapter loaded (which moved the output by 40 %).
+    #[test]
+    fn adapters_saved_by_diffusers_and_peft_match_pytorch() {
+        let dir = fixtures_dir().join("sd-tiny-lora");
+        let r = read_safetensors(&dir.join("reference.safetensors")).unwrap();
+        for source in [dir.join("diffusers"), dir.join("peft")] {
+            let weights = read_lora(&source, &SdUnetNaming).unwrap();
+            assert_eq!(
+                (weights.rank, weights.alpha),
+                (4, 8.0),
+                "{}",
+                source.display()
+            );
+            assert_eq!(weights.factors.len(), 88);
+            let out = unet_out(&apply_lora_weights(sd(), &weights).unwrap());
+            let err = max_relative_error(&out, &r["unet_lora.out"]).unwrap();
+            assert!(err < 1e-5, "{}: {err}", source.display());
+        }
     }
 }

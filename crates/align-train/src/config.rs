@@ -362,6 +362,12 @@ pub struct TrainConfig {
     pub finetune: Finetune,
     /// LoRA adapters (`finetune = "lora"`).
     pub lora: LoraSection,
+    /// Start from this LoRA adapter instead of fresh adapters: a PEFT adapter directory (or
+    /// its `adapter_model.safetensors`) or a diffusers `pytorch_lora_weights.safetensors`, as
+    /// `align export` writes and other tools publish. Its rank, α and modules replace
+    /// `[lora]`'s; the reference policy is the model the run starts from (base + adapter,
+    /// merged into a frozen copy).
+    pub lora_init: Option<PathBuf>,
     /// Optimizer, clipping, checkpoints, KL budget.
     pub runner: RunnerConfig,
     /// Reward-hacking monitor, consulted at each evaluation (`eval_every`); with
@@ -431,6 +437,7 @@ impl Default for TrainConfig {
             monitor_seeds: 1,
             eval_steps: 0,
             finetune: Finetune::Lora,
+            lora_init: None,
             lora: LoraSection::default(),
             runner: RunnerConfig {
                 iterations: 10,
@@ -478,6 +485,35 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(
 }
 
 impl TrainConfig {
+    /// The configuration as a run records it in its `config.toml`: every file path absolute,
+    /// so that `align export --run`, `align sample --run` and a rerun find the files from any
+    /// directory.
+    pub fn for_the_record(&self) -> Self {
+        let abs = |p: &Path| {
+            if p.as_os_str().is_empty() {
+                p.to_path_buf()
+            } else {
+                crate::adapt::absolute(p)
+            }
+        };
+        let mut c = self.clone();
+        c.model = abs(&c.model);
+        c.out = abs(&c.out);
+        c.reward_model = abs(&c.reward_model);
+        for p in [
+            &mut c.prompts,
+            &mut c.eval_prompts,
+            &mut c.aesthetic_head,
+            &mut c.lora_init,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = abs(p);
+        }
+        c
+    }
+
     /// The periodic-evaluation interval in iterations (`0` = none): `eval_every` when the
     /// config sets it, else `⌈iterations / 4⌉` (the monitor on by default).
     pub fn eval_interval(&self) -> usize {

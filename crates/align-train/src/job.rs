@@ -18,7 +18,7 @@ use align_backprop::{
 };
 use align_core::LogProbReduction;
 use align_core::{Condition, CoreError, Job, Metrics};
-use align_models::{LoraConfig, Pipeline, apply_lora, with_lora_scale};
+use align_models::Pipeline;
 use align_pref::{
     D3poSide, SpoState, d3po_step_loss, spo_candidates, spo_resample, spo_select, spo_step_loss,
 };
@@ -33,7 +33,7 @@ use burn::tensor::Tensor;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::{AlgorithmName, Finetune, RolloutSampler, TrainConfig};
+use crate::config::{AlgorithmName, RolloutSampler, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::evaluator::Evaluator;
 use crate::observer::SharedObserver;
@@ -867,6 +867,7 @@ pub fn train_pipeline<P: Pipeline>(
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     // Refuse to overwrite a run before spending minutes on the base evaluation.
     let runner = open_runner(config.runner.clone(), out, resume)?;
+    crate::adapt::write_run_config(&config.for_the_record(), "align train", out)?;
     // LoRA's A factors are drawn from the device RNG: seed it so a run is reproducible.
     let device = task
         .pipeline
@@ -880,27 +881,19 @@ pub fn train_pipeline<P: Pipeline>(
     align_core::runner::materialize(&task.pipeline);
     device.seed(config.seed);
     let base = task.pipeline.clone();
-    let (policy, reference) = match config.finetune {
-        Finetune::Lora => {
-            let mut lora = LoraConfig::new()
-                .with_rank(config.lora.rank)
-                .with_alpha(config.lora.alpha);
-            if let Some(targets) = task.lora_targets {
-                lora = lora.with_targets(targets);
-            }
-            let policy = apply_lora(task.pipeline, &lora)
-                .map_err(|e| TrainError::config("lora", e.to_string()))?;
-            align_core::runner::materialize(&policy);
-            let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
-            (policy, reference)
-        }
-        // Every parameter trains; the reference is a frozen copy of the base weights (the
-        // optimizer replaces the policy's tensors, the copy keeps the old ones).
-        Finetune::Full => {
-            let reference = task.pipeline.clone().no_grad();
-            (task.pipeline, reference)
-        }
-    };
+    // With `finetune = "full"` the optimizer replaces the policy's tensors and the frozen
+    // copy keeps the old ones.
+    let (policy, reference) = crate::adapt::policy_and_reference(
+        task.pipeline,
+        &crate::adapt::Adapters {
+            finetune: config.finetune,
+            lora: &config.lora,
+            targets: task.lora_targets,
+            init: config.lora_init.as_deref(),
+            model_dir: &config.model,
+        },
+        true,
+    )?;
     evaluator.base(&base, out, resume, observer)?;
     drop(base);
     let mut job = OnlineJob {

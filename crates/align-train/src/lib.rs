@@ -62,6 +62,7 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
+pub mod adapt;
 pub mod config;
 pub mod error;
 pub mod evaluator;
@@ -75,6 +76,7 @@ pub mod report;
 pub mod reward_model;
 pub mod sd;
 pub mod shapes_eval;
+pub mod trained;
 pub mod win_rate;
 
 pub use config::{
@@ -93,6 +95,10 @@ pub use pretrain::{PretrainOptions, PretrainOutcome, pretrain};
 pub use report::{EvalReward, PromptsEval, Report, Snapshot};
 pub use sd::{is_stable_diffusion_dir, read_prompts};
 pub use shapes_eval::{Accuracy, SampleOptions, Verdict};
+pub use trained::{
+    ExportFormat, RunConfig, TrainedModel, TrainedRun, Weights, export_run, load_run,
+    read_run_config,
+};
 pub use win_rate::WinRate;
 
 /// `models/<name>` of this repository (tests only).

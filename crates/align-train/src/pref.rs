@@ -12,9 +12,7 @@ use align_data::{
     EvalSet, Image, LabeledImage, PreferencePair, SceneSpec, ShapeEval, Split, SplitPart,
     Tokenizer, read_labels, read_pairs, write_labels, write_pairs,
 };
-use align_models::{
-    LoraConfig, ShapesModel, ShapesModelConfig, TextToImage, apply_lora, with_lora_scale,
-};
+use align_models::{ShapesModel, ShapesModelConfig, TextToImage};
 use align_pref::{
     DpoBatch, KtoBatch, KtoConfig, MapoConfig, NoiseLevels, ResidualFlow, diffusion_dpo_loss,
     kto_loss, mapo_loss, pfm_loss, pfm_transport,
@@ -237,6 +235,10 @@ pub struct PrefConfig {
     pub monitor_seeds: usize,
     /// LoRA adapters.
     pub lora: LoraSection,
+    /// Start from this LoRA adapter (PEFT directory or file, diffusers file) instead of fresh
+    /// adapters; its rank, α and modules replace `[lora]`'s and the reference is the model the
+    /// run starts from (see `align train`'s `lora_init`).
+    pub lora_init: Option<PathBuf>,
     /// What the loss trains: `"lora"` (default, the `[lora]` adapters; the reference is the
     /// model with its adapters off) or `"full"` (every parameter; the reference is a frozen
     /// copy of the base).
@@ -272,6 +274,7 @@ impl Default for PrefConfig {
             monitor_seeds: 1,
             lora: LoraSection::default(),
             finetune: Finetune::Lora,
+            lora_init: None,
             runner: RunnerConfig {
                 iterations: 100,
                 learning_rate: 1e-4,
@@ -288,6 +291,20 @@ impl Default for PrefConfig {
 }
 
 impl PrefConfig {
+    /// The configuration as a run records it in its `config.toml`: every file path absolute.
+    pub fn for_the_record(&self) -> Self {
+        let mut c = self.clone();
+        for p in [&mut c.model, &mut c.data, &mut c.out] {
+            if !p.as_os_str().is_empty() {
+                *p = crate::adapt::absolute(p);
+            }
+        }
+        if let Some(p) = c.lora_init.as_mut() {
+            *p = crate::adapt::absolute(p);
+        }
+        c
+    }
+
     /// The periodic-evaluation interval in optimizer steps (`0` = none): `eval_every` when
     /// set, else `⌈iterations / 4⌉`.
     pub fn eval_interval(&self) -> usize {
@@ -793,6 +810,7 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
     };
     std::fs::create_dir_all(&config.out).map_err(|e| TrainError::io(&config.out, e))?;
     let runner = open_runner(config.runner.clone(), &config.out, resume)?;
+    crate::adapt::write_run_config(&config.for_the_record(), "align pref-train", &config.out)?;
     let inner = base.valid();
     let score = |m: &TextToImage<D>, part, transport| {
         part_scores(
@@ -808,24 +826,17 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
     let base_train = score(&inner, SplitPart::Train, None)?;
     let base_scores = score(&inner, SplitPart::HeldOut, None)?;
     device.clone().autodiff().seed(config.seed);
-    let (policy, reference) = match config.finetune {
-        Finetune::Lora => {
-            let policy = apply_lora(
-                base,
-                &LoraConfig::new()
-                    .with_rank(config.lora.rank)
-                    .with_alpha(config.lora.alpha),
-            )
-            .map_err(|e| TrainError::config("lora", e.to_string()))?;
-            let reference = with_lora_scale(policy.clone(), 0.0).no_grad();
-            (policy, reference)
-        }
-        // Every parameter trains; the reference is a frozen copy of the base weights.
-        Finetune::Full => {
-            let reference = base.clone().no_grad();
-            (base, reference)
-        }
-    };
+    let (policy, reference) = crate::adapt::policy_and_reference(
+        base,
+        &crate::adapt::Adapters {
+            finetune: config.finetune,
+            lora: &config.lora,
+            targets: None,
+            init: config.lora_init.as_deref(),
+            model_dir: &config.model,
+        },
+        false,
+    )?;
     let mut job = PrefJob {
         config: config.clone(),
         pairs,
@@ -907,6 +918,7 @@ pub fn pref_train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use align_models::{LoraConfig, apply_lora, with_lora_scale};
 
     /// The `[mapo]` and `[kto]` tables are align-pref's own configs: every field, the KTO
     /// reference point included, comes from TOML, and unknown fields are refused by name.

@@ -1,0 +1,671 @@
+//! A run's trained model, read back from its run directory, and its export to files other
+//! tools load.
+//!
+//! Every `align train` / `align pref-train` run keeps its configuration in `config.toml`
+//! (paths absolute) and its checkpoints in `checkpoint-NNNNNN/` (`LATEST` names the newest).
+//! [`load_run`] rebuilds the policy as the run built it — the base model, the same adapters —
+//! and loads a checkpoint's weights (the weight average `ema.bpk` when the run kept one,
+//! unless asked for the last step's). [`export_run`] writes it as
+//!
+//! | [`ExportFormat`] | Stable Diffusion run | Shapes run |
+//! |---|---|---|
+//! | `peft` | `adapter_model.safetensors` + `adapter_config.json`, diffusers module names | the same, burn's module paths |
+//! | `diffusers` | `pytorch_lora_weights.safetensors` (`pipe.load_lora_weights`) | refused (no diffusers layout) |
+//! | `merged` | a complete pipeline directory: the UNet with the adapters merged, every other component copied from the base | `model.json` + `model.safetensors` (`align sample --model`) |
+//!
+//! A run that trained every parameter (`finetune = "full"`) exports `merged` only.
+
+use std::path::{Path, PathBuf};
+
+use align_models::{
+    LoraConfig, LoraFormat, ShapesModel, ShapesModelConfig, StableDiffusion, WeightDtype,
+    apply_lora, apply_lora_weights, lora_weights, read_lora, save_lora,
+};
+use burn::module::Module;
+use burn::tensor::Device;
+
+use crate::adapt::{RUN_CONFIG, lora_naming};
+use crate::config::{Finetune, LoraSection, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::pref::PrefConfig;
+
+/// A run's configuration as recorded in its `config.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunConfig {
+    /// An `align train` run.
+    Train(Box<TrainConfig>),
+    /// An `align pref-train` run.
+    Pref(Box<PrefConfig>),
+}
+
+impl RunConfig {
+    /// The base model directory.
+    pub fn model(&self) -> &Path {
+        match self {
+            Self::Train(c) => &c.model,
+            Self::Pref(c) => &c.model,
+        }
+    }
+    fn finetune(&self) -> Finetune {
+        match self {
+            Self::Train(c) => c.finetune,
+            Self::Pref(c) => c.finetune,
+        }
+    }
+    fn lora(&self) -> &LoraSection {
+        match self {
+            Self::Train(c) => &c.lora,
+            Self::Pref(c) => &c.lora,
+        }
+    }
+    fn lora_init(&self) -> Option<&Path> {
+        match self {
+            Self::Train(c) => c.lora_init.as_deref(),
+            Self::Pref(c) => c.lora_init.as_deref(),
+        }
+    }
+}
+
+/// Reads `DIR/config.toml`.
+///
+/// # Errors
+/// [`TrainError::File`] naming the file: missing (a run made before runs recorded their
+/// configuration), or neither an `align train` nor an `align pref-train` configuration.
+pub fn read_run_config(dir: &Path) -> Result<RunConfig> {
+    let path = dir.join(RUN_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::File {
+        path: path.clone(),
+        reason: format!("{e} (is {} a run directory?)", dir.display()),
+    })?;
+    match toml::from_str::<TrainConfig>(&text) {
+        Ok(c) => Ok(RunConfig::Train(Box::new(c))),
+        Err(train) => match toml::from_str::<PrefConfig>(&text) {
+            Ok(c) => Ok(RunConfig::Pref(Box::new(c))),
+            Err(pref) => Err(TrainError::File {
+                path,
+                reason: format!(
+                    "neither an `align train` configuration ({}) nor an `align pref-train` one \
+                     ({})",
+                    train.to_string().trim(),
+                    pref.to_string().trim()
+                ),
+            }),
+        },
+    }
+}
+
+/// Which checkpoint weights to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Weights {
+    /// The checkpoint's iteration (`None`: the newest, named by `LATEST`).
+    pub checkpoint: Option<usize>,
+    /// Read the last step's weights even where the run kept a weight average.
+    pub no_ema: bool,
+}
+
+/// The trained model of a run.
+pub enum TrainedModel {
+    /// A Shapes-world model (adapters still attached with `finetune = "lora"`).
+    Shapes(Box<ShapesModelConfig>, ShapesModel),
+    /// A Stable Diffusion pipeline (adapters attached to the UNet).
+    Sd(Box<StableDiffusion>),
+}
+
+/// A run's trained model and where it came from.
+pub struct TrainedRun {
+    /// The run's configuration.
+    pub config: RunConfig,
+    /// The model, adapters attached (merge with [`TrainedRun::merged`]).
+    pub model: TrainedModel,
+    /// The weights file read (`…/checkpoint-NNNNNN/model.bpk` or `ema.bpk`).
+    pub weights_file: PathBuf,
+}
+
+/// The checkpoint directory of `weights` in run `dir`.
+///
+/// # Errors
+/// No checkpoint (or not the one asked for), naming the directory.
+pub fn checkpoint_dir(dir: &Path, weights: Weights) -> Result<PathBuf> {
+    let name = match weights.checkpoint {
+        Some(it) => format!("checkpoint-{it:06}"),
+        None => {
+            let latest = dir.join(align_core::runner::LATEST);
+            std::fs::read_to_string(&latest)
+                .map_err(|e| TrainError::File {
+                    path: latest.clone(),
+                    reason: format!("{e}: the run has no checkpoint yet"),
+                })?
+                .trim()
+                .to_string()
+        }
+    };
+    let ckpt = dir.join(&name);
+    if ckpt.join("model.bpk").is_file() {
+        Ok(ckpt)
+    } else {
+        Err(TrainError::File {
+            path: ckpt,
+            reason: "no such checkpoint (model.bpk missing)".into(),
+        })
+    }
+}
+
+/// Builds `base` as the run built its policy and loads `file` into it.
+fn policy<M: Module>(base: M, run: &RunConfig, sd: bool, file: &Path) -> Result<M> {
+    let adapted = match (run.finetune(), run.lora_init()) {
+        (Finetune::Full, _) => base,
+        (Finetune::Lora, Some(init)) => {
+            let naming = lora_naming(run.model());
+            let weights = read_lora(init, naming.as_ref())
+                .map_err(|e| TrainError::config("lora_init", format!("{}: {e}", init.display())))?;
+            apply_lora_weights(base, &weights)?
+        }
+        (Finetune::Lora, None) => {
+            let mut lora = LoraConfig::new()
+                .with_rank(run.lora().rank)
+                .with_alpha(run.lora().alpha);
+            if sd {
+                lora = lora.with_targets(StableDiffusion::lora_targets());
+            }
+            apply_lora(base, &lora)?
+        }
+    };
+    Ok(align_core::runner::load_checkpoint_file(adapted, file)?)
+}
+
+/// Loads run `dir`'s trained model on `device` (see the module docs).
+///
+/// # Errors
+/// A missing or unreadable `config.toml`, checkpoint or base model, or weights that do not fit
+/// the model the configuration describes, each naming the file.
+pub fn load_run(dir: &Path, weights: Weights, device: &Device) -> Result<TrainedRun> {
+    let config = read_run_config(dir)?;
+    let ckpt = checkpoint_dir(dir, weights)?;
+    let ema = ckpt.join("ema.bpk");
+    let file = if !weights.no_ema && ema.is_file() {
+        ema
+    } else {
+        ckpt.join("model.bpk")
+    };
+    let model_dir = config.model();
+    // Loaded on the autodiff device, where parameters know whether they train (the check
+    // that every trainable one is in the file needs it), then moved off it.
+    let device = &device.clone().autodiff();
+    let model = if crate::sd::is_stable_diffusion_dir(model_dir) {
+        let sd = StableDiffusion::load(model_dir, device)?;
+        TrainedModel::Sd(Box::new(policy(sd, &config, true, &file)?.valid()))
+    } else {
+        let (shapes, model) = ShapesModel::load(model_dir, device)?;
+        let model = match model {
+            ShapesModel::Unet(m) => {
+                ShapesModel::Unet(Box::new(policy(*m, &config, false, &file)?.valid()))
+            }
+            ShapesModel::Dit(m) => {
+                ShapesModel::Dit(Box::new(policy(*m, &config, false, &file)?.valid()))
+            }
+        };
+        TrainedModel::Shapes(Box::new(shapes), model)
+    };
+    Ok(TrainedRun {
+        config,
+        model,
+        weights_file: file,
+    })
+}
+
+impl TrainedRun {
+    /// The model with its adapters merged into the weights (`W + (α/r)·A·B`).
+    pub fn merged(self) -> TrainedModel {
+        match self.model {
+            TrainedModel::Sd(sd) => TrainedModel::Sd(Box::new(sd.materialize())),
+            TrainedModel::Shapes(c, ShapesModel::Unet(m)) => {
+                TrainedModel::Shapes(c, ShapesModel::Unet(Box::new(m.materialize())))
+            }
+            TrainedModel::Shapes(c, ShapesModel::Dit(m)) => {
+                TrainedModel::Shapes(c, ShapesModel::Dit(Box::new(m.materialize())))
+            }
+        }
+    }
+
+    /// α of the run's adapters.
+    fn alpha(&self) -> Result<f64> {
+        match self.config.lora_init() {
+            Some(init) => {
+                let naming = lora_naming(self.config.model());
+                Ok(read_lora(init, naming.as_ref())?.alpha)
+            }
+            None => Ok(self.config.lora().alpha),
+        }
+    }
+}
+
+/// What `align export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// The adapter as a PEFT directory.
+    Peft,
+    /// The adapter as diffusers' `pytorch_lora_weights.safetensors`.
+    Diffusers,
+    /// The full weights with the adapters merged.
+    Merged,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "peft" => Ok(Self::Peft),
+            "diffusers" => Ok(Self::Diffusers),
+            "merged" => Ok(Self::Merged),
+            other => Err(format!(
+                "unknown export format `{other}` (peft, diffusers or merged)"
+            )),
+        }
+    }
+}
+
+/// Copies directory `from` into `to` recursively, skipping `skip` (relative paths).
+fn copy_dir(from: &Path, to: &Path, skip: &[&Path]) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| TrainError::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| TrainError::io(from, e))? {
+        let entry = entry.map_err(|e| TrainError::io(from, e))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        if skip.iter().any(|s| src.ends_with(s)) {
+            continue;
+        }
+        if src.is_dir() {
+            copy_dir(&src, &dst, skip)?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(|e| TrainError::io(&src, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Exports run `dir`'s trained model to `out` in `format` at `dtype`; returns the files
+/// written.
+///
+/// # Errors
+/// `format` for an export the run cannot make (an adapter from a fully fine-tuned run, the
+/// diffusers layout of a Shapes model, a Shapes model in half precision), an existing
+/// non-empty `out`, and the errors of [`load_run`] and of writing.
+pub fn export_run(
+    dir: &Path,
+    weights: Weights,
+    format: ExportFormat,
+    dtype: WeightDtype,
+    out: &Path,
+    device: &Device,
+) -> Result<Vec<PathBuf>> {
+    if out.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| TrainError::io(out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(TrainError::File {
+            path: out.to_path_buf(),
+            reason: "exists and is not empty; choose a new directory".into(),
+        });
+    }
+    let run = load_run(dir, weights, device)?;
+    let sd = matches!(run.model, TrainedModel::Sd(_));
+    let lora_format = match format {
+        ExportFormat::Peft => Some(LoraFormat::Peft),
+        ExportFormat::Diffusers if !sd => {
+            return Err(TrainError::config(
+                "format",
+                "diffusers' LoRA layout exists for Stable Diffusion UNets only; export a Shapes \
+                 run as peft or merged",
+            ));
+        }
+        ExportFormat::Diffusers => Some(LoraFormat::Diffusers),
+        ExportFormat::Merged => None,
+    };
+    if let Some(lora_format) = lora_format {
+        if run.config.finetune() == Finetune::Full {
+            return Err(TrainError::config(
+                "format",
+                "the run trained every parameter (finetune = \"full\"): it has no adapter to \
+                 export; use --format merged",
+            ));
+        }
+        let alpha = run.alpha()?;
+        let naming = lora_naming(run.config.model());
+        let lora = match &run.model {
+            TrainedModel::Sd(m) => lora_weights(m.as_ref(), alpha)?,
+            TrainedModel::Shapes(_, ShapesModel::Unet(m)) => lora_weights(m.as_ref(), alpha)?,
+            TrainedModel::Shapes(_, ShapesModel::Dit(m)) => lora_weights(m.as_ref(), alpha)?,
+        };
+        return Ok(save_lora(&lora, naming.as_ref(), lora_format, dtype, out)?);
+    }
+    let base_dir = run.config.model().to_path_buf();
+    match run.merged() {
+        TrainedModel::Sd(sd) => {
+            let unet = Path::new("unet");
+            // Every component but the UNet's weights (any precision variant) is the base's.
+            let mut skip: Vec<PathBuf> = Vec::new();
+            for entry in std::fs::read_dir(base_dir.join(unet))
+                .map_err(|e| TrainError::io(base_dir.join(unet), e))?
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".safetensors") || name.ends_with(".bin") {
+                    skip.push(unet.join(name));
+                }
+            }
+            let skip: Vec<&Path> = skip.iter().map(PathBuf::as_path).collect();
+            copy_dir(&base_dir, out, &skip)?;
+            let weights = out.join("unet/diffusion_pytorch_model.safetensors");
+            sd.unet.save_weights(&weights, dtype)?;
+            Ok(vec![out.to_path_buf(), weights])
+        }
+        TrainedModel::Shapes(config, model) => {
+            if dtype != WeightDtype::F32 {
+                return Err(TrainError::config(
+                    "dtype",
+                    "Shapes models are read in f32 only; export them with --dtype f32",
+                ));
+            }
+            model.save(&config, out)?;
+            Ok(vec![out.join("model.json"), out.join("model.safetensors")])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AlgorithmName, RewardName};
+    use align_models::hf::{fixtures_dir, max_relative_error, read_safetensors};
+    use burn::prelude::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("align-export-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The UNet's output on the fixture's reference inputs.
+    fn unet_out(sd: &StableDiffusion) -> TensorData {
+        let d = align_core::test_device();
+        let r = read_safetensors(&fixtures_dir().join("sd-tiny/reference.safetensors")).unwrap();
+        sd.unet
+            .forward(
+                Tensor::from_data(r["unet.sample"].clone(), &d),
+                Tensor::from_data(r["unet.timestep"].clone(), &d),
+                Tensor::from_data(r["unet.encoder_hidden_states"].clone(), &d),
+            )
+            .into_data()
+    }
+
+    fn sd_config(dir: &Path) -> TrainConfig {
+        let prompts = dir.join("prompts.txt");
+        std::fs::write(&prompts, "two red circles\na photo of a cat\n").unwrap();
+        let clip = fixtures_dir().join("clip-tiny");
+        let mut c = TrainConfig {
+            algorithm: AlgorithmName::DdpoIs,
+            model: fixtures_dir().join("sd-tiny"),
+            out: dir.join("run"),
+            reward: RewardName::Aesthetic,
+            reward_model: clip.clone(),
+            aesthetic_head: Some(clip.join("aesthetic/model.safetensors")),
+            prompts: Some(prompts),
+            image_size: 16,
+            prompts_per_iteration: 2,
+            group_size: 2,
+            train_steps: 3,
+            noise_level: 1.0,
+            guidance: 5.0,
+            eval_steps: 2,
+            ..TrainConfig::default()
+        };
+        c.lora.rank = 4;
+        c.lora.alpha = 8.0;
+        c.runner.iterations = 2;
+        c.runner.learning_rate = 1e-2;
+        c
+    }
+
+    fn sd_model(m: TrainedModel) -> StableDiffusion {
+        match m {
+            TrainedModel::Sd(sd) => *sd,
+            TrainedModel::Shapes(..) => panic!("not a Stable Diffusion run"),
+        }
+    }
+
+    /// A DDPO-IS run on the tiny SD fixture, exported as PEFT and diffusers files and merged:
+    /// the adapters read back into the base compute bit for bit what the run's model computes;
+    /// the merged pipeline directory loads and matches to f32 rounding; a new run started from
+    /// the exported adapter (`lora_init`) starts from that model, and its reference is that
+    /// model too. With `ALIGN_LORA_EXPORT_DIR` set, the exports and our UNet output are kept
+    /// there for `scripts/check-lora-export.py`.
+    #[test]
+    fn a_trained_sd_run_exports_to_files_that_load_back() {
+        let device = align_core::test_device();
+        let dir = temp("sd");
+        let c = sd_config(&dir);
+        crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
+        let recorded = read_run_config(&c.out).unwrap();
+        // As given, paths absolute, and with the adapters-only checkpoints of SD runs.
+        let mut expected_config = c.for_the_record();
+        expected_config.runner.checkpoint_trainable_only = true;
+        assert_eq!(recorded, RunConfig::Train(Box::new(expected_config)));
+        let run = load_run(&c.out, Weights::default(), &device).unwrap();
+        assert!(run.weights_file.ends_with("checkpoint-000002/model.bpk"));
+        let trained = sd_model(run.model);
+        let expected = unet_out(&trained);
+        let base = StableDiffusion::load(&fixtures_dir().join("sd-tiny"), &device).unwrap();
+        let moved = max_relative_error(&expected, &unet_out(&base)).unwrap();
+        assert!(moved > 1e-4, "the run must have moved the UNet: {moved}");
+        let keep = std::env::var_os("ALIGN_LORA_EXPORT_DIR").map(PathBuf::from);
+        let out = keep.clone().unwrap_or_else(|| dir.join("export"));
+        let _ = std::fs::remove_dir_all(&out);
+        for (format, sub) in [
+            (ExportFormat::Peft, "peft"),
+            (ExportFormat::Diffusers, "diffusers"),
+        ] {
+            let files = export_run(
+                &c.out,
+                Weights::default(),
+                format,
+                WeightDtype::F32,
+                &out.join(sub),
+                &device,
+            )
+            .unwrap();
+            let weights = read_lora(&files[0], &align_models::SdUnetNaming).unwrap();
+            assert_eq!((weights.rank, weights.alpha), (4, 8.0));
+            let base = StableDiffusion::load(&fixtures_dir().join("sd-tiny"), &device).unwrap();
+            let reloaded = apply_lora_weights(base, &weights).unwrap();
+            assert_eq!(unet_out(&reloaded), expected, "{format:?}");
+        }
+        let files = export_run(
+            &c.out,
+            Weights::default(),
+            ExportFormat::Merged,
+            WeightDtype::F32,
+            &out.join("merged"),
+            &device,
+        )
+        .unwrap();
+        let merged = StableDiffusion::load(&files[0], &device).unwrap();
+        let err = max_relative_error(&unet_out(&merged), &expected).unwrap();
+        assert!(err < 1e-5, "merged: {err}");
+        assert!(out.join("merged/tokenizer/vocab.json").is_file());
+        if keep.is_some() {
+            align_models::lora_file::save_tensors(
+                &out.join("ours.safetensors"),
+                &[("unet.out", expected.clone())],
+            )
+            .unwrap();
+        }
+        // A run that starts from the exported adapter starts from the trained model.
+        let mut again = sd_config(&dir);
+        again.out = dir.join("again");
+        again.lora_init = Some(out.join("peft"));
+        again.lora.rank = 2; // ignored: the file's rank and α are used
+        let base = StableDiffusion::load(&fixtures_dir().join("sd-tiny"), &device).unwrap();
+        let (policy, reference) = crate::adapt::policy_and_reference(
+            base,
+            &crate::adapt::Adapters {
+                finetune: Finetune::Lora,
+                lora: &again.lora,
+                targets: None,
+                init: again.lora_init.as_deref(),
+                model_dir: &again.model,
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(unet_out(&policy), expected);
+        let err = max_relative_error(&unet_out(&reference), &expected).unwrap();
+        assert!(err < 1e-5, "reference: {err}");
+        again.runner.iterations = 1;
+        crate::online::train(&again, false, &crate::observer::silent(), &device).unwrap();
+        let recorded = read_run_config(&again.out).unwrap();
+        let trained_again = sd_model(
+            load_run(&again.out, Weights::default(), &device)
+                .unwrap()
+                .model,
+        );
+        assert!(matches!(recorded, RunConfig::Train(c) if c.lora_init.is_some()));
+        assert_ne!(
+            unet_out(&trained_again),
+            expected,
+            "the imported adapter trains on"
+        );
+        // Refusals: an existing export, a run without config.toml, no such checkpoint.
+        let err = export_run(
+            &c.out,
+            Weights::default(),
+            ExportFormat::Peft,
+            WeightDtype::F32,
+            &out.join("peft"),
+            &device,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not empty"), "{err}");
+        let weights = Weights {
+            checkpoint: Some(7),
+            no_ema: false,
+        };
+        let err = load_run(&c.out, weights, &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("checkpoint-000007"), "{err}");
+        let err = load_run(&dir, Weights::default(), &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("config.toml"), "{err}");
+        if keep.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// A Shapes run exports its merged model in the Shapes format (it loads as a model
+    /// directory and computes what the run's model does) and its adapter as PEFT; the
+    /// diffusers layout is refused, and so is an adapter from a fully fine-tuned run.
+    #[test]
+    fn a_shapes_run_exports_merged_and_peft_and_refuses_the_rest() {
+        let device = align_core::test_device();
+        let dir = temp("shapes");
+        let mut c = TrainConfig {
+            model: crate::test_model_dir("shapes-flow-unet"),
+            out: dir.join("run"),
+            prompts_per_iteration: 2,
+            group_size: 2,
+            train_steps: 2,
+            eval_steps: 2,
+            ..TrainConfig::default()
+        };
+        c.runner.iterations = 1;
+        c.runner.learning_rate = 1e-2;
+        crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
+        let out = dir.join("merged");
+        export_run(
+            &c.out,
+            Weights::default(),
+            ExportFormat::Merged,
+            WeightDtype::F32,
+            &out,
+            &device,
+        )
+        .unwrap();
+        let (_, merged) = ShapesModel::load(&out, &device).unwrap();
+        let run = load_run(&c.out, Weights::default(), &device).unwrap();
+        let (ShapesModel::Unet(merged), TrainedModel::Shapes(_, ShapesModel::Unet(adapted))) =
+            (merged, run.model)
+        else {
+            panic!("the flow UNet")
+        };
+        let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+        let t = Tensor::<1>::from_floats([0.3, 0.8], &device);
+        let tok = align_data::Tokenizer::new();
+        let rows = vec![
+            tok.encode("two red circles").unwrap(),
+            tok.encode("one blue square").unwrap(),
+        ];
+        let cond = adapted.encode(&rows, &device).unwrap();
+        let cond_m = merged.encode(&rows, &device).unwrap();
+        use align_core::Denoiser;
+        let a = adapted.predict(x.clone(), t.clone(), &cond).into_data();
+        let m = merged.predict(x, t, &cond_m).into_data();
+        let err = max_relative_error(&m, &a).unwrap();
+        assert!(err < 1e-5, "{err}");
+        let files = export_run(
+            &c.out,
+            Weights::default(),
+            ExportFormat::Peft,
+            WeightDtype::F32,
+            &dir.join("peft"),
+            &device,
+        )
+        .unwrap();
+        let lora = read_lora(&files[0], &align_models::BurnNaming).unwrap();
+        assert_eq!((lora.rank, lora.alpha), (c.lora.rank, c.lora.alpha));
+        let err = export_run(
+            &c.out,
+            Weights::default(),
+            ExportFormat::Diffusers,
+            WeightDtype::F32,
+            &dir.join("d"),
+            &device,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("format:"), "{err}");
+        let err = export_run(
+            &c.out,
+            Weights::default(),
+            ExportFormat::Merged,
+            WeightDtype::F16,
+            &dir.join("h"),
+            &device,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("dtype:"), "{err}");
+        let mut full = c.clone();
+        full.finetune = Finetune::Full;
+        full.out = dir.join("full");
+        crate::online::train(&full, false, &crate::observer::silent(), &device).unwrap();
+        let err = export_run(
+            &full.out,
+            Weights::default(),
+            ExportFormat::Peft,
+            WeightDtype::F32,
+            &dir.join("fp"),
+            &device,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("merged"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
