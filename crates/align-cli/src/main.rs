@@ -190,12 +190,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Sample a PNG grid of one prompt from a model directory.
+    /// Sample a PNG grid of one prompt from a model directory or a run's trained model.
     Sample {
         /// Shapes-world model directory (`model.json` + `model.safetensors`), e.g.
         /// `models/shapes-dit`.
-        #[arg(long, required_unless_present = "sd", conflicts_with = "sd")]
+        #[arg(long, required_unless_present_any = ["sd", "run"], conflicts_with_all = ["sd", "run"])]
         model: Option<PathBuf>,
+        /// A run directory of `align train` / `align pref-train`: sample its trained model
+        /// (the newest checkpoint, its weight average where the run kept one).
+        #[arg(long, conflicts_with = "sd")]
+        run: Option<PathBuf>,
+        /// With `--run`: this checkpoint's iteration instead of the newest.
+        #[arg(long, requires = "run")]
+        checkpoint: Option<usize>,
+        /// With `--run`: the last step's weights even where the run kept a weight average.
+        #[arg(long, requires = "run")]
+        no_ema: bool,
         /// A Stable Diffusion 1.x directory in the diffusers layout (`unet/`, `vae/`,
         /// `text_encoder/`, `tokenizer/`, `scheduler/`), e.g. a local copy of SD 1.5.
         #[arg(long)]
@@ -229,8 +239,18 @@ enum Command {
     /// ShapeEval accuracy of a model on the fixed evaluation set (train and held-out).
     Eval {
         /// Model directory.
+        #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+        model: Option<PathBuf>,
+        /// A Shapes run directory of `align train` / `align pref-train`: evaluate its trained
+        /// model (the newest checkpoint, its weight average where the run kept one).
         #[arg(long)]
-        model: PathBuf,
+        run: Option<PathBuf>,
+        /// With `--run`: this checkpoint's iteration instead of the newest.
+        #[arg(long, requires = "run")]
+        checkpoint: Option<usize>,
+        /// With `--run`: the last step's weights even where the run kept a weight average.
+        #[arg(long, requires = "run")]
+        no_ema: bool,
         /// Seeds per prompt (the set has 4).
         #[arg(long, default_value_t = 4)]
         seeds: usize,
@@ -255,6 +275,30 @@ enum Command {
         /// With `--prompts`: the first noise seed (prompt k gets seeds seed + k·seeds + j).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Export a run's trained model for other tools: its LoRA adapter as a PEFT directory
+    /// (`peft`) or diffusers' `pytorch_lora_weights.safetensors` (`diffusers`, Stable
+    /// Diffusion runs), or the full weights with the adapter merged (`merged`: a complete
+    /// diffusers pipeline directory, or a Shapes model directory).
+    Export {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// `peft`, `diffusers` or `merged`.
+        #[arg(long, value_parser = ["peft", "diffusers", "merged"])]
+        format: String,
+        /// Precision of the written tensors: `f32`, `f16` or `bf16`.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+        dtype: String,
+        /// Output directory (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// This checkpoint's iteration instead of the newest.
+        #[arg(long)]
+        checkpoint: Option<usize>,
+        /// The last step's weights even where the run kept a weight average.
+        #[arg(long)]
+        no_ema: bool,
     },
     /// Train the learned proxy reward model of the Shapes world.
     TrainReward {
@@ -593,6 +637,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Sample {
             model,
+            run,
+            checkpoint,
+            no_ema,
             sd,
             size,
             eta,
@@ -603,6 +650,36 @@ fn run(cli: Cli) -> Result<(), String> {
             seed,
             out,
         } => {
+            if let Some(run) = run {
+                let weights = align_train::Weights { checkpoint, no_ema };
+                let trained =
+                    align_train::load_run(&run, weights, &device).map_err(|e| e.to_string())?;
+                match trained.merged() {
+                    align_train::TrainedModel::Sd(sd) => {
+                        let options = sd_cmd::SdSampleOptions {
+                            n,
+                            steps: if steps == 0 { 50 } else { steps },
+                            guidance: guidance.unwrap_or(7.5),
+                            eta,
+                            size,
+                            seed,
+                        };
+                        sd_cmd::sample_from(*sd, &prompt, &out, &options)?;
+                    }
+                    align_train::TrainedModel::Shapes(config, model) => {
+                        let options = align_train::SampleOptions {
+                            steps,
+                            guidance: guidance.unwrap_or(3.0),
+                        };
+                        shapes_eval::sample_grid_of(
+                            &config, &model, &prompt, n, &out, options, seed, &device,
+                        )
+                        .map_err(|e| e.to_string())?;
+                    }
+                }
+                println!("wrote {}", out.display());
+                return Ok(());
+            }
             match (model, sd) {
                 (_, Some(dir)) => {
                     let options = sd_cmd::SdSampleOptions {
@@ -629,6 +706,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Eval {
             model,
+            run,
+            checkpoint,
+            no_ema,
             seeds,
             steps,
             guidance,
@@ -649,8 +729,35 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 None => align_data::EvalSet::for_split(split),
             };
-            let verdicts = shapes_eval::eval_on(&model, &set, seeds, options, &device)
-                .map_err(|e| e.to_string())?;
+            let (verdicts, model) = match (model, run) {
+                (_, Some(run)) => {
+                    let weights = align_train::Weights { checkpoint, no_ema };
+                    let trained =
+                        align_train::load_run(&run, weights, &device).map_err(|e| e.to_string())?;
+                    let file = trained.weights_file.clone();
+                    match trained.merged() {
+                        align_train::TrainedModel::Shapes(config, m) => (
+                            shapes_eval::eval_of(&config, &m, &set, seeds, options, &device)
+                                .map_err(|e| e.to_string())?,
+                            file,
+                        ),
+                        align_train::TrainedModel::Sd(_) => {
+                            return Err(format!(
+                                "eval --run: {} is a Stable Diffusion run; ShapeEval judges Shapes models \
+                                 (its reward before/after is in report.json; sample it with \
+                                 `align sample --run`)",
+                                run.display()
+                            ));
+                        }
+                    }
+                }
+                (Some(model), None) => (
+                    shapes_eval::eval_on(&model, &set, seeds, options, &device)
+                        .map_err(|e| e.to_string())?,
+                    model,
+                ),
+                (None, None) => return Err("give --model or --run".into()),
+            };
             if let Some(path) = &details {
                 shapes_eval::write_verdicts(path, &verdicts).map_err(|e| e.to_string())?;
             }
@@ -681,6 +788,28 @@ fn run(cli: Cli) -> Result<(), String> {
                 train.partial,
                 held.partial
             );
+            Ok(())
+        }
+        Command::Export {
+            run,
+            format,
+            dtype,
+            out,
+            checkpoint,
+            no_ema,
+        } => {
+            let format: align_train::ExportFormat = format.parse()?;
+            let dtype = match dtype.as_str() {
+                "f16" => align_models::WeightDtype::F16,
+                "bf16" => align_models::WeightDtype::Bf16,
+                _ => align_models::WeightDtype::F32,
+            };
+            let weights = align_train::Weights { checkpoint, no_ema };
+            let files = align_train::export_run(&run, weights, format, dtype, &out, &device)
+                .map_err(|e| format!("export: {e}"))?;
+            for f in files {
+                println!("wrote {}", f.display());
+            }
             Ok(())
         }
         Command::TrainReward {

@@ -39,6 +39,19 @@ pub fn sample(
     device: &Device,
 ) -> Result<(), String> {
     let sd = StableDiffusion::load(dir, device).map_err(|e| e.to_string())?;
+    sample_from(sd, prompt, out, options)
+}
+
+/// [`sample`] for a loaded pipeline (a run's trained model, `align sample --run`).
+///
+/// # Errors
+/// As [`sample`].
+pub fn sample_from(
+    sd: StableDiffusion,
+    prompt: &str,
+    out: &Path,
+    options: &SdSampleOptions,
+) -> Result<(), String> {
     let sd = sd.no_grad();
     let size = if options.size == 0 {
         sd.default_image_size()

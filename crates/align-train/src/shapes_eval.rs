@@ -384,9 +384,28 @@ pub fn sample_grid(
     device: &Device,
 ) -> Result<()> {
     let (config, model) = ShapesModel::load(model_dir, device)?;
+    sample_grid_of(&config, &model, prompt, n, out, options, seed, device)
+}
+
+/// [`sample_grid`] for a loaded model (a run's trained model, `align sample --run`).
+///
+/// # Errors
+/// Sampling failures, an unwritable `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_grid_of(
+    config: &ShapesModelConfig,
+    model: &ShapesModel,
+    prompt: &str,
+    n: usize,
+    out: &Path,
+    options: SampleOptions,
+    seed: u64,
+    device: &Device,
+) -> Result<()> {
+    let config = config.clone();
     let prompts = vec![prompt.to_string(); n.max(1)];
     let ids: Vec<u64> = (0..prompts.len() as u64).collect();
-    let images = match &model {
+    let images = match model {
         ShapesModel::Unet(m) => {
             generate(m.as_ref(), &config, &prompts, &ids, seed, options, device)?
         }
@@ -474,12 +493,27 @@ pub fn eval_on(
     device: &Device,
 ) -> Result<Vec<Verdict>> {
     let (config, model) = ShapesModel::load(model_dir, device)?;
-    match &model {
+    eval_of(&config, &model, set, seeds_per_prompt, options, device)
+}
+
+/// [`eval_on`] for a loaded model (a run's trained model, `align eval --run`).
+///
+/// # Errors
+/// Sampling failures.
+pub fn eval_of(
+    config: &ShapesModelConfig,
+    model: &ShapesModel,
+    set: &EvalSet,
+    seeds_per_prompt: usize,
+    options: SampleOptions,
+    device: &Device,
+) -> Result<Vec<Verdict>> {
+    match model {
         ShapesModel::Unet(m) => {
-            evaluate_set(m.as_ref(), &config, set, seeds_per_prompt, options, device)
+            evaluate_set(m.as_ref(), config, set, seeds_per_prompt, options, device)
         }
         ShapesModel::Dit(m) => {
-            evaluate_set(m.as_ref(), &config, set, seeds_per_prompt, options, device)
+            evaluate_set(m.as_ref(), config, set, seeds_per_prompt, options, device)
         }
     }
 }
