@@ -187,6 +187,85 @@ impl Trajectory {
                 .map(|r| indices.iter().map(|&i| r[i]).collect()),
         })
     }
+    /// The trajectories of consecutive sample chunks joined into one batch (rollouts made in
+    /// micro-batches, `rollout_batch`): samples in the order of `parts`.
+    ///
+    /// # Errors
+    /// [`CoreError::Shape`] if `parts` is empty or the parts differ in steps, times, noise
+    /// levels, reduction, guidance, seed, or in which per-step tensors they kept.
+    pub fn concat(parts: &[Trajectory]) -> Result<Trajectory> {
+        let first = parts
+            .first()
+            .ok_or_else(|| CoreError::shape("trajectory parts", "at least one", 0))?;
+        if parts.len() == 1 {
+            return Ok(first.clone());
+        }
+        for p in &parts[1..] {
+            let same = p.times == first.times
+                && p.stds == first.stds
+                && p.reduction == first.reduction
+                && p.guidance_scale == first.guidance_scale
+                && p.seed == first.seed
+                && p.latents.len() == first.latents.len()
+                && p.means.len() == first.means.len()
+                && p.pred_x0.len() == first.pred_x0.len()
+                && p.rewards.is_some() == first.rewards.is_some()
+                && p.log_probs
+                    .iter()
+                    .map(Option::is_some)
+                    .eq(first.log_probs.iter().map(Option::is_some));
+            if !same {
+                return Err(CoreError::shape(
+                    "trajectory parts",
+                    "the same sampler, seed and kept tensors",
+                    "parts that differ",
+                ));
+            }
+        }
+        let cat4 = |get: &dyn Fn(&Trajectory) -> &Vec<Tensor<4>>| -> Vec<Tensor<4>> {
+            (0..get(first).len())
+                .map(|k| Tensor::cat(parts.iter().map(|p| get(p)[k].clone()).collect(), 0))
+                .collect()
+        };
+        let flat = |get: &dyn Fn(&Trajectory) -> &Vec<usize>| -> Vec<usize> {
+            parts.iter().flat_map(|p| get(p).iter().copied()).collect()
+        };
+        Ok(Trajectory {
+            latents: cat4(&|p| &p.latents),
+            times: first.times.clone(),
+            log_probs: (0..first.log_probs.len())
+                .map(|k| {
+                    first.log_probs[k].as_ref().map(|_| {
+                        Tensor::cat(
+                            parts
+                                .iter()
+                                .filter_map(|p| p.log_probs[k].clone())
+                                .collect(),
+                            0,
+                        )
+                    })
+                })
+                .collect(),
+            stds: first.stds.clone(),
+            means: cat4(&|p| &p.means),
+            pred_x0: cat4(&|p| &p.pred_x0),
+            reduction: first.reduction,
+            guidance_scale: first.guidance_scale,
+            seed: first.seed,
+            sample_ids: parts
+                .iter()
+                .flat_map(|p| p.sample_ids.iter().copied())
+                .collect(),
+            condition_ids: flat(&|p| &p.condition_ids),
+            group_ids: flat(&|p| &p.group_ids),
+            rewards: first.rewards.as_ref().map(|_| {
+                parts
+                    .iter()
+                    .flat_map(|p| p.rewards.clone().unwrap_or_default())
+                    .collect()
+            }),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +341,31 @@ mod tests {
         assert_eq!(last, vec![22.0, 20.0]);
         assert!(toy(&device).select(&[3]).is_err());
         assert!(toy(&device).select(&[]).is_err());
+    }
+
+    /// Chunks selected in order and joined again give back the batch, tensors bit for bit.
+    #[test]
+    fn concat_inverts_a_split_into_chunks() {
+        let device = crate::test_device();
+        let t = toy(&device);
+        let joined =
+            Trajectory::concat(&[t.select(&[0]).unwrap(), t.select(&[1, 2]).unwrap()]).unwrap();
+        joined.validate().unwrap();
+        assert_eq!(joined.sample_ids, t.sample_ids);
+        assert_eq!(joined.condition_ids, t.condition_ids);
+        assert_eq!(joined.rewards, t.rewards);
+        for (a, b) in joined.latents.iter().zip(&t.latents) {
+            assert_eq!(a.clone().into_data(), b.clone().into_data());
+        }
+        assert_eq!(
+            joined.log_probs[0].clone().unwrap().into_data(),
+            t.log_probs[0].clone().unwrap().into_data()
+        );
+        assert!(joined.log_probs[1].is_none());
+        let mut other = t.select(&[0]).unwrap();
+        other.seed = 10;
+        assert!(Trajectory::concat(&[t.clone(), other]).is_err());
+        assert!(Trajectory::concat(&[]).is_err());
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Iteration<'a, M, S: ?Sized> {
     pub encode: &'a Encode<'a, M>,
     /// Seed of the minibatch shuffles (combine the run seed and the iteration).
     pub shuffle_seed: u64,
+    /// Samples per backward pass within a minibatch (`None`: the whole minibatch); see
+    /// [`PolicyGradientInputs::micro_batch`].
+    pub micro_batch: Option<usize>,
 }
 
 /// Diagnostics of one iteration.
@@ -241,6 +244,7 @@ where
                 encode: it.encode,
                 objective: algorithm.objective(),
                 kl: algorithm.kl(),
+                micro_batch: it.micro_batch,
             })?;
             policy = apply(policy, grads)?;
             stats.optimizer_steps += 1;

@@ -102,6 +102,11 @@ pub struct PolicyGradientInputs<'a, M, S: ?Sized> {
     pub objective: Objective,
     /// Optional KL penalty.
     pub kl: Option<KlPenalty>,
+    /// Samples per backward pass (`train_micro_batch`; `None` or ≥ the batch: all at once).
+    /// The batch is cut into consecutive chunks whose losses, weighted by their share of the
+    /// batch, are back-propagated one after the other and their gradients summed: the same
+    /// gradient as the whole batch (to f32 rounding), with one chunk's activations in memory.
+    pub micro_batch: Option<usize>,
 }
 
 fn scalar(t: Tensor<1>, what: &str) -> Result<f64> {
@@ -156,83 +161,107 @@ where
         samples: b,
         ..UpdateStats::default()
     };
-    let encode = |m: &M| (inputs.encode)(m, &traj.condition_ids).map_err(RlError::Encode);
+    let encode = |m: &M, ids: &[usize]| (inputs.encode)(m, ids).map_err(RlError::Encode);
+    // Micro-batches: consecutive chunks of the batch, each weighted by its share.
+    let size = inputs.micro_batch.filter(|&m| m > 0 && m < b).unwrap_or(b);
+    let chunks: Vec<(std::ops::Range<usize>, Trajectory)> = if size == b {
+        vec![(0..b, traj.clone())]
+    } else {
+        (0..b)
+            .step_by(size)
+            .map(|s| {
+                let r = s..(s + size).min(b);
+                let idx: Vec<usize> = r.clone().collect();
+                traj.select(&idx).map(|t| (r, t))
+            })
+            .collect::<std::result::Result<_, _>>()?
+    };
     for &k in inputs.steps {
-        let old =
-            traj.log_probs
-                .get(k)
-                .and_then(|lp| lp.clone())
-                .ok_or(SamplerError::Deterministic {
+        let all_advantages = inputs.advantages.at_step(k)?;
+        for (range, traj) in &chunks {
+            let weight = range.len() as f64 / b as f64;
+            let mb = range.len();
+            let old = traj.log_probs.get(k).and_then(|lp| lp.clone()).ok_or(
+                SamplerError::Deterministic {
                     sampler: inputs.sampler.name(),
                     step: k,
                     hint: "train only the stochastic steps of the trajectory",
-                })?;
-        let (cond, uncond) = encode(inputs.policy)?;
-        let device = cond.context.device();
-        let out = rescore(
-            inputs.policy,
-            inputs.sampler,
-            traj,
-            k,
-            &cond,
-            uncond.as_ref(),
-        )?;
-        let log_prob = out.log_prob.ok_or(SamplerError::Deterministic {
-            sampler: inputs.sampler.name(),
-            step: k,
-            hint: "train only the stochastic steps of the trajectory",
-        })?;
-        let (ref_mean, ref_log_prob) = match (inputs.kl, inputs.reference) {
-            (Some(_), Some(reference)) => {
-                let (rc, ru) = encode(reference)?;
-                let r = rescore(reference, inputs.sampler, traj, k, &rc, ru.as_ref())?;
-                (Some(r.mean.detach()), r.log_prob.map(|lp| lp.detach()))
-            }
-            _ => (None, None),
-        };
-        let adv =
-            Tensor::<1>::from_data(TensorData::new(inputs.advantages.at_step(k)?, [b]), &device);
-        let terms = step_loss(
-            StepInputs {
-                log_prob,
-                old_log_prob: old.to_device(&device),
-                advantages: adv,
-                mean: out.mean,
-                std: out.std,
-                ref_mean,
-                ref_log_prob,
-                reduction: traj.reduction,
-            },
-            inputs.objective,
-            inputs.kl,
-        )?;
-        stats.loss += scalar(terms.loss.clone().detach(), &format!("loss at step {k}"))? / n;
-        stats.policy_loss += scalar(terms.policy, "policy loss")? / n;
-        stats.kl += scalar(terms.kl, "KL to the reference")? / n;
-        stats.clip_fraction += scalar(terms.clip_fraction, "clip fraction")? / n;
-        let approx = terms.ratio.clone().sub_scalar(1.0) - terms.ratio.clone().log();
-        stats.approx_kl += scalar(approx, "approx_kl")? / n;
-        let dev: f32 = terms
-            .ratio
-            .sub_scalar(1.0)
-            .abs()
-            .max()
-            .try_into_scalar()
-            .map_err(|e| RlError::Readback(format!("reading the ratio: {e:?}")))?;
-        stats.max_ratio_deviation = stats.max_ratio_deviation.max(f64::from(dev));
-        let loss = terms.loss.div_scalar(n);
-        if !loss.is_tracked() {
-            return Err(RlError::config(
-                "policy",
-                "no trainable parameter reaches the loss: put the model on an autodiff device \
+                },
+            )?;
+            let (cond, uncond) = encode(inputs.policy, &traj.condition_ids)?;
+            let device = cond.context.device();
+            let out = rescore(
+                inputs.policy,
+                inputs.sampler,
+                traj,
+                k,
+                &cond,
+                uncond.as_ref(),
+            )?;
+            let log_prob = out.log_prob.ok_or(SamplerError::Deterministic {
+                sampler: inputs.sampler.name(),
+                step: k,
+                hint: "train only the stochastic steps of the trajectory",
+            })?;
+            let (ref_mean, ref_log_prob) = match (inputs.kl, inputs.reference) {
+                (Some(_), Some(reference)) => {
+                    let (rc, ru) = encode(reference, &traj.condition_ids)?;
+                    let r = rescore(reference, inputs.sampler, traj, k, &rc, ru.as_ref())?;
+                    (Some(r.mean.detach()), r.log_prob.map(|lp| lp.detach()))
+                }
+                _ => (None, None),
+            };
+            let adv = Tensor::<1>::from_data(
+                TensorData::new(all_advantages[range.clone()].to_vec(), [mb]),
+                &device,
+            );
+            let terms = step_loss(
+                StepInputs {
+                    log_prob,
+                    old_log_prob: old.to_device(&device),
+                    advantages: adv,
+                    mean: out.mean,
+                    std: out.std,
+                    ref_mean,
+                    ref_log_prob,
+                    reduction: traj.reduction,
+                },
+                inputs.objective,
+                inputs.kl,
+            )?;
+            let w = weight / n;
+            stats.loss += scalar(terms.loss.clone().detach(), &format!("loss at step {k}"))? * w;
+            stats.policy_loss += scalar(terms.policy, "policy loss")? * w;
+            stats.kl += scalar(terms.kl, "KL to the reference")? * w;
+            stats.clip_fraction += scalar(terms.clip_fraction, "clip fraction")? * w;
+            let approx = terms.ratio.clone().sub_scalar(1.0) - terms.ratio.clone().log();
+            stats.approx_kl += scalar(approx, "approx_kl")? * w;
+            let dev: f32 = terms
+                .ratio
+                .sub_scalar(1.0)
+                .abs()
+                .max()
+                .try_into_scalar()
+                .map_err(|e| RlError::Readback(format!("reading the ratio: {e:?}")))?;
+            stats.max_ratio_deviation = stats.max_ratio_deviation.max(f64::from(dev));
+            let loss = if size == b {
+                terms.loss.div_scalar(n)
+            } else {
+                terms.loss.mul_scalar(weight).div_scalar(n)
+            };
+            if !loss.is_tracked() {
+                return Err(RlError::config(
+                    "policy",
+                    "no trainable parameter reaches the loss: put the model on an autodiff device \
                  (`device.autodiff()`) and leave its adapters trainable",
-            ));
+                ));
+            }
+            let grads = loss.backward();
+            acc.accumulate(
+                inputs.policy,
+                GradientsParams::from_grads(grads, inputs.policy),
+            );
         }
-        let grads = loss.backward();
-        acc.accumulate(
-            inputs.policy,
-            GradientsParams::from_grads(grads, inputs.policy),
-        );
     }
     Ok((acc.grads(), stats))
 }

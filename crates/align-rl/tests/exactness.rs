@@ -97,6 +97,18 @@ fn grads(
     objective: Objective,
     kl: Option<KlPenalty>,
 ) -> (GradientsParams, UpdateStats) {
+    grads_in(policy, reference, traj, adv, objective, kl, None)
+}
+
+fn grads_in(
+    policy: &Policy,
+    reference: Option<&Policy>,
+    traj: &Trajectory,
+    adv: &[f64],
+    objective: Objective,
+    kl: Option<KlPenalty>,
+    micro_batch: Option<usize>,
+) -> (GradientsParams, UpdateStats) {
     let s = sampler();
     let steps: Vec<usize> = (0..4).collect();
     policy_gradients(PolicyGradientInputs {
@@ -109,6 +121,7 @@ fn grads(
         encode: &encode,
         objective,
         kl,
+        micro_batch,
     })
     .expect("update")
 }
@@ -289,4 +302,67 @@ fn gradient_checksum() {
         .map(|x| u64::from(x.to_bits()))
         .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b));
     println!("CHECKSUM grads {bits:x} rollout {tb:x} n {}", v.len());
+}
+
+/// `micro_batch` (`train_micro_batch`): the batch back-propagated in chunks of 1, 2 or 3
+/// samples gives the gradient and the statistics of the whole batch (to f32 rounding), with a
+/// moved policy (ρ ≠ 1, clipping active) and a KL penalty; a plain sum of the chunks' mean
+/// losses (no weights) would not.
+#[test]
+fn micro_batches_give_the_whole_batch_gradient() {
+    let device = test_device().autodiff();
+    let p = base(&device);
+    let traj = roll(&p, 5, 4.5);
+    let adv = [1.0, -1.0, 0.5, 2.0, -0.25];
+    let kl = Some(KlPenalty {
+        beta: 0.1,
+        estimator: KlEstimator::ClosedForm,
+    });
+    let reference = with_lora_scale(p.clone(), 0.0).no_grad();
+    let (g, _) = grads(&p, Some(&reference), &traj, &adv, Objective::Reinforce, kl);
+    let moved = SgdConfig::new().init().step(0.5, p.clone(), g);
+    let objective = Objective::PpoClip { clip_range: 0.003 };
+    let (g_all, s_all) = grads(&moved, Some(&reference), &traj, &adv, objective, kl);
+    assert!(s_all.kl > 0.0 && s_all.clip_fraction > 0.0, "{s_all:?}");
+    let whole = flat(&moved, &g_all);
+    let norm: f32 = whole.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!(norm > 0.0);
+    for micro in [1, 2, 3, 5, 8] {
+        let (g, s) = grads_in(
+            &moved,
+            Some(&reference),
+            &traj,
+            &adv,
+            objective,
+            kl,
+            Some(micro),
+        );
+        let diff: f32 = flat(&moved, &g)
+            .iter()
+            .zip(&whole)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
+            .sqrt();
+        assert!(
+            diff <= 1e-5 * norm,
+            "micro {micro}: ‖Δg‖ = {diff}, ‖g‖ = {norm}"
+        );
+        for (a, b, what) in [
+            (s.loss, s_all.loss, "loss"),
+            (s.kl, s_all.kl, "kl"),
+            (s.clip_fraction, s_all.clip_fraction, "clip_fraction"),
+            (s.approx_kl, s_all.approx_kl, "approx_kl"),
+            (
+                s.max_ratio_deviation,
+                s_all.max_ratio_deviation,
+                "max |ρ − 1|",
+            ),
+        ] {
+            assert!(
+                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                "micro {micro}: {what} {a} vs {b}"
+            );
+        }
+        assert_eq!(s.samples, 5);
+    }
 }

@@ -122,6 +122,7 @@ fn train(
                 steps: &steps,
                 encode: &encode,
                 shuffle_seed: it as u64,
+                micro_batch: None,
             },
             &mut apply,
         )
@@ -367,6 +368,7 @@ fn train_dense_grpo(config: DenseGrpoConfig, iterations: usize) -> (f64, f64, f6
                 steps: &steps,
                 encode: &encode,
                 shuffle_seed: it as u64,
+                micro_batch: None,
             },
             &mut apply,
         )
@@ -458,6 +460,7 @@ fn terminal_and_dense_reward_algorithms_refuse_each_others_inputs() {
                 steps: &steps,
                 encode: &encode,
                 shuffle_seed: 0,
+                micro_batch: None,
             },
             &mut apply,
         )

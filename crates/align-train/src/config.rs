@@ -408,6 +408,16 @@ pub struct TrainConfig {
     pub prompt_eval_seeds: usize,
     /// Stable Diffusion models: image side in pixels (0 = the model's default, 512 for SD 1.5).
     pub image_size: usize,
+    /// Samples per rollout call (and per decode): the iteration's
+    /// `prompts_per_iteration × group_size` samples are rolled out this many at a time
+    /// (0 = all at once). Noise is keyed by global sample id, so the trajectories do not
+    /// depend on it; it bounds the memory of the rollout and of the VAE decode.
+    pub rollout_batch: usize,
+    /// Samples per backward pass of the policy-gradient update (DDPO, DPOK, Flow-GRPO,
+    /// DenseGRPO; 0 = the whole minibatch): each optimizer minibatch is differentiated in
+    /// chunks whose gradients are accumulated, so the optimizer sees the same gradient with
+    /// one chunk's activations in memory.
+    pub train_micro_batch: usize,
     /// The aesthetic predictor's head (safetensors) for `reward = "aesthetic"`.
     pub aesthetic_head: Option<PathBuf>,
 }
@@ -438,6 +448,8 @@ impl Default for TrainConfig {
             eval_steps: 0,
             finetune: Finetune::Lora,
             lora_init: None,
+            rollout_batch: 0,
+            train_micro_batch: 0,
             lora: LoraSection::default(),
             runner: RunnerConfig {
                 iterations: 10,
@@ -640,6 +652,24 @@ impl TrainConfig {
         }
         if self.train_steps == 0 {
             return bad("train_steps", "must be ≥ 1".into());
+        }
+        let policy_gradient = matches!(
+            self.algorithm,
+            AlgorithmName::DdpoSf
+                | AlgorithmName::DdpoIs
+                | AlgorithmName::Dpok
+                | AlgorithmName::FlowGrpo
+                | AlgorithmName::DenseGrpo
+        );
+        if self.train_micro_batch > 0 && !policy_gradient {
+            return bad(
+                "train_micro_batch",
+                format!(
+                    "accumulates the policy-gradient update of ddpo-sf, ddpo-is, dpok, \
+                     flow-grpo and dense-grpo; {:?} does not use it (remove the field)",
+                    self.algorithm
+                ),
+            );
         }
         if self.prompt_eval_seeds > 0 && self.prompts.is_none() {
             return bad(

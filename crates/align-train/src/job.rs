@@ -672,29 +672,51 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         // kernels, so the PPO ratio at θ_old is exactly 1.
         let frozen = model.clone().no_grad();
         let (cond, uncond) = conditions(&self.prompts, &frozen, &ids).map_err(job)?;
-        let traj = rollout(
-            &frozen,
-            self.sampler.as_ref(),
-            &RolloutBatch {
-                condition: &cond,
-                uncond: uncond.as_ref(),
-                sample_ids: (0..b as u64).map(|i| (iteration * b) as u64 + i).collect(),
-                condition_ids: ids.clone(),
-                group_ids: None,
-                sample_shape: self.shape,
-            },
-            &RolloutConfig {
-                seed: self.config.seed,
-                guidance_scale: self.config.guidance,
-                keep_means: true,
-                keep_pred_x0: matches!(self.algorithm, Algorithm::Sdpo(_)),
-                ..RolloutConfig::default()
-            },
-        )
-        .map_err(|e| job(e.to_string()))?;
-        let images = frozen
-            .sample_images(traj.final_sample().clone())
-            .clamp(-1.0, 1.0);
+        // `rollout_batch`: consecutive chunks of the batch, each rolled out and decoded on its
+        // own (noise is keyed by global sample id: the trajectories do not change).
+        let chunk = match self.config.rollout_batch {
+            0 => b,
+            n => n.min(b),
+        };
+        let mut parts = Vec::new();
+        let mut decoded = Vec::new();
+        for start in (0..b).step_by(chunk.max(1)) {
+            let range = start..(start + chunk).min(b);
+            let (cond, uncond) = if range.len() == b {
+                (cond.clone(), uncond.clone())
+            } else {
+                conditions(&self.prompts, &frozen, &ids[range.clone()]).map_err(job)?
+            };
+            let part = rollout(
+                &frozen,
+                self.sampler.as_ref(),
+                &RolloutBatch {
+                    condition: &cond,
+                    uncond: uncond.as_ref(),
+                    sample_ids: range.clone().map(|i| (iteration * b + i) as u64).collect(),
+                    condition_ids: ids[range].to_vec(),
+                    group_ids: None,
+                    sample_shape: self.shape,
+                },
+                &RolloutConfig {
+                    seed: self.config.seed,
+                    guidance_scale: self.config.guidance,
+                    keep_means: true,
+                    keep_pred_x0: matches!(self.algorithm, Algorithm::Sdpo(_)),
+                    ..RolloutConfig::default()
+                },
+            )
+            .map_err(|e| job(e.to_string()))?;
+            decoded.push(
+                frozen
+                    .sample_images(part.final_sample().clone())
+                    .clamp(-1.0, 1.0),
+            );
+            parts.push(part);
+        }
+        let traj = align_core::Trajectory::concat(&parts).map_err(|e| job(e.to_string()))?;
+        drop(parts);
+        let images = Tensor::cat(decoded, 0);
         let prompts: Vec<String> = ids.iter().map(|&i| self.prompts[i].clone()).collect();
         if matches!(self.algorithm, Algorithm::Backprop(_)) {
             return self
@@ -751,6 +773,8 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                     steps: &steps,
                     encode: &encode,
                     shuffle_seed,
+                    micro_batch: (self.config.train_micro_batch > 0)
+                        .then_some(self.config.train_micro_batch),
                 },
                 &mut apply_rl,
             )
