@@ -318,6 +318,7 @@ impl<D: Module + Denoiser + ModuleDisplay> RlUpdate<D> {
                 beta: KL_BETA,
                 estimator: KlEstimator::ClosedForm,
             }),
+            micro_batch: None,
         })
         .map_err(err("update"))
     }
