@@ -173,7 +173,7 @@ fn rollout_and_train_micro_batches_give_the_whole_batch_gradient() {
     let base = StableDiffusion::load(&fixtures_dir().join("sd-tiny"), &device).expect("sd-tiny");
     let policy = align_models::apply_lora_weights(base, &weights).expect("adapter");
     let sampler = policy.scheduler.ddim(3, 1.0).expect("DDIM η = 1");
-    let ids = vec![0, 1, 0, 1];
+    let ids = [0, 1, 0, 1];
     let valid = policy.clone().no_grad();
     let shape = valid.latent_shape(16, 16).expect("latent shape");
     let roll = |range: std::ops::Range<usize>| {
@@ -210,8 +210,8 @@ fn rollout_and_train_micro_batches_give_the_whole_batch_gradient() {
     };
     for k in 0..4 {
         let err = rel(
-            chunked.latents[k].clone().into_data().to_vec().unwrap(),
-            whole.latents[k].clone().into_data().to_vec().unwrap(),
+            chunked.latents[k].clone().into_data().try_to_vec::<f32>().unwrap(),
+            whole.latents[k].clone().into_data().try_to_vec::<f32>().unwrap(),
         );
         eprintln!("latents[{k}]: relative error {err:.2e}");
         assert!(err < 1e-5, "latents[{k}]: {err}");
