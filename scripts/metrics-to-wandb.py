@@ -21,7 +21,7 @@ What it reads from the run directory (`--run DIR`, written by `align train` / `a
   (ends in a PNG IEND chunk).
 
 Modes: without `--follow`, one pass over what is there, then exit. With `--follow`, poll every
-`--poll` seconds (default 5) until Ctrl-C or until `report.json` appears in the run directory
+`--poll` seconds (default 5) until Ctrl-C / SIGTERM or until `report.json` appears in the run directory
 (then one last pass and exit); the run directory need not exist yet. Within one process nothing
 is logged twice (lines by file offset / step, images by file name); a new process starts over,
 so for W&B start a new run name (or delete the old run) rather than re-forwarding into one.
@@ -46,6 +46,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 
@@ -284,6 +285,8 @@ def main():
         backend = TensorBoardBackend(args.logdir or os.path.join(run_dir, "tensorboard"))
 
     tailer = RunTailer(run_dir, backend)
+    # SIGTERM stops like Ctrl-C, so the backend is closed (W&B run finished, events flushed).
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         if args.follow and not os.path.isdir(run_dir):
             print(f"{PROG}: waiting for {run_dir} to appear", file=sys.stderr)

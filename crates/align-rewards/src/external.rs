@@ -10,10 +10,12 @@
 //!   is written to the program's stdin; the scores are read from its stdout. The directory is
 //!   removed afterwards, whatever happened.
 //! - [`HttpReward`] POSTs `{"prompts": [...], "images_png_base64": [...]}` (standard base64)
-//!   as `application/json` to an `http://127.0.0.1:PORT/…` or `http://localhost:PORT/…` URL.
-//!   Only loopback addresses are accepted: the scorer runs on the training machine. Plain
-//!   HTTP/1.1 to loopback needs a few dozen lines over [`std::net::TcpStream`], so no HTTP or
-//!   TLS stack is pulled in.
+//!   as `application/json` to a URL, through the `ureq` client (chunked and fixed-length
+//!   answers, a timeout per request). [`HttpReward::new`] accepts only this machine
+//!   (`127.0.0.1`, `localhost`, `[::1]`); [`HttpReward::remote`] any host (the images leave
+//!   the machine), `https://` with the crate's `tls` feature. `with_batch(n)` sends at most
+//!   `n` images per request; `with_retries(n)` retries connection failures, timeouts and 5xx
+//!   answers with a growing pause (a 4xx or a malformed answer is not retried).
 //!
 //! Both have a timeout (the child is killed, the connection dropped) and report every failure —
 //! cannot start, timeout, non-zero exit, HTTP error status, malformed or wrong-length answers,
@@ -21,7 +23,6 @@
 //! it said. A failed call changes nothing on the caller's side: the batch can be scored again.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -257,56 +258,100 @@ impl Reward for CommandReward {
     }
 }
 
-/// A reward computed by a loopback HTTP service (see the module docs for the protocol).
+/// A reward computed by an HTTP service (see the module docs for the protocol).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpReward {
     name: String,
     url: String,
-    addr: SocketAddr,
-    host: String,
-    path: String,
     timeout: Duration,
+    batch: usize,
+    retries: u32,
+}
+
+/// Whether `host` (as written in a URL) is this machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl HttpReward {
-    /// A reward that POSTs to `url` (`http://127.0.0.1:PORT/path`, `http://localhost:PORT/path`
-    /// or `http://[::1]:PORT/path`), named `"external_http"`, with a 30 s timeout.
+    /// A reward that POSTs to `url` on this machine (`http://127.0.0.1:PORT/path`,
+    /// `http://localhost:PORT/path`, `http://[::1]:PORT/path`), named `"external_http"`, with
+    /// a 30 s timeout per request, the whole batch in one request and no retries.
     ///
     /// # Errors
-    /// [`RewardError::Config`] for a URL that is not `http://`, has no valid port, or names
-    /// a host other than the loopback.
+    /// [`RewardError::Config`] for a URL that does not parse, is not `http://`, or names a
+    /// host other than the loopback (use [`HttpReward::remote`] for those).
     pub fn new(url: &str) -> Result<Self> {
-        let bad = |reason: &str| RewardError::config("url", format!("`{url}`: {reason}"));
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("only http:// URLs to this machine are supported"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => {
-                let port: u16 = p.parse().map_err(|_| bad("the port is not a number"))?;
-                (h, port)
-            }
-            _ => (authority, 80),
-        };
-        let ip = match host {
-            "localhost" | "127.0.0.1" => std::net::IpAddr::from([127, 0, 0, 1]),
-            "[::1]" => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-            _ => {
-                return Err(bad(
-                    "only loopback hosts (127.0.0.1, localhost, [::1]) are allowed",
+        let reward = Self::remote(url)?;
+        let uri: ureq::http::Uri = url
+            .parse()
+            .map_err(|e| RewardError::config("url", format!("`{url}`: {e}")))?;
+        if uri.scheme_str() != Some("http") || !uri.host().is_some_and(is_loopback) {
+            return Err(RewardError::config(
+                "url",
+                format!(
+                    "`{url}`: only http:// to this machine (127.0.0.1, localhost, [::1]) \
+                     unless the reward allows remote hosts (`allow_remote = true`)"
+                ),
+            ));
+        }
+        Ok(reward)
+    }
+
+    /// A reward that POSTs to `url` on any host: `http://`, or `https://` when `align-rewards`
+    /// is built with its `tls` feature. The images leave the machine: use it for a scorer you
+    /// run or trust.
+    ///
+    /// # Errors
+    /// [`RewardError::Config`] for a URL that does not parse or whose scheme is not supported.
+    pub fn remote(url: &str) -> Result<Self> {
+        let uri: ureq::http::Uri = url
+            .parse()
+            .map_err(|e| RewardError::config("url", format!("`{url}`: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") if cfg!(feature = "tls") => {}
+            Some("https") => {
+                return Err(RewardError::config(
+                    "url",
+                    format!(
+                        "`{url}`: https needs align-rewards' `tls` feature (or a TLS-terminating \
+                         proxy on this machine)"
+                    ),
                 ));
             }
+            _ => {
+                return Err(RewardError::config(
+                    "url",
+                    format!("`{url}`: only http:// (and https:// with the `tls` feature)"),
+                ));
+            }
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(RewardError::config("url", format!("`{url}`: no host")));
+        }
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let port = match authority.strip_prefix('[') {
+            Some(v6) => v6.split_once("]:").map(|(_, p)| p),
+            None => authority.split_once(':').map(|(_, p)| p),
         };
+        if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+            return Err(RewardError::config(
+                "url",
+                format!("`{url}`: the port is not a number"),
+            ));
+        }
         Ok(Self {
             name: "external_http".into(),
             url: url.to_string(),
-            addr: SocketAddr::new(ip, port),
-            host: authority.to_string(),
-            path: path.to_string(),
             timeout: Duration::from_secs(30),
+            batch: 0,
+            retries: 0,
         })
     }
 
@@ -328,110 +373,90 @@ impl HttpReward {
         Ok(self)
     }
 
-    /// Sends `body` and returns the answer's body, after checking for a 2xx status.
-    fn post(&self, body: &[u8]) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + self.timeout;
-        let io = |stage: &str, e: std::io::Error| {
-            let reason = if matches!(
-                e.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) {
-                format!(
-                    "{} timed out after {:.1} s ({stage})",
-                    self.url,
-                    self.timeout.as_secs_f64()
-                )
-            } else {
-                format!("{} ({stage}): {e}", self.url)
-            };
-            external(&self.name, reason)
+    /// Sends at most `batch` images per request (0 = the whole batch in one request); the
+    /// scores are joined in order.
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Retries a request that fails to connect, times out or gets an HTTP 5xx answer up to
+    /// `retries` more times, waiting 0.2 s, 0.4 s, … (at most 5 s) in between. A 4xx answer
+    /// or a malformed body is not retried: sending the same request again would not help.
+    pub fn with_retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Sends `body` once; `Err((retryable, reason))`.
+    fn post_once(&self, body: &[u8]) -> std::result::Result<Vec<u8>, (bool, String)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(self.timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        let response = agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .send(body);
+        let mut response = match response {
+            Ok(r) => r,
+            Err(ureq::Error::Timeout(_)) => {
+                return Err((
+                    true,
+                    format!("timed out after {:.1} s", self.timeout.as_secs_f64()),
+                ));
+            }
+            Err(e) => return Err((true, e.to_string())),
         };
-        let mut stream =
-            TcpStream::connect_timeout(&self.addr, self.timeout).map_err(|e| io("connect", e))?;
-        stream
-            .set_write_timeout(Some(self.timeout))
-            .and_then(|_| stream.set_read_timeout(Some(self.timeout)))
-            .map_err(|e| io("configure", e))?;
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.path,
-            self.host,
-            body.len()
-        );
-        stream
-            .write_all(head.as_bytes())
-            .and_then(|_| stream.write_all(body))
-            .map_err(|e| io("send", e))?;
-        let mut response = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let mut header_end = None;
-        let mut content_length = None;
-        loop {
-            if let (Some(h), Some(n)) = (header_end, content_length)
-                && response.len() >= h + n
-            {
-                break;
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(io("receive", std::io::ErrorKind::TimedOut.into()));
-            }
-            stream
-                .set_read_timeout(Some(remaining))
-                .map_err(|e| io("configure", e))?;
-            let n = match stream.read(&mut chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io("receive", e)),
-            };
-            if n == 0 {
-                break;
-            }
-            response.extend_from_slice(&chunk[..n]);
-            if header_end.is_none()
-                && let Some(i) = response.windows(4).position(|w| w == b"\r\n\r\n")
-            {
-                header_end = Some(i + 4);
-                content_length = String::from_utf8_lossy(&response[..i])
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse::<usize>().ok());
-            }
-        }
-        let Some(h) = header_end else {
-            return Err(external(
-                &self.name,
-                format!(
-                    "{} sent no complete HTTP header: `{}`",
-                    self.url,
-                    excerpt(&response)
+        let status = response.status().as_u16();
+        let answer = response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::Timeout(_) => (
+                    true,
+                    format!("timed out after {:.1} s", self.timeout.as_secs_f64()),
                 ),
-            ));
-        };
-        let status_line = String::from_utf8_lossy(&response[..h]);
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                external(
-                    &self.name,
-                    format!("{} sent a malformed status line: `{}`", self.url, {
-                        excerpt(status_line.lines().next().unwrap_or("").as_bytes())
-                    }),
-                )
+                e => (true, format!("reading the answer: {e}")),
             })?;
-        let end = content_length.map_or(response.len(), |n| (h + n).min(response.len()));
-        let body = response[h..end].to_vec();
-        if !(200..300).contains(&status) {
-            return Err(external(
-                &self.name,
-                format!("{} answered HTTP {status}: `{}`", self.url, excerpt(&body)),
-            ));
+        if (200..300).contains(&status) {
+            Ok(answer)
+        } else {
+            Err((
+                status >= 500,
+                format!("answered HTTP {status}: `{}`", excerpt(&answer)),
+            ))
         }
-        Ok(body)
+    }
+
+    /// Sends `body` with the retries, returning the 2xx answer's body.
+    fn post(&self, body: &[u8]) -> Result<Vec<u8>> {
+        let mut attempt = 0;
+        loop {
+            match self.post_once(body) {
+                Ok(answer) => return Ok(answer),
+                Err((retry, reason)) if !retry || attempt >= self.retries => {
+                    let tries = if attempt > 0 {
+                        format!(" (after {} attempts)", attempt + 1)
+                    } else {
+                        String::new()
+                    };
+                    return Err(external(
+                        &self.name,
+                        format!("{} {reason}{tries}", self.url),
+                    ));
+                }
+                Err(_) => {
+                    let wait = (200u64 << attempt.min(5)).min(5000);
+                    std::thread::sleep(Duration::from_millis(wait));
+                    attempt += 1;
+                }
+            }
+        }
     }
 }
 
@@ -451,10 +476,23 @@ impl Reward for HttpReward {
             .iter()
             .map(|p| engine.encode(p))
             .collect();
-        let request =
-            serde_json::json!({ "prompts": prompts, "images_png_base64": pngs }).to_string();
-        let body = self.post(request.as_bytes())?;
-        parse_scores(&self.name, &body, b)
+        let size = if self.batch == 0 {
+            b
+        } else {
+            self.batch.min(b)
+        };
+        let mut scores = Vec::with_capacity(b);
+        for start in (0..b).step_by(size.max(1)) {
+            let end = (start + size).min(b);
+            let request = serde_json::json!({
+                "prompts": &prompts[start..end],
+                "images_png_base64": &pngs[start..end],
+            })
+            .to_string();
+            let body = self.post(request.as_bytes())?;
+            scores.extend(parse_scores(&self.name, &body, end - start)?);
+        }
+        Ok(scores)
     }
 }
 
@@ -701,6 +739,150 @@ print(json.dumps({"scores": out}))
                 .unwrap()
                 .with_timeout(Duration::ZERO)
                 .is_err()
+        );
+    }
+
+    /// What the scripted server does with one request.
+    enum Reply {
+        /// Answer with these raw bytes.
+        Raw(String),
+        /// Wait, then answer.
+        After(Duration, String),
+    }
+
+    /// Serves one connection per reply, in order; returns the URL and the number of images
+    /// each request carried.
+    fn serve(replies: Vec<Reply>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for reply in replies {
+                let Ok((mut s, _)) = listener.accept() else {
+                    return;
+                };
+                let log = log.clone();
+                // Each connection on its own thread: a slow answer does not hold the next.
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let body = loop {
+                        let n = s.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            break Vec::new();
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                            while buf.len() < i + 4 + len {
+                                let n = s.read(&mut chunk).unwrap_or(0);
+                                if n == 0 {
+                                    break;
+                                }
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
+                            break buf[i + 4..].to_vec();
+                        }
+                    };
+                    let images = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["images_png_base64"].as_array().map(Vec::len))
+                        .unwrap_or(0);
+                    log.lock().unwrap().push(images);
+                    let (wait, answer) = match reply {
+                        Reply::Raw(a) => (Duration::ZERO, a),
+                        Reply::After(d, a) => (d, a),
+                    };
+                    std::thread::sleep(wait);
+                    let _ = s.write_all(answer.as_bytes());
+                });
+            }
+        });
+        (format!("http://127.0.0.1:{port}/score"), seen)
+    }
+
+    /// A 200 answer with `scores` in a chunked body (split in the middle of the JSON).
+    fn chunked(scores: &[f64]) -> String {
+        let body = serde_json::json!({ "scores": scores }).to_string();
+        let (a, b) = body.split_at(body.len() / 2);
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+            a.len(),
+            b.len()
+        )
+    }
+
+    /// The served reward of `HttpReward`: chunked answers, batches split across requests,
+    /// 5xx answers retried, slow answers within the timeout, and — when every attempt fails —
+    /// a clear error naming the URL, the cause and the attempts, with the batch intact.
+    #[test]
+    fn http_chunked_batched_retried_and_slow_answers() {
+        let (images, prompts) = batch();
+        let unavailable = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy";
+        // Batch 2 of 3 images: two requests (2 + 1); the first is refused once (503) and
+        // retried; answers are chunked; the last comes after 300 ms, within the 5 s timeout.
+        let (url, seen) = serve(vec![
+            Reply::Raw(unavailable.into()),
+            Reply::Raw(chunked(&[1.0, 2.0])),
+            Reply::After(Duration::from_millis(300), chunked(&[3.0])),
+        ]);
+        let reward = HttpReward::new(&url)
+            .unwrap()
+            .with_batch(2)
+            .with_retries(2)
+            .with_timeout(Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            reward.score(&images, &prompts).unwrap(),
+            vec![1.0, 2.0, 3.0]
+        );
+        assert_eq!(*seen.lock().unwrap(), vec![2, 2, 1]);
+        // Too slow every time: two attempts, then an error that says so.
+        let late = || Reply::After(Duration::from_millis(1500), chunked(&[1.0, 2.0, 3.0]));
+        let (url, seen) = serve(vec![late(), late()]);
+        let e = HttpReward::new(&url)
+            .unwrap()
+            .with_retries(1)
+            .with_timeout(Duration::from_millis(400))
+            .unwrap()
+            .score(&images, &prompts)
+            .unwrap_err();
+        assert!(
+            is_external(&e, "timed out") && e.to_string().contains("after 2 attempts"),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&url), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        // A 4xx is not retried; a wrong number of scores is named.
+        let (url, seen) = serve(vec![Reply::Raw(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad".into(),
+        )]);
+        let e = HttpReward::new(&url)
+            .unwrap()
+            .with_retries(3)
+            .score(&images, &prompts)
+            .unwrap_err();
+        assert!(is_external(&e, "HTTP 400"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        let (url, _) = serve(vec![Reply::Raw(chunked(&[1.0]))]);
+        let e = HttpReward::new(&url)
+            .unwrap()
+            .score(&images, &prompts)
+            .unwrap_err();
+        assert!(is_external(&e, "returned 1 scores for a batch of 3"), "{e}");
+        assert_eq!(images.dims(), [3, 3, 4, 4]);
+        // Remote hosts need `remote`; https needs the `tls` feature.
+        assert!(HttpReward::new("http://example.com/score").is_err());
+        assert!(HttpReward::remote("http://example.com/score").is_ok());
+        assert_eq!(
+            HttpReward::remote("https://example.com/score").is_ok(),
+            cfg!(feature = "tls")
         );
     }
 }

@@ -210,8 +210,16 @@ fn rollout_and_train_micro_batches_give_the_whole_batch_gradient() {
     };
     for k in 0..4 {
         let err = rel(
-            chunked.latents[k].clone().into_data().try_to_vec::<f32>().unwrap(),
-            whole.latents[k].clone().into_data().try_to_vec::<f32>().unwrap(),
+            chunked.latents[k]
+                .clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
+            whole.latents[k]
+                .clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
         );
         eprintln!("latents[{k}]: relative error {err:.2e}");
         assert!(err < 1e-5, "latents[{k}]: {err}");
