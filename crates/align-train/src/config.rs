@@ -315,7 +315,7 @@ pub struct TrainConfig {
     /// Run seed (prompts, noise, minibatch order).
     pub seed: u64,
     /// Reward.
-    pub reward: RewardName,
+    pub reward: crate::reward_spec::RewardSpec,
     /// The proxy reward model's directory (`reward = "proxy"`).
     pub reward_model: PathBuf,
     /// Distinct prompts per iteration.
@@ -429,7 +429,7 @@ impl Default for TrainConfig {
             model: PathBuf::new(),
             out: PathBuf::new(),
             seed: 0,
-            reward: RewardName::ShapeEvalPartial,
+            reward: RewardName::ShapeEvalPartial.into(),
             reward_model: PathBuf::new(),
             prompts_per_iteration: 4,
             group_size: 8,
@@ -608,17 +608,19 @@ impl TrainConfig {
         if self.model.as_os_str().is_empty() {
             return Err(TrainError::config("model", "no model directory given"));
         }
-        let needs_model = matches!(
-            self.reward,
-            RewardName::Proxy
-                | RewardName::Aesthetic
-                | RewardName::ClipScore
-                | RewardName::PickScore
-        );
+        let needs_model = self.reward.any_named(&|n| {
+            matches!(
+                n,
+                RewardName::Proxy
+                    | RewardName::Aesthetic
+                    | RewardName::ClipScore
+                    | RewardName::PickScore
+            )
+        });
         if needs_model && self.reward_model.as_os_str().is_empty() {
             return Err(TrainError::config(
                 "reward_model",
-                format!("reward {:?} needs the directory of its model", self.reward),
+                format!("reward {} needs the directory of its model", self.reward),
             ));
         }
         if self.algorithm.is_backprop() && !self.reward.is_differentiable() {

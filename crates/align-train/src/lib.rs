@@ -74,6 +74,7 @@ pub mod pref;
 pub mod pretrain;
 pub mod report;
 pub mod reward_model;
+pub mod reward_spec;
 pub mod sd;
 pub mod shapes_eval;
 pub mod trained;

@@ -260,14 +260,14 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
                 self.base.prompt_verdicts.len()
             ));
         }
-        if !resume && config.reward != RewardName::Proxy {
+        if !resume && config.reward.named() != Some(RewardName::Proxy) {
             // The base model is the monitor's baseline (with the proxy reward, the first
             // evaluation is: the base model's proxy score on held-out prompts is not measured).
             self.monitor
                 .observe(Reading {
                     step: 0,
-                    proxy: match config.reward {
-                        RewardName::ShapeEval => self.base.heldout_accuracy,
+                    proxy: match config.reward.named() {
+                        Some(RewardName::ShapeEval) => self.base.heldout_accuracy,
                         _ => self.base.heldout_partial_credit,
                     },
                     gold: self.base.heldout_accuracy,
@@ -316,7 +316,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
             .monitor
             .observe(monitor_reading(
                 iteration + 1,
-                config.reward,
+                config.reward.named(),
                 metrics.get("reward_mean").copied().unwrap_or(0.0),
                 &held,
                 diversity,
@@ -394,7 +394,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
 /// proxy score (held-out images are scored by the gold verifier only).
 fn monitor_reading(
     step: usize,
-    reward: RewardName,
+    reward: Option<RewardName>,
     batch_reward: f64,
     held: &Accuracy,
     diversity: f64,
@@ -403,8 +403,8 @@ fn monitor_reading(
     Reading {
         step: step as u64,
         proxy: match reward {
-            RewardName::ShapeEval => held.rate(),
-            RewardName::ShapeEvalPartial => held.partial,
+            Some(RewardName::ShapeEval) => held.rate(),
+            Some(RewardName::ShapeEvalPartial) => held.partial,
             _ => batch_reward,
         },
         gold: held.rate(),
@@ -474,7 +474,18 @@ fn grid_and_diversity<D: Module + Denoiser + ModuleDisplay>(
 /// The training reward: ShapeEval (pass or partial credit) or the proxy reward model, loaded on
 /// the autodiff device without trainable parameters (its gradient reaches the images only).
 fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>> {
-    Ok(match config.reward {
+    config
+        .reward
+        .build(&|name| build_named_reward(config, name, device))
+}
+
+/// A built-in reward of the Shapes world.
+fn build_named_reward(
+    config: &TrainConfig,
+    name: RewardName,
+    device: &Device,
+) -> Result<Box<dyn Reward>> {
+    Ok(match name {
         RewardName::ShapeEval => Box::new(ShapeEvalReward::new(ShapeEvalMode::Pass)),
         RewardName::ShapeEvalPartial => {
             Box::new(ShapeEvalReward::new(ShapeEvalMode::PartialCredit))
@@ -715,11 +726,11 @@ pub fn train(
     if crate::sd::is_stable_diffusion_dir(&config.model) {
         return crate::sd::train_sd(config, resume, observer, device);
     }
-    if !config.reward.is_shapes_world() {
+    if !config.reward.fits_shapes_models() {
         return Err(TrainError::Incompatible {
             model: config.model.clone(),
             reason: format!(
-                "reward {:?} judges real images: `model` must be a Stable Diffusion directory \
+                "reward {} judges real images: `model` must be a Stable Diffusion directory \
                  (diffusers layout)",
                 config.reward
             ),
@@ -1108,7 +1119,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("reward = \"proxy\""), "{err}");
-        config.reward = RewardName::Proxy;
+        config.reward = RewardName::Proxy.into();
         config.reward_model = crate::test_model_dir("proxy-rm");
         train(&config, false, &crate::observer::silent(), &device).unwrap();
         let text = std::fs::read_to_string(config.out.join("metrics.jsonl")).unwrap();
@@ -1163,7 +1174,7 @@ mod tests {
             algorithm: AlgorithmName::Refl,
             model: crate::test_model_dir("shapes-flow-unet"),
             out: dir.join("refl"),
-            reward: RewardName::Proxy,
+            reward: RewardName::Proxy.into(),
             reward_model: crate::test_model_dir("proxy-rm"),
             prompts_per_iteration: 2,
             group_size: 1,

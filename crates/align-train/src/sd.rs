@@ -50,10 +50,21 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
 /// The training reward on images in `[−1, 1]`, loaded on the autodiff device without
 /// trainable parameters.
 fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>> {
+    config
+        .reward
+        .build(&|name| build_named_reward(config, name, device))
+}
+
+/// A built-in reward on real images.
+fn build_named_reward(
+    config: &TrainConfig,
+    name: RewardName,
+    device: &Device,
+) -> Result<Box<dyn Reward>> {
     let device = device.clone().autodiff();
     let clip = &config.reward_model;
     let named = |e: String| TrainError::config("reward_model", format!("{}: {e}", clip.display()));
-    Ok(match config.reward {
+    Ok(match name {
         RewardName::Aesthetic => {
             let head = config.aesthetic_head.clone().ok_or_else(|| {
                 TrainError::config(
@@ -198,7 +209,7 @@ pub fn train_sd(
     let reward = SharedReward::new(build_reward(&config, device)?);
     let evaluator = RewardEvaluator::new(
         Box::new(reward.clone()),
-        format!("{:?}", config.reward),
+        config.reward.to_string(),
         eval_prompts,
         config.eval_seeds,
         Box::new(eval_sampler),
@@ -237,7 +248,7 @@ mod tests {
             algorithm: AlgorithmName::DdpoIs,
             model: fixtures_dir().join("sd-tiny"),
             out: dir.join("run"),
-            reward: RewardName::Aesthetic,
+            reward: RewardName::Aesthetic.into(),
             reward_model: clip.clone(),
             aesthetic_head: Some(clip.join("aesthetic/model.safetensors")),
             prompts: Some(prompts),
@@ -324,7 +335,7 @@ mod tests {
         );
         let mut c = config(&dir);
         c.algorithm = AlgorithmName::Draft;
-        c.reward = RewardName::JpegCompressibility;
+        c.reward = RewardName::JpegCompressibility.into();
         let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
             .unwrap_err()
             .to_string();
@@ -406,7 +417,7 @@ mod tests {
             .to_string();
         assert!(err.contains("prompts"), "{err}");
         let mut c = config(&dir);
-        c.reward = RewardName::ShapeEval;
+        c.reward = RewardName::ShapeEval.into();
         let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
             .unwrap_err()
             .to_string();
@@ -488,7 +499,7 @@ fn tests_config(dir: &Path) -> TrainConfig {
         algorithm: AlgorithmName::DdpoIs,
         model: align_models::hf::fixtures_dir().join("sd-tiny"),
         out: dir.join("run"),
-        reward: RewardName::Aesthetic,
+        reward: RewardName::Aesthetic.into(),
         reward_model: clip.clone(),
         aesthetic_head: Some(clip.join("aesthetic/model.safetensors")),
         prompts: Some(prompts),

@@ -409,7 +409,7 @@ mod tests {
             algorithm: AlgorithmName::DdpoIs,
             model: fixtures_dir().join("sd-tiny"),
             out: dir.join("run"),
-            reward: RewardName::Aesthetic,
+            reward: RewardName::Aesthetic.into(),
             reward_model: clip.clone(),
             aesthetic_head: Some(clip.join("aesthetic/model.safetensors")),
             prompts: Some(prompts),
