@@ -8,7 +8,9 @@
 //! - a linear learning-rate warm-up (`warmup_iterations`), a function of the iteration alone;
 //! - global-norm gradient clipping ([`crate::clip_grad_norm`]) before every step;
 //! - `metrics.jsonl`: one JSON line per iteration (`iteration` plus the job's metrics,
-//!   `grad_norm` and `optimizer_steps`);
+//!   `grad_norm` and `optimizer_steps`), and the same table as `metrics.csv` (one column per
+//!   metric, `iteration` first, empty cells where an iteration lacks a metric) for
+//!   spreadsheets, rewritten after every iteration;
 //! - stopping: a non-finite metric stops the run with [`CoreError::Diverged`] *before*
 //!   anything of that iteration is written, so the last good checkpoint stays intact; a KL
 //!   budget (`kl` metric above `kl_budget`) or a job's [`Control::Stop`] stops it cleanly;
@@ -439,6 +441,57 @@ pub const LATEST: &str = "LATEST";
 /// Name of the metrics file.
 pub const METRICS: &str = "metrics.jsonl";
 
+/// The CSV copy of [`METRICS`] in a run directory.
+pub const METRICS_CSV: &str = "metrics.csv";
+
+/// `metrics.jsonl` as CSV: a header of every key (`iteration` first, then the others in
+/// alphabetical order), one row per line, numbers as JSON wrote them, empty cells for
+/// missing keys; cells with commas, quotes or line breaks are quoted. Lines that are not JSON
+/// objects are skipped.
+pub fn metrics_csv(jsonl: &str) -> String {
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> = jsonl
+        .lines()
+        .filter_map(|l| match serde_json::from_str(l) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let mut keys: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| k != "iteration")
+        .collect();
+    keys.insert(0, "iteration".into());
+    let cell = |text: String| {
+        if text.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text
+        }
+    };
+    let mut out = keys
+        .iter()
+        .map(|k| cell(k.clone()))
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push('\n');
+    for r in &rows {
+        let line: Vec<String> = keys
+            .iter()
+            .map(|k| match r.get(k) {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => cell(s.clone()),
+                Some(v) => cell(v.to_string()),
+            })
+            .collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
 fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> CoreError {
     CoreError::Checkpoint {
         path: path.display().to_string(),
@@ -606,7 +659,19 @@ impl Runner {
             .take(iterations)
             .map(|l| format!("{l}\n"))
             .collect();
-        write_atomically(&path, &kept)
+        write_atomically(&path, &kept)?;
+        self.write_metrics_csv()
+    }
+
+    /// Rewrites `metrics.csv` from `metrics.jsonl`.
+    fn write_metrics_csv(&self) -> Result<()> {
+        let path = self.dir.join(METRICS);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(&path, "reading", e)),
+        };
+        write_atomically(&self.dir.join(METRICS_CSV), &metrics_csv(&text))
     }
 
     fn append_metrics(&self, iteration: usize, metrics: &Metrics) -> Result<()> {
@@ -622,7 +687,9 @@ impl Runner {
             .append(true)
             .open(&path)
             .map_err(|e| io(&path, "opening", e))?;
-        writeln!(f, "{text}").map_err(|e| io(&path, "appending", e))
+        writeln!(f, "{text}").map_err(|e| io(&path, "appending", e))?;
+        drop(f);
+        self.write_metrics_csv()
     }
 
     /// Runs `job` on `model` until the configured number of iterations, a stop, or an error.
@@ -798,6 +865,19 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_csv_has_a_column_per_metric_and_quotes_what_needs_it() {
+        let jsonl = "{\"iteration\":1,\"loss\":0.5,\"kl\":1e-5}\n\
+                     not json\n\
+                     {\"iteration\":2,\"loss\":-0.25,\"eval_accuracy\":0.75,\"a,b\":\"x\\\"y\"}\n";
+        let csv = metrics_csv(jsonl);
+        assert_eq!(
+            csv,
+            "iteration,\"a,b\",eval_accuracy,kl,loss\n1,,,0.00001,0.5\n2,\"x\"\"y\",0.75,,-0.25\n"
+        );
+        assert_eq!(metrics_csv(""), "iteration\n");
+    }
     use crate::noise::{NoiseKey, noise_tensor};
     use burn::module::Param;
     use burn::tensor::{Device, Tensor};
@@ -1026,6 +1106,8 @@ mod tests {
             );
         }
         assert_eq!(bytes(a.join(METRICS)), bytes(b.join(METRICS)));
+        assert_eq!(bytes(a.join(METRICS_CSV)), bytes(b.join(METRICS_CSV)));
+        assert!(bytes(a.join(METRICS_CSV)).starts_with(b"iteration,"));
         assert_eq!(
             std::fs::read_to_string(a.join(METRICS))
                 .unwrap()
