@@ -418,6 +418,10 @@ pub struct TrainConfig {
     /// chunks whose gradients are accumulated, so the optimizer sees the same gradient with
     /// one chunk's activations in memory.
     pub train_micro_batch: usize,
+    /// Recompute memory-bound activations (norms, activations, element-wise ops) during the
+    /// backward pass instead of keeping them (burn's balanced gradient checkpointing): less
+    /// activation memory for more compute; the gradient is the same.
+    pub gradient_checkpointing: bool,
     /// The aesthetic predictor's head (safetensors) for `reward = "aesthetic"`.
     pub aesthetic_head: Option<PathBuf>,
 }
@@ -450,6 +454,7 @@ impl Default for TrainConfig {
             lora_init: None,
             rollout_batch: 0,
             train_micro_batch: 0,
+            gradient_checkpointing: false,
             lora: LoraSection::default(),
             runner: RunnerConfig {
                 iterations: 10,
@@ -497,6 +502,17 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(
 }
 
 impl TrainConfig {
+    /// The device the trainable model lives on: `device` with autodiff, and gradient
+    /// checkpointing when `gradient_checkpointing` is set.
+    pub fn train_device(&self, device: &burn::tensor::Device) -> burn::tensor::Device {
+        let d = device.clone().autodiff();
+        if self.gradient_checkpointing {
+            d.gradient_checkpointing()
+        } else {
+            d
+        }
+    }
+
     /// The configuration as a run records it in its `config.toml`: every file path absolute,
     /// so that `align export --run`, `align sample --run` and a rerun find the files from any
     /// directory.

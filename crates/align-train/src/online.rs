@@ -491,7 +491,7 @@ fn build_named_reward(
             Box::new(ShapeEvalReward::new(ShapeEvalMode::PartialCredit))
         }
         RewardName::Proxy => {
-            let (_, proxy) = ProxyReward::load(&config.reward_model, &device.clone().autodiff())
+            let (_, proxy) = ProxyReward::load(&config.reward_model, &config.train_device(device))
                 .map_err(|e| {
                     TrainError::config(
                         "reward_model",
@@ -737,7 +737,7 @@ pub fn train(
         });
     }
     // Loaded on the autodiff device: its LoRA factors are the trainable parameters.
-    let (model_config, model) = ShapesModel::load(&config.model, &device.clone().autodiff())?;
+    let (model_config, model) = ShapesModel::load(&config.model, &config.train_device(device))?;
     let wants_flow = matches!(
         config.algorithm,
         AlgorithmName::FlowGrpo | AlgorithmName::DenseGrpo

@@ -61,7 +61,8 @@ fn build_named_reward(
     name: RewardName,
     device: &Device,
 ) -> Result<Box<dyn Reward>> {
-    let device = device.clone().autodiff();
+    // On the training device (same gradient-checkpointing strategy as the images it scores).
+    let device = config.train_device(device);
     let clip = &config.reward_model;
     let named = |e: String| TrainError::config("reward_model", format!("{}: {e}", clip.display()));
     Ok(match name {
@@ -177,7 +178,7 @@ pub fn train_sd(
         Some(p) => read_prompts(p)?,
         None => prompts.clone(),
     };
-    let train_device = device.clone().autodiff();
+    let train_device = config.train_device(device);
     let sd = StableDiffusion::load(&config.model, &train_device)?;
     let size = if config.image_size == 0 {
         sd.default_image_size()
@@ -443,8 +444,8 @@ mod tests {
 mod micro_batch_tests {
     use super::*;
 
-    /// `rollout_batch` and `train_micro_batch` below the batch: the same rewards, loss and
-    /// ratio statistics as the all-at-once iteration (the gradient itself is compared in
+    /// `rollout_batch` and `train_micro_batch` below the batch, and gradient checkpointing:
+    /// the same rewards, loss and ratio statistics as the plain all-at-once iteration (the gradient itself is compared in
     /// `align-rl`'s `rollout_and_train_micro_batches_give_the_whole_batch_gradient`); a
     /// reward-backprop algorithm refuses `train_micro_batch` by name.
     #[test]
@@ -465,6 +466,15 @@ mod micro_batch_tests {
         };
         let whole = run("whole", 0, 0);
         let micro = run("micro", 1, 1);
+        let checkpointed = {
+            let mut c = super::tests_config(&dir);
+            c.out = dir.join("checkpointed");
+            c.runner.iterations = 1;
+            c.gradient_checkpointing = true;
+            crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
+            let text = std::fs::read_to_string(c.out.join("metrics.jsonl")).unwrap();
+            serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()
+        };
         // The second minibatch runs on the policy after the first AdamW step, whose
         // normalised update amplifies gradient rounding: its ratio statistic agrees to 1e-3.
         for (key, tol) in [
@@ -474,8 +484,14 @@ mod micro_batch_tests {
             ("policy_loss", 1e-6),
             ("max_ratio_deviation", 1e-3),
         ] {
-            let (a, b) = (whole[key].as_f64().unwrap(), micro[key].as_f64().unwrap());
-            assert!((a - b).abs() <= tol * (1.0 + a.abs()), "{key}: {a} vs {b}");
+            let a = whole[key].as_f64().unwrap();
+            for (name, other) in [("micro", &micro), ("checkpointed", &checkpointed)] {
+                let b = other[key].as_f64().unwrap();
+                assert!(
+                    (a - b).abs() <= tol * (1.0 + a.abs()),
+                    "{name} {key}: {a} vs {b}"
+                );
+            }
         }
         let mut c = super::tests_config(&dir);
         c.algorithm = AlgorithmName::Draft;
