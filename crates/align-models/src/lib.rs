@@ -14,6 +14,13 @@
 //! diffusers pipeline directory into a [`align_core::Denoiser`] on latents, so every algorithm
 //! of the workspace runs on it (docs/real-models.md).
 //!
+//! LoRA ([`apply_lora`], [`with_lora_scale`] for the adapters-off reference) goes to and from
+//! the files other tools use through [`lora_file`]: [`save_lora`] writes a PEFT adapter
+//! directory or diffusers' `pytorch_lora_weights.safetensors`, [`read_lora`] reads either
+//! (and the older `lora.down`/`lora.up` names) and [`apply_lora_weights`] attaches the read
+//! adapter to a model; [`sd::UNet2DCondition::save_weights`] writes merged weights in
+//! diffusers' layout.
+//!
 //! Configs follow burn's `XConfig` → `init(&device)` → `X::forward` pattern and have named
 //! presets: `tiny()` for tests, `small()` for the shipped Shapes-world models.
 //!

@@ -1,5 +1,5 @@
 //! External rewards: scorers that live outside Rust (a Python reward model, a VLM judge, a
-//! human-rating service), reached through a local **command** or a **loopback HTTP endpoint**.
+//! human-rating service), reached through a local **command** or an **HTTP endpoint**.
 //!
 //! Images are sent as 8-bit PNGs (`u = clamp((x + 1) · 127.5, 0, 255)` per channel, the
 //! quantisation of [`align_data::Image::to_rgb8`]) together with their prompts; the scorer

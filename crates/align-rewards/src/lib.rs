@@ -21,7 +21,8 @@
 //!   `R −= λ · q` subtracted on their raw scale. An ensemble is differentiable when all its
 //!   members and penalties are.
 //! - [`CommandReward`], [`HttpReward`]: scorers outside Rust, reached through a local program
-//!   or a loopback HTTP endpoint (PNGs + prompts in, `{"scores": [...]}` out), with timeouts.
+//!   or an HTTP service (PNGs + prompts in, `{"scores": [...]}` out; this machine unless asked
+//!   otherwise), with timeouts, batching and retries.
 //!
 //! [`HackingMonitor`] watches a run for reward hacking: proxy up while gold goes down, and
 //! same-prompt diversity collapse ([`same_prompt_diversity`]).

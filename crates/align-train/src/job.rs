@@ -62,7 +62,7 @@ pub struct OnlineTask<P: Pipeline> {
     pub sampler: Box<dyn Sampler + Send + Sync>,
     /// The shape `[C, h, w]` of one sample.
     pub sample_shape: [usize; 3],
-    /// Names of the layers the adapters attach to (`None` = [`LoraConfig`]'s default targets:
+    /// Names of the layers the adapters attach to (`None` = [`align_models::LoraConfig`]'s default targets:
     /// the attention and MLP projections `query`, `key`, `value`, `output`, `context_proj`,
     /// `ff_*`, `mlp_*`).
     pub lora_targets: Option<Vec<String>>,

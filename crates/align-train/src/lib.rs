@@ -21,11 +21,18 @@
 //!   Diffusion-KTO, DSPO, RWR, PFM) and [`pref_data`], the AI-feedback dataset it trains on.
 //! - [`shapes_eval`]: sampling and the exact ShapeEval evaluation of Shapes models;
 //!   [`win_rate`]: the paired gold win rate with its bootstrap interval.
+//! - [`trained`]: a finished run read back from its directory ([`load_run`]: the base model,
+//!   the same adapters, a checkpoint's weights or their average) and exported for other tools
+//!   ([`export_run`]: a PEFT adapter, diffusers' `pytorch_lora_weights.safetensors`, or merged
+//!   weights); [`adapt`]: how a run builds its policy and reference (fresh adapters, an adapter
+//!   file given as `lora_init`, or every parameter); [`reward_spec`]: the `reward` field (a
+//!   built-in reward, an HTTP service, a program, an ensemble with penalties).
 //! - [`Observer`]: how a front end follows a run (a progress bar, a log); [`Silent`] shows
 //!   nothing, [`PrintLines`] prints the news lines.
 //!
 //! Every job runs on [`align_core::Runner`]: its run directory holds atomic checkpoints
-//! (`checkpoint-NNNNNN/`, `LATEST`), `metrics.jsonl` (one row per iteration), `base.json`,
+//! (`checkpoint-NNNNNN/`, `LATEST`), `metrics.jsonl` and `metrics.csv` (one row per
+//! iteration), its `config.toml`, `base.json`,
 //! the grids and `report.json` / `report.md`; `resume` continues a run bit-identically. Errors
 //! are [`TrainError`]s naming the file, the field or the model.
 //!
