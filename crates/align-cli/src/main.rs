@@ -735,19 +735,45 @@ fn run(cli: Cli) -> Result<(), String> {
                     let trained =
                         align_train::load_run(&run, weights, &device).map_err(|e| e.to_string())?;
                     let file = trained.weights_file.clone();
-                    match trained.merged() {
+                    let align_train::TrainedRun {
+                        config: run_config,
+                        model: trained_model,
+                        weights_file,
+                    } = trained;
+                    // A Stable Diffusion run is measured with its adapters as the run's report
+                    // measured them (unmerged); a Shapes model is merged first.
+                    let trained_model = match trained_model {
+                        sd @ align_train::TrainedModel::Sd(_) => sd,
+                        shapes => align_train::TrainedRun {
+                            config: run_config.clone(),
+                            model: shapes,
+                            weights_file,
+                        }
+                        .merged(),
+                    };
+                    match trained_model {
                         align_train::TrainedModel::Shapes(config, m) => (
                             shapes_eval::eval_of(&config, &m, &set, seeds, options, &device)
                                 .map_err(|e| e.to_string())?,
                             file,
                         ),
-                        align_train::TrainedModel::Sd(_) => {
-                            return Err(format!(
-                                "eval --run: {} is a Stable Diffusion run; ShapeEval judges Shapes models \
-                                 (its reward before/after is in report.json; sample it with \
-                                 `align sample --run`)",
-                                run.display()
-                            ));
+                        align_train::TrainedModel::Sd(sd) => {
+                            let align_train::RunConfig::Train(config) = &run_config else {
+                                return Err(
+                                    "eval --run: a Stable Diffusion run of align train expected"
+                                        .into(),
+                                );
+                            };
+                            let (mean, images) = align_train::sd::evaluate_sd(config, &sd, &device)
+                                .map_err(|e| format!("eval --run: {e}"))?;
+                            println!(
+                                "mean {} reward of {} ({}): {mean:.4} over {images} images \
+                                 (deterministic DDIM, the run's evaluation prompts and seeds)",
+                                config.reward,
+                                run.display(),
+                                file.display()
+                            );
+                            return Ok(());
                         }
                     }
                 }

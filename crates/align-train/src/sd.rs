@@ -232,6 +232,61 @@ pub fn train_sd(
     train_pipeline(task, Box::new(evaluator), &config, resume, observer)
 }
 
+/// The mean evaluation reward of `sd`'s samples, measured as a run with `config` measures it
+/// before and after training (deterministic DDIM with `eval_steps`, `eval_seeds` seeds per
+/// evaluation prompt, the run's reward and guidance): what `align eval --run` prints for a
+/// Stable Diffusion run. Returns the mean and the number of images.
+///
+/// # Errors
+/// A missing prompt file or reward model, sampling or scoring failures.
+pub fn evaluate_sd(
+    config: &TrainConfig,
+    sd: &StableDiffusion,
+    device: &Device,
+) -> Result<(f64, usize)> {
+    let prompts = match (&config.eval_prompts, &config.prompts) {
+        (Some(p), _) | (None, Some(p)) => read_prompts(p)?,
+        (None, None) => {
+            return Err(TrainError::config(
+                "prompts",
+                "a Stable Diffusion run needs `prompts` (a file with one prompt per line)",
+            ));
+        }
+    };
+    let size = if config.image_size == 0 {
+        sd.default_image_size()
+    } else {
+        config.image_size
+    };
+    let shape = sd
+        .sample_shape(size)
+        .map_err(|e| TrainError::config("image_size", e.to_string()))?;
+    let sampler = sd
+        .scheduler
+        .ddim(
+            if config.eval_steps == 0 {
+                50
+            } else {
+                config.eval_steps
+            },
+            0.0,
+        )
+        .map_err(|e| TrainError::config("eval_steps", e.to_string()))?;
+    let evaluator = RewardEvaluator::new(
+        build_reward(config, device)?,
+        config.reward.to_string(),
+        prompts,
+        config.eval_seeds,
+        Box::new(sampler),
+        config.guidance,
+        shape,
+        0,
+        &config.out,
+    );
+    let (mean, images) = evaluator.measure(sd)?;
+    Ok((mean, images.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

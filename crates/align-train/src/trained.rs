@@ -447,7 +447,7 @@ mod tests {
         let device = align_core::test_device();
         let dir = temp("sd");
         let c = sd_config(&dir);
-        crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
+        let report = crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
         let recorded = read_run_config(&c.out).unwrap();
         // As given, paths absolute, and with the adapters-only checkpoints of SD runs.
         let mut expected_config = c.for_the_record();
@@ -457,6 +457,13 @@ mod tests {
         assert!(run.weights_file.ends_with("checkpoint-000002/model.bpk"));
         let trained = sd_model(run.model);
         let expected = unet_out(&trained);
+        // `align eval --run` measures the report's final evaluation again, exactly.
+        let RunConfig::Train(rc) = &recorded else {
+            panic!("a train run")
+        };
+        let (mean, images) = crate::sd::evaluate_sd(rc, &trained, &device).unwrap();
+        assert_eq!(images, 2);
+        assert_eq!(mean, report.eval_reward.clone().unwrap().final_);
         let base = StableDiffusion::load(&fixtures_dir().join("sd-tiny"), &device).unwrap();
         let moved = max_relative_error(&expected, &unet_out(&base)).unwrap();
         assert!(moved > 1e-4, "the run must have moved the UNet: {moved}");
