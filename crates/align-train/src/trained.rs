@@ -675,4 +675,35 @@ mod tests {
         assert!(err.contains("merged"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// `config.toml` tells an `align train` run from an `align pref-train` one, and refuses a
+    /// file that is neither, naming it.
+    #[test]
+    fn run_configs_of_both_jobs_read_back() {
+        let dir = temp("configs");
+        let pref = PrefConfig {
+            model: crate::test_model_dir("shapes-unet"),
+            lora_init: Some(dir.join("adapter")),
+            ..PrefConfig::default()
+        };
+        crate::adapt::write_run_config(&pref.for_the_record(), "align pref-train", &dir).unwrap();
+        let RunConfig::Pref(read) = read_run_config(&dir).unwrap() else {
+            panic!("a preference run")
+        };
+        assert_eq!(*read, pref.for_the_record());
+        assert!(read.model.is_absolute() && read.lora_init.unwrap().is_absolute());
+        let train = TrainConfig::default();
+        crate::adapt::write_run_config(&train, "align train", &dir).unwrap();
+        assert!(matches!(
+            read_run_config(&dir).unwrap(),
+            RunConfig::Train(_)
+        ));
+        std::fs::write(dir.join(RUN_CONFIG), "algorithm = 3\n").unwrap();
+        let err = read_run_config(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("config.toml") && err.contains("neither"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
