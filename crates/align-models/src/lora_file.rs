@@ -744,7 +744,6 @@ mod tests {
     use crate::StableDiffusion;
     use crate::hf::{fixtures_dir, max_relative_error, read_safetensors};
     use burn::prelude::*;
-    use burn::tensor::Distribution;
 
     fn device() -> Device {
         align_core::test_device()
@@ -763,16 +762,29 @@ mod tests {
     /// The tiny UNet with rank-4, α = 8 adapters on the attention projections whose `B`
     /// factors are random too (a fresh adapter's `B = 0` would hide a wrong layout).
     fn adapted() -> (StableDiffusion, LoraWeights) {
-        let d = device();
         let config = LoraConfig::new()
             .with_rank(4)
             .with_alpha(8.0)
             .with_targets(StableDiffusion::lora_targets());
         let model = crate::apply_lora(sd(), &config).unwrap();
         let mut weights = lora_weights(&model, 8.0).unwrap();
+        // Deterministic factors from a hash of the position (the device RNG is shared by the
+        // tests running in parallel), uniform in [−0.3, 0.3].
+        let mut k = 0u64;
+        let mut values = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    k += 1;
+                    let h = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+                    (h as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+                })
+                .collect();
+            TensorData::new(v, shape.to_vec())
+        };
         for f in weights.factors.values_mut() {
-            let dims: [usize; 2] = f.b.shape().dims();
-            f.b = Tensor::<2>::random(dims, Distribution::Normal(0.0, 0.3), &d).into_data();
+            f.a = values(&f.a.shape().to_vec());
+            f.b = values(&f.b.shape().to_vec());
         }
         (apply_lora_weights(sd(), &weights).unwrap(), weights)
     }
@@ -865,7 +877,7 @@ mod tests {
     fn half_precision_exports_read_back_within_rounding() {
         let (model, weights) = adapted();
         let expected = unet_out(&model);
-        for (dtype, tol) in [(WeightDtype::F16, 1e-3), (WeightDtype::Bf16, 3e-2)] {
+        for (dtype, tol) in [(WeightDtype::F16, 1e-3), (WeightDtype::Bf16, 1e-2)] {
             let dir = temp(&format!("{dtype:?}"));
             let files = save_lora(&weights, &SdUnetNaming, LoraFormat::Peft, dtype, &dir).unwrap();
             let bytes = std::fs::read(&files[0]).unwrap();
@@ -878,6 +890,7 @@ mod tests {
             let read = read_lora(&files[0], &SdUnetNaming).unwrap();
             let out = unet_out(&apply_lora_weights(sd(), &read).unwrap());
             let err = max_relative_error(&out, &expected).unwrap();
+            eprintln!("{dtype:?}: relative error {err:.2e}");
             assert!(err < tol && err > 0.0, "{dtype:?}: {err}");
             let _ = std::fs::remove_dir_all(&dir);
         }

@@ -507,16 +507,14 @@ mod tests {
         }
     }
 
-    /// `align train` on a Shapes model rewarded by an HTTP service from the TOML: the batch
-    /// reward in `metrics.jsonl` is the mean of what the service answered (it scores image
-    /// `i` of each request `i`; `batch = 3` sends the 4 images as 3 + 1, so the mean is 0.75).
-    #[test]
-    fn a_run_is_rewarded_by_an_http_service() {
+    /// A loopback scoring service: request `k` (from 0) is answered with scores 0, 1, 2, …
+    /// while `ok(k)`, else with HTTP 500. Returns the port.
+    fn scoring_service(ok: impl Fn(usize) -> bool + Send + 'static) -> u16 {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
+            for (k, stream) in listener.incoming().enumerate() {
                 let Ok(mut s) = stream else { return };
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 65536];
@@ -542,6 +540,13 @@ mod tests {
                         break buf[i + 4..].to_vec();
                     }
                 };
+                if !ok(k) {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\ndown"
+                    );
+                    continue;
+                }
                 let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 let n = req["images_png_base64"].as_array().unwrap().len();
                 let scores: Vec<f64> = (0..n).map(|i| i as f64).collect();
@@ -553,16 +558,58 @@ mod tests {
                 );
             }
         });
-        let dir = std::env::temp_dir().join(format!("align-http-run-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        port
+    }
+
+    fn http_run_config(port: u16, dir: &std::path::Path, iterations: usize) -> TrainConfig {
         let text = format!(
             "model = \"{}\"\nout = \"{}\"\nprompts_per_iteration = 2\ngroup_size = 2\n\
              train_steps = 2\neval_steps = 2\nreward = {{ http = \"http://127.0.0.1:{port}/score\", batch = 3 }}\n\
-             [runner]\niterations = 1\n",
+             [runner]\niterations = {iterations}\n",
             crate::test_model_dir("shapes-flow-unet").display(),
             dir.display()
         );
-        let c: TrainConfig = toml::from_str(&text).unwrap();
+        toml::from_str(&text).unwrap()
+    }
+
+    /// A scoring service that goes down in the middle of a run stops it with an error naming
+    /// the URL and the answer, before the iteration's update: the last checkpoint is intact
+    /// and the run resumes from it once the service is back.
+    #[test]
+    fn a_failing_service_stops_the_run_and_loses_nothing() {
+        let dir = std::env::temp_dir().join(format!("align-http-down-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let device = align_core::test_device();
+        // Iteration 1 sends requests 0 and 1 (batch 3 of 4 images); then the service is down.
+        let port = scoring_service(|k| k < 2);
+        let c = http_run_config(port, &dir, 2);
+        let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HTTP 500") && err.contains(&port.to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("LATEST")).unwrap().trim(),
+            "checkpoint-000001"
+        );
+        let rows = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        assert_eq!(rows.lines().count(), 1, "{rows}");
+        let port = scoring_service(|_| true);
+        let c = http_run_config(port, &dir, 2);
+        let report = crate::online::train(&c, true, &crate::observer::silent(), &device).unwrap();
+        assert_eq!(report.iterations, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    /// `align train` on a Shapes model rewarded by an HTTP service from the TOML: the batch
+    /// reward in `metrics.jsonl` is the mean of what the service answered (it scores image
+    /// `i` of each request `i`; `batch = 3` sends the 4 images as 3 + 1, so the mean is 0.75).
+    #[test]
+    fn a_run_is_rewarded_by_an_http_service() {
+        let dir = std::env::temp_dir().join(format!("align-http-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = http_run_config(scoring_service(|_| true), &dir, 1);
         let device = align_core::test_device();
         crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
         let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
