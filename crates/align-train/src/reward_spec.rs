@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RewardName;
 use crate::error::{Result, TrainError};
+use crate::evaluator::SharedReward;
 
 /// What the run is rewarded by (the `reward` field).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,43 +323,17 @@ impl RewardSpec {
                 let mut ensemble = Ensemble::new(normalize, aggregate).map_err(bad)?;
                 for m in &e.ensemble {
                     ensemble = ensemble
-                        .member(Boxed(m.reward.build(named)?), m.weight)
+                        .member(SharedReward::new(m.reward.build(named)?), m.weight)
                         .map_err(bad)?;
                 }
                 for p in &e.penalties {
                     ensemble = ensemble
-                        .penalty(Boxed(p.reward.build(named)?), p.coef)
+                        .penalty(SharedReward::new(p.reward.build(named)?), p.coef)
                         .map_err(bad)?;
                 }
                 Box::new(ensemble)
             }
         })
-    }
-}
-
-/// A boxed reward as a `Reward` value (the ensemble takes members by value).
-struct Boxed(Box<dyn Reward>);
-
-impl Reward for Boxed {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn scale(&self) -> &str {
-        self.0.scale()
-    }
-    fn score(
-        &self,
-        images: &burn::tensor::Tensor<4>,
-        prompts: &[String],
-    ) -> align_rewards::Result<Vec<f64>> {
-        self.0.score(images, prompts)
-    }
-    fn score_differentiable(
-        &self,
-        images: burn::tensor::Tensor<4>,
-        prompts: &[String],
-    ) -> Option<align_rewards::Result<burn::tensor::Tensor<1>>> {
-        self.0.score_differentiable(images, prompts)
     }
 }
 

@@ -290,35 +290,12 @@ pub fn evaluate_sd(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use align_models::hf::fixtures_dir;
 
     fn config(dir: &Path) -> TrainConfig {
-        let prompts = dir.join("prompts.txt");
-        std::fs::write(
-            &prompts,
-            "# training prompts\ntwo red circles\n\na photo of a cat\n",
-        )
-        .unwrap();
-        let clip = fixtures_dir().join("clip-tiny");
-        let mut c = TrainConfig {
-            algorithm: AlgorithmName::DdpoIs,
-            model: fixtures_dir().join("sd-tiny"),
-            out: dir.join("run"),
-            reward: RewardName::Aesthetic.into(),
-            reward_model: clip.clone(),
-            aesthetic_head: Some(clip.join("aesthetic/model.safetensors")),
-            prompts: Some(prompts),
-            image_size: 16,
-            prompts_per_iteration: 2,
-            group_size: 2,
-            train_steps: 3,
-            noise_level: 1.0,
-            guidance: 5.0,
+        TrainConfig {
             eval_steps: 3,
-            ..TrainConfig::default()
-        };
-        c.runner.iterations = 2;
-        c
+            ..super::tests_config(dir)
+        }
     }
 
     /// DDPO-IS for two iterations on the tiny SD fixture toward the CLIP aesthetic predictor:
@@ -560,11 +537,16 @@ mod micro_batch_tests {
     }
 }
 
-/// The tiny-fixture configuration of this module's tests.
+/// The tiny-fixture configuration of the Stable Diffusion job's tests: DDPO-IS toward the
+/// tiny aesthetic predictor, 2 prompts × 2 samples, 16×16 pixels, 3 DDIM steps, 2 iterations.
 #[cfg(test)]
-fn tests_config(dir: &Path) -> TrainConfig {
+pub(crate) fn tests_config(dir: &Path) -> TrainConfig {
     let prompts = dir.join("prompts.txt");
-    std::fs::write(&prompts, "two red circles\na photo of a cat\n").unwrap();
+    std::fs::write(
+        &prompts,
+        "# training prompts\ntwo red circles\n\na photo of a cat\n",
+    )
+    .unwrap();
     let clip = align_models::hf::fixtures_dir().join("clip-tiny");
     let mut c = TrainConfig {
         algorithm: AlgorithmName::DdpoIs,

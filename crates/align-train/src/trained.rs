@@ -377,7 +377,6 @@ pub fn export_run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AlgorithmName, RewardName};
     use align_models::hf::{fixtures_dir, max_relative_error, read_safetensors};
     use burn::prelude::*;
 
@@ -401,30 +400,13 @@ mod tests {
             .into_data()
     }
 
+    /// The SD job's test configuration with rank-4, α = 8 adapters and a high learning rate,
+    /// so that two iterations move the UNet visibly.
     fn sd_config(dir: &Path) -> TrainConfig {
-        let prompts = dir.join("prompts.txt");
-        std::fs::write(&prompts, "two red circles\na photo of a cat\n").unwrap();
-        let clip = fixtures_dir().join("clip-tiny");
-        let mut c = TrainConfig {
-            algorithm: AlgorithmName::DdpoIs,
-            model: fixtures_dir().join("sd-tiny"),
-            out: dir.join("run"),
-            reward: RewardName::Aesthetic.into(),
-            reward_model: clip.clone(),
-            aesthetic_head: Some(clip.join("aesthetic/model.safetensors")),
-            prompts: Some(prompts),
-            image_size: 16,
-            prompts_per_iteration: 2,
-            group_size: 2,
-            train_steps: 3,
-            noise_level: 1.0,
-            guidance: 5.0,
-            eval_steps: 2,
-            ..TrainConfig::default()
-        };
+        let mut c = crate::sd::tests_config(dir);
+        c.eval_steps = 2;
         c.lora.rank = 4;
         c.lora.alpha = 8.0;
-        c.runner.iterations = 2;
         c.runner.learning_rate = 1e-2;
         c
     }
