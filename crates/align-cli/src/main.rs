@@ -650,29 +650,36 @@ fn run(cli: Cli) -> Result<(), String> {
             seed,
             out,
         } => {
+            let sd_options = sd_cmd::SdSampleOptions {
+                n,
+                steps: if steps == 0 { 50 } else { steps },
+                guidance: guidance.unwrap_or(7.5),
+                eta,
+                size,
+                seed,
+            };
+            let shapes_options = align_train::SampleOptions {
+                steps,
+                guidance: guidance.unwrap_or(3.0),
+            };
             if let Some(run) = run {
                 let weights = align_train::Weights { checkpoint, no_ema };
                 let trained =
                     align_train::load_run(&run, weights, &device).map_err(|e| e.to_string())?;
                 match trained.merged() {
                     align_train::TrainedModel::Sd(sd) => {
-                        let options = sd_cmd::SdSampleOptions {
-                            n,
-                            steps: if steps == 0 { 50 } else { steps },
-                            guidance: guidance.unwrap_or(7.5),
-                            eta,
-                            size,
-                            seed,
-                        };
-                        sd_cmd::sample_from(*sd, &prompt, &out, &options)?;
+                        sd_cmd::sample_from(*sd, &prompt, &out, &sd_options)?;
                     }
                     align_train::TrainedModel::Shapes(config, model) => {
-                        let options = align_train::SampleOptions {
-                            steps,
-                            guidance: guidance.unwrap_or(3.0),
-                        };
                         shapes_eval::sample_grid_of(
-                            &config, &model, &prompt, n, &out, options, seed, &device,
+                            &config,
+                            &model,
+                            &prompt,
+                            n,
+                            &out,
+                            shapes_options,
+                            seed,
+                            &device,
                         )
                         .map_err(|e| e.to_string())?;
                     }
@@ -682,22 +689,10 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             match (model, sd) {
                 (_, Some(dir)) => {
-                    let options = sd_cmd::SdSampleOptions {
-                        n,
-                        steps: if steps == 0 { 50 } else { steps },
-                        guidance: guidance.unwrap_or(7.5),
-                        eta,
-                        size,
-                        seed,
-                    };
-                    sd_cmd::sample(&dir, &prompt, &out, &options, &device)?;
+                    sd_cmd::sample(&dir, &prompt, &out, &sd_options, &device)?;
                 }
                 (Some(model), None) => {
-                    let options = align_train::SampleOptions {
-                        steps,
-                        guidance: guidance.unwrap_or(3.0),
-                    };
-                    sample_shapes(&model, &prompt, n, &out, options, seed, &device)?;
+                    sample_shapes(&model, &prompt, n, &out, shapes_options, seed, &device)?;
                 }
                 (None, None) => return Err("give --model or --sd".into()),
             }

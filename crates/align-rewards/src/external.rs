@@ -602,33 +602,42 @@ print(json.dumps({"scores": out}))
         );
     }
 
+    /// Reads one HTTP request from `s` and returns its body (`Content-Length` bytes after the
+    /// header; empty if the client goes away).
+    fn read_request(s: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                return Vec::new();
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                while buf.len() < i + 4 + len {
+                    let n = s.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                return buf[i + 4..].to_vec();
+            }
+        }
+    }
+
     /// Serves one connection: reads the request, answers with `reply(body)`.
     fn serve_once(reply: impl FnOnce(Vec<u8>) -> Option<String> + Send + 'static) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let body = loop {
-                let n = s.read(&mut chunk).unwrap();
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .unwrap()
-                        .trim()
-                        .parse()
-                        .unwrap();
-                    while buf.len() < i + 4 + len {
-                        let n = s.read(&mut chunk).unwrap();
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    break buf[i + 4..i + 4 + len].to_vec();
-                }
-            };
+            let body = read_request(&mut s);
             match reply(body) {
                 Some(response) => {
                     let _ = s.write_all(response.as_bytes());
@@ -765,30 +774,7 @@ print(json.dumps({"scores": out}))
                 let log = log.clone();
                 // Each connection on its own thread: a slow answer does not hold the next.
                 std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let body = loop {
-                        let n = s.read(&mut chunk).unwrap_or(0);
-                        if n == 0 {
-                            break Vec::new();
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
-                            let len: usize = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                            while buf.len() < i + 4 + len {
-                                let n = s.read(&mut chunk).unwrap_or(0);
-                                if n == 0 {
-                                    break;
-                                }
-                                buf.extend_from_slice(&chunk[..n]);
-                            }
-                            break buf[i + 4..].to_vec();
-                        }
-                    };
+                    let body = read_request(&mut s);
                     let images = serde_json::from_slice::<serde_json::Value>(&body)
                         .ok()
                         .and_then(|v| v["images_png_base64"].as_array().map(Vec::len))

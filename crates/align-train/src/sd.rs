@@ -180,29 +180,11 @@ pub fn train_sd(
     };
     let train_device = config.train_device(device);
     let sd = StableDiffusion::load(&config.model, &train_device)?;
-    let size = if config.image_size == 0 {
-        sd.default_image_size()
-    } else {
-        config.image_size
-    };
-    let shape = sd
-        .sample_shape(size)
-        .map_err(|e| TrainError::config("image_size", e.to_string()))?;
+    let (shape, eval_sampler) = eval_settings(config, &sd)?;
     let sampler = sd
         .scheduler
         .ddim(config.train_steps, config.noise_level)
         .map_err(|e| TrainError::config("train_steps", e.to_string()))?;
-    let eval_sampler = sd
-        .scheduler
-        .ddim(
-            if config.eval_steps == 0 {
-                50
-            } else {
-                config.eval_steps
-            },
-            0.0,
-        )
-        .map_err(|e| TrainError::config("eval_steps", e.to_string()))?;
     // The frozen pipeline (4.3 GB for SD 1.5) is not copied into every checkpoint: a resumed
     // run reloads it from `model`.
     let mut config = config.clone();
@@ -232,6 +214,32 @@ pub fn train_sd(
     train_pipeline(task, Box::new(evaluator), &config, resume, observer)
 }
 
+/// The latent shape of the run's images (`image_size`, 0 = the model's default) and the
+/// deterministic DDIM sampler of its evaluations (`eval_steps`, 0 = 50).
+fn eval_settings(
+    config: &TrainConfig,
+    sd: &StableDiffusion,
+) -> Result<([usize; 3], align_samplers::DdimSampler)> {
+    let size = if config.image_size == 0 {
+        sd.default_image_size()
+    } else {
+        config.image_size
+    };
+    let shape = sd
+        .sample_shape(size)
+        .map_err(|e| TrainError::config("image_size", e.to_string()))?;
+    let steps = if config.eval_steps == 0 {
+        50
+    } else {
+        config.eval_steps
+    };
+    let sampler = sd
+        .scheduler
+        .ddim(steps, 0.0)
+        .map_err(|e| TrainError::config("eval_steps", e.to_string()))?;
+    Ok((shape, sampler))
+}
+
 /// The mean evaluation reward of `sd`'s samples, measured as a run with `config` measures it
 /// before and after training (deterministic DDIM with `eval_steps`, `eval_seeds` seeds per
 /// evaluation prompt, the run's reward and guidance): what `align eval --run` prints for a
@@ -253,25 +261,7 @@ pub fn evaluate_sd(
             ));
         }
     };
-    let size = if config.image_size == 0 {
-        sd.default_image_size()
-    } else {
-        config.image_size
-    };
-    let shape = sd
-        .sample_shape(size)
-        .map_err(|e| TrainError::config("image_size", e.to_string()))?;
-    let sampler = sd
-        .scheduler
-        .ddim(
-            if config.eval_steps == 0 {
-                50
-            } else {
-                config.eval_steps
-            },
-            0.0,
-        )
-        .map_err(|e| TrainError::config("eval_steps", e.to_string()))?;
+    let (shape, sampler) = eval_settings(config, sd)?;
     let evaluator = RewardEvaluator::new(
         build_reward(config, device)?,
         config.reward.to_string(),
