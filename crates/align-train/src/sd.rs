@@ -476,27 +476,49 @@ mod micro_batch_tests {
         let dir = std::env::temp_dir().join(format!("align-sd-micro-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let run = |name: &str, rollout_batch: usize, train_micro_batch: usize| {
+        // Fresh adapters draw their A factors from the device RNG, which the tests running in
+        // parallel share: every run starts from one adapter file with fixed factors instead.
+        let sd = StableDiffusion::load(&align_models::hf::fixtures_dir().join("sd-tiny"), &device)
+            .unwrap();
+        let lora = align_models::LoraConfig::new()
+            .with_rank(4)
+            .with_targets(StableDiffusion::lora_targets());
+        let mut weights =
+            align_models::lora_weights(&align_models::apply_lora(sd, &lora).unwrap(), 4.0).unwrap();
+        for (i, f) in weights.factors.values_mut().enumerate() {
+            for (j, t) in [&mut f.a, &mut f.b].into_iter().enumerate() {
+                let shape = t.shape().to_vec();
+                let n: usize = shape.iter().product();
+                let v: Vec<f32> = (0..n)
+                    .map(|k| (((i * 31 + j * 17 + k * 7) % 23) as f32 / 23.0 - 0.5) * 0.2)
+                    .collect();
+                *t = burn::tensor::TensorData::new(v, shape);
+            }
+        }
+        let adapter = dir.join("adapter");
+        align_models::save_lora(
+            &weights,
+            &align_models::SdUnetNaming,
+            align_models::LoraFormat::Peft,
+            align_models::WeightDtype::F32,
+            &adapter,
+        )
+        .unwrap();
+        let run = |name: &str, rollout_batch: usize, train_micro_batch: usize, checkpointing| {
             let mut c = super::tests_config(&dir);
             c.out = dir.join(name);
             c.runner.iterations = 1;
+            c.lora_init = Some(adapter.clone());
             c.rollout_batch = rollout_batch;
             c.train_micro_batch = train_micro_batch;
+            c.gradient_checkpointing = checkpointing;
             crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
             let text = std::fs::read_to_string(c.out.join("metrics.jsonl")).unwrap();
             serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()
         };
-        let whole = run("whole", 0, 0);
-        let micro = run("micro", 1, 1);
-        let checkpointed = {
-            let mut c = super::tests_config(&dir);
-            c.out = dir.join("checkpointed");
-            c.runner.iterations = 1;
-            c.gradient_checkpointing = true;
-            crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
-            let text = std::fs::read_to_string(c.out.join("metrics.jsonl")).unwrap();
-            serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()
-        };
+        let whole = run("whole", 0, 0, false);
+        let micro = run("micro", 1, 1, false);
+        let checkpointed = run("checkpointed", 0, 0, true);
         // The second minibatch runs on the policy after the first AdamW step, whose
         // normalised update amplifies gradient rounding: its ratio statistic agrees to 1e-3.
         for (key, tol) in [
