@@ -197,7 +197,8 @@ enum Command {
         #[arg(long, required_unless_present_any = ["sd", "run"], conflicts_with_all = ["sd", "run"])]
         model: Option<PathBuf>,
         /// A run directory of `align train` / `align pref-train`: sample its trained model
-        /// (the newest checkpoint, its weight average where the run kept one).
+        /// (the newest checkpoint, its weight average where the run kept one); a Stable
+        /// Diffusion run's image size and guidance unless `--size` / `--guidance` are given.
         #[arg(long, conflicts_with = "sd")]
         run: Option<PathBuf>,
         /// With `--run`: this checkpoint's iteration instead of the newest.
@@ -241,8 +242,11 @@ enum Command {
         /// Model directory.
         #[arg(long, required_unless_present = "run", conflicts_with = "run")]
         model: Option<PathBuf>,
-        /// A Shapes run directory of `align train` / `align pref-train`: evaluate its trained
-        /// model (the newest checkpoint, its weight average where the run kept one).
+        /// A run directory of `align train` / `align pref-train`: evaluate its trained model
+        /// (the newest checkpoint, its weight average where the run kept one). A Shapes run
+        /// gets ShapeEval with the options below; a Stable Diffusion run its own evaluation
+        /// again (its reward, evaluation prompts, seeds, steps and guidance: the options below
+        /// do not apply).
         #[arg(long)]
         run: Option<PathBuf>,
         /// With `--run`: this checkpoint's iteration instead of the newest.
@@ -666,6 +670,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 let weights = align_train::Weights { checkpoint, no_ema };
                 let trained =
                     align_train::load_run(&run, weights, &device).map_err(|e| e.to_string())?;
+                // A Stable Diffusion run's image size and guidance unless given.
+                let mut sd_options = sd_options;
+                if let align_train::RunConfig::Train(c) = &trained.config {
+                    if size == 0 {
+                        sd_options.size = c.image_size;
+                    }
+                    if guidance.is_none() {
+                        sd_options.guidance = c.guidance;
+                    }
+                }
                 match trained.merged() {
                     align_train::TrainedModel::Sd(sd) => {
                         sd_cmd::sample_from(*sd, &prompt, &out, &sd_options)?;

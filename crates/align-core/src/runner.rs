@@ -445,7 +445,7 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const METRICS_CSV: &str = "metrics.csv";
 
 /// `metrics.jsonl` as CSV: a header of every key (`iteration` first, then the others in
-/// alphabetical order), one row per line, numbers as JSON wrote them, empty cells for
+/// alphabetical order), one row per line, numbers as `serde_json` prints them, empty cells for
 /// missing keys; cells with commas, quotes or line breaks are quoted. Lines that are not JSON
 /// objects are skipped.
 pub fn metrics_csv(jsonl: &str) -> String {

@@ -78,13 +78,27 @@ pub fn apply_lora_exact<M: Module>(model: M, config: &LoraConfig) -> Result<M> {
     }
     let group = ParamGroup::from_paths(config.targets.clone());
     let adapted = model.apply_lora(Lora::new(config.rank, config.alpha).set_param_group(group));
-    let found = lora_factor_count(&adapted) / 2;
-    if found != config.targets.len() {
+    use burn::store::{ModuleSnapshot, PathFilter};
+    let adapted_paths: std::collections::BTreeSet<String> = adapted
+        .collect(
+            Some(PathFilter::new().with_regex(r"\.lora\.a$")),
+            None,
+            false,
+        )
+        .into_iter()
+        .filter_map(|t| t.name.strip_suffix(".lora.a").map(str::to_string))
+        .collect();
+    let missing: Vec<&String> = config
+        .targets
+        .iter()
+        .filter(|t| !adapted_paths.contains(*t))
+        .collect();
+    if !missing.is_empty() {
         return Err(ModelError::config(
             "lora.targets",
             format!(
-                "{} of the {} weights named are not rank-2 weights of the model",
-                config.targets.len() - found,
+                "{} of the {} weights named are not rank-2 weights of the model: {missing:?}",
+                missing.len(),
                 config.targets.len()
             ),
         ));

@@ -337,8 +337,9 @@ pub struct PeftAdapterConfig {
     pub r: usize,
     /// Scale numerator.
     pub lora_alpha: f64,
-    /// The adapted modules (full names).
-    pub target_modules: Vec<String>,
+    /// The adapted modules: full names, or (as PEFT also accepts) one regular expression.
+    /// Informational here: the factors' names say which modules are adapted.
+    pub target_modules: TargetModules,
     /// Dropout on the adapter input (0: none).
     #[serde(default)]
     pub lora_dropout: f64,
@@ -379,6 +380,16 @@ fn none() -> String {
 }
 fn yes() -> serde_json::Value {
     serde_json::Value::Bool(true)
+}
+
+/// `target_modules` of a PEFT config: a list of names, or a regular expression.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    /// Module names (or name suffixes).
+    List(Vec<String>),
+    /// A regular expression matched against full module names.
+    Pattern(String),
 }
 
 /// The file name of a PEFT adapter's weights.
@@ -430,7 +441,7 @@ pub fn save_lora(
         peft_type: "LORA".into(),
         r: weights.rank,
         lora_alpha: weights.alpha,
-        target_modules: modules,
+        target_modules: TargetModules::List(modules),
         lora_dropout: 0.0,
         bias: none(),
         use_rslora: false,
@@ -519,10 +530,16 @@ pub fn read_lora(path: &Path, naming: &dyn LoraNaming) -> Result<LoraWeights> {
     let tensors = crate::hf::read_safetensors(&file)?;
     // α: the adapter config beside the file, else diffusers' header metadata, else `.alpha`
     // tensors, else r.
+    // A diffusers file carries its own α in its header; an `adapter_config.json` beside it
+    // belongs to another file. A PEFT weights file's α is in the config beside it.
     let config_file = file.with_file_name(PEFT_CONFIG);
+    let header_meta = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(DIFFUSERS_METADATA_KEY));
     let mut config: Option<PeftAdapterConfig> = None;
     let mut config_source = file.clone();
-    if config_file.is_file() {
+    if config_file.is_file() && header_meta.is_none() {
         config = Some(crate::hf::read_config(&config_file)?);
         config_source = config_file.clone();
     } else if let Some(meta) = header
@@ -576,6 +593,15 @@ pub fn read_lora(path: &Path, naming: &dyn LoraNaming) -> Result<LoraWeights> {
                 format!(
                     "`{name}` is a Kohya (sd-scripts) LoRA name; convert the file to the \
                      diffusers or PEFT layout first"
+                ),
+            ));
+        }
+        if name.starts_with("text_encoder.") || name.starts_with("text_encoder_2.") {
+            return Err(file_error(
+                &file,
+                format!(
+                    "`{name}` adapts the text encoder; align trains and loads UNet adapters \
+                     only (remove the text_encoder factors from the file)"
                 ),
             ));
         }
@@ -1003,9 +1029,13 @@ mod tests {
         // An adapter for weights the model does not have.
         let mut other = weights.clone();
         let (k, v) = other.factors.pop_first().unwrap();
-        other.factors.insert(k.replace("attn1", "attn9"), v);
+        other.factors.insert(k.replace("attn1", "attn9"), v.clone());
+        let missing = k.replace("attn1", "attn9");
         let err = apply_lora_weights(sd(), &other).unwrap_err().to_string();
-        assert!(err.contains("lora"), "{err}");
+        assert!(
+            err.contains(&missing) && err.starts_with("invalid model configuration `lora.targets`"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

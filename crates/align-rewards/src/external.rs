@@ -266,6 +266,7 @@ pub struct HttpReward {
     timeout: Duration,
     batch: usize,
     retries: u32,
+    remote: bool,
 }
 
 /// Whether `host` (as written in a URL) is this machine.
@@ -280,13 +281,15 @@ fn is_loopback(host: &str) -> bool {
 impl HttpReward {
     /// A reward that POSTs to `url` on this machine (`http://127.0.0.1:PORT/path`,
     /// `http://localhost:PORT/path`, `http://[::1]:PORT/path`), named `"external_http"`, with
-    /// a 30 s timeout per request, the whole batch in one request and no retries.
+    /// a 30 s timeout per request, the whole batch in one request and no retries. Proxy
+    /// settings of the environment are ignored: the connection stays on the machine.
     ///
     /// # Errors
     /// [`RewardError::Config`] for a URL that does not parse, is not `http://`, or names a
     /// host other than the loopback (use [`HttpReward::remote`] for those).
     pub fn new(url: &str) -> Result<Self> {
-        let reward = Self::remote(url)?;
+        let mut reward = Self::remote(url)?;
+        reward.remote = false;
         let uri: ureq::http::Uri = url
             .parse()
             .map_err(|e| RewardError::config("url", format!("`{url}`: {e}")))?;
@@ -303,8 +306,9 @@ impl HttpReward {
     }
 
     /// A reward that POSTs to `url` on any host: `http://`, or `https://` when `align-rewards`
-    /// is built with its `tls` feature. The images leave the machine: use it for a scorer you
-    /// run or trust.
+    /// is built with its `tls` feature, through the proxy `ALL_PROXY` / `HTTPS_PROXY` /
+    /// `HTTP_PROXY` name if any (`NO_PROXY` honoured). The images leave the machine: use it for
+    /// a scorer you run or trust.
     ///
     /// # Errors
     /// [`RewardError::Config`] for a URL that does not parse or whose scheme is not supported.
@@ -352,6 +356,7 @@ impl HttpReward {
             timeout: Duration::from_secs(30),
             batch: 0,
             retries: 0,
+            remote: true,
         })
     }
 
@@ -390,7 +395,15 @@ impl HttpReward {
 
     /// Sends `body` once; `Err((retryable, reason))`.
     fn post_once(&self, body: &[u8]) -> std::result::Result<Vec<u8>, (bool, String)> {
+        // A loopback scorer is reached directly, whatever `HTTP_PROXY` / `ALL_PROXY` say: the
+        // images must not leave the machine through a proxy. A remote one honours them.
+        let proxy = if self.remote {
+            ureq::Proxy::try_from_env()
+        } else {
+            None
+        };
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .proxy(proxy)
             .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
             .max_redirects(0)
@@ -490,7 +503,14 @@ impl Reward for HttpReward {
             })
             .to_string();
             let body = self.post(request.as_bytes())?;
-            scores.extend(parse_scores(&self.name, &body, end - start)?);
+            let part = parse_scores(&self.name, &body, end - start).map_err(|e| match e {
+                RewardError::External { reward, reason } => RewardError::External {
+                    reward,
+                    reason: format!("{} (images {start}..{end}): {reason}", self.url),
+                },
+                other => other,
+            })?;
+            scores.extend(part);
         }
         Ok(scores)
     }

@@ -96,26 +96,108 @@ pub fn policy_and_reference<M: Module>(
 /// The file a run's configuration is kept in, in its run directory.
 pub const RUN_CONFIG: &str = "config.toml";
 
+/// The fields that decide which model a run trains: a resumed run must keep them.
+const MODEL_FIELDS: [&str; 4] = ["model", "finetune", "lora", "lora_init"];
+
 /// Writes `config` (any `align` config) as `config.toml` in the run directory `out`
-/// (atomically), so that the run can be exported, sampled, evaluated and repeated later.
+/// (atomically), so that the run can be exported, sampled, evaluated and repeated later. When
+/// `resume`, the recorded model-defining fields (`model`, `finetune`, `[lora]`, `lora_init`)
+/// must be unchanged: a resumed run with other adapters would not match its checkpoints, and
+/// the record of the run would be lost.
 ///
 /// # Errors
-/// The file cannot be written.
-pub fn write_run_config<C: serde::Serialize>(config: &C, header: &str, out: &Path) -> Result<()> {
+/// A changed model-defining field on resume (named, with both values); the file cannot be
+/// written.
+pub fn write_run_config<C: serde::Serialize>(
+    config: &C,
+    header: &str,
+    out: &Path,
+    resume: bool,
+) -> Result<()> {
     let text = toml::to_string(config)
         .map_err(|e| TrainError::config("config", format!("cannot serialise: {e}")))?;
     let path = out.join(RUN_CONFIG);
+    if resume && let Ok(old) = std::fs::read_to_string(&path) {
+        let parse = |t: &str| t.parse::<toml::Table>().ok();
+        if let (Some(old), Some(new)) = (parse(&old), parse(&text)) {
+            for field in MODEL_FIELDS {
+                if old.get(field) != new.get(field) {
+                    let show = |v: Option<&toml::Value>| {
+                        v.map_or("(absent)".to_string(), |v| v.to_string())
+                    };
+                    return Err(TrainError::config(
+                        field,
+                        format!(
+                            "{} differs from the run's {} ({}): a resumed run trains the model \
+                             it started with; start a new run directory for other settings",
+                            show(new.get(field)),
+                            path.display(),
+                            show(old.get(field))
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     let tmp = out.join(format!(".{RUN_CONFIG}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, format!("# {header}\n{text}")).map_err(|e| TrainError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))
 }
 
+/// The adapter a run starts from, kept in the run directory: a fresh run with `lora_init`
+/// copies the adapter into `out/lora_init/` (PEFT layout, f32) and trains, exports and resumes
+/// from that copy, so that moving or editing the original file cannot change the run.
+/// Returns the copy (`None` without `lora_init`).
+///
+/// # Errors
+/// `lora_init` for a file that does not read; the copy cannot be written.
+pub fn run_adapter(
+    lora_init: Option<&Path>,
+    model_dir: &Path,
+    out: &Path,
+    resume: bool,
+) -> Result<Option<std::path::PathBuf>> {
+    let Some(init) = lora_init else {
+        return Ok(None);
+    };
+    let copy = absolute(&out.join("lora_init"));
+    if resume && copy.join(align_models::lora_file::PEFT_WEIGHTS).is_file() {
+        return Ok(Some(copy));
+    }
+    if init == copy {
+        return Ok(Some(copy));
+    }
+    let naming = lora_naming(model_dir);
+    let weights = read_lora(init, naming.as_ref())
+        .map_err(|e| TrainError::config("lora_init", format!("{}: {e}", init.display())))?;
+    align_models::save_lora(
+        &weights,
+        naming.as_ref(),
+        align_models::LoraFormat::Peft,
+        align_models::WeightDtype::F32,
+        &copy,
+    )?;
+    Ok(Some(copy))
+}
+
 /// `path` made absolute (canonical when it exists), so that a run's `config.toml` still
 /// names its files when read from another directory.
 pub fn absolute(path: &Path) -> std::path::PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| {
-        std::env::current_dir()
-            .map(|d| d.join(path))
-            .unwrap_or_else(|_| path.to_path_buf())
-    })
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    // Not there yet: the canonical parent (`..` resolved, links followed) and the name.
+    if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if let Ok(p) = std::fs::canonicalize(parent) {
+            return p.join(name);
+        }
+    }
+    std::env::current_dir()
+        .map(|d| d.join(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }

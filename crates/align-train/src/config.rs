@@ -410,8 +410,10 @@ pub struct TrainConfig {
     pub image_size: usize,
     /// Samples per rollout call (and per decode): the iteration's
     /// `prompts_per_iteration × group_size` samples are rolled out this many at a time
-    /// (0 = all at once). Noise is keyed by global sample id, so the trajectories do not
-    /// depend on it; it bounds the memory of the rollout and of the VAE decode.
+    /// (0 = all at once), and the evaluations' prompts as many per call. Noise is keyed by
+    /// global sample id, so the trajectories do not depend on it; it bounds the memory of the
+    /// rollout and of the VAE decode. Not bounded by it: SDPO's per-step decodes, DenseGRPO's
+    /// ODE completions and the reward-backprop update, which take the whole batch.
     pub rollout_batch: usize,
     /// Samples per backward pass of the policy-gradient update (DDPO, DPOK, Flow-GRPO,
     /// DenseGRPO; 0 = the whole minibatch): each optimizer minibatch is differentiated in
@@ -679,6 +681,14 @@ impl TrainConfig {
                 | AlgorithmName::FlowGrpo
                 | AlgorithmName::DenseGrpo
         );
+        if self.rollout_batch > 0 && self.algorithm == AlgorithmName::Spo {
+            return bad(
+                "rollout_batch",
+                "SPO samples its candidate steps from shared states itself and does not use it \
+                 (remove the field)"
+                    .into(),
+            );
+        }
         if self.train_micro_batch > 0 && !policy_gradient {
             return bad(
                 "train_micro_batch",

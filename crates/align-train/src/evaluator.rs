@@ -129,6 +129,9 @@ pub struct RewardEvaluator {
     pub every: usize,
     /// Where the grids go.
     pub out: PathBuf,
+    /// Prompts rolled out, decoded and scored per call (0 = all at once; a run's
+    /// `rollout_batch`). The samples do not depend on it (noise is keyed by sample id).
+    pub batch: usize,
     base: Option<f64>,
 }
 
@@ -156,8 +159,15 @@ impl RewardEvaluator {
             sample_shape,
             every,
             out: out.into(),
+            batch: 0,
             base: None,
         }
+    }
+
+    /// Rolls out, decodes and scores at most `batch` prompts per call (0 = all at once).
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
     }
 
     /// An evaluator of `reward` on `prompts` with the run's settings: `eval_seeds` seeds,
@@ -196,31 +206,43 @@ impl RewardEvaluator {
         }
         let mut all = Vec::new();
         let mut scores = Vec::new();
+        let n = self.prompts.len();
+        let chunk = if self.batch == 0 {
+            n
+        } else {
+            self.batch.min(n)
+        };
         for seed in 0..self.seeds {
-            let (cond, uncond) = model.prompt_conditions(&self.prompts)?;
-            let traj = rollout(
-                model,
-                self.sampler.as_ref(),
-                &RolloutBatch {
-                    condition: &cond,
-                    uncond: Some(&uncond),
-                    sample_ids: (0..self.prompts.len() as u64).collect(),
-                    condition_ids: (0..self.prompts.len()).collect(),
-                    group_ids: None,
-                    sample_shape: self.sample_shape,
-                },
-                &RolloutConfig {
-                    seed: 0x6576_616c + seed as u64,
-                    guidance_scale: self.guidance,
-                    ..RolloutConfig::default()
-                },
-            )
-            .map_err(|e| TrainError::config("eval_steps", format!("evaluation sampling: {e}")))?;
-            let images = model
-                .sample_images(traj.final_sample().clone())
-                .clamp(-1.0, 1.0);
-            scores.extend(self.reward.score(&images, &self.prompts)?);
-            all.extend(tensor_to_images(images)?);
+            for start in (0..n).step_by(chunk.max(1)) {
+                let range = start..(start + chunk).min(n);
+                let prompts = &self.prompts[range.clone()];
+                let (cond, uncond) = model.prompt_conditions(prompts)?;
+                let traj = rollout(
+                    model,
+                    self.sampler.as_ref(),
+                    &RolloutBatch {
+                        condition: &cond,
+                        uncond: Some(&uncond),
+                        sample_ids: range.clone().map(|i| i as u64).collect(),
+                        condition_ids: range.clone().collect(),
+                        group_ids: None,
+                        sample_shape: self.sample_shape,
+                    },
+                    &RolloutConfig {
+                        seed: 0x6576_616c + seed as u64,
+                        guidance_scale: self.guidance,
+                        ..RolloutConfig::default()
+                    },
+                )
+                .map_err(|e| {
+                    TrainError::config("eval_steps", format!("evaluation sampling: {e}"))
+                })?;
+                let images = model
+                    .sample_images(traj.final_sample().clone())
+                    .clamp(-1.0, 1.0);
+                scores.extend(self.reward.score(&images, prompts)?);
+                all.extend(tensor_to_images(images)?);
+            }
         }
         Ok((scores.iter().sum::<f64>() / scores.len() as f64, all))
     }

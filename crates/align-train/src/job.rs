@@ -891,7 +891,12 @@ pub fn train_pipeline<P: Pipeline>(
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     // Refuse to overwrite a run before spending minutes on the base evaluation.
     let runner = open_runner(config.runner.clone(), out, resume)?;
-    crate::adapt::write_run_config(&config.for_the_record(), "align train", out)?;
+    // The run keeps its own copy of a `lora_init` adapter, and records it.
+    let mut config = config.clone();
+    config.lora_init =
+        crate::adapt::run_adapter(config.lora_init.as_deref(), &config.model, out, resume)?;
+    let config = &config;
+    crate::adapt::write_run_config(&config.for_the_record(), "align train", out, resume)?;
     // LoRA's A factors are drawn from the device RNG: seed it so a run is reproducible.
     let device = task
         .pipeline

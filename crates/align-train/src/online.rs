@@ -803,6 +803,22 @@ mod tests {
         .unwrap();
         let err = TrainConfig::from_file(&bad).unwrap_err().to_string();
         assert!(err.contains("learning_rate"), "{err}");
+        // The memory settings are refused where the algorithm does not use them.
+        for (text, field) in [
+            ("algorithm = \"spo\"\nrollout_batch = 2\n", "rollout_batch:"),
+            (
+                "algorithm = \"draft\"\nnoise_level = 0.0\nreward = \"proxy\"\nreward_model = \"r\"\ntrain_micro_batch = 1\n",
+                "train_micro_batch:",
+            ),
+            (
+                "algorithm = \"sdpo\"\ntrain_micro_batch = 2\n",
+                "train_micro_batch:",
+            ),
+        ] {
+            std::fs::write(&bad, format!("model = \"m\"\nout = \"o\"\n{text}")).unwrap();
+            let err = TrainConfig::from_file(&bad).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
         let good = dir.join("good.toml");
         std::fs::write(
             &good,

@@ -810,7 +810,21 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
     };
     std::fs::create_dir_all(&config.out).map_err(|e| TrainError::io(&config.out, e))?;
     let runner = open_runner(config.runner.clone(), &config.out, resume)?;
-    crate::adapt::write_run_config(&config.for_the_record(), "align pref-train", &config.out)?;
+    // The run keeps its own copy of a `lora_init` adapter, and records it.
+    let mut config = config.clone();
+    config.lora_init = crate::adapt::run_adapter(
+        config.lora_init.as_deref(),
+        &config.model,
+        &config.out,
+        resume,
+    )?;
+    let config = &config;
+    crate::adapt::write_run_config(
+        &config.for_the_record(),
+        "align pref-train",
+        &config.out,
+        resume,
+    )?;
     let inner = base.valid();
     let score = |m: &TextToImage<D>, part, transport| {
         part_scores(

@@ -199,7 +199,11 @@ impl TryFrom<toml::Value> for RewardSpec {
 impl std::fmt::Display for RewardSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Named(n) => write!(f, "{n:?}"),
+            // The TOML spelling (`aesthetic`, `clip-score`).
+            Self::Named(n) => match serde_json::to_value(n) {
+                Ok(serde_json::Value::String(name)) => write!(f, "{name}"),
+                _ => write!(f, "{n:?}"),
+            },
             Self::Http(h) => write!(f, "{}", h.name.as_deref().unwrap_or("external_http")),
             Self::Command(c) => write!(f, "{}", c.name.as_deref().unwrap_or("external_command")),
             Self::Ensemble(e) => {
@@ -226,6 +230,27 @@ impl RewardSpec {
                     && e.penalties.iter().all(|p| p.reward.all(f))
             }
             other => f(other),
+        }
+    }
+
+    /// The reward as evaluations measure it: every ensemble without normalisation (`none`),
+    /// so that the before/after and `align eval --run` figures are the raw weighted
+    /// combination. A z-scored ensemble's batch mean is 0 by construction and its running
+    /// statistics would change with every evaluation.
+    pub fn for_evaluation(&self) -> RewardSpec {
+        match self {
+            Self::Ensemble(e) => {
+                let mut e = e.clone();
+                e.normalize = NormalizeName::None;
+                for m in &mut e.ensemble {
+                    m.reward = m.reward.for_evaluation();
+                }
+                for p in &mut e.penalties {
+                    p.reward = p.reward.for_evaluation();
+                }
+                Self::Ensemble(e)
+            }
+            other => other.clone(),
         }
     }
 
@@ -261,15 +286,12 @@ impl RewardSpec {
         named: &dyn Fn(RewardName) -> Result<Box<dyn Reward>>,
     ) -> Result<Box<dyn Reward>> {
         let bad = |e: align_rewards::RewardError| TrainError::config("reward", e.to_string());
-        let timeout = |s: f64| {
-            if s.is_finite() && s > 0.0 {
-                Ok(Duration::from_secs_f64(s))
-            } else {
-                Err(TrainError::config(
-                    "reward.timeout_s",
-                    format!("must be positive, got {s}"),
-                ))
-            }
+        let timeout = |s: f64| match Duration::try_from_secs_f64(s) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            _ => Err(TrainError::config(
+                "reward.timeout_s",
+                format!("must be a positive number of seconds, got {s}"),
+            )),
         };
         Ok(match self {
             Self::Named(n) => named(*n)?,
@@ -386,7 +408,7 @@ mod tests {
         );
         assert!(!c.reward.is_differentiable());
         assert!(c.reward.fits_real_images() && !c.reward.fits_shapes_models());
-        assert_eq!(c.reward.to_string(), "ensemble(Aesthetic, external_http)");
+        assert_eq!(c.reward.to_string(), "ensemble(aesthetic, external_http)");
         // A run's config.toml writes the reward back in a form that reads again.
         for reward in [
             parse(text).unwrap().reward,

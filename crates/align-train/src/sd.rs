@@ -50,9 +50,16 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
 /// The training reward on images in `[−1, 1]`, loaded on the autodiff device without
 /// trainable parameters.
 fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>> {
-    config
-        .reward
-        .build(&|name| build_named_reward(config, name, device))
+    build_reward_spec(&config.reward, config, device)
+}
+
+/// `spec` built with the run's reward models.
+fn build_reward_spec(
+    spec: &crate::reward_spec::RewardSpec,
+    config: &TrainConfig,
+    device: &Device,
+) -> Result<Box<dyn Reward>> {
+    spec.build(&|name| build_named_reward(config, name, device))
 }
 
 /// A built-in reward on real images.
@@ -190,8 +197,16 @@ pub fn train_sd(
     let mut config = config.clone();
     config.runner.checkpoint_trainable_only = true;
     let reward = SharedReward::new(build_reward(&config, device)?);
+    // One reward model serves training and evaluation, unless the training reward is a
+    // normalised ensemble: evaluations then measure its raw combination.
+    let eval_spec = config.reward.for_evaluation();
+    let eval_reward: Box<dyn Reward> = if eval_spec == config.reward {
+        Box::new(reward.clone())
+    } else {
+        build_reward_spec(&eval_spec, &config, device)?
+    };
     let evaluator = RewardEvaluator::new(
-        Box::new(reward.clone()),
+        eval_reward,
         config.reward.to_string(),
         eval_prompts,
         config.eval_seeds,
@@ -200,7 +215,8 @@ pub fn train_sd(
         shape,
         config.eval_interval(),
         &config.out,
-    );
+    )
+    .with_batch(config.rollout_batch);
     let task = OnlineTask {
         pipeline: sd,
         prompts,
@@ -263,7 +279,7 @@ pub fn evaluate_sd(
     };
     let (shape, sampler) = eval_settings(config, sd)?;
     let evaluator = RewardEvaluator::new(
-        build_reward(config, device)?,
+        build_reward_spec(&config.reward.for_evaluation(), config, device)?,
         config.reward.to_string(),
         prompts,
         config.eval_seeds,
@@ -272,7 +288,8 @@ pub fn evaluate_sd(
         shape,
         0,
         &config.out,
-    );
+    )
+    .with_batch(config.rollout_batch);
     let (mean, images) = evaluator.measure(sd)?;
     Ok((mean, images.len()))
 }

@@ -343,23 +343,92 @@ pub fn export_run(
     let base_dir = run.config.model().to_path_buf();
     match run.merged() {
         TrainedModel::Sd(sd) => {
-            let unet = Path::new("unet");
-            // Every component but the UNet's weights (any precision variant) is the base's.
-            let mut skip: Vec<PathBuf> = Vec::new();
-            for entry in std::fs::read_dir(base_dir.join(unet))
-                .map_err(|e| TrainError::io(base_dir.join(unet), e))?
-                .flatten()
-            {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".safetensors") || name.ends_with(".bin") {
-                    skip.push(unet.join(name));
+            let (base_abs, out_abs) = (
+                crate::adapt::absolute(&base_dir),
+                crate::adapt::absolute(out),
+            );
+            if out_abs.starts_with(&base_abs) {
+                return Err(TrainError::File {
+                    path: out.to_path_buf(),
+                    reason: format!(
+                        "lies inside the base model directory {}; export elsewhere",
+                        base_dir.display()
+                    ),
+                });
+            }
+            // The pipeline's components (those `model_index.json` lists, or the five of SD 1.x
+            // without one), never other files of the base directory (single-file checkpoints of
+            // the unmerged model, VCS folders); the UNet's weights in any precision variant are
+            // replaced by the merged ones. Built in a temporary sibling, renamed when complete.
+            let mut components: Vec<String> = Vec::new();
+            let index = base_dir.join("model_index.json");
+            if let Ok(text) = std::fs::read_to_string(&index) {
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| TrainError::File {
+                        path: index.clone(),
+                        reason: format!("invalid JSON: {e}"),
+                    })?;
+                if let Some(map) = value.as_object() {
+                    for (name, v) in map {
+                        let listed = v
+                            .as_array()
+                            .is_some_and(|a| a.first().is_some_and(|lib| !lib.is_null()));
+                        if listed && base_dir.join(name).is_dir() {
+                            components.push(name.clone());
+                        }
+                    }
                 }
             }
-            let skip: Vec<&Path> = skip.iter().map(PathBuf::as_path).collect();
-            copy_dir(&base_dir, out, &skip)?;
-            let weights = out.join("unet/diffusion_pytorch_model.safetensors");
-            sd.unet.save_weights(&weights, dtype)?;
-            Ok(vec![out.to_path_buf(), weights])
+            if components.is_empty() {
+                components = ["scheduler", "text_encoder", "tokenizer", "unet", "vae"]
+                    .map(String::from)
+                    .to_vec();
+            }
+            let name = out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "export".into());
+            let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let built = (|| -> Result<()> {
+                std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+                if index.is_file() {
+                    std::fs::copy(&index, tmp.join("model_index.json"))
+                        .map_err(|e| TrainError::io(&index, e))?;
+                }
+                let unet = Path::new("unet");
+                let mut skip: Vec<PathBuf> = Vec::new();
+                for entry in std::fs::read_dir(base_dir.join(unet))
+                    .map_err(|e| TrainError::io(base_dir.join(unet), e))?
+                    .flatten()
+                {
+                    let file = entry.file_name().to_string_lossy().into_owned();
+                    if file.ends_with(".safetensors") || file.ends_with(".bin") {
+                        skip.push(unet.join(file));
+                    }
+                }
+                let skip: Vec<&Path> = skip.iter().map(PathBuf::as_path).collect();
+                for c in &components {
+                    copy_dir(&base_dir.join(c), &tmp.join(c), &skip)?;
+                }
+                sd.unet
+                    .save_weights(&tmp.join("unet/diffusion_pytorch_model.safetensors"), dtype)?;
+                Ok(())
+            })();
+            if let Err(e) = built {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+            // `out` is absent or empty (checked above).
+            let _ = std::fs::remove_dir(out);
+            std::fs::rename(&tmp, out).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&tmp);
+                TrainError::io(out, e)
+            })?;
+            Ok(vec![
+                out.to_path_buf(),
+                out.join("unet/diffusion_pytorch_model.safetensors"),
+            ])
         }
         TrainedModel::Shapes(config, model) => {
             if dtype != WeightDtype::F32 {
@@ -484,6 +553,25 @@ mod tests {
         let err = max_relative_error(&unet_out(&merged), &expected).unwrap();
         assert!(err < 1e-5, "merged: {err}");
         assert!(out.join("merged/tokenizer/vocab.json").is_file());
+        assert!(out.join("merged/model_index.json").is_file());
+        assert!(
+            !out.join("merged/reference.safetensors").exists(),
+            "only the components"
+        );
+        let inside = fixtures_dir().join("sd-tiny/exported");
+        let result = export_run(
+            &c.out,
+            Weights::default(),
+            ExportFormat::Merged,
+            WeightDtype::F32,
+            &inside,
+            &device,
+        );
+        let created = inside.exists();
+        let _ = std::fs::remove_dir_all(&inside);
+        let err = result.err().unwrap().to_string();
+        assert!(err.contains("inside the base model directory"), "{err}");
+        assert!(!created);
         if keep.is_some() {
             align_models::lora_file::save_tensors(
                 &out.join("ours.safetensors"),
@@ -514,6 +602,13 @@ mod tests {
         assert!(err < 1e-5, "reference: {err}");
         again.runner.iterations = 1;
         crate::online::train(&again, false, &crate::observer::silent(), &device).unwrap();
+        // The run keeps its own copy of the adapter it started from.
+        assert!(
+            again
+                .out
+                .join("lora_init/adapter_model.safetensors")
+                .is_file()
+        );
         let recorded = read_run_config(&again.out).unwrap();
         let trained_again = sd_model(
             load_run(&again.out, Weights::default(), &device)
@@ -668,14 +763,28 @@ mod tests {
             lora_init: Some(dir.join("adapter")),
             ..PrefConfig::default()
         };
-        crate::adapt::write_run_config(&pref.for_the_record(), "align pref-train", &dir).unwrap();
+        crate::adapt::write_run_config(&pref.for_the_record(), "align pref-train", &dir, false)
+            .unwrap();
         let RunConfig::Pref(read) = read_run_config(&dir).unwrap() else {
             panic!("a preference run")
         };
         assert_eq!(*read, pref.for_the_record());
         assert!(read.model.is_absolute() && read.lora_init.unwrap().is_absolute());
         let train = TrainConfig::default();
-        crate::adapt::write_run_config(&train, "align train", &dir).unwrap();
+        crate::adapt::write_run_config(&train, "align train", &dir, false).unwrap();
+        // A resume may change the schedule, not the model.
+        let mut longer = train.clone();
+        longer.runner.iterations += 5;
+        crate::adapt::write_run_config(&longer, "align train", &dir, true).unwrap();
+        let mut other = longer.clone();
+        other.lora.rank = 2;
+        let err = crate::adapt::write_run_config(&other, "align train", &dir, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("lora:") && err.contains("config.toml"),
+            "{err}"
+        );
         assert!(matches!(
             read_run_config(&dir).unwrap(),
             RunConfig::Train(_)
