@@ -54,6 +54,7 @@ pub mod pipeline;
 pub mod pretrain;
 pub mod resblock;
 pub mod sd;
+pub mod sd3;
 pub mod shapes;
 pub mod stable_diffusion;
 pub mod text_encoder;
