@@ -21,12 +21,28 @@ fixtures/sd3-tiny/
     mmdit.wide.*     the same for a non-square latent [2,4,8,12] (4x6 patches, cropped from the
                      16x16 positional-embedding table)
     mmdit_sd3.*, mmdit_sd3.wide.*    the same inputs through transformer-sd3/
-  reference.json     versions, both configs, input/output shapes and norms
+    vae3.*           the tiny SD3-style VAE (vae/): vae3.latents [2,4,8,8] -> vae3.decoded [2,3,16,16]
+                     (raw `vae.decode(latents).sample`, no scaling/shift); vae3.image [2,3,16,16] in
+                     [-1,1] -> vae3.posterior_mean / vae3.posterior_std [2,4,8,8] (`latent_dist`)
+    sd3pipe.*        a 4-step guided (CFG 7) flow-matching run of diffusers' own
+                     StableDiffusion3Pipeline on transformer/ + vae/ + scheduler/, text encoders None,
+                     from given embeddings: sd3pipe.{prompt_embeds [2,5,16], pooled_prompt_embeds [2,12],
+                     negative_prompt_embeds, negative_pooled_prompt_embeds, init_latents [2,4,8,8]} ->
+                     sd3pipe.latents (output_type="latent"); sd3pipe.sigmas [5] (with the final 0) and
+                     sd3pipe.timesteps [4] after set_timesteps(4); sd3pipe.images [2,3,16,16] =
+                     vae.decode(latents / scaling_factor + shift_factor).sample
+  vae/               AutoencoderKL, SD3 style: no quant_conv / post_quant_conv, latent_channels = the
+                     transformer's in_channels (4), scaling_factor 1.5305, shift_factor 0.0609
+  scheduler/         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0), SD3's
+    scheduler_config.json
+  reference.json     versions, the configs, input/output shapes and norms, the sampling settings
 
-Sizes: inner dim 16 (2 heads of 8), 3 blocks, patch 2, 4 latent channels, joint_attention_dim 16,
+Sizes (transformers): inner dim 16 (2 heads of 8), 3 blocks, patch 2, 4 latent channels, joint_attention_dim 16,
 pooled_projection_dim 12, pos_embed_max_size 16. Every parameter is randomised, the adaLN
 modulation and proj_out included (the reference SD3 code zero-initialises those, which would hide
-them from a comparison); norm weights (the RMS q/k norms) get values around 1. The `pos_embed.pos_embed` buffer is saved as diffusers
+them from a comparison); norm weights (the RMS q/k norms, the VAE's GroupNorms) get values around 1, as for the sd-tiny VAE in
+make-real-model-fixtures.py. The VAE: block_out_channels (8, 16), one ResNet per block, 4 groups,
+sample_size 16 (downsampling 2). The `pos_embed.pos_embed` buffer is saved as diffusers
 computes it (the fixed 2-D sin-cos table), like the real checkpoints. Output is byte-for-byte
 reproducible.
 """
@@ -40,7 +56,12 @@ import torch
 from safetensors.torch import save_file
 
 import diffusers
-from diffusers import SD3Transformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "sd3-tiny")
 torch.set_default_dtype(torch.float32)
@@ -66,12 +87,35 @@ VARIANTS = [
     ("transformer-sd3", "mmdit_sd3", dict(qk_norm=None, dual_attention_layers=()), 8),
 ]
 
-NORM_TYPES = (torch.nn.LayerNorm, diffusers.models.normalization.RMSNorm)
+# SD3's VAE differences from SD 1.x: no 1x1 quant convs, a shift as well as a scale of the latents
+# (latent_channels follows the transformer, 16 in the real models, so that the pipeline fits).
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    latent_channels=BASE_CONFIG["in_channels"],
+    norm_num_groups=4,
+    sample_size=16,
+    scaling_factor=1.5305,
+    shift_factor=0.0609,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+VAE_SEED = 9  # weights
+VAE_INPUT_SEED = 42
+PIPE_SEED = 43
+PIPE_STEPS = 4
+PIPE_GUIDANCE = 7.0
+
+NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, diffusers.models.normalization.RMSNorm)
 
 
 def randomize(module, seed, std=0.2):
     """Random weights everywhere. Weights of real normalisation layers (here only the RMS q/k
-    norms) get values around 1; every other matrix gets 1/sqrt(fan_in) scaled normals and every
+    norms and the VAE's GroupNorms) get values around 1; every other matrix gets 1/sqrt(fan_in) scaled normals and every
     bias std-scaled normals. The adaLN `norm*.linear` layers are Linear, not norms, despite the
     name, so they are matched by module type rather than by name."""
     g = torch.Generator().manual_seed(seed)
@@ -97,6 +141,161 @@ def inputs(seed, height, width):
     pooled = torch.randn(2, BASE_CONFIG["pooled_projection_dim"], generator=g)
     timestep = torch.tensor([3.0, 700.0])
     return hidden, context, pooled, timestep
+
+
+def to_list(config):
+    """A config as JSON, without diffusers' `_use_default_values` (a list in set order, which would
+    change from run to run with the string hash seed)."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items() if k != "_use_default_values"
+    }
+
+
+def build_vae(tensors, meta):
+    """vae/ and the vae3.* references."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**VAE_CONFIG).eval()
+    assert vae.quant_conv is None and vae.post_quant_conv is None
+    randomize(vae, VAE_SEED)
+    vae.save_pretrained(os.path.join(ROOT, "vae"), safe_serialization=True)
+    g = torch.Generator().manual_seed(VAE_INPUT_SEED)
+    c = VAE_CONFIG["latent_channels"]
+    latents = torch.randn(2, c, 8, 8, generator=g)
+    image = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    with torch.no_grad():
+        decoded = vae.decode(latents).sample
+        posterior = vae.encode(image).latent_dist
+        mean, std = posterior.mean, posterior.std
+    for t in (decoded, mean, std):
+        assert torch.isfinite(t).all()
+    tensors.update(
+        {
+            "vae3.latents": latents,
+            "vae3.decoded": decoded,
+            "vae3.image": image,
+            "vae3.posterior_mean": mean,
+            "vae3.posterior_std": std,
+        }
+    )
+    meta["vae3"] = {
+        "directory": "vae",
+        "config": to_list(vae.config),
+        "calls": {
+            "vae3.decoded": "vae.decode(vae3.latents).sample (raw, no scaling or shift)",
+            "vae3.posterior_mean": "vae.encode(vae3.image).latent_dist.mean",
+            "vae3.posterior_std": "vae.encode(vae3.image).latent_dist.std",
+        },
+        "outputs": {
+            k: {"shape": list(v.shape), "l2_norm": round(float(v.norm()), 6)}
+            for k, v in [("vae3.decoded", decoded), ("vae3.posterior_mean", mean), ("vae3.posterior_std", std)]
+        },
+    }
+    return vae
+
+
+def build_pipeline(tensors, meta, transformer, vae):
+    """scheduler/ and a guided sampling run of diffusers' StableDiffusion3Pipeline from given
+    embeddings (no text encoders or tokenizers), checked against the loop written out by hand."""
+    sched_dir = os.path.join(ROOT, "scheduler")
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(sched_dir)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(sched_dir)
+    assert not scheduler.config.use_dynamic_shifting  # so the pipeline passes no mu
+
+    g = torch.Generator().manual_seed(PIPE_SEED)
+    c, d, p = BASE_CONFIG["in_channels"], BASE_CONFIG["joint_attention_dim"], BASE_CONFIG["pooled_projection_dim"]
+    prompt_embeds = torch.randn(2, 5, d, generator=g)
+    pooled = torch.randn(2, p, generator=g)
+    negative_prompt_embeds = torch.randn(2, 5, d, generator=g)
+    negative_pooled = torch.randn(2, p, generator=g)
+    init_latents = torch.randn(2, c, 8, 8, generator=g)
+
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    latents = pipe(
+        prompt_embeds=prompt_embeds.clone(),
+        pooled_prompt_embeds=pooled.clone(),
+        negative_prompt_embeds=negative_prompt_embeds.clone(),
+        negative_pooled_prompt_embeds=negative_pooled.clone(),
+        height=16,
+        width=16,
+        num_inference_steps=PIPE_STEPS,
+        guidance_scale=PIPE_GUIDANCE,
+        latents=init_latents.clone(),
+        output_type="latent",
+    ).images
+    sigmas = scheduler.sigmas.clone()
+    timesteps = scheduler.timesteps.clone()
+    with torch.no_grad():
+        images = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
+
+    # The same loop by hand (pipeline_stable_diffusion_3.py __call__ steps 3-7, no dynamic shifting,
+    # no skip-layer guidance): [uncond, cond] batches, t broadcast, CFG, Euler step on the sigmas.
+    check = FlowMatchEulerDiscreteScheduler.from_pretrained(sched_dir)
+    check.set_timesteps(PIPE_STEPS)
+    assert torch.equal(check.sigmas, sigmas) and torch.equal(check.timesteps, timesteps)
+    assert float(sigmas[-1]) == 0.0 and torch.equal(timesteps, sigmas[:-1] * 1000)
+    context = torch.cat([negative_prompt_embeds, prompt_embeds])
+    pooled_both = torch.cat([negative_pooled, pooled])
+    x = init_latents.clone()
+    with torch.no_grad():
+        for i, t in enumerate(check.timesteps):
+            out = transformer(
+                hidden_states=torch.cat([x] * 2),
+                timestep=t.expand(2 * x.shape[0]),
+                encoder_hidden_states=context,
+                pooled_projections=pooled_both,
+            ).sample
+            uncond, cond = out.chunk(2)
+            v = uncond + PIPE_GUIDANCE * (cond - uncond)
+            x = x + (check.sigmas[i + 1] - check.sigmas[i]) * v
+    hand_err = float((x - latents).abs().max())
+    assert hand_err < 1e-5, hand_err
+    assert torch.isfinite(images).all()
+
+    tensors.update(
+        {
+            "sd3pipe.prompt_embeds": prompt_embeds,
+            "sd3pipe.pooled_prompt_embeds": pooled,
+            "sd3pipe.negative_prompt_embeds": negative_prompt_embeds,
+            "sd3pipe.negative_pooled_prompt_embeds": negative_pooled,
+            "sd3pipe.init_latents": init_latents,
+            "sd3pipe.latents": latents,
+            "sd3pipe.sigmas": sigmas,
+            "sd3pipe.timesteps": timesteps,
+            "sd3pipe.images": images,
+        }
+    )
+    meta["sd3pipe"] = {
+        "real_pipeline": True,
+        "pipeline": "StableDiffusion3Pipeline(transformer=transformer/, vae=vae/, scheduler=scheduler/, "
+        "text encoders and tokenizers None)(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, "
+        "negative_pooled_prompt_embeds, height=16, width=16, num_inference_steps=4, guidance_scale=7.0, "
+        "latents=init_latents, output_type='latent')",
+        "transformer": "transformer",
+        "steps": PIPE_STEPS,
+        "guidance_scale": PIPE_GUIDANCE,
+        "height": 16,
+        "width": 16,
+        "scheduler_config": to_list(scheduler.config),
+        "sigmas": [float(s) for s in sigmas],
+        "timesteps": [float(t) for t in timesteps],
+        "images": "vae.decode(sd3pipe.latents / scaling_factor + shift_factor).sample",
+        "hand_loop_max_abs_diff": hand_err,
+        "outputs": {
+            k: {"shape": list(v.shape), "l2_norm": round(float(v.norm()), 6)}
+            for k, v in [("sd3pipe.latents", latents), ("sd3pipe.images", images)]
+        },
+    }
 
 
 def main():
@@ -139,6 +338,10 @@ def main():
                 "mean_abs": round(float(out.abs().mean()), 6),
             }
         meta["variants"][prefix] = info
+        if directory == "transformer":
+            sd35 = model
+    vae = build_vae(tensors, meta)
+    build_pipeline(tensors, meta, sd35, vae)
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(ROOT, "reference.safetensors"))
     with open(os.path.join(ROOT, "reference.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
@@ -150,6 +353,9 @@ def main():
     for prefix, info in meta["variants"].items():
         for k, v in info["outputs"].items():
             print(f"{k}: shape {v['shape']} |out| = {v['l2_norm']:.6f}")
+    for k, v in {**meta["vae3"]["outputs"], **meta["sd3pipe"]["outputs"]}.items():
+        print(f"{k}: shape {v['shape']} |out| = {v['l2_norm']:.6f}")
+    print("sd3pipe sigmas:", meta["sd3pipe"]["sigmas"])
     print(f"fixtures written to {os.path.normpath(ROOT)}: {total / 1e3:.1f} kB")
 
 

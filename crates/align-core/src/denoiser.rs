@@ -27,6 +27,9 @@ pub struct Condition {
     pub context: Tensor<3>,
     /// `[B, L]`, `true` where a token is padding and must be ignored; `None` = no padding.
     pub padding_mask: Option<Tensor<2, Bool>>,
+    /// A pooled embedding of the whole prompt, `[B, P]` (Stable Diffusion 3's pooled CLIP
+    /// projections, which condition its adaLN); `None` for models that read tokens only.
+    pub pooled: Option<Tensor<2>>,
 }
 
 impl Condition {
@@ -38,7 +41,25 @@ impl Condition {
         Self {
             context,
             padding_mask: None,
+            pooled: None,
         }
+    }
+
+    /// Adds a pooled embedding.
+    ///
+    /// # Errors
+    /// [`CoreError::Shape`] unless `pooled` is `[B, P]` with the context's `B`.
+    pub fn with_pooled(mut self, pooled: Tensor<2>) -> Result<Self> {
+        let b = self.context.dims()[0];
+        if pooled.dims()[0] != b {
+            return Err(CoreError::shape(
+                "pooled embedding rows",
+                b,
+                pooled.dims()[0],
+            ));
+        }
+        self.pooled = Some(pooled);
+        Ok(self)
     }
 
     /// Adds a padding mask (`true` = padding).
@@ -90,13 +111,26 @@ impl Condition {
                     "a mix",
                 ));
             }
+            let width = |c: &Condition| c.pooled.as_ref().map(|p| p.dims()[1]);
+            if width(c) != width(first) {
+                return Err(CoreError::shape(
+                    "pooled embeddings",
+                    format!("{:?} wide in every condition", width(first)),
+                    format!("{:?}", width(c)),
+                ));
+            }
         }
+        let pooled = first.pooled.is_some();
         let mut contexts = Vec::with_capacity(conditions.len());
         let mut masks = Vec::with_capacity(conditions.len());
+        let mut pools = Vec::with_capacity(conditions.len());
         for c in conditions {
             contexts.push(c.context);
             if let Some(m) = c.padding_mask {
                 masks.push(m);
+            }
+            if let Some(p) = c.pooled {
+                pools.push(p);
             }
         }
         Ok(Condition {
@@ -106,6 +140,7 @@ impl Condition {
             } else {
                 None
             },
+            pooled: pooled.then(|| Tensor::cat(pools, 0)),
         })
     }
 
@@ -113,7 +148,10 @@ impl Condition {
     pub fn is_stackable_with(&self, other: &Condition) -> bool {
         let [_, l, d] = self.context.dims();
         let [_, l2, d2] = other.context.dims();
-        (l, d) == (l2, d2) && self.padding_mask.is_some() == other.padding_mask.is_some()
+        let width = |c: &Condition| c.pooled.as_ref().map(|p| p.dims()[1]);
+        (l, d) == (l2, d2)
+            && self.padding_mask.is_some() == other.padding_mask.is_some()
+            && width(self) == width(other)
     }
 }
 
@@ -174,5 +212,33 @@ mod tests {
                 .is_err()
         );
         assert!(Condition::cat(vec![]).is_err());
+    }
+
+    /// Pooled embeddings travel with their rows through `cat`; all conditions carry one of the
+    /// same width or none does.
+    #[test]
+    fn cat_stacks_pooled_embeddings() {
+        let device = crate::test_device();
+        let c = |rows: usize, v: f32| {
+            Condition::new(Tensor::<3>::full([rows, 3, 4], v, &device))
+                .with_pooled(Tensor::<2>::full([rows, 2], v + 10.0, &device))
+                .unwrap()
+        };
+        let joined = Condition::cat(vec![c(1, 1.0), c(2, 2.0)]).unwrap();
+        let pooled = joined
+            .pooled
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(pooled, vec![11.0, 11.0, 12.0, 12.0, 12.0, 12.0]);
+        let plain = Condition::new(Tensor::<3>::zeros([1, 3, 4], &device));
+        assert!(!plain.is_stackable_with(&c(1, 0.0)));
+        assert!(Condition::cat(vec![plain, c(1, 0.0)]).is_err());
+        assert!(
+            Condition::new(Tensor::<3>::zeros([2, 3, 4], &device))
+                .with_pooled(Tensor::<2>::zeros([3, 2], &device))
+                .is_err()
+        );
     }
 }

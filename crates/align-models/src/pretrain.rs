@@ -251,6 +251,7 @@ pub fn cfg_dropout(condition: &Condition, null: &Condition, drop: &[bool]) -> Re
     Ok(Condition {
         context,
         padding_mask,
+        pooled: None,
     })
 }
 

@@ -366,8 +366,11 @@ impl StableDiffusion {
     /// - `latents`: `[B, C_latent, h, w]`
     /// - output: `[B, 3, h·f, w·f]` with `f` the VAE's downsampling factor.
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
-        self.vae
-            .decode(latents.div_scalar(self.vae.scaling_factor()))
+        self.vae.decode(
+            latents
+                .div_scalar(self.vae.scaling_factor())
+                .add_scalar(self.vae.shift_factor()),
+        )
     }
 
     /// Encodes images in `[−1, 1]` into latents (the posterior mean times `scaling_factor`),
@@ -380,6 +383,7 @@ impl StableDiffusion {
         self.vae
             .encode(images)
             .mean
+            .sub_scalar(self.vae.shift_factor())
             .mul_scalar(self.vae.scaling_factor())
     }
 

@@ -299,6 +299,7 @@ fn a_flow_unet_embeds_flow_time_as_a_thousand_t() {
     let condition = Condition {
         context,
         padding_mask: None,
+        pooled: None,
     };
     let x = Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
     let t = Tensor::<1>::from_floats([0.25, 0.9], &device);

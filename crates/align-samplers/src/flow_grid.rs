@@ -50,6 +50,42 @@ impl FlowGrid {
         Ok(Self { times })
     }
 
+    /// The grid of diffusers' `FlowMatchEulerDiscreteScheduler.set_timesteps(num_steps)`
+    /// (without dynamic shifting), the schedule Stable Diffusion 3 samples with: the
+    /// `num_train_timesteps` training sigmas `shift(i / T)` give `σ_min = shift(1 / T)`; the
+    /// inference sigmas are `shift` applied to `num_steps` evenly spaced points from 1 to
+    /// `σ_min` (so the last one is shifted twice, as diffusers does), followed by 0.
+    ///
+    /// # Errors
+    /// As [`FlowGrid::new`], and `num_train_timesteps == 0`.
+    pub fn flow_match_euler(
+        num_steps: usize,
+        shift: f64,
+        num_train_timesteps: usize,
+    ) -> Result<Self> {
+        Self::new(num_steps, shift)?;
+        if num_train_timesteps == 0 {
+            return Err(SamplerError::config(
+                "num_train_timesteps",
+                "must be at least 1",
+            ));
+        }
+        let sigma_min = shift_time(1.0 / num_train_timesteps as f64, shift);
+        let mut times: Vec<f64> = (0..num_steps)
+            .map(|i| {
+                let s = if num_steps == 1 {
+                    1.0
+                } else {
+                    1.0 + (sigma_min - 1.0) * i as f64 / (num_steps - 1) as f64
+                };
+                shift_time(s, shift).clamp(0.0, 1.0)
+            })
+            .collect();
+        times[0] = 1.0;
+        times.push(0.0);
+        Self::from_times(times)
+    }
+
     /// A grid from explicit times.
     ///
     /// # Errors
@@ -106,6 +142,23 @@ mod tests {
             prop_assert_eq!(g.times()[k], 0.0);
             prop_assert!(g.times().windows(2).all(|w| w[1] < w[0]));
         }
+    }
+
+    /// diffusers' `FlowMatchEulerDiscreteScheduler(shift = 3).set_timesteps(4)` sigmas, in
+    /// closed form: σ_min = 3/1002, linspace(1, σ_min, 4) shifted again, then 0.
+    #[test]
+    fn flow_match_euler_is_diffusers_grid() {
+        let g = FlowGrid::flow_match_euler(4, 3.0, 1000).unwrap();
+        let expected = [1.0, 669.0 / 780.0, 168.0 / 279.0, 1.0 / 112.0, 0.0];
+        for (a, b) in g.times().iter().zip(expected) {
+            assert!((a - b).abs() < 1e-12, "{:?}", g.times());
+        }
+        assert_eq!(
+            FlowGrid::flow_match_euler(1, 3.0, 1000).unwrap().times(),
+            &[1.0, 0.0]
+        );
+        assert!(FlowGrid::flow_match_euler(4, 3.0, 0).is_err());
+        assert!(FlowGrid::flow_match_euler(0, 3.0, 1000).is_err());
     }
 
     #[test]

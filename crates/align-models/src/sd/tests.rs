@@ -298,7 +298,6 @@ fn unsupported_config_values_name_the_field() {
     );
 
     for (field, value) in [
-        ("shift_factor", serde_json::Value::from(0.1)),
         ("act_fn", "relu".into()),
         (
             "down_block_types",

@@ -30,7 +30,7 @@ use super::blocks::{
     Downsample2D, Downsample2DConfig, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D,
     Upsample2DConfig, conv_same, group_norm,
 };
-use super::config::{require, require_null};
+use super::config::require;
 use super::transformer::{Attention, AttentionConfig};
 use crate::error::{ModelError, Result};
 
@@ -114,9 +114,9 @@ pub struct AutoencoderKlConfig {
     /// Latents are multiplied by this before diffusion (0.18215 for SD 1.x / 2.x).
     #[serde(default = "d_scaling")]
     pub scaling_factor: f64,
-    /// Must be null (an SD3 / Flux latent shift).
+    /// SD3 / Flux: latents are `(z − shift) · scaling` (null or absent for SD 1.x / 2.x).
     #[serde(default)]
-    pub shift_factor: Option<serde_json::Value>,
+    pub shift_factor: Option<f64>,
     /// Activation (must be `silu`).
     #[serde(default = "d_silu")]
     pub act_fn: String,
@@ -171,7 +171,11 @@ impl AutoencoderKlConfig {
         require(self.act_fn == "silu", "act_fn", || {
             format!("`{}` is not supported (silu)", self.act_fn)
         })?;
-        require_null(&self.shift_factor, "shift_factor")?;
+        require(
+            self.shift_factor.is_none_or(f64::is_finite),
+            "shift_factor",
+            || format!("{:?} is not a finite number", self.shift_factor),
+        )?;
         require(self.layers_per_block > 0, "layers_per_block", || {
             "must be positive".into()
         })?;
@@ -477,9 +481,15 @@ impl AutoencoderKl {
         &self.config
     }
 
-    /// The latent scale (diffusion runs on `scaling_factor · z`).
+    /// The latent scale (diffusion runs on `scaling_factor · (z − shift_factor)`).
     pub fn scaling_factor(&self) -> f64 {
         self.config.scaling_factor
+    }
+
+    /// The latent shift of SD3 / Flux VAEs (0 for SD 1.x / 2.x): a pipeline decodes its
+    /// latents `x` as `decode(x / scaling_factor + shift_factor)`.
+    pub fn shift_factor(&self) -> f64 {
+        self.config.shift_factor.unwrap_or(0.0)
     }
 
     /// Latent channels.

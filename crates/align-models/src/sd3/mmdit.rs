@@ -611,6 +611,35 @@ impl MmDit {
     }
 }
 
+/// The MMDiT as a flow-matching [`align_core::Denoiser`]: flow time `t ∈ [0, 1]` is SD3's
+/// sigma (`x_t = (1 − t) x₀ + t ε`, velocity `ε − x₀`), passed to the model as the timestep
+/// `1000 · t`; the condition's tokens are the text embeddings and its `pooled` embedding the
+/// pooled projections (zeros when absent).
+///
+/// `predict` panics on a latent the patch grid or position table cannot hold: pipelines check
+/// the sample shape once, before sampling.
+impl align_core::Denoiser for MmDit {
+    fn parameterization(&self) -> align_core::Parameterization {
+        align_core::Parameterization::FlowVelocity
+    }
+
+    fn predict(
+        &self,
+        x_t: Tensor<4>,
+        t: Tensor<1>,
+        condition: &align_core::Condition,
+    ) -> Tensor<4> {
+        let b = x_t.dims()[0];
+        let pooled = condition.pooled.clone().unwrap_or_else(|| {
+            Tensor::zeros([b, self.config.pooled_projection_dim], &x_t.device())
+        });
+        match self.forward(x_t, t.mul_scalar(1000.0), condition.context.clone(), pooled) {
+            Ok(v) => v,
+            Err(e) => panic!("MmDit::predict: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,6 +723,86 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("dual_attention_layers")
+        );
+    }
+}
+
+#[cfg(test)]
+mod pipeline_tests {
+    use super::*;
+    use crate::hf::{fixtures_dir, max_relative_error, read_safetensors};
+    use align_core::{Condition, Denoiser};
+    use align_samplers::{FlowEulerSampler, FlowGrid, Sampler, Transition, guided_predict};
+
+    /// diffusers' `FlowMatchEulerDiscreteScheduler` grid for SD3 (shift 3, 4 steps, the shift
+    /// applied twice to the last sigma) and a whole guided sampling run of
+    /// `StableDiffusion3Pipeline` (CFG 7, given prompt embeddings and initial latents) on the
+    /// tiny SD3.5-style MMDiT, then the SD3 VAE's decode `decode(x / scaling + shift)`.
+    #[test]
+    fn four_guided_flow_steps_match_the_sd3_pipeline() {
+        let device = align_core::test_device();
+        let dir = fixtures_dir().join("sd3-tiny");
+        let r = read_safetensors(&dir.join("reference.safetensors")).unwrap();
+        let grid = FlowGrid::flow_match_euler(4, 3.0, 1000).unwrap();
+        let sigmas = r["sd3pipe.sigmas"].clone().try_to_vec::<f32>().unwrap();
+        assert_eq!(grid.times().len(), sigmas.len());
+        for (a, b) in grid.times().iter().zip(&sigmas) {
+            assert!(
+                (a - f64::from(*b)).abs() < 1e-6,
+                "{:?} vs {sigmas:?}",
+                grid.times()
+            );
+        }
+        let model = MmDit::load(&dir.join("transformer"), &device).unwrap();
+        let t = |name: &str| r[&format!("sd3pipe.{name}")].clone();
+        let cond = Condition::new(Tensor::from_data(t("prompt_embeds"), &device))
+            .with_pooled(Tensor::from_data(t("pooled_prompt_embeds"), &device))
+            .unwrap();
+        let uncond = Condition::new(Tensor::from_data(t("negative_prompt_embeds"), &device))
+            .with_pooled(Tensor::from_data(
+                t("negative_pooled_prompt_embeds"),
+                &device,
+            ))
+            .unwrap();
+        let sampler = FlowEulerSampler::new(grid);
+        let mut x: Tensor<4> = Tensor::from_data(t("init_latents"), &device);
+        let b = x.dims()[0];
+        for k in 0..sampler.num_steps() {
+            let time = Tensor::<1>::full([b], sampler.model_time(k) as f32, &device);
+            let v = guided_predict(&model, x.clone(), time, &cond, Some(&uncond), 7.0).unwrap();
+            x = sampler
+                .step(
+                    k,
+                    x,
+                    v,
+                    model.parameterization(),
+                    Transition::Mean,
+                    align_core::LogProbReduction::Mean,
+                )
+                .unwrap()
+                .prev_sample;
+        }
+        let err = max_relative_error(&x.clone().into_data(), &t("latents")).unwrap();
+        assert!(err < 1e-5, "latents: {err}");
+        let vae = crate::sd::AutoencoderKl::load(&dir.join("vae"), &device).unwrap();
+        assert_eq!((vae.scaling_factor(), vae.shift_factor()), (1.5305, 0.0609));
+        let images = vae.decode(
+            Tensor::from_data(t("latents"), &device)
+                .div_scalar(vae.scaling_factor())
+                .add_scalar(vae.shift_factor()),
+        );
+        let err = max_relative_error(&images.into_data(), &t("images")).unwrap();
+        assert!(err < 1e-5, "images: {err}");
+        // The VAE alone: decode and the posterior (no quant convolutions).
+        let decoded = vae.decode(Tensor::from_data(r["vae3.latents"].clone(), &device));
+        assert!(max_relative_error(&decoded.into_data(), &r["vae3.decoded"]).unwrap() < 1e-5);
+        let post = vae.encode(Tensor::from_data(r["vae3.image"].clone(), &device));
+        assert!(
+            max_relative_error(&post.mean.clone().into_data(), &r["vae3.posterior_mean"]).unwrap()
+                < 1e-5
+        );
+        assert!(
+            max_relative_error(&post.std().into_data(), &r["vae3.posterior_std"]).unwrap() < 1e-5
         );
     }
 }
