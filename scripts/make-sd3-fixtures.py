@@ -5,7 +5,7 @@ runs it.
     pip install torch diffusers transformers safetensors numpy
     python3 scripts/make-sd3-fixtures.py                  # writes fixtures/sd3-tiny
 
-Made with torch 2.15, diffusers 0.42.1 (the versions are recorded in reference.json). What it
+Made with torch 2.15, diffusers 0.42.1, transformers 5.24 (the torch/diffusers versions are recorded in reference.json). What it
 writes, all with random weights drawn from fixed seeds (no download):
 
 fixtures/sd3-tiny/
@@ -36,6 +36,21 @@ fixtures/sd3-tiny/
   scheduler/         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0), SD3's
     scheduler_config.json
   reference.json     versions, the configs, input/output shapes and norms, the sampling settings
+  text_encoder_3/    transformers.T5EncoderModel, T5 v1.1 style as SD3's google/t5-v1_1-xxl
+    config.json + model.safetensors  (save_pretrained, safetensors): gated-gelu FFN (gelu_new),
+                     d_model 16, 2 heads of d_kv 4, d_ff 24, 2 layers, 8 relative-attention buckets,
+                     max_distance 20, vocab 40, eps 1e-6; every parameter random (std 0.3, the
+                     T5LayerNorm weights 1 + 0.1 N(0,1), the relative-attention bias table too).
+                     transformers 5 always ties `encoder.embed_tokens` to `shared` (the config says
+                     tie_word_embeddings true whatever is passed), so only `shared.weight` is saved.
+                     References in reference.safetensors (t5.* keys; not in reference.json):
+                     t5.input_ids int64 [2,12] (row 1 ends in 4 pad ids 0) -> t5.last_hidden_state
+                     [2,12,16] = model(input_ids).last_hidden_state WITHOUT an attention mask, as
+                     diffusers' StableDiffusion3Pipeline._get_t5_prompt_embeds calls
+                     `text_encoder_3(text_input_ids)[0]`; t5.long.input_ids [1,45] (longer than
+                     max_distance, so the log buckets and the clamp are used) -> t5.long.last_hidden_state
+                     [1,45,16], and t5.long.position_bucket int64 [45,45] (the encoder's
+                     _relative_position_bucket(memory - query)). Eager attention.
 
 Sizes (transformers): inner dim 16 (2 heads of 8), 3 blocks, patch 2, 4 latent channels, joint_attention_dim 16,
 pooled_projection_dim 12, pos_embed_max_size 16. Every parameter is randomised, the adaLN
@@ -109,6 +124,29 @@ VAE_INPUT_SEED = 42
 PIPE_SEED = 43
 PIPE_STEPS = 4
 PIPE_GUIDANCE = 7.0
+
+# SD3's third text encoder, T5 v1.1 (google/t5-v1_1-xxl) in miniature.
+T5_CONFIG = dict(
+    vocab_size=40,
+    d_model=16,
+    d_kv=4,
+    d_ff=24,
+    num_layers=2,
+    num_heads=2,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=20,
+    feed_forward_proj="gated-gelu",  # sets dense_act_fn="gelu_new", is_gated_act=True
+    dense_act_fn="gelu_new",
+    is_gated_act=True,
+    layer_norm_epsilon=1e-6,
+    dropout_rate=0.0,
+    tie_word_embeddings=False,  # as t5-v1_1-xxl; transformers 5 stores True regardless
+    is_encoder_decoder=False,
+    use_cache=False,
+)
+T5_SEED = 10  # weights
+T5_INPUT_SEED = 44
+T5_STD = 0.3
 
 NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, diffusers.models.normalization.RMSNorm)
 
@@ -298,6 +336,60 @@ def build_pipeline(tensors, meta, transformer, vae):
     }
 
 
+def build_t5(tensors):
+    """text_encoder_3/ and the t5.* references (added last, so nothing else changes)."""
+    from transformers import T5Config, T5EncoderModel
+    from transformers.models.t5.modeling_t5 import T5Attention, T5LayerNorm
+
+    torch.manual_seed(0)
+    config = T5Config(**T5_CONFIG)
+    assert config.dense_act_fn == "gelu_new" and config.is_gated_act
+    config._attn_implementation = "eager"
+    model = T5EncoderModel(config).eval()
+    assert model.encoder.embed_tokens.weight is model.shared.weight
+    g = torch.Generator().manual_seed(T5_SEED)
+    owners = {}
+    for mname, m in model.named_modules():
+        for pname, _ in m.named_parameters(recurse=False):
+            owners[f"{mname}.{pname}" if mname else pname] = m
+    with torch.no_grad():
+        # named_parameters() lists the tied embedding once (as shared.weight)
+        for name, p in model.named_parameters():
+            if isinstance(owners[name], T5LayerNorm):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(T5_STD * torch.randn(p.shape, generator=g))
+    model.save_pretrained(os.path.join(ROOT, "text_encoder_3"), safe_serialization=True)
+
+    g = torch.Generator().manual_seed(T5_INPUT_SEED)
+    ids = torch.randint(0, T5_CONFIG["vocab_size"], (2, 12), generator=g, dtype=torch.long)
+    ids[1, -4:] = 0  # padding, but no mask: SD3 calls text_encoder_3(text_input_ids)[0]
+    long_ids = torch.randint(0, T5_CONFIG["vocab_size"], (1, 45), generator=g, dtype=torch.long)
+    with torch.no_grad():
+        out = model(ids).last_hidden_state
+        long_out = model(long_ids).last_hidden_state
+        # the default attention (sdpa) agrees with eager
+        model.config._attn_implementation = "sdpa"
+        assert torch.allclose(model(ids).last_hidden_state, out, atol=1e-5)
+        model.config._attn_implementation = "eager"
+    n = long_ids.shape[1]
+    pos = torch.arange(n, dtype=torch.long)
+    buckets = T5Attention._relative_position_bucket(
+        pos[None, :] - pos[:, None],
+        bidirectional=True,
+        num_buckets=T5_CONFIG["relative_attention_num_buckets"],
+        max_distance=T5_CONFIG["relative_attention_max_distance"],
+    )
+    assert torch.isfinite(out).all() and torch.isfinite(long_out).all()
+    tensors["t5.input_ids"] = ids
+    tensors["t5.last_hidden_state"] = out
+    tensors["t5.long.input_ids"] = long_ids
+    tensors["t5.long.last_hidden_state"] = long_out
+    tensors["t5.long.position_bucket"] = buckets.to(torch.long)
+    print(f"t5.last_hidden_state: shape {list(out.shape)} |out| = {float(out.norm()):.6f}")
+    print(f"t5.long.last_hidden_state: shape {list(long_out.shape)} |out| = {float(long_out.norm()):.6f}")
+
+
 def main():
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(ROOT)
@@ -342,6 +434,7 @@ def main():
             sd35 = model
     vae = build_vae(tensors, meta)
     build_pipeline(tensors, meta, sd35, vae)
+    build_t5(tensors)
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(ROOT, "reference.safetensors"))
     with open(os.path.join(ROOT, "reference.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, sort_keys=True)

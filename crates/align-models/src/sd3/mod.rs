@@ -3,12 +3,17 @@
 //! 16-channel latents. Loaded from a diffusers `transformer/` directory; its parameter paths
 //! are the checkpoint's tensor names up to [`MMDIT_REMAP`].
 //!
-//! Work in progress toward the SD3 pipeline (VAE, CLIP and T5 text encoders, scheduler):
-//! the transformer alone is here so far.
+//! The T5 v1.1 text encoder ([`T5Encoder`], transformers' `T5EncoderModel`) is SD3's third
+//! text tower. The VAE is [`crate::sd::AutoencoderKl`] (16 latent channels, no quant
+//! convolutions, `shift_factor`), the schedule `align_samplers::FlowGrid::flow_match_euler`.
+//! Work in progress toward the whole SD3 pipeline (CLIP towers with projections, prompt
+//! embeddings, tokenizers).
 
 pub mod mmdit;
+pub mod t5;
 
 pub use mmdit::{
     AdaNorm, JointAttention, JointBlock, MMDIT_REMAP, MmDit, MmDitConfig, PatchEmbed, RmsNorm,
     TanhFeedForward, TimeTextEmbed, TwoLayer,
 };
+pub use t5::{T5Config, T5Encoder, relative_position_bucket};
