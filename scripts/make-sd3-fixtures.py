@@ -52,6 +52,24 @@ fixtures/sd3-tiny/
                      [1,45,16], and t5.long.position_bucket int64 [45,45] (the encoder's
                      _relative_position_bucket(memory - query)). Eager attention.
 
+  text_encoder/      transformers.CLIPTextModelWithProjection, CLIP-L style (SD3's text_encoder):
+                     hidden 16, intermediate 24, 2 layers, 2 heads, projection 16, quick_gelu
+  text_encoder_2/    the same class, OpenCLIP bigG style (SD3's text_encoder_2): hidden 20, projection 20,
+                     hidden_act "gelu"
+    config.json + model.safetensors  (save_pretrained, safetensors); both: vocab 744 (the sd-tiny
+                     tokenizer, fixtures/sd-tiny/tokenizer, reused for both towers), 77 positions,
+                     bos 742, eos_token_id 743 (the tokenizer's real <|endoftext|> id, so the pooled
+                     token is the first 743; the real SD3 configs carry the legacy eos_token_id 2, i.e.
+                     argmax pooling, which picks the same position here because 743 is the largest id),
+                     pad_token_id 743. Weights: randomize() (LayerNorm weights 1 + 0.1 N(0,1)), seeds 11/12.
+                     References (clip3.* keys; not in reference.json): clip3.input_ids int64 [2,77] =
+                     the sd-tiny tokenizer padded to 77 with <|endoftext|> (743), as SD3's `tokenizer`;
+                     clip3.input_ids_2 int64 [2,77] = the same prompts padded with "!" (id 0), as SD3's
+                     `tokenizer_2` (pad_token="!"); then clip3.l.{penultimate = hidden_states[-2],
+                     last_hidden_state} [2,77,16], clip3.l.text_embeds [2,16] from text_encoder on
+                     clip3.input_ids, and clip3.g.* [2,77,20] / [2,20] from text_encoder_2 on
+                     clip3.input_ids_2 (no attention mask, as the pipeline calls
+                     `text_encoder(text_input_ids, output_hidden_states=True)`). Eager attention.
 Sizes (transformers): inner dim 16 (2 heads of 8), 3 blocks, patch 2, 4 latent channels, joint_attention_dim 16,
 pooled_projection_dim 12, pos_embed_max_size 16. Every parameter is randomised, the adaLN
 modulation and proj_out included (the reference SD3 code zero-initialises those, which would hide
@@ -147,6 +165,24 @@ T5_CONFIG = dict(
 T5_SEED = 10  # weights
 T5_INPUT_SEED = 44
 T5_STD = 0.3
+
+# SD3's two CLIP text towers in miniature, on the sd-tiny CLIP tokenizer's vocabulary.
+CLIP_TOKENIZER = os.path.join(os.path.dirname(ROOT), "sd-tiny", "tokenizer")
+CLIP_COMMON = dict(
+    intermediate_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    layer_norm_eps=1e-5,
+    attention_dropout=0.0,
+    dropout=0.0,
+)
+CLIP_TOWERS = [
+    # (directory, tensor prefix, config, weight seed, tokenizer pad token)
+    ("text_encoder", "clip3.l", dict(hidden_size=16, projection_dim=16, hidden_act="quick_gelu"), 11, None),
+    ("text_encoder_2", "clip3.g", dict(hidden_size=20, projection_dim=20, hidden_act="gelu"), 12, "!"),
+]
+CLIP_PROMPTS = ["a photo of a cat", "a red car on the road at night"]
 
 NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, diffusers.models.normalization.RMSNorm)
 
@@ -390,6 +426,61 @@ def build_t5(tensors):
     print(f"t5.long.last_hidden_state: shape {list(long_out.shape)} |out| = {float(long_out.norm()):.6f}")
 
 
+def build_clip(tensors):
+    """text_encoder/, text_encoder_2/ and the clip3.* references (added after t5.*, so nothing
+    else changes)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    with open(os.path.join(CLIP_TOKENIZER, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    eos, bos = vocab["<|endoftext|>"], vocab["<|startoftext|>"]
+    assert eos == max(vocab.values())  # so legacy argmax pooling (eos_token_id 2) agrees
+    ids = {}
+    for directory, prefix, extra, seed, pad in CLIP_TOWERS:
+        kwargs = {"pad_token": pad} if pad else {}
+        tok = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER, **kwargs)
+        assert len(tok) == len(vocab) and tok.eos_token_id == eos and tok.bos_token_id == bos
+        assert tok.pad_token_id == (vocab[pad] if pad else eos)
+        # as StableDiffusion3Pipeline._get_clip_prompt_embeds tokenises
+        input_ids = tok(
+            CLIP_PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+        assert input_ids.shape == (2, 77)
+        # every word is in the tiny vocabulary (its unk token is <|endoftext|>): the text round-trips
+        assert tok.batch_decode(input_ids, skip_special_tokens=True) == CLIP_PROMPTS
+        assert (input_ids[:, 0] == bos).all() and ((input_ids == eos).sum(1) >= 1).all()
+
+        torch.manual_seed(0)
+        config = CLIPTextConfig(
+            vocab_size=len(vocab), bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, **CLIP_COMMON, **extra
+        )
+        config._attn_implementation = "eager"
+        model = CLIPTextModelWithProjection(config).eval()
+        randomize(model, seed)
+        model.save_pretrained(os.path.join(ROOT, directory), safe_serialization=True)
+        with torch.no_grad():
+            out = model(input_ids, output_hidden_states=True)
+            # the default attention (sdpa) agrees with eager
+            model.config._attn_implementation = "sdpa"
+            assert torch.allclose(model(input_ids).text_embeds, out.text_embeds, atol=1e-5)
+            model.config._attn_implementation = "eager"
+            # legacy pooling (the real SD3 configs' eos_token_id 2): argmax of the ids
+            rows = torch.arange(input_ids.shape[0])
+            legacy = model.text_projection(out.last_hidden_state[rows, input_ids.argmax(-1)])
+            assert torch.allclose(legacy, out.text_embeds, atol=1e-6)
+        assert len(out.hidden_states) == CLIP_COMMON["num_hidden_layers"] + 1
+        for t in (out.hidden_states[-2], out.last_hidden_state, out.text_embeds):
+            assert torch.isfinite(t).all()
+        ids[prefix] = input_ids
+        tensors[prefix + ".penultimate"] = out.hidden_states[-2]
+        tensors[prefix + ".last_hidden_state"] = out.last_hidden_state
+        tensors[prefix + ".text_embeds"] = out.text_embeds
+        print(f"{prefix}.text_embeds: shape {list(out.text_embeds.shape)} |out| = {float(out.text_embeds.norm()):.6f}")
+    tensors["clip3.input_ids"] = ids["clip3.l"]
+    tensors["clip3.input_ids_2"] = ids["clip3.g"]
+    assert not torch.equal(ids["clip3.l"], ids["clip3.g"])
+
+
 def main():
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(ROOT)
@@ -435,6 +526,7 @@ def main():
     vae = build_vae(tensors, meta)
     build_pipeline(tensors, meta, sd35, vae)
     build_t5(tensors)
+    build_clip(tensors)
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(ROOT, "reference.safetensors"))
     with open(os.path.join(ROOT, "reference.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, sort_keys=True)

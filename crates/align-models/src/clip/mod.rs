@@ -46,6 +46,7 @@ use crate::error::{ModelError, Result};
 pub mod encoder;
 pub mod model;
 pub mod processor;
+pub mod projected;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;
@@ -55,6 +56,7 @@ pub use encoder::{
 };
 pub use model::{ClipConfig, ClipModel, l2_normalize};
 pub use processor::{ClipImageProcessor, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
+pub use projected::{ClipProjectedOutput, ClipTextModelWithProjection};
 pub use text::{ClipTextConfig, ClipTextEmbeddings, ClipTextModel, ClipTextOutput};
 pub use tokenizer::{CLIP_MAX_LENGTH, CLIP_PATTERN, ClipTokenizer, bytes_to_unicode};
 pub use vision::{ClipVisionConfig, ClipVisionEmbeddings, ClipVisionModel, ClipVisionOutput};

@@ -230,6 +230,20 @@ impl ClipTextModel {
     /// If `L` exceeds `max_position_embeddings` (burn's slice check), or (depending on the
     /// backend) for ids outside the vocabulary.
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> ClipTextOutput {
+        self.forward_with_hidden_states(input_ids).0
+    }
+
+    /// [`ClipTextModel::forward`] with every hidden state, as transformers'
+    /// `output_hidden_states=True` returns them: the embeddings, then the output of each
+    /// encoder layer (before the final layer norm), `num_hidden_layers + 1` tensors
+    /// `[B, L, D]`. Stable Diffusion 3 conditions on the penultimate one (`[-2]`).
+    ///
+    /// # Panics
+    /// As [`ClipTextModel::forward`].
+    pub fn forward_with_hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+    ) -> (ClipTextOutput, Vec<Tensor<3>>) {
         let [b, l] = input_ids.dims();
         let d = self.config.hidden_size;
         let positions = self
@@ -240,18 +254,25 @@ impl ClipTextModel {
             .narrow(0, 0, l)
             .unsqueeze::<3>()
             .expand([b, l, d]);
-        let h = self.embeddings.token_embedding.forward(input_ids.clone()) + positions;
-        let h = self.encoder.forward(h, true);
+        let mut h = self.embeddings.token_embedding.forward(input_ids.clone()) + positions;
+        let mut hidden_states = vec![h.clone()];
+        for layer in &self.encoder.layers {
+            h = layer.forward(h, true);
+            hidden_states.push(h.clone());
+        }
         let last_hidden_state = self.final_layer_norm.forward(h);
         let index = self.pooled_positions(input_ids);
         let pooler_output = last_hidden_state
             .clone()
             .gather(1, index.unsqueeze_dim::<3>(2).expand([b, 1, d]))
             .reshape([b, d]);
-        ClipTextOutput {
-            last_hidden_state,
-            pooler_output,
-        }
+        (
+            ClipTextOutput {
+                last_hidden_state,
+                pooler_output,
+            },
+            hidden_states,
+        )
     }
 
     /// The position `e_b` pooled in each row, `[B, 1]` (see the module docs).

@@ -10,10 +10,12 @@
 //! embeddings, tokenizers).
 
 pub mod mmdit;
+pub mod prompt;
 pub mod t5;
 
 pub use mmdit::{
     AdaNorm, JointAttention, JointBlock, MMDIT_REMAP, MmDit, MmDitConfig, PatchEmbed, RmsNorm,
     TanhFeedForward, TimeTextEmbed, TwoLayer,
 };
+pub use prompt::{T5Part, sd3_condition};
 pub use t5::{T5Config, T5Encoder, relative_position_bucket};
