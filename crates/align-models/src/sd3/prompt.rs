@@ -22,7 +22,7 @@ use crate::error::{ModelError, Result};
 #[derive(Debug, Clone)]
 pub enum T5Part {
     /// `[B, L_T5, W]` hidden states.
-    Encoded(Tensor<3>),
+    Encoded(Box<Tensor<3>>),
     /// No T5 tower: zeros of `tokens × width` (SD3: 256 × 4096, the MMDiT's
     /// `joint_attention_dim`).
     Dropped {
@@ -54,7 +54,7 @@ pub fn sd3_condition(
     }
     let device = clip_l.penultimate.device();
     let t5 = match t5 {
-        T5Part::Encoded(t) => t,
+        T5Part::Encoded(t) => *t,
         T5Part::Dropped { tokens, width } => Tensor::zeros([b, tokens, width], &device),
     };
     let [bt, _, width] = t5.dims();
@@ -103,7 +103,7 @@ mod tests {
         let device = align_core::test_device();
         let (l, g) = (out(2, 3, 2, 1, 1.0, &device), out(2, 3, 3, 2, 2.0, &device));
         let t5 = Tensor::<3>::full([2, 4, 8], 3.0, &device);
-        let c = sd3_condition(&l, &g, T5Part::Encoded(t5)).unwrap();
+        let c = sd3_condition(&l, &g, T5Part::Encoded(Box::new(t5))).unwrap();
         assert_eq!(c.context.dims(), [2, 7, 8]);
         let v = c.context.clone().into_data().try_to_vec::<f32>().unwrap();
         for bi in 0..2 {
