@@ -283,8 +283,9 @@ pub struct TanhFeedForward {
     pub out: Linear,
 }
 
-/// GELU with the tanh approximation: `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
-fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
+/// GELU with the tanh approximation: `½x(1 + tanh(√(2/π)(x + 0.044715x³)))` (PyTorch's
+/// `gelu(approximate="tanh")`, transformers' `gelu_new`).
+pub(crate) fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
     let c = (2.0 / std::f64::consts::PI).sqrt();
     let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
     x.clone().mul_scalar(0.5) * inner.tanh().add_scalar(1.0)

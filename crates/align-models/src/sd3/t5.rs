@@ -22,6 +22,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
+use super::mmdit::gelu_tanh;
 use crate::error::Result;
 use crate::sd::config::require;
 
@@ -251,12 +252,6 @@ pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance:
         (max_exact + ratio).min(half - 1)
     };
     bucket as usize
-}
-
-fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
-    let c = (2.0 / std::f64::consts::PI).sqrt();
-    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
-    x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
 }
 
 impl T5Encoder {
