@@ -19,7 +19,8 @@ fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> ModelError {
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+/// The temporary file beside `path` that an atomic write renames into place.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

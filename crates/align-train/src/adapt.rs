@@ -139,9 +139,7 @@ pub fn write_run_config<C: serde::Serialize>(
             }
         }
     }
-    let tmp = out.join(format!(".{RUN_CONFIG}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, format!("# {header}\n{text}")).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))
+    crate::images::write_atomically(&path, &format!("# {header}\n{text}"))
 }
 
 /// The adapter a run starts from, kept in the run directory: a fresh run with `lora_init`

@@ -829,11 +829,7 @@ impl UNet2DCondition {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = crate::checkpoint::temp_path(path);
         let mut store = SafetensorsStore::from_file(&tmp)
             .overwrite(true)
             .metadata("format", "pt")
