@@ -65,7 +65,18 @@ proptest! {
             max_object: object,
             ..WorldConfig::default()
         };
-        let scene = render_seeded(spec, &cfg, seed).unwrap();
+        // With one fixed size the renderer cannot shrink objects to make room, and its random
+        // placement occasionally gives up on the tightest packing (three 7 px objects in
+        // 16 px: seed 15984081595867181930, spec 24). That is the renderer's limit, not
+        // ShapeEval's, and the default world never hits it (`every_scene_renders_and_passes`):
+        // such draws are rejected, any other error still fails.
+        let scene = match render_seeded(spec, &cfg, seed) {
+            Ok(scene) => scene,
+            Err(align_data::DataError::Placement { .. }) => {
+                return Err(TestCaseError::reject("placement gave up"));
+            }
+            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+        };
         prop_assert!(scene.objects.iter().all(|o| o.size == object));
         let r = ShapeEval::default().score(&scene.image, spec);
         prop_assert!(r.pass, "{} size {}: {:?}", spec, object, r);
