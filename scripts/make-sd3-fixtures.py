@@ -571,6 +571,291 @@ def write_param_counts():
         f.write("\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# fixtures/sd3-tiny-pipeline: a whole StableDiffusion3Pipeline directory (model_index.json and all
+# nine components), loaded by diffusers' own from_pretrained for the references. Its transformer is
+# sized for the text towers (joint_attention_dim = the T5 width 40 >= the CLIP widths 16 + 20,
+# pooled_projection_dim = the CLIP projections 16 + 20), so prompts run through the whole pipeline.
+# Written after sd3-tiny, from its own seeds: sd3-tiny does not change.
+
+PIPE_ROOT = os.path.join(os.path.dirname(ROOT), "sd3-tiny-pipeline")
+PIPE_MAX_SEQUENCE_LENGTH = 16  # diffusers' default is 256; the tiny fixture keeps it short
+PIPE_PROMPTS = ["a photo of a cat", "a red car on the road at night"]
+T5_CORPUS = [
+    "a photo of a cat", "a red car on the road at night", "two blue circles and a green square",
+    "An astronaut riding a horse on the Moon", "a painting of a small house by the sea",
+    "Three yellow triangles", "a dog sitting in the snow", "Portrait of a woman, oil on canvas.",
+    "The city skyline at sunset, 4k", "a bowl of fruit on a wooden table (1990)",
+]
+# What the tokenizer-id references cover: lower and upper case, digits and punctuation, characters
+# outside the tiny vocabulary (<unk>) and ones NFKC folds (the precompiled normaliser: full-width
+# letters, the "fi" ligature), runs of spaces, the empty prompt, an added special token, and a
+# prompt longer than the maximum length (truncated, ending in </s>).
+T5_TOKENIZER_PROMPTS = [
+    "a photo of a cat",
+    "A Photo of a CAT, 4k!",
+    "\u00fcn\u00efcode caf\u00e9 \uff21\uff22 \ufb01sh",
+    "   extra    spaces   here  ",
+    "",
+    "a red <extra_id_0> car",
+    "a painting of a small house by the sea, two blue circles and a green square at night",
+]
+T5_PIPE_CONFIG = dict(T5_CONFIG, d_model=40, d_kv=8, d_ff=32)
+T5_PIPE_SEED = 20
+CLIP_PIPE_SEEDS = {"text_encoder": 21, "text_encoder_2": 22}
+TRANSFORMER_PIPE_SEED = 23
+VAE_PIPE_SEED = 24
+PIPE_INPUT_SEED = 45
+
+
+def build_t5_tokenizer(directory):
+    """tokenizer_3/: a T5-style SentencePiece unigram model (pad 0, </s> 1, <unk> 2, no bos, the
+    nmt_nfkc normaliser as T5's) trained on T5_CORPUS, converted by transformers to the fast
+    tokenizer.json that real SD3 directories carry, with 4 extra ids (<extra_id_0..3>, T5 has
+    100). sentencepiece's trainer is deterministic for one thread and a fixed corpus."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(T5_CORPUS * 3),
+        model_writer=model,
+        vocab_size=120,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        normalization_rule_name="nmt_nfkc",
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    src = os.path.join(PIPE_ROOT, "_spiece")
+    os.makedirs(src)
+    with open(os.path.join(src, "spiece.model"), "wb") as f:
+        f.write(model.getvalue())
+    tok = T5Tokenizer.from_pretrained(src, extra_ids=4, model_max_length=512)
+    shutil.rmtree(src)
+    tok.save_pretrained(directory)
+    return T5Tokenizer.from_pretrained(directory)
+
+
+def write_clip_tokenizer(directory, pad):
+    """tokenizer/ or tokenizer_2/: the sd-tiny CLIP vocabulary as a real SD3 directory has it
+    (vocab.json, merges.txt, tokenizer_config.json); tokenizer_2 pads with "!" like SD3's."""
+    from transformers import CLIPTokenizer
+
+    os.makedirs(directory)
+    for name in ["vocab.json", "merges.txt"]:
+        shutil.copy(os.path.join(CLIP_TOKENIZER, name), os.path.join(directory, name))
+    with open(os.path.join(CLIP_TOKENIZER, "tokenizer_config.json")) as f:
+        config = json.load(f)
+    config.pop("backend", None)
+    if pad:
+        config["pad_token"] = pad
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    tok = CLIPTokenizer.from_pretrained(directory)
+    assert tok.pad_token == (pad or "<|endoftext|>"), tok.pad_token
+    return tok
+
+
+def build_whole_pipeline():
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    shutil.rmtree(PIPE_ROOT, ignore_errors=True)
+    os.makedirs(PIPE_ROOT)
+    tensors = {}
+    tok = write_clip_tokenizer(os.path.join(PIPE_ROOT, "tokenizer"), None)
+    write_clip_tokenizer(os.path.join(PIPE_ROOT, "tokenizer_2"), "!")
+    tok3 = build_t5_tokenizer(os.path.join(PIPE_ROOT, "tokenizer_3"))
+
+    # CLIP towers: the sd3-tiny sizes, new seeds.
+    vocab = tok.get_vocab()
+    eos, bos = vocab["<|endoftext|>"], vocab["<|startoftext|>"]
+    widths = []
+    for directory, _, extra, _, _ in CLIP_TOWERS:
+        torch.manual_seed(0)
+        config = CLIPTextConfig(
+            vocab_size=len(vocab), bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, **CLIP_COMMON, **extra
+        )
+        model = CLIPTextModelWithProjection(config).eval()
+        randomize(model, CLIP_PIPE_SEEDS[directory])
+        model.save_pretrained(os.path.join(PIPE_ROOT, directory), safe_serialization=True)
+        widths.append((extra["hidden_size"], extra["projection_dim"]))
+
+    # T5 on the tiny tokenizer's vocabulary.
+    torch.manual_seed(0)
+    t5_config = T5Config(**dict(T5_PIPE_CONFIG, vocab_size=len(tok3)))
+    t5 = T5EncoderModel(t5_config).eval()
+    g = torch.Generator().manual_seed(T5_PIPE_SEED)
+    with torch.no_grad():
+        for name, p in t5.named_parameters():
+            owner = t5.get_submodule(name.rsplit(".", 1)[0]) if "." in name else t5
+            if isinstance(owner, T5LayerNorm):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(T5_STD * torch.randn(p.shape, generator=g))
+    t5.save_pretrained(os.path.join(PIPE_ROOT, "text_encoder_3"), safe_serialization=True)
+
+    joint = T5_PIPE_CONFIG["d_model"]
+    assert joint >= sum(w for w, _ in widths)
+    transformer_config = dict(
+        BASE_CONFIG,
+        joint_attention_dim=joint,
+        pooled_projection_dim=sum(p for _, p in widths),
+        qk_norm="rms_norm",
+        dual_attention_layers=(0,),
+    )
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(**transformer_config).eval()
+    randomize(transformer, TRANSFORMER_PIPE_SEED)
+    transformer.save_pretrained(os.path.join(PIPE_ROOT, "transformer"), safe_serialization=True)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**VAE_CONFIG).eval()
+    randomize(vae, VAE_PIPE_SEED)
+    vae.save_pretrained(os.path.join(PIPE_ROOT, "vae"), safe_serialization=True)
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(
+        os.path.join(PIPE_ROOT, "scheduler")
+    )
+    index = {
+        "_class_name": "StableDiffusion3Pipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_3": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "tokenizer_3": ["transformers", "T5Tokenizer"],
+        "transformer": ["diffusers", "SD3Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "image_encoder": [None, None],
+        "feature_extractor": [None, None],
+    }
+    with open(os.path.join(PIPE_ROOT, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+        f.write("\n")
+
+    # The references, from the directory as diffusers loads it.
+    pipe = StableDiffusion3Pipeline.from_pretrained(PIPE_ROOT)
+    pipe.set_progress_bar_config(disable=True)
+    for m in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+        m.config._attn_implementation = "eager"
+    ids3 = pipe.tokenizer_3(
+        T5_TOKENIZER_PROMPTS,
+        padding="max_length",
+        max_length=PIPE_MAX_SEQUENCE_LENGTH,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    ).input_ids
+    assert (ids3[:, -1] != 0).sum() >= 1  # the long prompt is truncated, ending in </s>
+    assert int(ids3[-1, -1]) == tok3.eos_token_id
+    assert int((ids3 == tok3.unk_token_id).sum()) > 0
+    tensors["tokenizer_3.input_ids"] = ids3
+    for i, name in enumerate(["tokenizer", "tokenizer_2"]):
+        t = getattr(pipe, name)
+        tensors[f"{name}.input_ids"] = t(
+            PIPE_PROMPTS + [""], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+    with torch.no_grad():
+        pe, ne, pp, npool = pipe.encode_prompt(
+            PIPE_PROMPTS, None, None, do_classifier_free_guidance=True, max_sequence_length=PIPE_MAX_SEQUENCE_LENGTH
+        )
+    tensors.update(
+        {
+            "encode.prompt_embeds": pe,
+            "encode.negative_prompt_embeds": ne,
+            "encode.pooled_prompt_embeds": pp,
+            "encode.negative_pooled_prompt_embeds": npool,
+        }
+    )
+    g = torch.Generator().manual_seed(PIPE_INPUT_SEED)
+    init = torch.randn(2, BASE_CONFIG["in_channels"], 8, 8, generator=g)
+    latents = pipe(
+        prompt=PIPE_PROMPTS,
+        height=16,
+        width=16,
+        num_inference_steps=PIPE_STEPS,
+        guidance_scale=PIPE_GUIDANCE,
+        latents=init.clone(),
+        max_sequence_length=PIPE_MAX_SEQUENCE_LENGTH,
+        output_type="latent",
+    ).images
+    with torch.no_grad():
+        images = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
+    tensors.update({"run.init_latents": init, "run.latents": latents, "run.images": images})
+
+    # Without T5 (the practical choice on small GPUs): its part of the prompt is zeros.
+    pipe_no_t5 = StableDiffusion3Pipeline.from_pretrained(PIPE_ROOT, text_encoder_3=None, tokenizer_3=None)
+    pipe_no_t5.set_progress_bar_config(disable=True)
+    for m in (pipe_no_t5.text_encoder, pipe_no_t5.text_encoder_2):
+        m.config._attn_implementation = "eager"
+    with torch.no_grad():
+        pe0, ne0, pp0, np0 = pipe_no_t5.encode_prompt(
+            PIPE_PROMPTS, None, None, do_classifier_free_guidance=True, max_sequence_length=PIPE_MAX_SEQUENCE_LENGTH
+        )
+    assert torch.equal(pe0[:, 77:], torch.zeros_like(pe0[:, 77:])) and torch.equal(pp0, pp)
+    assert torch.equal(pe0[:, :77], pe[:, :77])
+    latents0 = pipe_no_t5(
+        prompt=PIPE_PROMPTS,
+        height=16,
+        width=16,
+        num_inference_steps=PIPE_STEPS,
+        guidance_scale=PIPE_GUIDANCE,
+        latents=init.clone(),
+        max_sequence_length=PIPE_MAX_SEQUENCE_LENGTH,
+        output_type="latent",
+    ).images
+    tensors.update({"no_t5.prompt_embeds": pe0, "no_t5.negative_prompt_embeds": ne0, "no_t5.latents": latents0})
+    assert not torch.allclose(latents0, latents, atol=1e-3)
+    for k, v in tensors.items():
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(PIPE_ROOT, "reference.safetensors"))
+    meta = {
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        "prompts": PIPE_PROMPTS,
+        "max_sequence_length": PIPE_MAX_SEQUENCE_LENGTH,
+        "steps": PIPE_STEPS,
+        "guidance_scale": PIPE_GUIDANCE,
+        "height": 16,
+        "width": 16,
+        "tokenizer_3_prompts": T5_TOKENIZER_PROMPTS,
+        "calls": {
+            "tokenizer_3.input_ids": "pipe.tokenizer_3(tokenizer_3_prompts, padding='max_length', "
+            "max_length=max_sequence_length, truncation=True, add_special_tokens=True).input_ids",
+            "tokenizer(_2).input_ids": "pipe.tokenizer(_2)(prompts + [''], padding='max_length', max_length=77, "
+            "truncation=True).input_ids",
+            "encode.*": "pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=True, "
+            "max_sequence_length=max_sequence_length) (negative prompt '')",
+            "run.latents": "pipe(prompt=prompts, height, width, num_inference_steps=steps, guidance_scale, "
+            "latents=run.init_latents, max_sequence_length, output_type='latent').images",
+            "run.images": "vae.decode(run.latents / scaling_factor + shift_factor).sample",
+            "no_t5.*": "the same from StableDiffusion3Pipeline.from_pretrained(dir, text_encoder_3=None, tokenizer_3=None)",
+        },
+        "outputs": {
+            k: {"shape": list(v.shape), "l2_norm": round(float(v.float().norm()), 6)} for k, v in tensors.items()
+        },
+    }
+    with open(os.path.join(PIPE_ROOT, "reference.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.write("\n")
+    total = sum(
+        os.path.getsize(os.path.join(d, n)) for d, _, files in os.walk(PIPE_ROOT) for n in files
+    )
+    print(f"run.latents |out| = {float(latents.norm()):.6f}, no_t5.latents |out| = {float(latents0.norm()):.6f}")
+    print(f"whole pipeline written to {os.path.normpath(PIPE_ROOT)}: {total / 1e3:.1f} kB")
+
+
 if __name__ == "__main__":
     main()
     write_param_counts()
+    build_whole_pipeline()

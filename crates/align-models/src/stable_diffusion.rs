@@ -448,40 +448,58 @@ impl StableDiffusion {
         } else {
             Some(self.encode_unconditional(b)?)
         };
-        let device = latents.device();
-        let mut x = latents;
-        for k in 0..sampler.num_steps() {
-            let t = Tensor::<1>::from_data(
-                TensorData::new(vec![sampler.model_time(k) as f32; b], [b]),
-                &device,
-            );
-            let out = guided_predict(
-                self,
-                x.clone(),
-                t,
-                &condition,
-                uncond.as_ref(),
-                guidance_scale,
-            )
-            .map_err(|e| ModelError::config("sampler", e.to_string()))?;
-            x = sampler
-                .step(
-                    k,
-                    x,
-                    out,
-                    self.parameterization,
-                    Transition::Mean,
-                    align_core::LogProbReduction::Mean,
-                )
-                .map_err(|e| ModelError::config("sampler", e.to_string()))?
-                .prev_sample;
-        }
-        Ok(x)
+        guided_sample(
+            self,
+            &condition,
+            uncond.as_ref(),
+            latents,
+            sampler,
+            guidance_scale,
+        )
     }
 
     fn device(&self) -> Device {
         self.unet.devices().into_iter().next().unwrap_or_default()
     }
+}
+
+/// Runs `sampler` deterministically (each step's Gaussian mean) from `latents` with
+/// classifier-free guidance `v = v_u + w (v_c − v_u)` (no unconditional pass for `w = 1`):
+/// the loop of diffusers' pipelines with `latents=` passed in.
+///
+/// # Errors
+/// A condition of another batch size, a sampler failure (named as `sampler`).
+pub(crate) fn guided_sample<D: Denoiser, S: Sampler + ?Sized>(
+    model: &D,
+    condition: &Condition,
+    uncond: Option<&Condition>,
+    latents: Tensor<4>,
+    sampler: &S,
+    guidance_scale: f64,
+) -> Result<Tensor<4>> {
+    let b = latents.dims()[0];
+    let device = latents.device();
+    let mut x = latents;
+    for k in 0..sampler.num_steps() {
+        let t = Tensor::<1>::from_data(
+            TensorData::new(vec![sampler.model_time(k) as f32; b], [b]),
+            &device,
+        );
+        let out = guided_predict(model, x.clone(), t, condition, uncond, guidance_scale)
+            .map_err(|e| ModelError::config("sampler", e.to_string()))?;
+        x = sampler
+            .step(
+                k,
+                x,
+                out,
+                model.parameterization(),
+                Transition::Mean,
+                align_core::LogProbReduction::Mean,
+            )
+            .map_err(|e| ModelError::config("sampler", e.to_string()))?
+            .prev_sample;
+    }
+    Ok(x)
 }
 
 impl Denoiser for StableDiffusion {

@@ -57,6 +57,11 @@ impl ClipTextModelWithProjection {
         )
     }
 
+    /// Width `P` of the projected pooled embedding (`projection_dim`).
+    pub fn projection_dim(&self) -> usize {
+        self.text_projection.weight.dims()[1]
+    }
+
     /// Encodes token ids.
     ///
     /// # Shapes
