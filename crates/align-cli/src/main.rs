@@ -194,12 +194,12 @@ enum Command {
     Sample {
         /// Shapes-world model directory (`model.json` + `model.safetensors`), e.g.
         /// `models/shapes-dit`.
-        #[arg(long, required_unless_present_any = ["sd", "run"], conflicts_with_all = ["sd", "run"])]
+        #[arg(long, required_unless_present_any = ["sd", "sd3", "run"], conflicts_with_all = ["sd", "sd3", "run"])]
         model: Option<PathBuf>,
         /// A run directory of `align train` / `align pref-train`: sample its trained model
         /// (the newest checkpoint, its weight average where the run kept one); a Stable
         /// Diffusion run's image size and guidance unless `--size` / `--guidance` are given.
-        #[arg(long, conflicts_with = "sd")]
+        #[arg(long, conflicts_with_all = ["sd", "sd3"])]
         run: Option<PathBuf>,
         /// With `--run`: this checkpoint's iteration instead of the newest.
         #[arg(long, requires = "run")]
@@ -209,9 +209,18 @@ enum Command {
         no_ema: bool,
         /// A Stable Diffusion 1.x directory in the diffusers layout (`unet/`, `vae/`,
         /// `text_encoder/`, `tokenizer/`, `scheduler/`), e.g. a local copy of SD 1.5.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sd3")]
         sd: Option<PathBuf>,
-        /// Image side in pixels for `--sd` (0 = the model's default, 512 for SD 1.5).
+        /// A Stable Diffusion 3 / 3.5 directory in the diffusers layout (`transformer/`,
+        /// `vae/`, `text_encoder/`, `text_encoder_2/`, optional `text_encoder_3/`, their
+        /// tokenizers, `scheduler/`): Euler on its flow-match sigmas (default 28 steps, CFG 7).
+        #[arg(long)]
+        sd3: Option<PathBuf>,
+        /// With `--sd3`: leave the T5 text encoder out (zeros in its place, as diffusers does).
+        #[arg(long, requires = "sd3")]
+        no_t5: bool,
+        /// Image side in pixels for `--sd` / `--sd3` (0 = the model's default, 512 for SD 1.5,
+        /// 1024 for SD3).
         #[arg(long, default_value_t = 0)]
         size: usize,
         /// DDIM η for `--sd` (0 = deterministic DDIM).
@@ -224,10 +233,10 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         n: usize,
         /// Sampler steps (0 = 50 DDIM steps for the UNet and `--sd`, 40 Euler steps for the
-        /// flow model).
+        /// flow model, 28 for `--sd3`).
         #[arg(long, default_value_t = 0)]
         steps: usize,
-        /// Classifier-free guidance scale (default 3.0; 7.5 with `--sd`).
+        /// Classifier-free guidance scale (default 3.0; 7.5 with `--sd`, 7.0 with `--sd3`).
         #[arg(long)]
         guidance: Option<f64>,
         /// Seed of the initial noise.
@@ -645,6 +654,8 @@ fn run(cli: Cli) -> Result<(), String> {
             checkpoint,
             no_ema,
             sd,
+            sd3,
+            no_t5,
             size,
             eta,
             prompt,
@@ -684,6 +695,14 @@ fn run(cli: Cli) -> Result<(), String> {
                     align_train::TrainedModel::Sd(sd) => {
                         sd_cmd::sample_from(*sd, &prompt, &out, &sd_options)?;
                     }
+                    align_train::TrainedModel::Sd3(sd3) => {
+                        let sd3_options = sd_cmd::SdSampleOptions {
+                            steps: if steps == 0 { 28 } else { steps },
+                            guidance: guidance.unwrap_or(sd_options.guidance),
+                            ..sd_options
+                        };
+                        sd_cmd::sample_sd3_from(*sd3, &prompt, &out, &sd3_options)?;
+                    }
                     align_train::TrainedModel::Shapes(config, model) => {
                         shapes_eval::sample_grid_of(
                             &config,
@@ -701,6 +720,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("wrote {}", out.display());
                 return Ok(());
             }
+            if let Some(dir) = sd3 {
+                let sd3_options = sd_cmd::SdSampleOptions {
+                    steps: if steps == 0 { 28 } else { steps },
+                    guidance: guidance.unwrap_or(7.0),
+                    ..sd_options
+                };
+                sd_cmd::sample_sd3(&dir, &prompt, &out, &sd3_options, no_t5, &device)?;
+                println!("wrote {}", out.display());
+                return Ok(());
+            }
             match (model, sd) {
                 (_, Some(dir)) => {
                     sd_cmd::sample(&dir, &prompt, &out, &sd_options, &device)?;
@@ -708,7 +737,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 (Some(model), None) => {
                     sample_shapes(&model, &prompt, n, &out, shapes_options, seed, &device)?;
                 }
-                (None, None) => return Err("give --model or --sd".into()),
+                (None, None) => return Err("give --model, --sd or --sd3".into()),
             }
             println!("wrote {}", out.display());
             Ok(())
@@ -752,7 +781,8 @@ fn run(cli: Cli) -> Result<(), String> {
                     // A Stable Diffusion run is measured with its adapters as the run's report
                     // measured them (unmerged); a Shapes model is merged first.
                     let trained_model = match trained_model {
-                        sd @ align_train::TrainedModel::Sd(_) => sd,
+                        sd @ (align_train::TrainedModel::Sd(_)
+                        | align_train::TrainedModel::Sd3(_)) => sd,
                         shapes => align_train::TrainedRun {
                             config: run_config.clone(),
                             model: shapes,
@@ -778,6 +808,22 @@ fn run(cli: Cli) -> Result<(), String> {
                             println!(
                                 "mean {} reward of {} ({}): {mean:.4} over {images} images \
                                  (deterministic DDIM, the run's evaluation prompts and seeds)",
+                                config.reward,
+                                run.display(),
+                                file.display()
+                            );
+                            return Ok(());
+                        }
+                        align_train::TrainedModel::Sd3(sd3) => {
+                            let align_train::RunConfig::Train(config) = &run_config else {
+                                return Err("eval --run: an SD3 run of align train expected".into());
+                            };
+                            let (mean, images) =
+                                align_train::sd3::evaluate_sd3(config, &sd3, &device)
+                                    .map_err(|e| format!("eval --run: {e}"))?;
+                            println!(
+                                "mean {} reward of {} ({}): {mean:.4} over {images} images \
+                                 (flow Euler, the run's evaluation prompts and seeds)",
                                 config.reward,
                                 run.display(),
                                 file.display()

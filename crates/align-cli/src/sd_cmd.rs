@@ -1,9 +1,11 @@
-//! `align sample --sd <dir>`: Stable Diffusion 1.x directories (diffusers layout) on disk.
+//! `align sample --sd <dir>` / `--sd3 <dir>`: Stable Diffusion 1.x and 3 / 3.5 directories
+//! (diffusers layout) on disk.
 
 use std::path::Path;
 
-use align_models::StableDiffusion;
-use align_samplers::{RolloutBatch, RolloutConfig, rollout};
+use align_models::sd3::{Sd3Options, StableDiffusion3};
+use align_models::{Pipeline, StableDiffusion};
+use align_samplers::{RolloutBatch, RolloutConfig, Sampler, rollout};
 use burn::module::Module;
 use burn::prelude::*;
 
@@ -65,13 +67,77 @@ pub fn sample_from(
         .scheduler
         .ddim(options.steps, options.eta)
         .map_err(|e| format!("--steps/--eta: {e}"))?;
+    write_samples(&sd, &sampler, shape, prompt, out, options)
+}
+
+/// `align sample --sd3 <dir>`: an SD3 / SD3.5 directory, Euler on its flow-match sigmas
+/// (`options.steps`; `options.eta` must be 0), without T5 when `no_t5`.
+///
+/// # Errors
+/// As [`sample`], and `--eta` (SD3 samples with the deterministic Euler ODE).
+pub fn sample_sd3(
+    dir: &Path,
+    prompt: &str,
+    out: &Path,
+    options: &SdSampleOptions,
+    no_t5: bool,
+    device: &Device,
+) -> Result<(), String> {
+    if options.eta != 0.0 {
+        return Err(
+            "--eta: SD3 samples with the deterministic flow Euler sampler; leave --eta out".into(),
+        );
+    }
+    let sd3_options = Sd3Options {
+        text_encoder_3: !no_t5,
+        ..Sd3Options::default()
+    };
+    let sd3 = StableDiffusion3::load_with(dir, &sd3_options, device).map_err(|e| e.to_string())?;
+    sample_sd3_from(sd3, prompt, out, options)
+}
+
+/// [`sample_sd3`] for a loaded pipeline (a run's trained model, `align sample --run`).
+///
+/// # Errors
+/// As [`sample_sd3`].
+pub fn sample_sd3_from(
+    sd3: StableDiffusion3,
+    prompt: &str,
+    out: &Path,
+    options: &SdSampleOptions,
+) -> Result<(), String> {
+    let sd3 = sd3.no_grad();
+    let size = if options.size == 0 {
+        sd3.default_image_size()
+    } else {
+        options.size
+    };
+    let shape = sd3
+        .latent_shape(size, size)
+        .map_err(|e| format!("--size: {e}"))?;
+    let sampler = sd3
+        .euler(options.steps)
+        .map_err(|e| format!("--steps: {e}"))?;
+    write_samples(&sd3, &sampler, shape, prompt, out, options)
+}
+
+/// Samples `options.n` images of `prompt` from a pipeline with CFG and writes the grid.
+fn write_samples<P: Pipeline, S: Sampler>(
+    pipeline: &P,
+    sampler: &S,
+    shape: [usize; 3],
+    prompt: &str,
+    out: &Path,
+    options: &SdSampleOptions,
+) -> Result<(), String> {
     let n = options.n.max(1);
     let prompts = vec![prompt.to_string(); n];
-    let condition = sd.encode_prompts(&prompts).map_err(|e| e.to_string())?;
-    let uncond = sd.encode_unconditional(n).map_err(|e| e.to_string())?;
+    let (condition, uncond) = pipeline
+        .prompt_conditions(&prompts)
+        .map_err(|e| e.to_string())?;
     let trajectory = rollout(
-        &sd,
-        &sampler,
+        pipeline,
+        sampler,
         &RolloutBatch {
             condition: &condition,
             uncond: (options.guidance != 1.0).then_some(&uncond),
@@ -92,8 +158,8 @@ pub fn sample_from(
         .last()
         .cloned()
         .ok_or_else(|| "sampling produced no latents".to_string())?;
-    let images =
-        tensor_to_images(sd.decode(latents).clamp(-1.0, 1.0)).map_err(|e| e.to_string())?;
+    let images = tensor_to_images(pipeline.sample_images(latents).clamp(-1.0, 1.0))
+        .map_err(|e| e.to_string())?;
     write_grid(&images, 4, out).map_err(|e| e.to_string())
 }
 
@@ -129,6 +195,31 @@ mod tests {
         let grid = image::open(&out).unwrap();
         // Two 16×16 images side by side with 1-pixel gutters.
         assert_eq!((grid.width(), grid.height()), (35, 18));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn samples_a_grid_from_the_tiny_sd3_pipeline_with_and_without_t5() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-sd3-sample-{}", std::process::id()));
+        let pipe = fixtures_dir().join("sd3-tiny-pipeline");
+        for no_t5 in [false, true] {
+            let out = dir.join(format!("grid-{no_t5}.png"));
+            sample_sd3(&pipe, "a photo of a cat", &out, &options(), no_t5, &device).unwrap();
+            let grid = image::open(&out).unwrap();
+            assert_eq!((grid.width(), grid.height()), (35, 18));
+        }
+        let a = image::open(dir.join("grid-false.png")).unwrap();
+        let b = image::open(dir.join("grid-true.png")).unwrap();
+        assert_ne!(a.as_bytes(), b.as_bytes(), "T5 changes the condition");
+        let mut o = options();
+        o.eta = 0.5;
+        let err = sample_sd3(&pipe, "a cat", &dir.join("x.png"), &o, false, &device).unwrap_err();
+        assert!(err.starts_with("--eta"), "{err}");
+        let mut o = options();
+        o.size = 18;
+        let err = sample_sd3(&pipe, "a cat", &dir.join("x.png"), &o, false, &device).unwrap_err();
+        assert!(err.starts_with("--size"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -69,6 +69,10 @@ pub struct OnlineTask<P: Pipeline> {
     /// Mixed into the seed of the prompt draw ([`PIPELINE_PROMPT_SALT`] unless a family keeps
     /// its own sequence).
     pub prompt_salt: u64,
+    /// The flow time grid of the rollouts, for the samplers the job rebuilds per iteration
+    /// (Flow-GRPO-Fast's drawn SDE window, DenseGRPO's calibrated noise): `None` = `train_steps`
+    /// even steps without shift (the Shapes models); SD3 passes its shifted sigmas.
+    pub flow_grid: Option<FlowGrid>,
 }
 
 impl<P: Pipeline> OnlineTask<P> {
@@ -89,6 +93,7 @@ impl<P: Pipeline> OnlineTask<P> {
             sample_shape,
             lora_targets: None,
             prompt_salt: PIPELINE_PROMPT_SALT,
+            flow_grid: None,
         }
     }
 }
@@ -100,6 +105,7 @@ pub struct OnlineJob<P: Pipeline> {
     reference: P,
     prompts: Vec<String>,
     prompt_salt: u64,
+    flow_grid: Option<FlowGrid>,
     reward: Box<dyn Reward>,
     gold: Option<Box<dyn Reward>>,
     config: TrainConfig,
@@ -124,10 +130,14 @@ fn conditions<P: Pipeline>(
 /// per-step noise scales (SDE only).
 fn flow_iteration_sampler(
     config: &TrainConfig,
+    grid: Option<&FlowGrid>,
     iteration: usize,
     scales: Option<Vec<f64>>,
 ) -> std::result::Result<Box<dyn Sampler + Send + Sync>, align_samplers::SamplerError> {
-    let grid = FlowGrid::new(config.train_steps, 1.0)?;
+    let grid = match grid {
+        Some(g) => g.clone(),
+        None => FlowGrid::new(config.train_steps, 1.0)?,
+    };
     let window = config.iteration_window(iteration).map(|(a, b)| a..b);
     Ok(match config.rollout_sampler {
         RolloutSampler::Cps => {
@@ -662,8 +672,9 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             _ => None,
         };
         if scales.is_some() || self.config.sde_window_size > 0 {
-            self.sampler = flow_iteration_sampler(&self.config, iteration, scales)
-                .map_err(|e| job(e.to_string()))?;
+            self.sampler =
+                flow_iteration_sampler(&self.config, self.flow_grid.as_ref(), iteration, scales)
+                    .map_err(|e| job(e.to_string()))?;
         }
         if let Algorithm::Spo(beta, pool) = self.algorithm {
             return self.spo_iteration(model, iteration, &ids, beta, pool, apply);
@@ -931,6 +942,7 @@ pub fn train_pipeline<P: Pipeline>(
         reference,
         prompts: task.prompts,
         prompt_salt: task.prompt_salt,
+        flow_grid: task.flow_grid,
         reward: task.reward,
         gold: task.gold,
         config: config.clone(),

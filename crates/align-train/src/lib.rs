@@ -83,6 +83,7 @@ pub mod report;
 pub mod reward_model;
 pub mod reward_spec;
 pub mod sd;
+pub mod sd3;
 pub mod shapes_eval;
 pub mod trained;
 pub mod win_rate;

@@ -704,6 +704,7 @@ fn train_model<D: Module + Denoiser + ModuleDisplay>(
         sample_shape: [3, model_config.image_size, model_config.image_size],
         lora_targets: None,
         prompt_salt: SHAPES_PROMPT_SALT,
+        flow_grid: None,
     };
     train_pipeline(task, Box::new(evaluator), config, resume, observer)
 }
@@ -723,6 +724,27 @@ pub fn train(
     device: &Device,
 ) -> Result<Report> {
     config.validate()?;
+    if crate::sd3::is_sd3_dir(&config.model) {
+        return crate::sd3::train_sd3(config, resume, observer, device);
+    }
+    let defaults = TrainConfig::default();
+    for (field, set) in [
+        (
+            "text_encoder_3",
+            config.text_encoder_3 != defaults.text_encoder_3,
+        ),
+        (
+            "max_sequence_length",
+            config.max_sequence_length != defaults.max_sequence_length,
+        ),
+    ] {
+        if set {
+            return Err(TrainError::config(
+                field,
+                "is a Stable Diffusion 3 option; `model` is not an SD3 directory",
+            ));
+        }
+    }
     if crate::sd::is_stable_diffusion_dir(&config.model) {
         return crate::sd::train_sd(config, resume, observer, device);
     }

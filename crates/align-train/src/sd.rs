@@ -54,7 +54,7 @@ fn build_reward(config: &TrainConfig, device: &Device) -> Result<Box<dyn Reward>
 }
 
 /// `spec` built with the run's reward models.
-fn build_reward_spec(
+pub(crate) fn build_reward_spec(
     spec: &crate::reward_spec::RewardSpec,
     config: &TrainConfig,
     device: &Device,
@@ -101,6 +101,75 @@ fn build_named_reward(
                 ),
             ));
         }
+    })
+}
+
+/// What the online jobs on real pipelines (Stable Diffusion 1.x, SD3) share: the prompts, the
+/// reward (shared with the evaluation unless a normalised ensemble trains), and the run's
+/// configuration with checkpoints of the trainable parameters only.
+pub(crate) struct RealModelRun {
+    /// The run's configuration (`checkpoint_trainable_only` set).
+    pub config: TrainConfig,
+    /// Training prompts.
+    pub prompts: Vec<String>,
+    /// Evaluation prompts (`eval_prompts`, else the training prompts).
+    pub eval_prompts: Vec<String>,
+    /// The training reward.
+    pub reward: SharedReward,
+    /// The evaluation reward.
+    pub eval_reward: Box<dyn Reward>,
+}
+
+/// Checks the Shapes-only fields, reads the prompt files and builds the rewards.
+///
+/// # Errors
+/// `prompt_eval_seeds` or a `[monitor]` table (Shapes-only, refused by name), a missing prompt
+/// file or reward model.
+pub(crate) fn real_model_run(config: &TrainConfig, device: &Device) -> Result<RealModelRun> {
+    if config.prompt_eval_seeds > 0 {
+        return Err(TrainError::config(
+            "prompt_eval_seeds",
+            "measures ShapeEval on a Shapes run's prompts; a Stable Diffusion run evaluates its \
+             reward on `eval_prompts`",
+        ));
+    }
+    if config.monitor != align_rewards::HackingMonitorConfig::default() {
+        return Err(TrainError::config(
+            "monitor",
+            "the reward-hacking monitor compares the reward with ShapeEval's exact verdict, \
+             which real images do not have: remove the [monitor] table",
+        ));
+    }
+    let prompt_file: PathBuf = config.prompts.clone().ok_or_else(|| {
+        TrainError::config(
+            "prompts",
+            "a Stable Diffusion run needs `prompts` (a file with one prompt per line)",
+        )
+    })?;
+    let prompts = read_prompts(&prompt_file)?;
+    let eval_prompts = match &config.eval_prompts {
+        Some(p) => read_prompts(p)?,
+        None => prompts.clone(),
+    };
+    // The frozen pipeline (4.3 GB for SD 1.5) is not copied into every checkpoint: a resumed
+    // run reloads it from `model`.
+    let mut config = config.clone();
+    config.runner.checkpoint_trainable_only = true;
+    let reward = SharedReward::new(build_reward(&config, device)?);
+    // One reward model serves training and evaluation, unless the training reward is a
+    // normalised ensemble: evaluations then measure its raw combination.
+    let eval_spec = config.reward.for_evaluation();
+    let eval_reward: Box<dyn Reward> = if eval_spec == config.reward {
+        Box::new(reward.clone())
+    } else {
+        build_reward_spec(&eval_spec, &config, device)?
+    };
+    Ok(RealModelRun {
+        config,
+        prompts,
+        eval_prompts,
+        reward,
+        eval_reward,
     })
 }
 
@@ -160,31 +229,6 @@ pub fn train_sd(
              set \"ddim\"",
         ));
     }
-    if config.prompt_eval_seeds > 0 {
-        return Err(TrainError::config(
-            "prompt_eval_seeds",
-            "measures ShapeEval on a Shapes run's prompts; a Stable Diffusion run evaluates its \
-             reward on `eval_prompts`",
-        ));
-    }
-    if config.monitor != align_rewards::HackingMonitorConfig::default() {
-        return Err(TrainError::config(
-            "monitor",
-            "the reward-hacking monitor compares the reward with ShapeEval's exact verdict, \
-             which real images do not have: remove the [monitor] table",
-        ));
-    }
-    let prompt_file: PathBuf = config.prompts.clone().ok_or_else(|| {
-        TrainError::config(
-            "prompts",
-            "a Stable Diffusion run needs `prompts` (a file with one prompt per line)",
-        )
-    })?;
-    let prompts = read_prompts(&prompt_file)?;
-    let eval_prompts = match &config.eval_prompts {
-        Some(p) => read_prompts(p)?,
-        None => prompts.clone(),
-    };
     let train_device = config.train_device(device);
     let sd = StableDiffusion::load(&config.model, &train_device)?;
     let (shape, eval_sampler) = eval_settings(config, &sd)?;
@@ -192,19 +236,13 @@ pub fn train_sd(
         .scheduler
         .ddim(config.train_steps, config.noise_level)
         .map_err(|e| TrainError::config("train_steps", e.to_string()))?;
-    // The frozen pipeline (4.3 GB for SD 1.5) is not copied into every checkpoint: a resumed
-    // run reloads it from `model`.
-    let mut config = config.clone();
-    config.runner.checkpoint_trainable_only = true;
-    let reward = SharedReward::new(build_reward(&config, device)?);
-    // One reward model serves training and evaluation, unless the training reward is a
-    // normalised ensemble: evaluations then measure its raw combination.
-    let eval_spec = config.reward.for_evaluation();
-    let eval_reward: Box<dyn Reward> = if eval_spec == config.reward {
-        Box::new(reward.clone())
-    } else {
-        build_reward_spec(&eval_spec, &config, device)?
-    };
+    let RealModelRun {
+        config,
+        prompts,
+        eval_prompts,
+        reward,
+        eval_reward,
+    } = real_model_run(config, device)?;
     let evaluator = RewardEvaluator::new(
         eval_reward,
         config.reward.to_string(),
@@ -226,6 +264,7 @@ pub fn train_sd(
         sample_shape: shape,
         lora_targets: Some(StableDiffusion::lora_targets()),
         prompt_salt: PIPELINE_PROMPT_SALT,
+        flow_grid: None,
     };
     train_pipeline(task, Box::new(evaluator), &config, resume, observer)
 }
@@ -268,6 +307,22 @@ pub fn evaluate_sd(
     sd: &StableDiffusion,
     device: &Device,
 ) -> Result<(f64, usize)> {
+    let (shape, sampler) = eval_settings(config, sd)?;
+    evaluate_pipeline(config, sd, shape, Box::new(sampler), device)
+}
+
+/// The mean evaluation reward of `pipeline`'s samples (`shape`, `sampler`) on the run's
+/// evaluation prompts with its reward, seeds and guidance, and the number of images.
+///
+/// # Errors
+/// As [`evaluate_sd`].
+pub(crate) fn evaluate_pipeline<P: Pipeline>(
+    config: &TrainConfig,
+    pipeline: &P,
+    shape: [usize; 3],
+    sampler: Box<dyn align_samplers::Sampler + Send + Sync>,
+    device: &Device,
+) -> Result<(f64, usize)> {
     let prompts = match (&config.eval_prompts, &config.prompts) {
         (Some(p), _) | (None, Some(p)) => read_prompts(p)?,
         (None, None) => {
@@ -277,20 +332,19 @@ pub fn evaluate_sd(
             ));
         }
     };
-    let (shape, sampler) = eval_settings(config, sd)?;
     let evaluator = RewardEvaluator::new(
         build_reward_spec(&config.reward.for_evaluation(), config, device)?,
         config.reward.to_string(),
         prompts,
         config.eval_seeds,
-        Box::new(sampler),
+        sampler,
         config.guidance,
         shape,
         0,
         &config.out,
     )
     .with_batch(config.rollout_batch);
-    let (mean, images) = evaluator.measure(sd)?;
+    let (mean, images) = evaluator.measure(pipeline)?;
     Ok((mean, images.len()))
 }
 

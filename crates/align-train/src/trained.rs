@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
+use align_models::sd3::StableDiffusion3;
 use align_models::{
     LoraConfig, LoraFormat, ShapesModel, ShapesModelConfig, StableDiffusion, WeightDtype,
     apply_lora, apply_lora_weights, lora_weights, read_lora, save_lora,
@@ -109,6 +110,8 @@ pub enum TrainedModel {
     Shapes(Box<ShapesModelConfig>, ShapesModel),
     /// A Stable Diffusion pipeline (adapters attached to the UNet).
     Sd(Box<StableDiffusion>),
+    /// A Stable Diffusion 3 pipeline (adapters attached to the MMDiT's joint attention).
+    Sd3(Box<StableDiffusion3>),
 }
 
 /// A run's trained model and where it came from.
@@ -151,7 +154,12 @@ pub fn checkpoint_dir(dir: &Path, weights: Weights) -> Result<PathBuf> {
 }
 
 /// Builds `base` as the run built its policy and loads `file` into it.
-fn policy<M: Module>(base: M, run: &RunConfig, sd: bool, file: &Path) -> Result<M> {
+fn policy<M: Module>(
+    base: M,
+    run: &RunConfig,
+    targets: Option<Vec<String>>,
+    file: &Path,
+) -> Result<M> {
     let adapted = match (run.finetune(), run.lora_init()) {
         (Finetune::Full, _) => base,
         (Finetune::Lora, Some(init)) => {
@@ -164,8 +172,8 @@ fn policy<M: Module>(base: M, run: &RunConfig, sd: bool, file: &Path) -> Result<
             let mut lora = LoraConfig::new()
                 .with_rank(run.lora().rank)
                 .with_alpha(run.lora().alpha);
-            if sd {
-                lora = lora.with_targets(StableDiffusion::lora_targets());
+            if let Some(targets) = targets {
+                lora = lora.with_targets(targets);
             }
             apply_lora(base, &lora)?
         }
@@ -191,17 +199,28 @@ pub fn load_run(dir: &Path, weights: Weights, device: &Device) -> Result<Trained
     // Loaded on the autodiff device, where parameters know whether they train (the check
     // that every trainable one is in the file needs it), then moved off it.
     let device = &device.clone().autodiff();
-    let model = if crate::sd::is_stable_diffusion_dir(model_dir) {
+    let model = if crate::sd3::is_sd3_dir(model_dir) {
+        let RunConfig::Train(train) = &config else {
+            return Err(TrainError::config(
+                "model",
+                "an SD3 model in a preference run: preference training supports Shapes models",
+            ));
+        };
+        let sd3 = crate::sd3::load_sd3(train, device)?;
+        let targets = Some(StableDiffusion3::lora_targets());
+        TrainedModel::Sd3(Box::new(policy(sd3, &config, targets, &file)?.valid()))
+    } else if crate::sd::is_stable_diffusion_dir(model_dir) {
         let sd = StableDiffusion::load(model_dir, device)?;
-        TrainedModel::Sd(Box::new(policy(sd, &config, true, &file)?.valid()))
+        let targets = Some(StableDiffusion::lora_targets());
+        TrainedModel::Sd(Box::new(policy(sd, &config, targets, &file)?.valid()))
     } else {
         let (shapes, model) = ShapesModel::load(model_dir, device)?;
         let model = match model {
             ShapesModel::Unet(m) => {
-                ShapesModel::Unet(Box::new(policy(*m, &config, false, &file)?.valid()))
+                ShapesModel::Unet(Box::new(policy(*m, &config, None, &file)?.valid()))
             }
             ShapesModel::Dit(m) => {
-                ShapesModel::Dit(Box::new(policy(*m, &config, false, &file)?.valid()))
+                ShapesModel::Dit(Box::new(policy(*m, &config, None, &file)?.valid()))
             }
         };
         TrainedModel::Shapes(Box::new(shapes), model)
@@ -218,6 +237,7 @@ impl TrainedRun {
     pub fn merged(self) -> TrainedModel {
         match self.model {
             TrainedModel::Sd(sd) => TrainedModel::Sd(Box::new(sd.materialize())),
+            TrainedModel::Sd3(sd3) => TrainedModel::Sd3(Box::new(sd3.materialize())),
             TrainedModel::Shapes(c, ShapesModel::Unet(m)) => {
                 TrainedModel::Shapes(c, ShapesModel::Unet(Box::new(m.materialize())))
             }
@@ -310,6 +330,16 @@ pub fn export_run(
         });
     }
     let run = load_run(dir, weights, device)?;
+    let sd3_unsupported = || {
+        TrainError::config(
+            "format",
+            "exporting an SD3 run is not supported yet: sample and evaluate it with \
+             `align sample --run` / `align eval --run`",
+        )
+    };
+    if matches!(run.model, TrainedModel::Sd3(_)) {
+        return Err(sd3_unsupported());
+    }
     let sd = matches!(run.model, TrainedModel::Sd(_));
     let lora_format = match format {
         ExportFormat::Peft => Some(LoraFormat::Peft),
@@ -335,6 +365,7 @@ pub fn export_run(
         let naming = lora_naming(run.config.model());
         let lora = match &run.model {
             TrainedModel::Sd(m) => lora_weights(m.as_ref(), alpha)?,
+            TrainedModel::Sd3(m) => lora_weights(m.as_ref(), alpha)?,
             TrainedModel::Shapes(_, ShapesModel::Unet(m)) => lora_weights(m.as_ref(), alpha)?,
             TrainedModel::Shapes(_, ShapesModel::Dit(m)) => lora_weights(m.as_ref(), alpha)?,
         };
@@ -440,6 +471,7 @@ pub fn export_run(
             model.save(&config, out)?;
             Ok(vec![out.join("model.json"), out.join("model.safetensors")])
         }
+        TrainedModel::Sd3(_) => Err(sd3_unsupported()),
     }
 }
 
@@ -483,7 +515,7 @@ mod tests {
     fn sd_model(m: TrainedModel) -> StableDiffusion {
         match m {
             TrainedModel::Sd(sd) => *sd,
-            TrainedModel::Shapes(..) => panic!("not a Stable Diffusion run"),
+            _ => panic!("not a Stable Diffusion 1.x run"),
         }
     }
 

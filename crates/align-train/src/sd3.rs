@@ -1,0 +1,310 @@
+//! The online job on a Stable Diffusion 3 / 3.5 directory: the shared job of [`crate::job`]
+//! with the flow-matching algorithms (Flow-GRPO and its Fast window, DenseGRPO, SDPO, D3PO,
+//! SPO, DRaFT, AlignProp, ReFL, DRaFT-LV, the adjoint methods) and LoRA on the MMDiT's joint
+//! attention (Flow-GRPO's targets), toward a reward on real images, on the user's prompts.
+//!
+//! Rollouts use the Flow-GRPO SDE (or CPS) on SD3's shifted sigmas (`scheduler.shift`, 3):
+//! `train_steps` steps with `noise_level` (Flow-GRPO: 10 steps, 0.7). Evaluations and grids
+//! sample deterministically with Euler on the same schedule (`eval_steps`, 0 = 28, diffusers'
+//! default). `text_encoder_3 = false` drops T5 and `max_sequence_length` sets its tokens.
+//! The run directory is the same as for every other model.
+
+use align_models::Pipeline;
+use align_models::sd3::{Sd3Options, StableDiffusion3};
+use align_samplers::{CpsSampler, FlowEulerSampler, FlowSdeSampler, Sampler};
+use burn::tensor::Device;
+
+use crate::config::{AlgorithmName, RolloutSampler, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::evaluator::RewardEvaluator;
+use crate::job::{OnlineTask, PIPELINE_PROMPT_SALT, train_pipeline};
+use crate::observer::SharedObserver;
+use crate::report::Report;
+use crate::sd::{RealModelRun, real_model_run};
+
+/// Default evaluation steps (diffusers' `StableDiffusion3Pipeline` default).
+pub const SD3_EVAL_STEPS: usize = 28;
+
+/// Whether `dir` looks like a diffusers SD3 directory.
+pub fn is_sd3_dir(dir: &std::path::Path) -> bool {
+    align_models::sd3::is_sd3_dir(dir)
+}
+
+/// The pipeline of a run's configuration (`text_encoder_3`, `max_sequence_length`).
+///
+/// # Errors
+/// A directory that does not load, a bad `max_sequence_length` (named).
+pub fn load_sd3(config: &TrainConfig, device: &Device) -> Result<StableDiffusion3> {
+    let options = Sd3Options {
+        text_encoder_3: config.text_encoder_3,
+        max_sequence_length: config.max_sequence_length,
+    };
+    Ok(StableDiffusion3::load_with(
+        &config.model,
+        &options,
+        device,
+    )?)
+}
+
+/// The rollout sampler: the Flow-GRPO SDE or CPS on the scheduler's sigmas, with the fixed
+/// `sde_window` or iteration 0's drawn one.
+fn rollout_sampler(
+    config: &TrainConfig,
+    sd3: &StableDiffusion3,
+) -> Result<(Box<dyn Sampler + Send + Sync>, align_samplers::FlowGrid)> {
+    let grid = sd3
+        .scheduler
+        .grid(config.train_steps)
+        .map_err(|e| TrainError::config("train_steps", e.to_string()))?;
+    let window = config.iteration_window(0).map(|(a, b)| a..b);
+    let named =
+        |e: align_samplers::SamplerError| TrainError::config("rollout_sampler", e.to_string());
+    let sampler: Box<dyn Sampler + Send + Sync> = match config.rollout_sampler {
+        RolloutSampler::Default | RolloutSampler::Sde => Box::new(
+            FlowSdeSampler::new(grid.clone(), config.noise_level)
+                .and_then(|s| s.with_window(window))
+                .map_err(named)?,
+        ),
+        RolloutSampler::Cps => Box::new(
+            CpsSampler::new(grid.clone(), config.noise_level)
+                .and_then(|s| s.with_window(window))
+                .map_err(named)?,
+        ),
+        RolloutSampler::Ddim | RolloutSampler::Ddpm => {
+            return Err(TrainError::config(
+                "rollout_sampler",
+                "SD3 is a flow-matching model: use \"sde\" (Flow-GRPO's, the default) or \"cps\"",
+            ));
+        }
+    };
+    Ok((sampler, grid))
+}
+
+/// The latent shape of the run's images (`image_size`, 0 = the model's default, 1024) and the
+/// Euler sampler of its evaluations (`eval_steps`, 0 = 28).
+fn eval_settings(
+    config: &TrainConfig,
+    sd3: &StableDiffusion3,
+) -> Result<([usize; 3], FlowEulerSampler)> {
+    let size = if config.image_size == 0 {
+        sd3.default_image_size()
+    } else {
+        config.image_size
+    };
+    let shape = sd3
+        .sample_shape(size)
+        .map_err(|e| TrainError::config("image_size", e.to_string()))?;
+    let steps = if config.eval_steps == 0 {
+        SD3_EVAL_STEPS
+    } else {
+        config.eval_steps
+    };
+    let sampler = sd3
+        .euler(steps)
+        .map_err(|e| TrainError::config("eval_steps", e.to_string()))?;
+    Ok((shape, sampler))
+}
+
+/// The online job on an SD3 directory ([`crate::train`] calls it for one).
+///
+/// # Errors
+/// A DDPM algorithm (DDPO, DPOK) or sampler (refused by name), `lora_init` (not supported for
+/// SD3 yet), Shapes-only fields, a missing prompt file or reward model, a directory that does
+/// not load, run errors.
+pub fn train_sd3(
+    config: &TrainConfig,
+    resume: bool,
+    observer: &SharedObserver,
+    device: &Device,
+) -> Result<Report> {
+    if matches!(
+        config.algorithm,
+        AlgorithmName::DdpoSf | AlgorithmName::DdpoIs | AlgorithmName::Dpok
+    ) {
+        return Err(TrainError::config(
+            "algorithm",
+            format!(
+                "{:?} is written for DDPM (ε) models; SD3 is a flow-matching model: use \
+                 flow-grpo, dense-grpo, sdpo, d3po, spo, draft, align-prop, refl, draft-lv, \
+                 adjoint or adjoint-matching",
+                config.algorithm
+            ),
+        ));
+    }
+    if config.lora_init.is_some() {
+        return Err(TrainError::config(
+            "lora_init",
+            "starting from an adapter file is supported for Stable Diffusion 1.x and Shapes \
+             models, not yet for SD3",
+        ));
+    }
+    let sd3 = load_sd3(config, &config.train_device(device))?;
+    let (shape, eval_sampler) = eval_settings(config, &sd3)?;
+    let (sampler, grid) = rollout_sampler(config, &sd3)?;
+    let RealModelRun {
+        config,
+        prompts,
+        eval_prompts,
+        reward,
+        eval_reward,
+    } = real_model_run(config, device)?;
+    let evaluator = RewardEvaluator::new(
+        eval_reward,
+        config.reward.to_string(),
+        eval_prompts,
+        config.eval_seeds,
+        Box::new(eval_sampler),
+        config.guidance,
+        shape,
+        config.eval_interval(),
+        &config.out,
+    )
+    .with_batch(config.rollout_batch);
+    let task = OnlineTask {
+        pipeline: sd3,
+        prompts,
+        reward: Box::new(reward),
+        gold: None,
+        sampler,
+        sample_shape: shape,
+        lora_targets: Some(StableDiffusion3::lora_targets()),
+        prompt_salt: PIPELINE_PROMPT_SALT,
+        flow_grid: Some(grid),
+    };
+    train_pipeline(task, Box::new(evaluator), &config, resume, observer)
+}
+
+/// The mean evaluation reward of an SD3 pipeline's samples, measured as a run with `config`
+/// measures it before and after training (Euler with `eval_steps`, `eval_seeds` per
+/// evaluation prompt, the run's reward and guidance): what `align eval --run` prints for an
+/// SD3 run. Returns the mean and the number of images.
+///
+/// # Errors
+/// A missing prompt file or reward model, sampling or scoring failures.
+pub fn evaluate_sd3(
+    config: &TrainConfig,
+    sd3: &StableDiffusion3,
+    device: &Device,
+) -> Result<(f64, usize)> {
+    let (shape, sampler) = eval_settings(config, sd3)?;
+    crate::sd::evaluate_pipeline(config, sd3, shape, Box::new(sampler), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RewardName;
+
+    fn config(dir: &std::path::Path) -> TrainConfig {
+        let mut c = crate::sd::tests_config(dir);
+        c.model = align_models::hf::fixtures_dir().join("sd3-tiny-pipeline");
+        c.algorithm = AlgorithmName::FlowGrpo;
+        c.noise_level = 0.7;
+        c.guidance = 4.5;
+        c.max_sequence_length = 16;
+        c
+    }
+
+    /// Flow-GRPO for two iterations on the tiny SD3 pipeline toward the CLIP aesthetic
+    /// predictor, through `align_train::train` (the `align train` entry point): the run
+    /// directory is complete, the adapters moved the evaluation reward, and a resumed run ends
+    /// where the uninterrupted one does.
+    #[test]
+    fn flow_grpo_trains_the_tiny_sd3_pipeline_end_to_end() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-sd3-train-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = config(&dir);
+        let report = crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
+        assert_eq!(report.iterations, 2);
+        let eval = report.eval_reward.clone().unwrap();
+        assert!(eval.base.is_finite() && eval.final_.is_finite(), "{eval:?}");
+        assert_ne!(
+            eval.base, eval.final_,
+            "the adapters must change the samples"
+        );
+        for f in [
+            "report.json",
+            "grid-before.png",
+            "grid-after.png",
+            "metrics.jsonl",
+        ] {
+            assert!(c.out.join(f).is_file(), "{f} missing");
+        }
+        let metrics = std::fs::read_to_string(c.out.join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count(), 2);
+        assert!(metrics.contains("\"max_ratio_deviation\":0"), "{metrics}");
+
+        // The trained run loads back (adapters on the joint attention) and measures what the
+        // report measured; exporting it is refused by name.
+        let weights = crate::Weights {
+            checkpoint: None,
+            no_ema: false,
+        };
+        let run = crate::load_run(&c.out, weights, &device).unwrap();
+        let crate::TrainedModel::Sd3(sd3) = run.model else {
+            panic!("an SD3 run");
+        };
+        let (mean, images) = evaluate_sd3(&c, &sd3, &device).unwrap();
+        assert_eq!(images, 2 * c.eval_seeds);
+        assert!((mean - eval.final_).abs() < 1e-6, "{mean} vs {}", eval.final_);
+        let err = crate::export_run(
+            &c.out,
+            weights,
+            crate::ExportFormat::Peft,
+            align_models::WeightDtype::F32,
+            &dir.join("export"),
+            &device,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("format:") && err.contains("SD3"), "{err}");
+
+        // Without T5, two iterations in one go against one and a resume: same end.
+        let mut a = config(&dir);
+        a.text_encoder_3 = false;
+        a.out = dir.join("no-t5");
+        let full = crate::online::train(&a, false, &crate::observer::silent(), &device).unwrap();
+        let mut b = a.clone();
+        b.out = dir.join("no-t5-resumed");
+        b.runner.iterations = 1;
+        crate::online::train(&b, false, &crate::observer::silent(), &device).unwrap();
+        b.runner.iterations = 2;
+        let resumed = crate::online::train(&b, true, &crate::observer::silent(), &device).unwrap();
+        assert_eq!(
+            full.eval_reward.unwrap().final_,
+            resumed.eval_reward.unwrap().final_
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ddpm_algorithms_samplers_and_adapter_files_are_refused_by_name() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-sd3-refuse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |c: &TrainConfig| {
+            crate::online::train(c, false, &crate::observer::silent(), &device)
+                .unwrap_err()
+                .to_string()
+        };
+        let mut c = config(&dir);
+        c.algorithm = AlgorithmName::DdpoIs;
+        assert!(run(&c).starts_with("algorithm:"), "{}", run(&c));
+        let mut c = config(&dir);
+        c.rollout_sampler = RolloutSampler::Ddim;
+        assert!(run(&c).starts_with("rollout_sampler:"), "{}", run(&c));
+        let mut c = config(&dir);
+        c.lora_init = Some(dir.join("adapter.safetensors"));
+        assert!(run(&c).starts_with("lora_init:"), "{}", run(&c));
+        let mut c = config(&dir);
+        c.max_sequence_length = 0;
+        assert!(run(&c).contains("max_sequence_length"), "{}", run(&c));
+        let mut c = config(&dir);
+        c.reward = RewardName::ShapeEvalPartial.into();
+        assert!(run(&c).contains("reward"), "{}", run(&c));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
