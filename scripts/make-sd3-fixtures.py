@@ -548,23 +548,42 @@ CONFIGS = os.path.join(os.path.dirname(ROOT), "sd3-configs")
 
 
 def write_param_counts():
-    """fixtures/sd3-configs/param_counts.json: what diffusers builds from the published
-    transformer configs written by hand in fixtures/sd3-configs/*/transformer/config.json
-    (SD3-Medium, SD3.5-Medium, SD3.5-Large model cards), on the meta device (no memory)."""
+    """fixtures/sd3-configs/param_counts.json: what diffusers / transformers build from the
+    published component configs written by hand in fixtures/sd3-configs/*/{transformer, vae,
+    text_encoder, text_encoder_2, text_encoder_3}/config.json (the SD3-Medium, SD3.5-Medium and
+    SD3.5-Large repositories' config.json values), on the meta device (no memory)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
     out = {
-        "_note": "SD3Transformer2DModel(**config) built by diffusers "
+        "_note": "built by diffusers "
         + diffusers.__version__
-        + " on the meta device (scripts/make-sd3-fixtures.py): parameters, and the "
-        "pos_embed buffer the checkpoint also stores"
+        + " / transformers "
+        + __import__("transformers").__version__
+        + " on the meta device (scripts/make-sd3-fixtures.py): parameters of SD3Transformer2DModel, "
+        "AutoencoderKL, CLIPTextModelWithProjection (text_encoder, text_encoder_2) and T5EncoderModel "
+        "(text_encoder_3), and the transformer's pos_embed buffer the checkpoint also stores"
     }
+
+    def read(name, sub):
+        with open(os.path.join(CONFIGS, name, sub, "config.json")) as f:
+            return {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+
     for name in ["sd3-medium", "sd3.5-medium", "sd3.5-large"]:
-        with open(os.path.join(CONFIGS, name, "transformer", "config.json")) as f:
-            config = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
         with torch.device("meta"):
-            model = SD3Transformer2DModel(**config)
+            model = SD3Transformer2DModel(**read(name, "transformer"))
+            vae = AutoencoderKL.from_config(read(name, "vae"))
+            towers = {
+                sub: CLIPTextModelWithProjection(CLIPTextConfig(**read(name, sub)))
+                for sub in ["text_encoder", "text_encoder_2"]
+            }
+            t5 = T5EncoderModel(T5Config(**read(name, "text_encoder_3")))
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         out[name] = {
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": count(model),
             "pos_embed": sum(b.numel() for _, b in model.named_buffers()),
+            "vae": count(vae),
+            **{sub: count(m) for sub, m in towers.items()},
+            "text_encoder_3": count(t5),
         }
     with open(os.path.join(CONFIGS, "param_counts.json"), "w") as f:
         json.dump(out, f, indent=2)

@@ -12,7 +12,10 @@
 //! Stable Diffusion 1.x's `UNet2DConditionModel` and `AutoencoderKL`, [`clip`] the CLIP
 //! tokenizer, text and vision towers and `CLIPModel`, and [`StableDiffusion`] bundles a
 //! diffusers pipeline directory into a [`align_core::Denoiser`] on latents, so every algorithm
-//! of the workspace runs on it (docs/real-models.md).
+//! of the workspace runs on it (docs/real-models.md). [`sd3`] does the same for Stable
+//! Diffusion 3 / 3.5: the MMDiT, the T5 encoder and its `tokenizer.json`, and
+//! [`sd3::StableDiffusion3`], a flow-matching pipeline for Flow-GRPO and the other flow
+//! algorithms.
 //!
 //! LoRA ([`apply_lora`], [`with_lora_scale`] for the adapters-off reference) goes to and from
 //! the files other tools use through [`lora_file`]: [`save_lora`] writes a PEFT adapter

@@ -248,7 +248,11 @@ mod tests {
         };
         let (mean, images) = evaluate_sd3(&c, &sd3, &device).unwrap();
         assert_eq!(images, 2 * c.eval_seeds);
-        assert!((mean - eval.final_).abs() < 1e-6, "{mean} vs {}", eval.final_);
+        assert!(
+            (mean - eval.final_).abs() < 1e-6,
+            "{mean} vs {}",
+            eval.final_
+        );
         let err = crate::export_run(
             &c.out,
             weights,

@@ -42,19 +42,27 @@ impl ClipTextModelWithProjection {
     /// [`crate::ModelError::Checkpoint`] naming a missing or unfitting file;
     /// [`crate::ModelError::Config`] for an invalid config.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config: ClipTextConfig = super::tower_config(dir, "text_config")?;
-        let model = Self {
-            text_model: config.init(device)?,
-            text_projection: LinearConfig::new(config.hidden_size, config.projection_dim)
-                .with_bias(false)
-                .init(device),
-        };
+        let model = Self::init_from_dir(dir, device)?;
         crate::hf::load_pytorch_safetensors(
             model,
             &dir.join("model.safetensors"),
             &[],
             &[r"position_ids$"],
         )
+    }
+
+    /// The tower of `dir/config.json` with fresh (lazily initialised) weights.
+    ///
+    /// # Errors
+    /// As [`ClipTextModelWithProjection::load`], without the weights file.
+    pub fn init_from_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let config: ClipTextConfig = super::tower_config(dir, "text_config")?;
+        Ok(Self {
+            text_model: config.init(device)?,
+            text_projection: LinearConfig::new(config.hidden_size, config.projection_dim)
+                .with_bias(false)
+                .init(device),
+        })
     }
 
     /// Width `P` of the projected pooled embedding (`projection_dim`).

@@ -706,6 +706,40 @@ mod tests {
         );
     }
 
+    /// The published SD3-Medium / SD3.5-Medium / SD3.5-Large component configs (VAE, CLIP-L
+    /// and bigG with projections, T5 v1.1 XXL; `fixtures/sd3-configs`) parse and build the
+    /// parameter counts transformers / diffusers report (weights initialised lazily: nothing
+    /// is allocated). The transformers are checked in `mmdit.rs`.
+    #[test]
+    fn published_component_configs_build_the_published_parameter_counts() {
+        use crate::sd::AutoencoderKlConfig;
+        let device = test_device();
+        let dir = fixtures_dir().join("sd3-configs");
+        let counts: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("param_counts.json")).unwrap())
+                .unwrap();
+        for name in ["sd3-medium", "sd3.5-medium", "sd3.5-large"] {
+            let root = dir.join(name);
+            let want = |sub: &str| counts[name][sub].as_u64().unwrap() as usize;
+            let vae = AutoencoderKlConfig::from_file(&root.join("vae/config.json"))
+                .unwrap()
+                .init(&device)
+                .unwrap();
+            assert_eq!(vae.num_params(), want("vae"), "{name} vae");
+            assert_eq!(vae.latent_channels(), 16);
+            for sub in ["text_encoder", "text_encoder_2"] {
+                let tower =
+                    ClipTextModelWithProjection::init_from_dir(&root.join(sub), &device).unwrap();
+                assert_eq!(tower.num_params(), want(sub), "{name} {sub}");
+            }
+            let t5: super::super::T5Config =
+                crate::hf::read_config(&root.join("text_encoder_3/config.json")).unwrap();
+            let t5 = t5.init(&device).unwrap();
+            assert_eq!(t5.num_params(), want("text_encoder_3"), "{name} T5");
+            assert_eq!(t5.config().d_model, 4096);
+        }
+    }
+
     #[test]
     fn bad_directories_and_settings_are_named() {
         let device = test_device();
