@@ -528,4 +528,28 @@ impl AutoencoderKl {
         };
         self.decoder.forward(z)
     }
+
+    /// The image of a diffusion latent `z`: `decode(z / scaling_factor + shift_factor)`
+    /// (unclamped, differentiable), as diffusers' pipelines decode.
+    ///
+    /// # Shapes
+    /// As [`AutoencoderKl::decode`].
+    pub fn decode_latents(&self, z: Tensor<4>) -> Tensor<4> {
+        self.decode(
+            z.div_scalar(self.scaling_factor())
+                .add_scalar(self.shift_factor()),
+        )
+    }
+
+    /// The diffusion latent of an image in `[−1, 1]`: the posterior mean, then
+    /// `(mean − shift_factor) · scaling_factor`.
+    ///
+    /// # Shapes
+    /// As [`AutoencoderKl::encode`].
+    pub fn encode_latents(&self, x: Tensor<4>) -> Tensor<4> {
+        self.encode(x)
+            .mean
+            .sub_scalar(self.shift_factor())
+            .mul_scalar(self.scaling_factor())
+    }
 }

@@ -407,11 +407,7 @@ impl StableDiffusion3 {
     /// # Shapes
     /// - `latents`: `[B, C_latent, h, w]`; output `[B, 3, h·f, w·f]`.
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
-        self.vae.decode(
-            latents
-                .div_scalar(self.vae.scaling_factor())
-                .add_scalar(self.vae.shift_factor()),
-        )
+        self.vae.decode_latents(latents)
     }
 
     /// Encodes images in `[−1, 1]` into latents `(mean − shift_factor) · scaling_factor`, for
@@ -420,11 +416,7 @@ impl StableDiffusion3 {
     /// # Shapes
     /// - `images`: `[B, 3, H, W]`; output `[B, C_latent, H/f, W/f]`.
     pub fn encode_images(&self, images: Tensor<4>) -> Tensor<4> {
-        self.vae
-            .encode(images)
-            .mean
-            .sub_scalar(self.vae.shift_factor())
-            .mul_scalar(self.vae.scaling_factor())
+        self.vae.encode_latents(images)
     }
 
     /// The latent shape `[C, h, w]` of `height × width` images.
