@@ -5,6 +5,7 @@ CI never runs it.
     pip install torch==2.15.0 diffusers==0.42.1 transformers==5.24.0 peft safetensors numpy
     python3 scripts/check-lora-export.py --export DIR     # check an export
     python3 scripts/check-lora-export.py --self-test      # check this script on fixtures/sd-tiny-lora
+    python3 scripts/check-lora-export.py --sd3 --export DIR   # an SD3 run's export (below)
 
 DIR holds what our code wrote for a LoRA on the UNet of fixtures/sd-tiny:
 
@@ -26,6 +27,13 @@ alike, without hints; it takes r and lora_alpha only from the safetensors header
 `__metadata__["lora_adapter_metadata"]` (JSON: {"unet.r": .., "unet.lora_alpha": ..,
 "unet.target_modules": [..], ...}); without it, it loads alpha = r (scale 1). The script prints
 which spelling and metadata it found so a failure points at the cause.
+
+With --sd3, DIR holds the export of a LoRA on the transformer of fixtures/sd3-tiny-pipeline
+(`ALIGN_LORA_EXPORT_DIR=DIR cargo test -p align-train a_trained_sd3_run_exports`): peft/,
+diffusers/ (`transformer.` names and metadata keys), merged/ (a whole pipeline directory) and
+ours.safetensors with our transformer output `transformer.out` and its inputs; the parts are
+loaded with StableDiffusion3Pipeline.load_lora_weights, PeftModel.from_pretrained on the
+fixture's SD3Transformer2DModel, and SD3Transformer2DModel.from_pretrained(merged/transformer).
 
 --self-test builds such a DIR from fixtures/sd-tiny-lora (the files diffusers and PEFT wrote, a
 merged UNet saved by diffusers, PyTorch's output as ours.safetensors), expects it to pass, then
@@ -49,7 +57,7 @@ from safetensors.torch import load_file, save_file
 
 import diffusers
 import transformers
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline, UNet2DConditionModel
 from peft import PeftModel
 
 diffusers.utils.logging.disable_progress_bar()
@@ -68,6 +76,10 @@ def rel(a, b):
 
 
 class Checker:
+    """The SD 1.x UNet of fixtures/sd-tiny on the fixture's reference inputs."""
+
+    component, out_key, denoiser_class = "unet", "unet.out", UNet2DConditionModel
+
     def __init__(self, fixture):
         self.fixture = fixture
         ref = load_file(os.path.join(fixture, "reference.safetensors"))
@@ -77,8 +89,10 @@ class Checker:
         if err > 1e-5:
             sys.exit(f"the fixture UNet does not reproduce its own reference output (rel err {err:.2e})")
 
-    def fresh_unet(self):
+    def fresh_denoiser(self):
         return UNet2DConditionModel.from_pretrained(os.path.join(self.fixture, "unet")).eval()
+
+    fresh_unet = fresh_denoiser
 
     def fresh_pipe(self):
         return StableDiffusionPipeline.from_pretrained(self.fixture, safety_checker=None, requires_safety_checker=False)
@@ -89,7 +103,36 @@ class Checker:
             return unet(sample, timestep, encoder_hidden_states=context).sample
 
 
-def describe_diffusers(path):
+class Sd3Checker:
+    """The SD3 transformer of fixtures/sd3-tiny-pipeline on the inputs our test stored beside its
+    output in ours.safetensors (transformer.hidden_states, .timestep, .encoder_hidden_states,
+    .pooled_projections)."""
+
+    component, out_key, denoiser_class = "transformer", "transformer.out", SD3Transformer2DModel
+
+    def __init__(self, fixture, export):
+        self.fixture = fixture
+        ours = load_file(os.path.join(export, "ours.safetensors"))
+        self.inputs = tuple(
+            ours[f"transformer.{k}"] for k in ("hidden_states", "timestep", "encoder_hidden_states", "pooled_projections")
+        )
+        self.base_out = self.run(self.fresh_denoiser())
+
+    def fresh_denoiser(self):
+        return SD3Transformer2DModel.from_pretrained(os.path.join(self.fixture, "transformer")).eval()
+
+    def fresh_pipe(self):
+        return StableDiffusion3Pipeline.from_pretrained(self.fixture)
+
+    def run(self, model):
+        x, t, context, pooled = self.inputs
+        with torch.no_grad():
+            return model(
+                hidden_states=x, timestep=t, encoder_hidden_states=context, pooled_projections=pooled
+            ).sample
+
+
+def describe_diffusers(path, component="unet"):
     with safe_open(path, "pt") as f:
         keys = list(f.keys())
         header = f.metadata() or {}
@@ -108,15 +151,17 @@ def describe_diffusers(path):
         info += "; no lora_adapter_metadata in the header (diffusers will use alpha = r)"
     else:
         info += "; metadata r={} lora_alpha={} target_modules={}".format(
-            meta.get("unet.r"), meta.get("unet.lora_alpha"), meta.get("unet.target_modules")
+            meta.get(f"{component}.r"), meta.get(f"{component}.lora_alpha"), meta.get(f"{component}.target_modules")
         )
     problems = []
-    if prefixes != ["unet"]:
-        problems.append("keys must all start with `unet.`: load_lora_weights ignores others")
+    if prefixes != [component]:
+        problems.append(f"keys must all start with `{component}.`: load_lora_weights ignores others")
     if "other" in spelling:
         problems.append("some keys are neither lora.down/lora.up nor lora_A/lora_B")
-    if meta is not None and not all(f"unet.{k}" in meta for k in ("r", "lora_alpha", "target_modules")):
-        problems.append("metadata needs unet.r, unet.lora_alpha and unet.target_modules (LoraConfig(**metadata))")
+    if meta is not None and not all(f"{component}.{k}" in meta for k in ("r", "lora_alpha", "target_modules")):
+        problems.append(
+            f"metadata needs {component}.r, {component}.lora_alpha and {component}.target_modules (LoraConfig(**metadata))"
+        )
     return info, problems
 
 
@@ -124,12 +169,12 @@ def check(export, fixture, tol, checker=None):
     """Returns True when every part matches ours.safetensors within tol."""
     c = checker or Checker(fixture)
     ours_path = os.path.join(export, "ours.safetensors")
-    ours = load_file(ours_path)["unet.out"]
+    ours = load_file(ours_path)[c.out_key]
     if ours.shape != c.base_out.shape:
-        print(f"FAIL ours.safetensors unet.out has shape {list(ours.shape)}, expected {list(c.base_out.shape)}")
+        print(f"FAIL ours.safetensors {c.out_key} has shape {list(ours.shape)}, expected {list(c.base_out.shape)}")
         return False
     effect = rel(ours, c.base_out)
-    print(f"LoRA effect (ours vs base UNet)          {effect:.4e}")
+    print(f"LoRA effect (ours vs base {c.component})   {effect:.4e}")
     if effect < 1e-3:
         print("  WARNING: the LoRA barely changes the output, so the comparisons below prove little")
     ok = True
@@ -156,17 +201,18 @@ def check(export, fixture, tol, checker=None):
     dfile = os.path.join(export, "diffusers", "pytorch_lora_weights.safetensors")
 
     def via_diffusers():
-        info, problems = describe_diffusers(dfile)
+        info, problems = describe_diffusers(dfile, c.component)
         print(f"     diffusers file: {info}")
         for p in problems:
             print(f"     problem: {p}")
         pipe = c.fresh_pipe()
         pipe.load_lora_weights(os.path.dirname(dfile), weight_name=os.path.basename(dfile))
-        cfgs = getattr(pipe.unet, "peft_config", None)
+        denoiser = getattr(pipe, c.component)
+        cfgs = getattr(denoiser, "peft_config", None)
         if not cfgs:
-            raise RuntimeError("load_lora_weights put no LoRA into the UNet (see the problems above)")
+            raise RuntimeError(f"load_lora_weights put no LoRA into the {c.component} (see the problems above)")
         cfg = next(iter(cfgs.values()))
-        return c.run(pipe.unet), f"(loaded r={cfg.r} lora_alpha={cfg.lora_alpha})"
+        return c.run(denoiser), f"(loaded r={cfg.r} lora_alpha={cfg.lora_alpha})"
 
     report("(a) pipe.load_lora_weights(diffusers/)", via_diffusers)
 
@@ -184,23 +230,23 @@ def check(export, fixture, tol, checker=None):
             f"r={cfg.get('r')} lora_alpha={cfg.get('lora_alpha')} target_modules={cfg.get('target_modules')}"
             f" use_rslora={cfg.get('use_rslora', False)}"
         )
-        model = PeftModel.from_pretrained(c.fresh_unet(), pdir).eval()
+        model = PeftModel.from_pretrained(c.fresh_denoiser(), pdir).eval()
         lc = model.peft_config["default"]
         return c.run(model.base_model.model), f"(loaded r={lc.r} lora_alpha={lc.lora_alpha})"
 
     report("(b) PeftModel.from_pretrained(peft/)", via_peft)
 
-    # (c) merged UNet
-    mdir = os.path.join(export, "merged", "unet")
+    # (c) merged denoiser
+    mdir = os.path.join(export, "merged", c.component)
 
     def via_merged():
-        unet = UNet2DConditionModel.from_pretrained(mdir).eval()
-        base_cfg = c.fresh_unet().config
+        unet = c.denoiser_class.from_pretrained(mdir).eval()
+        base_cfg = c.fresh_denoiser().config
         skip = {"_name_or_path", "_diffusers_version", "_class_name", "_use_default_values"}
         differ = sorted(k for k in set(base_cfg) | set(unet.config) if k not in skip and base_cfg.get(k) != unet.config.get(k))
         return c.run(unet), (f"(config differs from the fixture in {differ})" if differ else "")
 
-    report("(c) UNet2DConditionModel(merged/unet)", via_merged)
+    report(f"(c) {c.denoiser_class.__name__}(merged/{c.component})", via_merged)
     print("PASS" if ok else "FAIL")
     return ok
 
@@ -250,10 +296,17 @@ def self_test(fixture, tol):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--export", help="directory with peft/, diffusers/, merged/unet/, ours.safetensors")
-    ap.add_argument("--fixture", default=os.path.join(FIXTURES, "sd-tiny"), help="the base SD directory")
+    ap.add_argument("--fixture", help="the base directory (fixtures/sd-tiny, with --sd3 fixtures/sd3-tiny-pipeline)")
+    ap.add_argument("--sd3", action="store_true", help="an SD3 run's export (transformer LoRA)")
     ap.add_argument("--tol", type=float, default=1e-5)
     ap.add_argument("--self-test", action="store_true", help="check this script on fixtures/sd-tiny-lora")
     args = ap.parse_args()
+    fixture = args.fixture or os.path.join(FIXTURES, "sd3-tiny-pipeline" if args.sd3 else "sd-tiny")
+    if args.sd3:
+        if not args.export:
+            ap.error("--sd3 needs --export DIR")
+        sys.exit(0 if check(args.export, fixture, args.tol, Sd3Checker(fixture, args.export)) else 1)
+    args.fixture = fixture
     if args.self_test:
         sys.exit(0 if self_test(args.fixture, args.tol) else 1)
     if not args.export:

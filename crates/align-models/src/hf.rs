@@ -205,3 +205,51 @@ pub fn max_relative_error(actual: &TensorData, expected: &TensorData) -> Result<
 pub fn fixtures_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
+
+/// Writes `module`'s weights as a PyTorch-layout safetensors file (`Linear` weights transposed
+/// back to `[d_out, d_in]`, `dtype` precision, `format = "pt"` in the header), with the burn →
+/// PyTorch name `remaps` (regex, replacement) applied, atomically (temporary file, then
+/// rename). LoRA adapters must be merged first ([`Module::materialize`]).
+///
+/// # Errors
+/// [`ModelError::Config`] if the module still carries adapters; [`ModelError::Checkpoint`]
+/// if the file cannot be written.
+pub fn save_pytorch_safetensors<M: Module>(
+    module: &M,
+    path: &Path,
+    dtype: crate::WeightDtype,
+    remaps: &[(&str, &str)],
+) -> Result<()> {
+    if crate::lora_factor_count(module) > 0 {
+        return Err(ModelError::config(
+            "lora",
+            "merge the adapters (materialize) before saving full weights",
+        ));
+    }
+    use burn::store::{
+        BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, SafetensorsStore,
+    };
+    let fail = |reason: String| ModelError::Checkpoint {
+        path: path.display().to_string(),
+        reason,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    let tmp = crate::checkpoint::temp_path(path);
+    let mut store = SafetensorsStore::from_file(&tmp)
+        .overwrite(true)
+        .metadata("format", "pt")
+        .with_to_adapter(BurnToPyTorchAdapter.chain(FloatCastAdapter::to(dtype.dtype())));
+    for &(from, to) in remaps {
+        store = store.with_key_remapping(from, to);
+    }
+    if let Err(e) = module.save_into(&mut store) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(format!("writing: {e:?}")));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(format!("renaming the temporary file: {e}"))
+    })
+}

@@ -76,8 +76,8 @@ pub use lora::{
     with_lora_scale,
 };
 pub use lora_file::{
-    BurnNaming, LoraFactors, LoraFormat, LoraNaming, LoraWeights, SdUnetNaming, WeightDtype,
-    apply_lora_weights, lora_weights, read_lora, save_lora,
+    BurnNaming, LoraFactors, LoraFormat, LoraNaming, LoraWeights, Sd3TransformerNaming,
+    SdUnetNaming, WeightDtype, apply_lora_weights, lora_weights, read_lora, save_lora,
 };
 pub use pipeline::Pipeline;
 pub use pretrain::{

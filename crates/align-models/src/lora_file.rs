@@ -14,14 +14,16 @@
 //! | format | files | tensor names | α |
 //! |---|---|---|---|
 //! | [`LoraFormat::Peft`] | `adapter_model.safetensors` + `adapter_config.json` | `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` | `lora_alpha` in `adapter_config.json` |
-//! | [`LoraFormat::Diffusers`] | `pytorch_lora_weights.safetensors` | `unet.<module>.lora_A.weight` / `.lora_B.weight` | the `lora_adapter_metadata` JSON of the safetensors header (`lora_alpha`, `r`) |
+//! | [`LoraFormat::Diffusers`] | `pytorch_lora_weights.safetensors` | `<component>.<module>.lora_A.weight` / `.lora_B.weight` | the `lora_adapter_metadata` JSON of the safetensors header (`<component>.lora_alpha`, `<component>.r`) |
 //!
 //! `<module>` is the module's name in the other library — for the Stable Diffusion UNet
-//! diffusers' (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0`), for the
-//! Shapes models burn's own path. A [`LoraNaming`] translates.
+//! diffusers' (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0`), for SD3's
+//! MMDiT diffusers' (`transformer_blocks.0.attn.to_out.0`), for the Shapes models burn's own
+//! path — and `<component>` the pipeline component (`unet`, SD3's `transformer`). A
+//! [`LoraNaming`] translates.
 //!
 //! Reading ([`read_lora`]) accepts both formats, with or without the `base_model.model.` /
-//! `unet.` prefixes, the older diffusers `lora.down.weight` / `lora.up.weight` names, and takes
+//! `<component>.` prefixes, the older diffusers `lora.down.weight` / `lora.up.weight` names, and takes
 //! α from the adapter config, the header metadata or per-module `.alpha` tensors (α = r when
 //! none is given, as diffusers and PEFT assume). Files are written atomically (temporary file,
 //! then rename); half-precision files are read as f32.
@@ -102,6 +104,11 @@ pub trait LoraNaming {
     fn to_file(&self, weight_path: &str) -> Option<String>;
     /// The model's weight path of an external module name.
     fn to_model(&self, module: &str) -> String;
+    /// The pipeline component diffusers prefixes tensor names and header metadata keys with
+    /// (`unet`, SD3's `transformer`).
+    fn component(&self) -> &'static str {
+        "unet"
+    }
 }
 
 /// The module names are the model's own paths without `.weight` (the Shapes models).
@@ -148,6 +155,47 @@ impl LoraNaming for SdUnetNaming {
             }
         }
         format!("unet.{module}.weight")
+    }
+}
+
+/// The Stable Diffusion 3 pipeline's MMDiT under diffusers' module names: the model's
+/// `transformer.` prefix goes and the names burn fields cannot hold come back (`to_out` →
+/// `to_out.0`, `ff.proj` → `ff.net.0.proj`, `ff.out` → `ff.net.2`, the same for `ff_context`;
+/// the inverse of [`crate::sd3::MMDIT_REMAP`]). diffusers' component is `transformer`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sd3TransformerNaming;
+
+/// burn name ↔ diffusers name of the MMDiT modules that differ.
+const SD3_RENAMES: [(&str, &str); 5] = [
+    (".to_out", ".to_out.0"),
+    (".ff.proj", ".ff.net.0.proj"),
+    (".ff.out", ".ff.net.2"),
+    (".ff_context.proj", ".ff_context.net.0.proj"),
+    (".ff_context.out", ".ff_context.net.2"),
+];
+
+impl LoraNaming for Sd3TransformerNaming {
+    fn to_file(&self, weight_path: &str) -> Option<String> {
+        let module = weight_path
+            .strip_prefix("transformer.")?
+            .strip_suffix(".weight")?;
+        for (ours, theirs) in SD3_RENAMES {
+            if let Some(stem) = module.strip_suffix(ours) {
+                return Some(format!("{stem}{theirs}"));
+            }
+        }
+        Some(module.to_string())
+    }
+    fn to_model(&self, module: &str) -> String {
+        for (ours, theirs) in SD3_RENAMES {
+            if let Some(stem) = module.strip_suffix(theirs) {
+                return format!("transformer.{stem}{ours}.weight");
+            }
+        }
+        format!("transformer.{module}.weight")
+    }
+    fn component(&self) -> &'static str {
+        "transformer"
     }
 }
 
@@ -410,8 +458,8 @@ pub fn save_lora(
     dir: &Path,
 ) -> Result<Vec<PathBuf>> {
     let prefix = match format {
-        LoraFormat::Peft => "base_model.model.",
-        LoraFormat::Diffusers => "unet.",
+        LoraFormat::Peft => "base_model.model.".to_string(),
+        LoraFormat::Diffusers => format!("{}.", naming.component()),
     };
     let mut tensors = BTreeMap::new();
     let mut modules = Vec::new();
@@ -470,7 +518,7 @@ pub fn save_lora(
                 ("format".to_string(), "pt".to_string()),
                 (
                     DIFFUSERS_METADATA_KEY.to_string(),
-                    diffusers_metadata(&config)?,
+                    diffusers_metadata(&config, naming.component())?,
                 ),
             ]);
             write_atomically(
@@ -482,15 +530,15 @@ pub fn save_lora(
     }
 }
 
-/// diffusers' header metadata: the PEFT LoRA config of the `unet` component, keys prefixed
-/// with `unet.`.
-fn diffusers_metadata(config: &PeftAdapterConfig) -> Result<String> {
+/// diffusers' header metadata: the PEFT LoRA config of the `component` (`unet`,
+/// `transformer`), keys prefixed with `component.`.
+fn diffusers_metadata(config: &PeftAdapterConfig, component: &str) -> Result<String> {
     let value =
         serde_json::to_value(config).map_err(|e| ModelError::config("lora", e.to_string()))?;
     let mut out = serde_json::Map::new();
     if let serde_json::Value::Object(map) = value {
         for (k, v) in map {
-            out.insert(format!("unet.{k}"), v);
+            out.insert(format!("{component}.{k}"), v);
         }
     }
     Ok(serde_json::Value::Object(out).to_string())
@@ -546,9 +594,10 @@ pub fn read_lora(path: &Path, naming: &dyn LoraNaming) -> Result<LoraWeights> {
         let value: serde_json::Value = serde_json::from_str(meta)
             .map_err(|e| file_error(&file, format!("{DIFFUSERS_METADATA_KEY} is not JSON: {e}")))?;
         let mut unet = serde_json::Map::new();
+        let key_prefix = format!("{}.", naming.component());
         if let serde_json::Value::Object(map) = value {
             for (k, v) in map {
-                if let Some(k) = k.strip_prefix("unet.") {
+                if let Some(k) = k.strip_prefix(&key_prefix) {
                     unet.insert(k.to_string(), v);
                 }
             }
@@ -603,7 +652,7 @@ pub fn read_lora(path: &Path, naming: &dyn LoraNaming) -> Result<LoraWeights> {
         }
         let stem = name
             .strip_prefix("base_model.model.")
-            .or_else(|| name.strip_prefix("unet."))
+            .or_else(|| name.strip_prefix(&format!("{}.", naming.component())))
             .unwrap_or(&name);
         let split = [
             (".lora_A.weight", true),
@@ -857,6 +906,56 @@ mod tests {
             Some("up_blocks.1.attentions.0.transformer_blocks.0.ff.net.0.proj".into())
         );
         assert_eq!(SdUnetNaming.to_file("text_encoder.x.weight"), None);
+    }
+
+    /// Every linear weight of the SD3 pipeline's transformer is named as in diffusers'
+    /// checkpoint of it (`fixtures/sd3-tiny-pipeline/transformer`), and the names invert.
+    #[test]
+    fn sd3_module_names_are_the_checkpoint_names_and_invert() {
+        use burn::module::{ModuleVisitor, Param};
+        struct Linears(Vec<String>, Vec<String>);
+        impl ModuleVisitor for Linears {
+            fn enter_module(&mut self, name: &str, _container_type: &str) {
+                self.1.push(name.to_string());
+            }
+            fn exit_module(&mut self, _name: &str, _container_type: &str) {
+                self.1.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, _param: &Param<burn::tensor::Tensor<D>>) {
+                let path = self.1.join(".");
+                if D == 2 && path.ends_with(".weight") {
+                    self.0.push(path);
+                }
+            }
+        }
+        let dir = crate::hf::fixtures_dir().join("sd3-tiny-pipeline");
+        let options = crate::sd3::Sd3Options {
+            text_encoder_3: false,
+            max_sequence_length: 4,
+        };
+        let sd3 =
+            crate::sd3::StableDiffusion3::load_with(&dir, &options, &align_core::test_device())
+                .unwrap();
+        let mut v = Linears(Vec::new(), Vec::new());
+        sd3.visit(&mut v);
+        let names = crate::hf::read_safetensors(
+            &dir.join("transformer/diffusion_pytorch_model.safetensors"),
+        )
+        .unwrap();
+        let mut n = 0;
+        for path in v.0.iter().filter(|p| p.starts_with("transformer.")) {
+            let module = Sd3TransformerNaming.to_file(path).unwrap();
+            assert!(
+                names.contains_key(&format!("{module}.weight")),
+                "{path} → {module}"
+            );
+            assert_eq!(&Sd3TransformerNaming.to_model(&module), path);
+            n += 1;
+        }
+        // Block 0 (dual attention): 8 + 4 attention, 2 + 2 MLP, 2 + 2 + 1 adaLN; blocks 1, 2 …
+        assert!(n > 40, "{n} linear weights");
+        assert_eq!(Sd3TransformerNaming.to_file("vae.decoder.x.weight"), None);
+        assert_eq!(Sd3TransformerNaming.component(), "transformer");
     }
 
     /// Export to PEFT and diffusers files, read back into the base model: the same factors and

@@ -10,8 +10,8 @@
 use std::path::Path;
 
 use align_models::{
-    BurnNaming, LoraConfig, LoraNaming, SdUnetNaming, apply_lora, apply_lora_weights, read_lora,
-    with_lora_scale,
+    BurnNaming, LoraConfig, LoraNaming, Sd3TransformerNaming, SdUnetNaming, apply_lora,
+    apply_lora_weights, read_lora, with_lora_scale,
 };
 use burn::module::Module;
 
@@ -19,9 +19,11 @@ use crate::config::{Finetune, LoraSection};
 use crate::error::{Result, TrainError};
 
 /// The naming of LoRA modules in exported files for a base model directory: diffusers' names
-/// for a Stable Diffusion directory, burn's paths for a Shapes model.
+/// for a Stable Diffusion (UNet) or SD3 (transformer) directory, burn's paths for a Shapes model.
 pub fn lora_naming(model_dir: &Path) -> Box<dyn LoraNaming> {
-    if crate::sd::is_stable_diffusion_dir(model_dir) {
+    if crate::sd3::is_sd3_dir(model_dir) {
+        Box::new(Sd3TransformerNaming)
+    } else if crate::sd::is_stable_diffusion_dir(model_dir) {
         Box::new(SdUnetNaming)
     } else {
         Box::new(BurnNaming)

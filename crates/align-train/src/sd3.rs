@@ -108,8 +108,8 @@ fn eval_settings(
 /// The online job on an SD3 directory ([`crate::train`] calls it for one).
 ///
 /// # Errors
-/// A DDPM algorithm (DDPO, DPOK) or sampler (refused by name), `lora_init` (not supported for
-/// SD3 yet), Shapes-only fields, a missing prompt file or reward model, a directory that does
+/// A DDPM algorithm (DDPO, DPOK) or sampler (refused by name), an adapter file (`lora_init`)
+/// that does not read or fit, Shapes-only fields, a missing prompt file or reward model, a directory that does
 /// not load, run errors.
 pub fn train_sd3(
     config: &TrainConfig,
@@ -129,13 +129,6 @@ pub fn train_sd3(
                  adjoint or adjoint-matching",
                 config.algorithm
             ),
-        ));
-    }
-    if config.lora_init.is_some() {
-        return Err(TrainError::config(
-            "lora_init",
-            "starting from an adapter file is supported for Stable Diffusion 1.x and Shapes \
-             models, not yet for SD3",
         ));
     }
     let sd3 = load_sd3(config, &config.train_device(device))?;
@@ -253,18 +246,6 @@ mod tests {
             "{mean} vs {}",
             eval.final_
         );
-        let err = crate::export_run(
-            &c.out,
-            weights,
-            crate::ExportFormat::Peft,
-            align_models::WeightDtype::F32,
-            &dir.join("export"),
-            &device,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.starts_with("format:") && err.contains("SD3"), "{err}");
-
         // Without T5, two iterations in one go against one and a resume: same end.
         let mut a = config(&dir);
         a.text_encoder_3 = false;
@@ -283,8 +264,155 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The transformer output on fixed inputs (the pipeline fixture's initial latents and
+    /// prompt embeddings, timesteps 500 and 800), and those inputs.
+    fn transformer_out(sd3: &StableDiffusion3) -> Vec<(&'static str, burn::tensor::TensorData)> {
+        use align_models::hf::{fixtures_dir, read_safetensors};
+        use burn::tensor::Tensor;
+        let d = align_core::test_device();
+        let r = read_safetensors(&fixtures_dir().join("sd3-tiny-pipeline/reference.safetensors"))
+            .unwrap();
+        let t = Tensor::<1>::from_floats([500.0, 800.0], &d);
+        let out = sd3
+            .transformer
+            .forward(
+                Tensor::from_data(r["run.init_latents"].clone(), &d),
+                t.clone(),
+                Tensor::from_data(r["encode.prompt_embeds"].clone(), &d),
+                Tensor::from_data(r["encode.pooled_prompt_embeds"].clone(), &d),
+            )
+            .unwrap();
+        vec![
+            ("transformer.out", out.into_data()),
+            ("transformer.hidden_states", r["run.init_latents"].clone()),
+            ("transformer.timestep", t.into_data()),
+            (
+                "transformer.encoder_hidden_states",
+                r["encode.prompt_embeds"].clone(),
+            ),
+            (
+                "transformer.pooled_projections",
+                r["encode.pooled_prompt_embeds"].clone(),
+            ),
+        ]
+    }
+
+    /// A Flow-GRPO run on the tiny SD3 pipeline exported as PEFT and diffusers LoRA files
+    /// (diffusers' `transformer.` names) and as a merged pipeline directory: the adapters read
+    /// back into the base compute bit for bit what the run's transformer computes, the merged
+    /// directory loads and matches to f32 rounding, and a run started from the exported
+    /// adapter (`lora_init`) starts from that model. With `ALIGN_LORA_EXPORT_DIR` set, the
+    /// exports and our transformer output are kept there for
+    /// `scripts/check-lora-export.py --sd3`.
     #[test]
-    fn ddpm_algorithms_samplers_and_adapter_files_are_refused_by_name() {
+    fn a_trained_sd3_run_exports_to_files_that_load_back() {
+        use align_models::hf::max_relative_error;
+        use align_models::{Sd3TransformerNaming, WeightDtype, apply_lora_weights, read_lora};
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-sd3-export-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = config(&dir);
+        c.lora.rank = 4;
+        c.lora.alpha = 8.0;
+        c.runner.learning_rate = 1e-2;
+        crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
+        let run = crate::load_run(&c.out, crate::Weights::default(), &device).unwrap();
+        let crate::TrainedModel::Sd3(trained) = run.model else {
+            panic!("an SD3 run");
+        };
+        let expected = transformer_out(&trained);
+        let base = || {
+            StableDiffusion3::load_with(
+                &c.model,
+                &Sd3Options {
+                    text_encoder_3: true,
+                    max_sequence_length: 16,
+                },
+                &device,
+            )
+            .unwrap()
+        };
+        let moved = max_relative_error(&expected[0].1, &transformer_out(&base())[0].1).unwrap();
+        assert!(
+            moved > 1e-4,
+            "the run must have moved the transformer: {moved}"
+        );
+        let keep = std::env::var_os("ALIGN_LORA_EXPORT_DIR").map(std::path::PathBuf::from);
+        let out = keep.clone().unwrap_or_else(|| dir.join("export"));
+        let _ = std::fs::remove_dir_all(&out);
+        let export = |format, sub: &str| {
+            crate::export_run(
+                &c.out,
+                crate::Weights::default(),
+                format,
+                WeightDtype::F32,
+                &out.join(sub),
+                &device,
+            )
+            .unwrap()
+        };
+        for (format, sub) in [
+            (crate::ExportFormat::Peft, "peft"),
+            (crate::ExportFormat::Diffusers, "diffusers"),
+        ] {
+            let files = export(format, sub);
+            let weights = read_lora(&files[0], &Sd3TransformerNaming).unwrap();
+            assert_eq!((weights.rank, weights.alpha), (4, 8.0));
+            assert_eq!(weights.factors.len(), 3 * 8 - 1);
+            let reloaded = apply_lora_weights(base(), &weights).unwrap();
+            assert_eq!(transformer_out(&reloaded)[0].1, expected[0].1, "{format:?}");
+        }
+        let names = std::fs::read(out.join("diffusers/pytorch_lora_weights.safetensors")).unwrap();
+        let names = String::from_utf8_lossy(&names);
+        assert!(
+            names.contains("transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight"),
+            "diffusers' names"
+        );
+        let files = export(crate::ExportFormat::Merged, "merged");
+        let merged = StableDiffusion3::load_with(
+            &files[0],
+            &Sd3Options {
+                text_encoder_3: true,
+                max_sequence_length: 16,
+            },
+            &device,
+        )
+        .unwrap();
+        let err = max_relative_error(&transformer_out(&merged)[0].1, &expected[0].1).unwrap();
+        assert!(err < 1e-5, "merged: {err}");
+        assert!(out.join("merged/tokenizer_3/tokenizer.json").is_file());
+        assert!(!out.join("merged/reference.safetensors").exists());
+        if keep.is_some() {
+            align_models::lora_file::save_tensors(&out.join("ours.safetensors"), &expected)
+                .unwrap();
+        }
+        // A run that starts from the exported adapter starts from the trained model.
+        let mut again = config(&dir);
+        again.out = dir.join("again");
+        again.lora_init = Some(out.join("diffusers"));
+        let (policy, _) = crate::adapt::policy_and_reference(
+            base(),
+            &crate::adapt::Adapters {
+                finetune: crate::config::Finetune::Lora,
+                lora: &again.lora,
+                targets: None,
+                init: again.lora_init.as_deref(),
+                model_dir: &again.model,
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(transformer_out(&policy)[0].1, expected[0].1);
+        again.runner.iterations = 1;
+        crate::online::train(&again, false, &crate::observer::silent(), &device).unwrap();
+        if keep.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn ddpm_algorithms_samplers_and_bad_settings_are_refused_by_name() {
         let device = align_core::test_device();
         let dir = std::env::temp_dir().join(format!("align-sd3-refuse-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -302,7 +430,11 @@ mod tests {
         assert!(run(&c).starts_with("rollout_sampler:"), "{}", run(&c));
         let mut c = config(&dir);
         c.lora_init = Some(dir.join("adapter.safetensors"));
-        assert!(run(&c).starts_with("lora_init:"), "{}", run(&c));
+        assert!(
+            run(&c).starts_with("lora_init:"),
+            "a missing file: {}",
+            run(&c)
+        );
         let mut c = config(&dir);
         c.max_sequence_length = 0;
         assert!(run(&c).contains("max_sequence_length"), "{}", run(&c));

@@ -330,23 +330,13 @@ pub fn export_run(
         });
     }
     let run = load_run(dir, weights, device)?;
-    let sd3_unsupported = || {
-        TrainError::config(
-            "format",
-            "exporting an SD3 run is not supported yet: sample and evaluate it with \
-             `align sample --run` / `align eval --run`",
-        )
-    };
-    if matches!(run.model, TrainedModel::Sd3(_)) {
-        return Err(sd3_unsupported());
-    }
-    let sd = matches!(run.model, TrainedModel::Sd(_));
+    let sd = matches!(run.model, TrainedModel::Sd(_) | TrainedModel::Sd3(_));
     let lora_format = match format {
         ExportFormat::Peft => Some(LoraFormat::Peft),
         ExportFormat::Diffusers if !sd => {
             return Err(TrainError::config(
                 "format",
-                "diffusers' LoRA layout exists for Stable Diffusion UNets only; export a Shapes \
+                "diffusers' LoRA layout exists for Stable Diffusion pipelines only; export a Shapes \
                  run as peft or merged",
             ));
         }
@@ -373,93 +363,17 @@ pub fn export_run(
     }
     let base_dir = run.config.model().to_path_buf();
     match run.merged() {
-        TrainedModel::Sd(sd) => {
-            let (base_abs, out_abs) = (
-                crate::adapt::absolute(&base_dir),
-                crate::adapt::absolute(out),
-            );
-            if out_abs.starts_with(&base_abs) {
-                return Err(TrainError::File {
-                    path: out.to_path_buf(),
-                    reason: format!(
-                        "lies inside the base model directory {}; export elsewhere",
-                        base_dir.display()
-                    ),
-                });
-            }
-            // The pipeline's components (those `model_index.json` lists, or the five of SD 1.x
-            // without one), never other files of the base directory (single-file checkpoints of
-            // the unmerged model, VCS folders); the UNet's weights in any precision variant are
-            // replaced by the merged ones. Built in a temporary sibling, renamed when complete.
-            let mut components: Vec<String> = Vec::new();
-            let index = base_dir.join("model_index.json");
-            if let Ok(text) = std::fs::read_to_string(&index) {
-                let value: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| TrainError::File {
-                        path: index.clone(),
-                        reason: format!("invalid JSON: {e}"),
-                    })?;
-                if let Some(map) = value.as_object() {
-                    for (name, v) in map {
-                        let listed = v
-                            .as_array()
-                            .is_some_and(|a| a.first().is_some_and(|lib| !lib.is_null()));
-                        if listed && base_dir.join(name).is_dir() {
-                            components.push(name.clone());
-                        }
-                    }
-                }
-            }
-            if components.is_empty() {
-                components = ["scheduler", "text_encoder", "tokenizer", "unet", "vae"]
-                    .map(String::from)
-                    .to_vec();
-            }
-            let name = out
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "export".into());
-            let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&tmp);
-            let built = (|| -> Result<()> {
-                std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-                if index.is_file() {
-                    std::fs::copy(&index, tmp.join("model_index.json"))
-                        .map_err(|e| TrainError::io(&index, e))?;
-                }
-                let unet = Path::new("unet");
-                let mut skip: Vec<PathBuf> = Vec::new();
-                for entry in std::fs::read_dir(base_dir.join(unet))
-                    .map_err(|e| TrainError::io(base_dir.join(unet), e))?
-                    .flatten()
-                {
-                    let file = entry.file_name().to_string_lossy().into_owned();
-                    if file.ends_with(".safetensors") || file.ends_with(".bin") {
-                        skip.push(unet.join(file));
-                    }
-                }
-                let skip: Vec<&Path> = skip.iter().map(PathBuf::as_path).collect();
-                for c in &components {
-                    copy_dir(&base_dir.join(c), &tmp.join(c), &skip)?;
-                }
-                sd.unet
-                    .save_weights(&tmp.join("unet/diffusion_pytorch_model.safetensors"), dtype)?;
-                Ok(())
-            })();
-            if let Err(e) = built {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-            // `out` is absent or empty (checked above).
-            let _ = std::fs::remove_dir(out);
-            std::fs::rename(&tmp, out).map_err(|e| {
-                let _ = std::fs::remove_dir_all(&tmp);
-                TrainError::io(out, e)
-            })?;
-            Ok(vec![
-                out.to_path_buf(),
-                out.join("unet/diffusion_pytorch_model.safetensors"),
-            ])
+        TrainedModel::Sd(sd) => export_pipeline_dir(
+            &base_dir,
+            out,
+            "unet",
+            &["scheduler", "text_encoder", "tokenizer", "unet", "vae"],
+            &|file| Ok(sd.unet.save_weights(file, dtype)?),
+        ),
+        TrainedModel::Sd3(sd3) => {
+            export_pipeline_dir(&base_dir, out, "transformer", &[], &|file| {
+                Ok(sd3.transformer.save_weights(file, dtype)?)
+            })
         }
         TrainedModel::Shapes(config, model) => {
             if dtype != WeightDtype::F32 {
@@ -471,8 +385,118 @@ pub fn export_run(
             model.save(&config, out)?;
             Ok(vec![out.join("model.json"), out.join("model.safetensors")])
         }
-        TrainedModel::Sd3(_) => Err(sd3_unsupported()),
     }
+}
+
+/// A merged pipeline directory: `base_dir`'s components copied into `out` (built in a
+/// temporary sibling, renamed when complete) with the denoiser's (`unet` / `transformer`)
+/// weights written by `save` in place of the base's.
+///
+/// # Errors
+/// `out` inside the base directory, an invalid `model_index.json` (or none, without default
+/// components), unreadable or unwritable files, each naming the path.
+fn export_pipeline_dir(
+    base_dir: &Path,
+    out: &Path,
+    denoiser: &str,
+    default_components: &[&str],
+    save: &dyn Fn(&Path) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
+    let (base_abs, out_abs) = (
+        crate::adapt::absolute(base_dir),
+        crate::adapt::absolute(out),
+    );
+    if out_abs.starts_with(&base_abs) {
+        return Err(TrainError::File {
+            path: out.to_path_buf(),
+            reason: format!(
+                "lies inside the base model directory {}; export elsewhere",
+                base_dir.display()
+            ),
+        });
+    }
+    // The pipeline's components (those `model_index.json` lists, or `default_components`
+    // without one), never other files of the base directory (single-file checkpoints of
+    // the unmerged model, VCS folders); the denoiser's weights in any precision variant are
+    // replaced by the merged ones. Built in a temporary sibling, renamed when complete.
+    let mut components: Vec<String> = Vec::new();
+    let index = base_dir.join("model_index.json");
+    if let Ok(text) = std::fs::read_to_string(&index) {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| TrainError::File {
+                path: index.clone(),
+                reason: format!("invalid JSON: {e}"),
+            })?;
+        if let Some(map) = value.as_object() {
+            for (name, v) in map {
+                let listed = v
+                    .as_array()
+                    .is_some_and(|a| a.first().is_some_and(|lib| !lib.is_null()));
+                if listed && base_dir.join(name).is_dir() {
+                    components.push(name.clone());
+                }
+            }
+        }
+    }
+    if components.is_empty() {
+        components = default_components.iter().map(|c| c.to_string()).collect();
+    }
+    if components.is_empty() {
+        return Err(TrainError::File {
+            path: index.clone(),
+            reason: "missing or lists no component: the merged export copies the components it \
+                     lists"
+                .into(),
+        });
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let built = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        if index.is_file() {
+            std::fs::copy(&index, tmp.join("model_index.json"))
+                .map_err(|e| TrainError::io(&index, e))?;
+        }
+        let unet = Path::new(denoiser);
+        let mut skip: Vec<PathBuf> = Vec::new();
+        for entry in std::fs::read_dir(base_dir.join(unet))
+            .map_err(|e| TrainError::io(base_dir.join(unet), e))?
+            .flatten()
+        {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.ends_with(".safetensors") || file.ends_with(".bin") {
+                skip.push(unet.join(file));
+            }
+        }
+        let skip: Vec<&Path> = skip.iter().map(PathBuf::as_path).collect();
+        for c in &components {
+            copy_dir(&base_dir.join(c), &tmp.join(c), &skip)?;
+        }
+        save(
+            &tmp.join(denoiser)
+                .join("diffusion_pytorch_model.safetensors"),
+        )?;
+        Ok(())
+    })();
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // `out` is absent or empty (checked above).
+    let _ = std::fs::remove_dir(out);
+    std::fs::rename(&tmp, out).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        TrainError::io(out, e)
+    })?;
+    Ok(vec![
+        out.to_path_buf(),
+        out.join(denoiser)
+            .join("diffusion_pytorch_model.safetensors"),
+    ])
 }
 
 #[cfg(test)]

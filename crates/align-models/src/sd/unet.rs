@@ -813,37 +813,6 @@ impl UNet2DCondition {
     /// [`ModelError::Config`] if the model still carries adapters;
     /// [`crate::ModelError::Checkpoint`] if the file cannot be written.
     pub fn save_weights(&self, path: &Path, dtype: crate::WeightDtype) -> Result<()> {
-        if crate::lora_factor_count(self) > 0 {
-            return Err(crate::ModelError::config(
-                "lora",
-                "merge the adapters (materialize) before saving full weights",
-            ));
-        }
-        use burn::store::{
-            BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, SafetensorsStore,
-        };
-        let fail = |reason: String| crate::ModelError::Checkpoint {
-            path: path.display().to_string(),
-            reason,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        }
-        let tmp = crate::checkpoint::temp_path(path);
-        let mut store = SafetensorsStore::from_file(&tmp)
-            .overwrite(true)
-            .metadata("format", "pt")
-            .with_to_adapter(BurnToPyTorchAdapter.chain(FloatCastAdapter::to(dtype.dtype())));
-        for (from, to) in UNET_REMAP_SAVE {
-            store = store.with_key_remapping(from, to);
-        }
-        if let Err(e) = self.save_into(&mut store) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(fail(format!("writing: {e:?}")));
-        }
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            fail(format!("renaming the temporary file: {e}"))
-        })
+        crate::hf::save_pytorch_safetensors(self, path, dtype, &UNET_REMAP_SAVE)
     }
 }

@@ -45,6 +45,16 @@ pub const MMDIT_REMAP: [(&str, &str); 3] = [
     (r"\.net\.2\.", ".out."),
 ];
 
+/// The inverse of [`MMDIT_REMAP`]: burn's names back to diffusers' on save.
+pub const MMDIT_REMAP_SAVE: [(&str, &str); 3] = [
+    (r"\.to_out\.(weight|bias)$", ".to_out.0.$1"),
+    (
+        r"\.(ff|ff_context)\.proj\.(weight|bias)$",
+        ".$1.net.0.proj.$2",
+    ),
+    (r"\.(ff|ff_context)\.out\.(weight|bias)$", ".$1.net.2.$2"),
+];
+
 /// Layer-norm ε of every norm in the model.
 const EPS: f64 = 1e-6;
 
@@ -542,6 +552,18 @@ impl MmDit {
     /// The configuration.
     pub fn config(&self) -> &MmDitConfig {
         &self.config
+    }
+
+    /// Writes the weights as diffusers' `diffusion_pytorch_model.safetensors` (PyTorch layout
+    /// and names, `dtype` precision), atomically; the file loads with
+    /// `SD3Transformer2DModel.from_pretrained` beside the original `config.json`. LoRA
+    /// adapters must be merged first ([`Module::materialize`]).
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] if the model still carries adapters; [`ModelError::Checkpoint`]
+    /// if the file cannot be written.
+    pub fn save_weights(&self, path: &Path, dtype: crate::WeightDtype) -> Result<()> {
+        crate::hf::save_pytorch_safetensors(self, path, dtype, &MMDIT_REMAP_SAVE)
     }
 
     /// The velocity (flow-matching) prediction.

@@ -18,8 +18,8 @@ pub mod t5;
 pub mod tokenizer;
 
 pub use mmdit::{
-    AdaNorm, JointAttention, JointBlock, MMDIT_REMAP, MmDit, MmDitConfig, PatchEmbed, RmsNorm,
-    TanhFeedForward, TimeTextEmbed, TwoLayer,
+    AdaNorm, JointAttention, JointBlock, MMDIT_REMAP, MMDIT_REMAP_SAVE, MmDit, MmDitConfig,
+    PatchEmbed, RmsNorm, TanhFeedForward, TimeTextEmbed, TwoLayer,
 };
 pub use pipeline::{FlowMatchSchedulerConfig, Sd3Options, StableDiffusion3, is_sd3_dir};
 pub use prompt::{T5Part, sd3_condition};
