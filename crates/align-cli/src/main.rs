@@ -290,9 +290,9 @@ enum Command {
         seed: u64,
     },
     /// Export a run's trained model for other tools: its LoRA adapter as a PEFT directory
-    /// (`peft`) or diffusers' `pytorch_lora_weights.safetensors` (`diffusers`, Stable Diffusion 1.x and SD3
-    /// runs), or the full weights with the adapter merged (`merged`: a complete
-    /// diffusers pipeline directory, or a Shapes model directory).
+    /// (`peft`) or diffusers' `pytorch_lora_weights.safetensors` (`diffusers`, Stable
+    /// Diffusion 1.x and SD3 runs), or the full weights with the adapter merged (`merged`: a
+    /// complete diffusers pipeline directory, or a Shapes model directory).
     Export {
         /// The run directory.
         #[arg(long)]
