@@ -106,6 +106,11 @@ pub fn sample_sd3_from(
     out: &Path,
     options: &SdSampleOptions,
 ) -> Result<(), String> {
+    if options.eta != 0.0 {
+        return Err(
+            "--eta: SD3 samples with the deterministic flow Euler sampler; leave --eta out".into(),
+        );
+    }
     let sd3 = sd3.no_grad();
     let size = if options.size == 0 {
         sd3.default_image_size()

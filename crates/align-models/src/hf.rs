@@ -54,58 +54,78 @@ pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
 /// name matches one of the `ignore` regexes may be absent from the model. Every parameter of the
 /// model must be present with the right shape.
 ///
+/// A checkpoint saved in shards (the Hugging Face libraries shard large models: SD3's T5-XXL is
+/// `model-00001-of-00002.safetensors`, …) is read when `path` is absent and
+/// `<path>.index.json` lists the shards in its `weight_map`: every shard is loaded in turn,
+/// and a parameter counts as missing only if no shard holds it.
+///
 /// # Errors
-/// [`ModelError::Checkpoint`] naming the file: missing or unreadable, or listing the model's
-/// missing tensors, the file's unexpected tensors and the shape mismatches.
+/// [`ModelError::Checkpoint`] naming the file: missing or unreadable (a shard the index names
+/// included), or listing the model's missing tensors, the file's unexpected tensors and the
+/// shape mismatches.
 pub fn load_pytorch_safetensors<M: Module>(
     mut model: M,
     path: &Path,
     remap: &[(&str, &str)],
     ignore: &[&str],
 ) -> Result<M> {
-    if !path.is_file() {
-        return Err(checkpoint_error(path, "no such file"));
-    }
-    // Half-precision files (`*.fp16.safetensors`) are cast to f32 on load: every computation
-    // in `align` is f32.
-    let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32));
-    let mut store = SafetensorsStore::from_file(path)
-        .with_from_adapter(adapter)
-        .allow_partial(true)
-        .validate(false);
-    for (from, to) in remap {
-        store = store.with_key_remapping(*from, *to);
-    }
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| checkpoint_error(path, format!("does not load: {e:?}")))?;
+    let shards = checkpoint_files(path)?;
     let ignore: Vec<regex::Regex> = ignore
         .iter()
         .map(|p| regex::Regex::new(p))
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| ModelError::config("ignore", e.to_string()))?;
+    let mut missing: Option<std::collections::BTreeSet<String>> = None;
+    let mut unused: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for shard in &shards {
+        if !shard.is_file() {
+            return Err(checkpoint_error(shard, "no such file"));
+        }
+        // Half-precision files (`*.fp16.safetensors`) are cast to f32 on load: every
+        // computation in `align` is f32.
+        let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32));
+        let mut store = SafetensorsStore::from_file(shard)
+            .with_from_adapter(adapter)
+            .allow_partial(true)
+            .validate(false);
+        for (from, to) in remap {
+            store = store.with_key_remapping(*from, *to);
+        }
+        let result = model
+            .load_from(&mut store)
+            .map_err(|e| checkpoint_error(shard, format!("does not load: {e:?}")))?;
+        let here: std::collections::BTreeSet<String> =
+            result.missing.iter().map(|(k, _)| k.clone()).collect();
+        missing = Some(match missing {
+            None => here,
+            Some(before) => before.intersection(&here).cloned().collect(),
+        });
+        unused.extend(
+            result
+                .unused
+                .iter()
+                .filter(|k| !ignore.iter().any(|r| r.is_match(k)))
+                .cloned(),
+        );
+        errors.extend(result.errors.iter().map(|e| format!("{e}")));
+    }
     let mut problems = Vec::new();
-    if !result.missing.is_empty() {
-        let keys: Vec<&str> = result.missing.iter().map(|(k, _)| k.as_str()).collect();
+    let missing: Vec<String> = missing.unwrap_or_default().into_iter().collect();
+    if !missing.is_empty() {
         problems.push(format!(
-            "{} tensors of the model are missing from the file: {keys:?}",
-            keys.len()
+            "{} tensors of the model are missing from the file: {missing:?}",
+            missing.len()
         ));
     }
-    let unused: Vec<&String> = result
-        .unused
-        .iter()
-        .filter(|k| !ignore.iter().any(|r| r.is_match(k)))
-        .collect();
     if !unused.is_empty() {
         problems.push(format!(
             "{} tensors of the file are unknown to the model: {unused:?}",
             unused.len()
         ));
     }
-    if !result.errors.is_empty() {
-        let errs: Vec<String> = result.errors.iter().map(|e| format!("{e}")).collect();
-        problems.push(format!("mismatched tensors: {errs:?}"));
+    if !errors.is_empty() {
+        problems.push(format!("mismatched tensors: {errors:?}"));
     }
     if problems.is_empty() {
         Ok(model)
@@ -115,6 +135,55 @@ pub fn load_pytorch_safetensors<M: Module>(
             format!("does not fit the configured model: {}", problems.join("; ")),
         ))
     }
+}
+
+/// The index of a sharded checkpoint: `<path>.index.json`.
+pub fn shard_index(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".index.json");
+    std::path::PathBuf::from(name)
+}
+
+/// The files of a checkpoint: `path` itself, or the shards its `.index.json` lists (sorted,
+/// each once), beside it.
+///
+/// # Errors
+/// [`ModelError::Checkpoint`]: neither exists, or the index is not JSON with a `weight_map`
+/// of file names in the same directory.
+pub fn checkpoint_files(path: &Path) -> Result<Vec<std::path::PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let index = shard_index(path);
+    if !index.is_file() {
+        return Err(checkpoint_error(
+            path,
+            format!("no such file (nor a shard index {})", index.display()),
+        ));
+    }
+    let json: serde_json::Value = read_config(&index)?;
+    let map = json
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| checkpoint_error(&index, "no `weight_map` object"))?;
+    let mut files = std::collections::BTreeSet::new();
+    for (tensor, file) in map {
+        let name = file
+            .as_str()
+            .filter(|f| !f.is_empty() && !f.contains('/') && !f.contains('\\') && *f != "..")
+            .ok_or_else(|| {
+                checkpoint_error(
+                    &index,
+                    format!("`weight_map.{tensor}` is not a file name beside the index"),
+                )
+            })?;
+        files.insert(name.to_string());
+    }
+    if files.is_empty() {
+        return Err(checkpoint_error(&index, "`weight_map` lists no shard"));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
 /// Every tensor of a safetensors file as `f32` [`TensorData`] (integer tensors converted), by

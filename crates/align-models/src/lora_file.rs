@@ -645,8 +645,9 @@ pub fn read_lora(path: &Path, naming: &dyn LoraNaming) -> Result<LoraWeights> {
             return Err(file_error(
                 &file,
                 format!(
-                    "`{name}` adapts the text encoder; align trains and loads UNet adapters \
-                     only (remove the text_encoder factors from the file)"
+                    "`{name}` adapts the text encoder; align trains and loads {} adapters \
+                     only (remove the text_encoder factors from the file)",
+                    naming.component()
                 ),
             ));
         }

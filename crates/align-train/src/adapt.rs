@@ -101,10 +101,19 @@ pub const RUN_CONFIG: &str = "config.toml";
 /// The fields that decide which model a run trains: a resumed run must keep them.
 const MODEL_FIELDS: [&str; 4] = ["model", "finetune", "lora", "lora_init"];
 
+/// The fields that decide what an SD3 run's adapters are conditioned on (T5 states or zeros,
+/// how many tokens), with the value a record without them (an older run, another job) means.
+fn conditioning_fields() -> [(&'static str, toml::Value); 2] {
+    [
+        ("text_encoder_3", toml::Value::Boolean(true)),
+        ("max_sequence_length", toml::Value::Integer(256)),
+    ]
+}
+
 /// Writes `config` (any `align` config) as `config.toml` in the run directory `out`
 /// (atomically), so that the run can be exported, sampled, evaluated and repeated later. When
-/// `resume`, the recorded model-defining fields (`model`, `finetune`, `[lora]`, `lora_init`)
-/// must be unchanged: a resumed run with other adapters would not match its checkpoints, and
+/// `resume`, the recorded model-defining fields (`model`, `finetune`, `[lora]`, `lora_init`,
+/// and SD3's `text_encoder_3` and `max_sequence_length`) must be unchanged: a resumed run with other adapters would not match its checkpoints, and
 /// the record of the run would be lost.
 ///
 /// # Errors
@@ -122,9 +131,14 @@ pub fn write_run_config<C: serde::Serialize>(
     if resume && let Ok(old) = std::fs::read_to_string(&path) {
         let parse = |t: &str| t.parse::<toml::Table>().ok();
         if let (Some(old), Some(new)) = (parse(&old), parse(&text)) {
-            for field in MODEL_FIELDS {
-                if old.get(field) != new.get(field) {
-                    let show = |v: Option<&toml::Value>| {
+            let fields = MODEL_FIELDS
+                .iter()
+                .map(|&f| (f, None))
+                .chain(conditioning_fields().map(|(f, d)| (f, Some(d))));
+            for (field, default) in fields {
+                let get = |t: &toml::Table| t.get(field).cloned().or_else(|| default.clone());
+                if get(&old) != get(&new) {
+                    let show = |v: Option<toml::Value>| {
                         v.map_or("(absent)".to_string(), |v| v.to_string())
                     };
                     return Err(TrainError::config(
@@ -132,9 +146,9 @@ pub fn write_run_config<C: serde::Serialize>(
                         format!(
                             "{} differs from the run's {} ({}): a resumed run trains the model \
                              it started with; start a new run directory for other settings",
-                            show(new.get(field)),
+                            show(get(&new)),
                             path.display(),
-                            show(old.get(field))
+                            show(get(&old))
                         ),
                     ));
                 }

@@ -229,13 +229,6 @@ pub fn train_sd(
              set \"ddim\"",
         ));
     }
-    let train_device = config.train_device(device);
-    let sd = StableDiffusion::load(&config.model, &train_device)?;
-    let (shape, eval_sampler) = eval_settings(config, &sd)?;
-    let sampler = sd
-        .scheduler
-        .ddim(config.train_steps, config.noise_level)
-        .map_err(|e| TrainError::config("train_steps", e.to_string()))?;
     let RealModelRun {
         config,
         prompts,
@@ -243,6 +236,13 @@ pub fn train_sd(
         reward,
         eval_reward,
     } = real_model_run(config, device)?;
+    let train_device = config.train_device(device);
+    let sd = StableDiffusion::load(&config.model, &train_device)?;
+    let (shape, eval_sampler) = eval_settings(&config, &sd)?;
+    let sampler = sd
+        .scheduler
+        .ddim(config.train_steps, config.noise_level)
+        .map_err(|e| TrainError::config("train_steps", e.to_string()))?;
     let evaluator = RewardEvaluator::new(
         eval_reward,
         config.reward.to_string(),

@@ -131,9 +131,6 @@ pub fn train_sd3(
             ),
         ));
     }
-    let sd3 = load_sd3(config, &config.train_device(device))?;
-    let (shape, eval_sampler) = eval_settings(config, &sd3)?;
-    let (sampler, grid) = rollout_sampler(config, &sd3)?;
     let RealModelRun {
         config,
         prompts,
@@ -141,6 +138,9 @@ pub fn train_sd3(
         reward,
         eval_reward,
     } = real_model_run(config, device)?;
+    let sd3 = load_sd3(&config, &config.train_device(device))?;
+    let (shape, eval_sampler) = eval_settings(&config, &sd3)?;
+    let (sampler, grid) = rollout_sampler(&config, &sd3)?;
     let evaluator = RewardEvaluator::new(
         eval_reward,
         config.reward.to_string(),
@@ -208,7 +208,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("align-sd3-train-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let c = config(&dir);
+        let mut c = config(&dir);
+        // One optimizer step per iteration, taken at θ_old: the logged ratio deviation is
+        // exactly 0 (with more minibatches the later ones follow an updated policy).
+        c.flow_grpo.minibatches = 1;
         let report = crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
         assert_eq!(report.iterations, 2);
         let eval = report.eval_reward.clone().unwrap();
@@ -227,10 +230,14 @@ mod tests {
         }
         let metrics = std::fs::read_to_string(c.out.join("metrics.jsonl")).unwrap();
         assert_eq!(metrics.lines().count(), 2);
-        assert!(metrics.contains("\"max_ratio_deviation\":0"), "{metrics}");
+        for line in metrics.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(row["optimizer_steps"].as_f64(), Some(1.0), "{line}");
+            assert_eq!(row["max_ratio_deviation"].as_f64(), Some(0.0), "{line}");
+        }
 
         // The trained run loads back (adapters on the joint attention) and measures what the
-        // report measured; exporting it is refused by name.
+        // report measured.
         let weights = crate::Weights {
             checkpoint: None,
             no_ema: false,
@@ -411,6 +418,84 @@ mod tests {
         }
     }
 
+    /// A run without T5 exports a merged pipeline without it (`model_index.json` says
+    /// `[null, null]`, so diffusers conditions as the run did); a base directory without
+    /// `model_index.json` exports its SD3 components.
+    #[test]
+    fn merged_exports_follow_the_run_and_the_base_directory() {
+        let device = align_core::test_device();
+        let dir = std::env::temp_dir().join(format!("align-sd3-merged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The fixture without its index (and without the reference files).
+        let base = dir.join("base");
+        for entry in std::fs::read_dir(align_models::hf::fixtures_dir().join("sd3-tiny-pipeline"))
+            .unwrap()
+            .flatten()
+        {
+            if entry.path().is_dir() {
+                let to = base.join(entry.file_name());
+                std::fs::create_dir_all(&to).unwrap();
+                for f in std::fs::read_dir(entry.path()).unwrap().flatten() {
+                    std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+                }
+            }
+        }
+        for (model, t5, name) in [
+            (
+                align_models::hf::fixtures_dir().join("sd3-tiny-pipeline"),
+                false,
+                "no-t5",
+            ),
+            (base.clone(), true, "no-index"),
+        ] {
+            let mut c = config(&dir);
+            c.model = model;
+            c.text_encoder_3 = t5;
+            c.out = dir.join(name);
+            c.runner.iterations = 1;
+            crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
+            let out = dir.join(format!("{name}-merged"));
+            let files = crate::export_run(
+                &c.out,
+                crate::Weights::default(),
+                crate::ExportFormat::Merged,
+                align_models::WeightDtype::F32,
+                &out,
+                &device,
+            )
+            .unwrap();
+            assert_eq!(files[0], out);
+            assert!(
+                out.join("transformer/diffusion_pytorch_model.safetensors")
+                    .is_file()
+            );
+            assert!(out.join("tokenizer_2/vocab.json").is_file());
+            assert_eq!(out.join("text_encoder_3").is_dir(), t5, "{name}");
+            assert_eq!(out.join("model_index.json").is_file(), !t5, "{name}");
+            if !t5 {
+                let index: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(out.join("model_index.json")).unwrap(),
+                )
+                .unwrap();
+                assert_eq!(index["text_encoder_3"], serde_json::json!([null, null]));
+                assert_eq!(index["tokenizer_3"], serde_json::json!([null, null]));
+                assert_eq!(index["text_encoder_2"][1], "CLIPTextModelWithProjection");
+            }
+            let merged = StableDiffusion3::load_with(
+                &out,
+                &Sd3Options {
+                    text_encoder_3: true,
+                    max_sequence_length: 16,
+                },
+                &device,
+            )
+            .unwrap();
+            assert_eq!(merged.text_encoder_3.is_some(), t5);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn ddpm_algorithms_samplers_and_bad_settings_are_refused_by_name() {
         let device = align_core::test_device();
@@ -441,6 +526,20 @@ mod tests {
         let mut c = config(&dir);
         c.reward = RewardName::ShapeEvalPartial.into();
         assert!(run(&c).contains("reward"), "{}", run(&c));
+        // SD3's options on another model are refused by name.
+        for (field, change) in [
+            (
+                "text_encoder_3",
+                (|c: &mut TrainConfig| c.text_encoder_3 = false) as fn(&mut _),
+            ),
+            ("max_sequence_length", |c: &mut TrainConfig| {
+                c.max_sequence_length = 77
+            }),
+        ] {
+            let mut c = crate::sd::tests_config(&dir);
+            change(&mut c);
+            assert!(run(&c).starts_with(&format!("{field}:")), "{}", run(&c));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

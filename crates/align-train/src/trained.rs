@@ -187,6 +187,17 @@ fn policy<M: Module>(
 /// A missing or unreadable `config.toml`, checkpoint or base model, or weights that do not fit
 /// the model the configuration describes, each naming the file.
 pub fn load_run(dir: &Path, weights: Weights, device: &Device) -> Result<TrainedRun> {
+    load_run_with(dir, weights, device, true)
+}
+
+/// [`load_run`]; `text_towers = false` leaves an SD3 run's T5 out (an export needs the
+/// transformer only, and T5-XXL is 18 GiB in f32).
+fn load_run_with(
+    dir: &Path,
+    weights: Weights,
+    device: &Device,
+    text_towers: bool,
+) -> Result<TrainedRun> {
     let config = read_run_config(dir)?;
     let ckpt = checkpoint_dir(dir, weights)?;
     let ema = ckpt.join("ema.bpk");
@@ -206,7 +217,9 @@ pub fn load_run(dir: &Path, weights: Weights, device: &Device) -> Result<Trained
                 "an SD3 model in a preference run: preference training supports Shapes models",
             ));
         };
-        let sd3 = crate::sd3::load_sd3(train, device)?;
+        let mut train = train.as_ref().clone();
+        train.text_encoder_3 &= text_towers;
+        let sd3 = crate::sd3::load_sd3(&train, device)?;
         let targets = Some(StableDiffusion3::lora_targets());
         TrainedModel::Sd3(Box::new(policy(sd3, &config, targets, &file)?.valid()))
     } else if crate::sd::is_stable_diffusion_dir(model_dir) {
@@ -329,7 +342,7 @@ pub fn export_run(
             reason: "exists and is not empty; choose a new directory".into(),
         });
     }
-    let run = load_run(dir, weights, device)?;
+    let run = load_run_with(dir, weights, device, false)?;
     let sd = matches!(run.model, TrainedModel::Sd(_) | TrainedModel::Sd3(_));
     let lora_format = match format {
         ExportFormat::Peft => Some(LoraFormat::Peft),
@@ -362,18 +375,44 @@ pub fn export_run(
         return Ok(save_lora(&lora, naming.as_ref(), lora_format, dtype, out)?);
     }
     let base_dir = run.config.model().to_path_buf();
+    let run_config = run.config.clone();
     match run.merged() {
         TrainedModel::Sd(sd) => export_pipeline_dir(
             &base_dir,
             out,
             "unet",
             &["scheduler", "text_encoder", "tokenizer", "unet", "vae"],
+            &[],
             &|file| Ok(sd.unet.save_weights(file, dtype)?),
         ),
         TrainedModel::Sd3(sd3) => {
-            export_pipeline_dir(&base_dir, out, "transformer", &[], &|file| {
-                Ok(sd3.transformer.save_weights(file, dtype)?)
-            })
+            let without_t5 = match &run_config {
+                RunConfig::Train(c) => !c.text_encoder_3,
+                RunConfig::Pref(_) => false,
+            };
+            let dropped: &[&str] = if without_t5 {
+                &["text_encoder_3", "tokenizer_3"]
+            } else {
+                &[]
+            };
+            export_pipeline_dir(
+                &base_dir,
+                out,
+                "transformer",
+                &[
+                    "scheduler",
+                    "text_encoder",
+                    "text_encoder_2",
+                    "text_encoder_3",
+                    "tokenizer",
+                    "tokenizer_2",
+                    "tokenizer_3",
+                    "transformer",
+                    "vae",
+                ],
+                dropped,
+                &|file| Ok(sd3.transformer.save_weights(file, dtype)?),
+            )
         }
         TrainedModel::Shapes(config, model) => {
             if dtype != WeightDtype::F32 {
@@ -390,7 +429,9 @@ pub fn export_run(
 
 /// A merged pipeline directory: `base_dir`'s components copied into `out` (built in a
 /// temporary sibling, renamed when complete) with the denoiser's (`unet` / `transformer`)
-/// weights written by `save` in place of the base's.
+/// weights written by `save` in place of the base's. `dropped` components (an SD3 run's T5
+/// when it trained without it) are left out and set to `[null, null]` in `model_index.json`,
+/// so that diffusers loads the pipeline as the run conditioned it.
 ///
 /// # Errors
 /// `out` inside the base directory, an invalid `model_index.json` (or none, without default
@@ -400,6 +441,7 @@ fn export_pipeline_dir(
     out: &Path,
     denoiser: &str,
     default_components: &[&str],
+    dropped: &[&str],
     save: &dyn Fn(&Path) -> Result<()>,
 ) -> Result<Vec<PathBuf>> {
     let (base_abs, out_abs) = (
@@ -439,8 +481,13 @@ fn export_pipeline_dir(
         }
     }
     if components.is_empty() {
-        components = default_components.iter().map(|c| c.to_string()).collect();
+        components = default_components
+            .iter()
+            .filter(|c| base_dir.join(c).is_dir())
+            .map(|c| c.to_string())
+            .collect();
     }
+    components.retain(|c| !dropped.contains(&c.as_str()));
     if components.is_empty() {
         return Err(TrainError::File {
             path: index.clone(),
@@ -458,8 +505,25 @@ fn export_pipeline_dir(
     let built = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         if index.is_file() {
-            std::fs::copy(&index, tmp.join("model_index.json"))
-                .map_err(|e| TrainError::io(&index, e))?;
+            let text = std::fs::read_to_string(&index).map_err(|e| TrainError::io(&index, e))?;
+            let mut value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| TrainError::File {
+                    path: index.clone(),
+                    reason: format!("invalid JSON: {e}"),
+                })?;
+            if let Some(map) = value.as_object_mut() {
+                for c in dropped {
+                    if map.contains_key(*c) {
+                        map.insert(c.to_string(), serde_json::json!([null, null]));
+                    }
+                }
+            }
+            let text = if dropped.is_empty() {
+                text
+            } else {
+                format!("{value:#}\n")
+            };
+            crate::images::write_atomically(&tmp.join("model_index.json"), &text)?;
         }
         let unet = Path::new(denoiser);
         let mut skip: Vec<PathBuf> = Vec::new();
@@ -468,7 +532,11 @@ fn export_pipeline_dir(
             .flatten()
         {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if file.ends_with(".safetensors") || file.ends_with(".bin") {
+            if file.ends_with(".safetensors")
+                || file.ends_with(".bin")
+                || file.ends_with(".safetensors.index.json")
+                || file.ends_with(".bin.index.json")
+            {
                 skip.push(unet.join(file));
             }
         }
@@ -841,6 +909,33 @@ mod tests {
             err.starts_with("lora:") && err.contains("config.toml"),
             "{err}"
         );
+        // SD3's conditioning settings are part of the model; a record without them (an older
+        // run) means the defaults.
+        for (field, change) in [
+            (
+                "text_encoder_3",
+                (|c: &mut TrainConfig| c.text_encoder_3 = false) as fn(&mut _),
+            ),
+            ("max_sequence_length", |c: &mut TrainConfig| {
+                c.max_sequence_length = 128
+            }),
+        ] {
+            let mut other = longer.clone();
+            change(&mut other);
+            let err = crate::adapt::write_run_config(&other, "align train", &dir, true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("{field}:")), "{err}");
+        }
+        let text = std::fs::read_to_string(dir.join(RUN_CONFIG)).unwrap();
+        let older: String = text
+            .lines()
+            .filter(|l| !l.starts_with("text_encoder_3") && !l.starts_with("max_sequence_length"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(older, text);
+        std::fs::write(dir.join(RUN_CONFIG), older).unwrap();
+        crate::adapt::write_run_config(&longer, "align train", &dir, true).unwrap();
         assert!(matches!(
             read_run_config(&dir).unwrap(),
             RunConfig::Train(_)

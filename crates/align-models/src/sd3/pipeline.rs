@@ -192,8 +192,9 @@ fn component(dir: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
-/// Whether `dir` looks like a diffusers SD3 directory (`transformer/config.json` and a
-/// `model_index.json` naming `StableDiffusion3Pipeline`, or no index at all).
+/// Whether `dir` looks like a diffusers SD3 directory: `transformer/config.json` and a
+/// `model_index.json` whose `_class_name` starts with `StableDiffusion3` (or names no class),
+/// or no index at all.
 pub fn is_sd3_dir(dir: &Path) -> bool {
     if !dir.join("transformer").join("config.json").is_file() {
         return false;
@@ -283,6 +284,44 @@ impl StableDiffusion3 {
                 format!(
                     "{} is narrower than the two CLIP towers' joint width {clip_width}",
                     cfg.joint_attention_dim
+                ),
+            ));
+        }
+        let clip_len = self.tokenizer.model_max_length();
+        for (name, tokenizer, tower) in [
+            ("text_encoder", &self.tokenizer, &self.text_encoder),
+            ("text_encoder_2", &self.tokenizer_2, &self.text_encoder_2),
+        ] {
+            let config = tower.text_model.config();
+            if clip_len > config.max_position_embeddings {
+                return Err(ModelError::config(
+                    "tokenizer.model_max_length",
+                    format!(
+                        "{clip_len} tokens exceed {name}'s {} positions",
+                        config.max_position_embeddings
+                    ),
+                ));
+            }
+            if tokenizer.vocab_size() > config.vocab_size {
+                return Err(ModelError::config(
+                    format!("{name}.vocab_size"),
+                    format!(
+                        "{} is smaller than its tokenizer's vocabulary ({} tokens)",
+                        config.vocab_size,
+                        tokenizer.vocab_size()
+                    ),
+                ));
+            }
+        }
+        if let (Some(t5), Some(tokenizer)) = (&self.text_encoder_3, &self.tokenizer_3)
+            && tokenizer.vocab_size() > t5.config().vocab_size
+        {
+            return Err(ModelError::config(
+                "text_encoder_3.vocab_size",
+                format!(
+                    "{} is smaller than tokenizer_3's vocabulary ({} tokens)",
+                    t5.config().vocab_size,
+                    tokenizer.vocab_size()
                 ),
             ));
         }

@@ -353,6 +353,51 @@ mod tests {
     use super::*;
     use crate::hf::{fixtures_dir, max_relative_error, read_safetensors};
 
+    /// The same checkpoint saved in two shards with a `model.safetensors.index.json` (as the
+    /// Hugging Face libraries save T5-XXL) loads into the same model; a missing shard and an
+    /// index pointing outside its directory are named.
+    #[test]
+    fn sharded_checkpoints_load_like_single_files() {
+        let device = align_core::test_device();
+        let src = fixtures_dir().join("sd3-tiny/text_encoder_3");
+        let single = T5Encoder::load(&src, &device).unwrap();
+        let dir = std::env::temp_dir().join(format!("align-t5-shards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+        let tensors = read_safetensors(&src.join("model.safetensors")).unwrap();
+        let mut shards: [Vec<(&str, burn::tensor::TensorData)>; 2] = [Vec::new(), Vec::new()];
+        let mut map = serde_json::Map::new();
+        for (i, (name, data)) in tensors.iter().enumerate() {
+            let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+            shards[i % 2].push((name.as_str(), data.clone()));
+            map.insert(name.clone(), serde_json::Value::String(file));
+        }
+        for (i, shard) in shards.iter().enumerate() {
+            let file = dir.join(format!("model-0000{}-of-00002.safetensors", i + 1));
+            crate::lora_file::save_tensors(&file, shard).unwrap();
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": map}).to_string();
+        std::fs::write(dir.join("model.safetensors.index.json"), &index).unwrap();
+        let sharded = T5Encoder::load(&dir, &device).unwrap();
+        let ids = Tensor::<2, Int>::from_ints([[3, 7, 1, 0], [5, 2, 9, 1]], &device);
+        assert_eq!(
+            sharded.forward(ids.clone()).into_data(),
+            single.forward(ids).into_data()
+        );
+        std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+        let err = T5Encoder::load(&dir, &device).unwrap_err().to_string();
+        assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+        let outside = index.replace("model-00001-of-00002.safetensors", "../x.safetensors");
+        std::fs::write(dir.join("model.safetensors.index.json"), outside).unwrap();
+        let err = T5Encoder::load(&dir, &device).unwrap_err().to_string();
+        assert!(
+            err.contains("index.json") && err.contains("weight_map"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A tiny T5 v1.1 encoder built by transformers (`scripts/make-sd3-fixtures.py`): its last
     /// hidden states on a padded batch (no mask, as SD3 encodes) and on a 45-token sequence,
     /// long enough for the logarithmic buckets; and the bucket table itself.
