@@ -173,6 +173,62 @@ pub(crate) fn real_model_run(config: &TrainConfig, device: &Device) -> Result<Re
     })
 }
 
+/// A real pipeline ready for the online job: the model, its samplers and sample shape.
+pub(crate) struct RealPipeline<P: Pipeline> {
+    /// The base pipeline on the training device.
+    pub pipeline: P,
+    /// The stochastic rollout sampler.
+    pub sampler: Box<dyn align_samplers::Sampler + Send + Sync>,
+    /// The deterministic sampler of evaluations and grids.
+    pub eval_sampler: Box<dyn align_samplers::Sampler + Send + Sync>,
+    /// The shape of one sample.
+    pub shape: [usize; 3],
+    /// The LoRA targets.
+    pub lora_targets: Vec<String>,
+    /// The flow grid of rebuilt rollout samplers (flow models).
+    pub flow_grid: Option<align_samplers::FlowGrid>,
+}
+
+impl RealModelRun {
+    /// Runs the online job on `p`: the reward evaluation on the evaluation prompts before,
+    /// every `eval_every` iterations and after training.
+    ///
+    /// # Errors
+    /// Run errors.
+    pub(crate) fn train<P: Pipeline>(
+        self,
+        p: RealPipeline<P>,
+        resume: bool,
+        observer: &SharedObserver,
+    ) -> Result<Report> {
+        let config = self.config;
+        let evaluator = RewardEvaluator::new(
+            self.eval_reward,
+            config.reward.to_string(),
+            self.eval_prompts,
+            config.eval_seeds,
+            p.eval_sampler,
+            config.guidance,
+            p.shape,
+            config.eval_interval(),
+            &config.out,
+        )
+        .with_batch(config.rollout_batch);
+        let task = OnlineTask {
+            pipeline: p.pipeline,
+            prompts: self.prompts,
+            reward: Box::new(self.reward),
+            gold: None,
+            sampler: p.sampler,
+            sample_shape: p.shape,
+            lora_targets: Some(p.lora_targets),
+            prompt_salt: PIPELINE_PROMPT_SALT,
+            flow_grid: p.flow_grid,
+        };
+        train_pipeline(task, Box::new(evaluator), &config, resume, observer)
+    }
+}
+
 /// The online job on a Stable Diffusion directory ([`crate::train`] calls it for a diffusers
 /// directory).
 ///
@@ -229,44 +285,23 @@ pub fn train_sd(
              set \"ddim\"",
         ));
     }
-    let RealModelRun {
-        config,
-        prompts,
-        eval_prompts,
-        reward,
-        eval_reward,
-    } = real_model_run(config, device)?;
-    let train_device = config.train_device(device);
-    let sd = StableDiffusion::load(&config.model, &train_device)?;
-    let (shape, eval_sampler) = eval_settings(&config, &sd)?;
+    let run = real_model_run(config, device)?;
+    let config = &run.config;
+    let sd = StableDiffusion::load(&config.model, &config.train_device(device))?;
+    let (shape, eval_sampler) = eval_settings(config, &sd)?;
     let sampler = sd
         .scheduler
         .ddim(config.train_steps, config.noise_level)
         .map_err(|e| TrainError::config("train_steps", e.to_string()))?;
-    let evaluator = RewardEvaluator::new(
-        eval_reward,
-        config.reward.to_string(),
-        eval_prompts,
-        config.eval_seeds,
-        Box::new(eval_sampler),
-        config.guidance,
-        shape,
-        config.eval_interval(),
-        &config.out,
-    )
-    .with_batch(config.rollout_batch);
-    let task = OnlineTask {
+    let pipeline = RealPipeline {
         pipeline: sd,
-        prompts,
-        reward: Box::new(reward),
-        gold: None,
         sampler: Box::new(sampler),
-        sample_shape: shape,
-        lora_targets: Some(StableDiffusion::lora_targets()),
-        prompt_salt: PIPELINE_PROMPT_SALT,
+        eval_sampler: Box::new(eval_sampler),
+        shape,
+        lora_targets: StableDiffusion::lora_targets(),
         flow_grid: None,
     };
-    train_pipeline(task, Box::new(evaluator), &config, resume, observer)
+    run.train(pipeline, resume, observer)
 }
 
 /// The latent shape of the run's images (`image_size`, 0 = the model's default) and the

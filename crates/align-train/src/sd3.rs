@@ -16,11 +16,9 @@ use burn::tensor::Device;
 
 use crate::config::{AlgorithmName, RolloutSampler, TrainConfig};
 use crate::error::{Result, TrainError};
-use crate::evaluator::RewardEvaluator;
-use crate::job::{OnlineTask, PIPELINE_PROMPT_SALT, train_pipeline};
 use crate::observer::SharedObserver;
 use crate::report::Report;
-use crate::sd::{RealModelRun, real_model_run};
+use crate::sd::{RealPipeline, real_model_run};
 
 /// Default evaluation steps (diffusers' `StableDiffusion3Pipeline` default).
 pub const SD3_EVAL_STEPS: usize = 28;
@@ -131,40 +129,20 @@ pub fn train_sd3(
             ),
         ));
     }
-    let RealModelRun {
-        config,
-        prompts,
-        eval_prompts,
-        reward,
-        eval_reward,
-    } = real_model_run(config, device)?;
-    let sd3 = load_sd3(&config, &config.train_device(device))?;
-    let (shape, eval_sampler) = eval_settings(&config, &sd3)?;
-    let (sampler, grid) = rollout_sampler(&config, &sd3)?;
-    let evaluator = RewardEvaluator::new(
-        eval_reward,
-        config.reward.to_string(),
-        eval_prompts,
-        config.eval_seeds,
-        Box::new(eval_sampler),
-        config.guidance,
-        shape,
-        config.eval_interval(),
-        &config.out,
-    )
-    .with_batch(config.rollout_batch);
-    let task = OnlineTask {
+    let run = real_model_run(config, device)?;
+    let config = &run.config;
+    let sd3 = load_sd3(config, &config.train_device(device))?;
+    let (shape, eval_sampler) = eval_settings(config, &sd3)?;
+    let (sampler, grid) = rollout_sampler(config, &sd3)?;
+    let pipeline = RealPipeline {
         pipeline: sd3,
-        prompts,
-        reward: Box::new(reward),
-        gold: None,
         sampler,
-        sample_shape: shape,
-        lora_targets: Some(StableDiffusion3::lora_targets()),
-        prompt_salt: PIPELINE_PROMPT_SALT,
+        eval_sampler: Box::new(eval_sampler),
+        shape,
+        lora_targets: StableDiffusion3::lora_targets(),
         flow_grid: Some(grid),
     };
-    train_pipeline(task, Box::new(evaluator), &config, resume, observer)
+    run.train(pipeline, resume, observer)
 }
 
 /// The mean evaluation reward of an SD3 pipeline's samples, measured as a run with `config`
