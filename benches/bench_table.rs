@@ -297,6 +297,7 @@ fn run(opts: &Options) -> Result<(), String> {
         json.push(serde_json::json!({
             "workload": r.workload, "backend": name, "seconds": r.seconds, "reps": r.reps,
             "images": r.images, "flops": r.flops, "peak_gflops": peak_gflops,
+            "machine": machine(),
         }));
     }
     append_json(opts.json.as_deref(), &json)
@@ -451,7 +452,7 @@ fn ops(opts: &Options) -> Result<(), String> {
         println!("| {w} | {name} | {} | {reps} | {g} |", human(*s));
         json.push(serde_json::json!({
             "workload": w, "backend": name, "seconds": s, "reps": reps, "images": 0,
-            "flops": f, "peak_gflops": 0.0,
+            "flops": f, "peak_gflops": 0.0, "machine": machine(),
         }));
     }
     append_json(opts.json.as_deref(), &json)
@@ -472,6 +473,7 @@ fn merge(path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut records = Vec::new();
     let mut torch_version = None;
+    let mut machines: Vec<String> = Vec::new();
     for (i, line) in text
         .lines()
         .enumerate()
@@ -492,6 +494,19 @@ fn merge(path: &Path) -> Result<(), String> {
         };
         if let Some(t) = s("torch_version") {
             torch_version = Some(format!("{t}, {} threads", v["threads"]));
+        }
+        if let Some(m) = v.get("machine").filter(|m| m.is_object()) {
+            let line = format!(
+                "{}: {} ({}), {} threads, {}",
+                backend_of(&v),
+                m["cpu"].as_str().unwrap_or("?"),
+                m["simd"].as_str().unwrap_or("?"),
+                m["threads"],
+                m["allocator"].as_str().unwrap_or("?")
+            );
+            if !machines.contains(&line) {
+                machines.push(line);
+            }
         }
         records.push(Record {
             workload,
@@ -570,7 +585,15 @@ fn merge(path: &Path) -> Result<(), String> {
     if let Some(t) = torch_version {
         println!("PyTorch: {t}");
     }
+    for m in machines {
+        println!("Machine ({m})");
+    }
     Ok(())
+}
+
+/// The `backend` field of a row.
+fn backend_of(v: &serde_json::Value) -> String {
+    v["backend"].as_str().unwrap_or("?").to_string()
 }
 
 fn human(s: f64) -> String {
@@ -836,7 +859,36 @@ fn export(dir: &Path, opts: &Options) -> Result<(), String> {
     )
 }
 
+/// The allocator setting of this process (set once in `main`).
+static ALLOCATOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// What every row records about the machine: the CPU model and its SIMD flags (from
+/// `/proc/cpuinfo`), the threads available, and the allocator.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let simd: Vec<&str> = flags
+        .split_whitespace()
+        .filter(|f| ["sse4_2", "avx", "avx2", "fma", "f16c"].contains(f) || f.starts_with("avx512"))
+        .collect();
+    serde_json::json!({
+        "cpu": field("model name"),
+        "simd": simd.join(" "),
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "allocator": ALLOCATOR.get().cloned().unwrap_or_default(),
+    })
+}
+
 fn main() -> ExitCode {
+    let _ = ALLOCATOR.set(align_core::tune_allocator().to_string());
     let opts = match parse() {
         Ok(o) => o,
         Err(e) => {

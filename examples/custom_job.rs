@@ -76,6 +76,7 @@ fn run(dir: &std::path::Path, iterations: usize, resume: bool) -> Result<Gaussia
 
 /// Trains, checks the result and the resume, and prints both.
 pub fn main() -> Result<(), Box<dyn std::error::Error>> {
+    align_core::tune_allocator();
     let tmp = std::env::temp_dir().join(format!("align-custom-job-{}", std::process::id()));
     let full = run(&tmp.join("full"), 120, false)?;
     run(&tmp.join("halves"), 60, false)?; // "interrupted" after 60 iterations …

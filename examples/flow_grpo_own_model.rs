@@ -51,6 +51,7 @@ flow_grpo = { clip_range = 0.2 }
 
 /// Trains for six iterations and prints the evaluation reward before and after.
 pub fn main() -> Result<(), Box<dyn std::error::Error>> {
+    align_core::tune_allocator();
     let device = select_device(None)?.autodiff();
     let tok = align_data::Tokenizer::new();
     let text = TextEncoderConfig::tiny(tok.vocab_size(), tok.max_len());

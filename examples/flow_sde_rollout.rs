@@ -11,6 +11,7 @@ use align_samplers::{FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, resc
 use burn::tensor::Tensor;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    align_core::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let choice = args
         .iter()

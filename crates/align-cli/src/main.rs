@@ -1185,6 +1185,8 @@ fn print_report(dir: &std::path::Path, r: &align_train::Report) {
 }
 
 fn main() -> ExitCode {
+    // Keep freed tensor memory in the process (docs/benchmarks.md, "The allocator").
+    align_core::tune_allocator();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -11,7 +11,9 @@
 //! PPO-clip surrogate ([`ppo_clip_loss`]), discounted returns, global-norm gradient clipping
 //! ([`clip_grad_norm`]), host-side counter-keyed noise ([`NoiseKey`], [`noise_tensor`]), the
 //! [`Denoiser`] trait that models implement, and run-time device selection
-//! ([`select_device`]).
+//! ([`select_device`]). A program built on these crates gets the `align` binaries' CPU speed by
+//! calling [`tune_allocator`] first thing in `main` (it keeps freed tensor memory in the
+//! process instead of page-faulting it back every step).
 //!
 //! Conventions (see `docs/architecture.md`): flow time `t ∈ [0, 1]` with `t = 0` data and
 //! `t = 1` noise; DDPM in Ho et al. notation; trajectories in generation order; log-probs
@@ -46,6 +48,7 @@
 //! Library crates never enable a backend; binaries and tests do.
 
 pub mod advantages;
+pub mod allocator;
 pub mod clip;
 pub mod denoiser;
 pub mod device;
@@ -61,6 +64,7 @@ pub use advantages::{
     GroupStd, PromptStatTracker, StatTracker, StepPromptStatTracker, batch_advantages,
     clip_advantages, discounted_returns, group_advantages,
 };
+pub use allocator::{AllocatorTuning, tune_allocator};
 pub use clip::{clip_grad_norm, global_grad_norm};
 pub use denoiser::{Condition, Denoiser, Parameterization};
 pub use device::{
