@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use align_core::Denoiser;
 use align_core::{NoiseKey, noise_tensor, test_device};
 use align_models::hf::fixtures_dir;
 use align_models::sd3::{Sd3Options, StableDiffusion3};
@@ -29,6 +30,46 @@ fn snapshot<M: Module>(m: &M) -> BTreeMap<ParamId, (bool, Vec<f32>)> {
     let mut s = Snapshot(BTreeMap::new());
     m.visit(&mut s);
     s.0
+}
+
+/// One Diffusion-DPO step from `policy = reference` (adapters off): the loss is exactly ln 2,
+/// one AdamW step moves at least half of the LoRA factors and no base weight, and afterwards
+/// the loss is finite and no longer ln 2.
+fn dpo_step_moves_lora_only<'a, M: Module + Denoiser>(
+    policy: M,
+    reference: &M,
+    batch: &dyn Fn() -> DpoBatch<'a>,
+) {
+    let out = diffusion_dpo_loss(&policy, reference, batch(), DIFFUSION_DPO_BETA).unwrap();
+    let loss: f32 = out.loss.clone().into_scalar();
+    assert!(
+        (loss - std::f32::consts::LN_2).abs() < 1e-6,
+        "policy = reference gives ln 2, got {loss}"
+    );
+    let before = snapshot(&policy);
+    let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
+    let mut optim = AdamWConfig::new().init();
+    let updated = optim.step(1e-3, policy, grads);
+    let after = snapshot(&updated);
+    let (mut trainable, mut moved) = (0, 0);
+    for (id, (grad, values)) in &before {
+        let (_, new) = &after[id];
+        if *grad {
+            trainable += 1;
+            moved += usize::from(values != new);
+        } else {
+            assert_eq!(values, new, "a frozen base weight changed");
+        }
+    }
+    assert!(
+        trainable > 0 && moved * 2 >= trainable,
+        "{moved}/{trainable}"
+    );
+    // After the step the policy differs from the reference and the loss is finite, not ln 2.
+    let out = diffusion_dpo_loss(&updated, reference, batch(), DIFFUSION_DPO_BETA).unwrap();
+    let loss: f32 = out.loss.into_scalar();
+    assert!(loss.is_finite());
+    assert!((loss - std::f32::consts::LN_2).abs() > 1e-6, "{loss}");
 }
 
 /// Two images in [−1, 1]: a bright left half against a bright right half.
@@ -84,38 +125,7 @@ fn diffusion_dpo_update_on_the_tiny_sd_fixture_moves_lora_only() {
         condition: &condition,
         reference_condition: None,
     };
-    let out = diffusion_dpo_loss(&policy, &reference, batch(), DIFFUSION_DPO_BETA).unwrap();
-    let loss: f32 = out.loss.clone().into_scalar();
-    assert!(
-        (loss - std::f32::consts::LN_2).abs() < 1e-6,
-        "policy = reference gives ln 2, got {loss}"
-    );
-
-    let before = snapshot(&policy);
-    let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
-    let mut optim = AdamWConfig::new().init();
-    let updated = optim.step(1e-3, policy, grads);
-    let after = snapshot(&updated);
-    let (mut trainable, mut moved) = (0, 0);
-    for (id, (grad, values)) in &before {
-        let (_, new) = &after[id];
-        if *grad {
-            trainable += 1;
-            moved += usize::from(values != new);
-        } else {
-            assert_eq!(values, new, "a frozen base weight changed");
-        }
-    }
-    assert!(
-        trainable > 0 && moved * 2 >= trainable,
-        "{moved}/{trainable}"
-    );
-
-    // After the step the policy differs from the reference and the loss is finite, not ln 2.
-    let out = diffusion_dpo_loss(&updated, &reference, batch(), DIFFUSION_DPO_BETA).unwrap();
-    let loss: f32 = out.loss.into_scalar();
-    assert!(loss.is_finite());
-    assert!((loss - std::f32::consts::LN_2).abs() > 1e-6, "{loss}");
+    dpo_step_moves_lora_only(policy, &reference, &batch);
 }
 
 // Diffusion-DPO in its flow-matching form on the tiny random Stable Diffusion 3.5 pipeline
@@ -165,36 +175,5 @@ fn flow_diffusion_dpo_update_on_the_tiny_sd3_fixture_moves_lora_only() {
         condition: &condition,
         reference_condition: None,
     };
-    let out = diffusion_dpo_loss(&policy, &reference, batch(), DIFFUSION_DPO_BETA).unwrap();
-    let loss: f32 = out.loss.clone().into_scalar();
-    assert!(
-        (loss - std::f32::consts::LN_2).abs() < 1e-6,
-        "policy = reference gives ln 2, got {loss}"
-    );
-
-    let before = snapshot(&policy);
-    let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
-    let mut optim = AdamWConfig::new().init();
-    let updated = optim.step(1e-3, policy, grads);
-    let after = snapshot(&updated);
-    let (mut trainable, mut moved) = (0, 0);
-    for (id, (grad, values)) in &before {
-        let (_, new) = &after[id];
-        if *grad {
-            trainable += 1;
-            moved += usize::from(values != new);
-        } else {
-            assert_eq!(values, new, "a frozen base weight changed");
-        }
-    }
-    assert!(
-        trainable > 0 && moved * 2 >= trainable,
-        "{moved}/{trainable}"
-    );
-
-    // After the step the policy differs from the reference and the loss is finite, not ln 2.
-    let out = diffusion_dpo_loss(&updated, &reference, batch(), DIFFUSION_DPO_BETA).unwrap();
-    let loss: f32 = out.loss.into_scalar();
-    assert!(loss.is_finite());
-    assert!((loss - std::f32::consts::LN_2).abs() > 1e-6, "{loss}");
+    dpo_step_moves_lora_only(policy, &reference, &batch);
 }
