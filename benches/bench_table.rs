@@ -434,6 +434,47 @@ fn ops(opts: &Options) -> Result<(), String> {
         r.1,
         64.0 * (4.0 * 2.0 * 256.0 * 96.0 * 96.0 + 4.0 * 256.0 * 256.0 * 96.0),
     ));
+    // The attention core alone, unfused (QKᵀ, softmax, ·V, as burn-nn's MultiHeadAttention
+    // computes it) and through burn's fused `attention` op (flex: a flash kernel), on the
+    // heads [64, 4, 256, 24] — what replacing the unfused core would gain where no gradient is
+    // needed (evaluation, sampling).
+    let heads = |seed: u64| {
+        device.seed(seed);
+        Tensor::<4>::random([64, 4, 256, 24], Distribution::Normal(0.0, 1.0), &device)
+    };
+    let (q, k, v) = (heads(1), heads(2), heads(3));
+    let attn_flops = 64.0 * 4.0 * 256.0 * 256.0 * 24.0 * 4.0;
+    let r = time(opts, || {
+        let scores = q
+            .clone()
+            .matmul(k.clone().swap_dims(2, 3))
+            .div_scalar(24f32.sqrt());
+        sync(burn::tensor::activation::softmax(scores, 3).matmul(v.clone()));
+        Ok(())
+    })?;
+    rows.push((
+        "op_attention_core_unfused_b64_4h_256tok_24d".into(),
+        r.0,
+        r.1,
+        attn_flops,
+    ));
+    let r = time(opts, || {
+        sync(burn::tensor::module::attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            None,
+            None,
+            Default::default(),
+        ));
+        Ok(())
+    })?;
+    rows.push((
+        "op_attention_core_fused_b64_4h_256tok_24d".into(),
+        r.0,
+        r.1,
+        attn_flops,
+    ));
     let ln = LayerNormConfig::new(96).init(&device);
     let r = time(opts, || {
         sync(ln.forward(h.clone()));
