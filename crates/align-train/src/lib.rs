@@ -118,6 +118,16 @@ pub(crate) fn test_model_dir(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// An empty directory `<temp>/<name>-<pid>` (removed first if a failed run left it; tests
+/// only).
+#[cfg(test)]
+pub(crate) fn fresh_test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The f32 values of tensor `name` of a safetensors file (tests only).
 #[cfg(test)]
 pub(crate) fn safetensors_f32(path: &std::path::Path, name: &str) -> Vec<f32> {

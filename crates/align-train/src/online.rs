@@ -955,9 +955,7 @@ mod tests {
     #[test]
     fn a_prompt_file_replaces_the_training_split() {
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-train-prompts-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-train-prompts");
         let mut first_rewards = Vec::new();
         for (name, prompt) in [
             ("a", "one red circle"),

@@ -399,9 +399,7 @@ mod tests {
     #[test]
     fn ddpo_trains_the_tiny_sd_fixture_end_to_end() {
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-sd-train-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-sd-train");
         let c = config(&dir);
         let report = crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
         assert_eq!(report.iterations, 2);
@@ -445,9 +443,7 @@ mod tests {
     #[test]
     fn draft_trains_the_tiny_sd_fixture_through_the_vae() {
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-sd-draft-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-sd-draft");
         let mut c = config(&dir);
         c.algorithm = AlgorithmName::Draft;
         c.noise_level = 0.0;
@@ -478,9 +474,7 @@ mod tests {
     #[test]
     fn sd_runs_evaluate_every_eval_every_and_train_with_sdpo() {
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-sd-eval-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-sd-eval");
         let mut c = config(&dir);
         c.eval_every = Some(1);
         let report = crate::online::train(&c, false, &crate::observer::silent(), &device).unwrap();
@@ -512,9 +506,7 @@ mod tests {
     #[test]
     fn sd_runs_refuse_what_they_cannot_do_by_name() {
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-sd-refuse-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-sd-refuse");
         let mut c = config(&dir);
         c.algorithm = AlgorithmName::FlowGrpo;
         let err = crate::online::train(&c, false, &crate::observer::silent(), &device)
@@ -579,9 +571,7 @@ mod micro_batch_tests {
     #[test]
     fn micro_batched_iterations_match_the_whole_batch() {
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-sd-micro-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-sd-micro");
         // Fresh adapters draw their A factors from the device RNG, which the tests running in
         // parallel share: every run starts from one adapter file with fixed factors instead.
         let sd = StableDiffusion::load(&align_models::hf::fixtures_dir().join("sd-tiny"), &device)

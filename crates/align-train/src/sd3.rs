@@ -183,9 +183,7 @@ mod tests {
     #[test]
     fn flow_grpo_trains_the_tiny_sd3_pipeline_end_to_end() {
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-sd3-train-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-sd3-train");
         let mut c = config(&dir);
         // One optimizer step per iteration, taken at θ_old: the logged ratio deviation is
         // exactly 0 (with more minibatches the later ones follow an updated policy).
@@ -294,9 +292,7 @@ mod tests {
         use align_models::hf::max_relative_error;
         use align_models::{Sd3TransformerNaming, WeightDtype, apply_lora_weights, read_lora};
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-sd3-export-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-sd3-export");
         let mut c = config(&dir);
         c.lora.rank = 4;
         c.lora.alpha = 8.0;
@@ -402,23 +398,20 @@ mod tests {
     #[test]
     fn merged_exports_follow_the_run_and_the_base_directory() {
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-sd3-merged-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-sd3-merged");
         // The fixture without its index (and without the reference files).
         let base = dir.join("base");
-        for entry in std::fs::read_dir(align_models::hf::fixtures_dir().join("sd3-tiny-pipeline"))
-            .unwrap()
-            .flatten()
-        {
-            if entry.path().is_dir() {
-                let to = base.join(entry.file_name());
-                std::fs::create_dir_all(&to).unwrap();
-                for f in std::fs::read_dir(entry.path()).unwrap().flatten() {
-                    std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
-                }
-            }
-        }
+        let skip = [
+            std::path::Path::new("model_index.json"),
+            std::path::Path::new("reference.json"),
+            std::path::Path::new("reference.safetensors"),
+        ];
+        crate::trained::copy_dir(
+            &align_models::hf::fixtures_dir().join("sd3-tiny-pipeline"),
+            &base,
+            &skip,
+        )
+        .unwrap();
         for (model, t5, name) in [
             (
                 align_models::hf::fixtures_dir().join("sd3-tiny-pipeline"),
@@ -477,9 +470,7 @@ mod tests {
     #[test]
     fn ddpm_algorithms_samplers_and_bad_settings_are_refused_by_name() {
         let device = align_core::test_device();
-        let dir = std::env::temp_dir().join(format!("align-sd3-refuse-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fresh_test_dir("align-sd3-refuse");
         let run = |c: &TrainConfig| {
             crate::online::train(c, false, &crate::observer::silent(), &device)
                 .unwrap_err()

@@ -298,7 +298,7 @@ impl std::str::FromStr for ExportFormat {
 }
 
 /// Copies directory `from` into `to` recursively, skipping `skip` (relative paths).
-fn copy_dir(from: &Path, to: &Path, skip: &[&Path]) -> Result<()> {
+pub(crate) fn copy_dir(from: &Path, to: &Path, skip: &[&Path]) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| TrainError::io(to, e))?;
     for entry in std::fs::read_dir(from).map_err(|e| TrainError::io(from, e))? {
         let entry = entry.map_err(|e| TrainError::io(from, e))?;
@@ -574,10 +574,7 @@ mod tests {
     use burn::prelude::*;
 
     fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("align-export-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::fresh_test_dir(&format!("align-export-{name}"))
     }
 
     /// The UNet's output on the fixture's reference inputs.
