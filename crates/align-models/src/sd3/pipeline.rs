@@ -251,7 +251,10 @@ impl StableDiffusion3 {
             if options.text_encoder_3 && dir.join("text_encoder_3").is_dir() {
                 (
                     Some(T5Encoder::load(&dir.join("text_encoder_3"), device)?.no_grad()),
-                    Some(T5Tokenizer::from_dir(&component(dir, "tokenizer_3")?)?),
+                    Some(
+                        T5Tokenizer::from_dir(&component(dir, "tokenizer_3")?)?
+                            .with_length(options.max_sequence_length)?,
+                    ),
                 )
             } else {
                 (None, None)

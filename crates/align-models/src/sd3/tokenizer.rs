@@ -27,6 +27,8 @@ use crate::error::{ModelError, Result};
 pub struct T5Tokenizer {
     tokenizer: Tokenizer,
     pad: (String, u32),
+    /// The length `tokenizer` truncates and pads to, once [`T5Tokenizer::with_length`] set it.
+    length: Option<usize>,
 }
 
 impl T5Tokenizer {
@@ -72,25 +74,24 @@ impl T5Tokenizer {
         Ok(Self {
             tokenizer,
             pad: (pad_token, pad_id),
+            length: None,
         })
     }
 
-    /// Id of the padding token.
-    pub fn pad_id(&self) -> u32 {
-        self.pad.1
-    }
-
-    /// Number of entries of the vocabulary, added tokens included.
-    pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
-    }
-
-    /// The ids of `prompts`, each truncated and padded to exactly `length` (see the module
-    /// docs), row after row.
+    /// Sets the truncation and padding of `length` once, so that
+    /// [`T5Tokenizer::encode_padded`] at that length (the pipeline's `max_sequence_length`)
+    /// needs no reconfigured copy of the tokenizer.
     ///
     /// # Errors
-    /// [`ModelError::Input`] for `length == 0` or text the tokenizer cannot encode.
-    pub fn encode_padded(&self, prompts: &[String], length: usize) -> Result<Vec<u32>> {
+    /// As [`T5Tokenizer::encode_padded`] for `length == 0`.
+    pub fn with_length(mut self, length: usize) -> Result<Self> {
+        self.tokenizer = self.configured(length)?;
+        self.length = Some(length);
+        Ok(self)
+    }
+
+    /// A copy of the tokenizer that truncates and pads to `length`.
+    fn configured(&self, length: usize) -> Result<Tokenizer> {
         if length == 0 {
             return Err(ModelError::Input {
                 what: "max_sequence_length".into(),
@@ -115,6 +116,32 @@ impl T5Tokenizer {
                 pad_type_id: 0,
                 pad_token: self.pad.0.clone(),
             }));
+        Ok(tokenizer)
+    }
+
+    /// Id of the padding token.
+    pub fn pad_id(&self) -> u32 {
+        self.pad.1
+    }
+
+    /// Number of entries of the vocabulary, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// The ids of `prompts`, each truncated and padded to exactly `length` (see the module
+    /// docs), row after row.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for `length == 0` or text the tokenizer cannot encode.
+    pub fn encode_padded(&self, prompts: &[String], length: usize) -> Result<Vec<u32>> {
+        let reconfigured;
+        let tokenizer = if self.length == Some(length) {
+            &self.tokenizer
+        } else {
+            reconfigured = self.configured(length)?;
+            &reconfigured
+        };
         let mut ids = Vec::with_capacity(prompts.len() * length);
         for prompt in prompts {
             let encoding =
@@ -168,6 +195,13 @@ mod tests {
             );
         }
         assert_eq!(tok.pad_id(), 0);
+        // Configured once for the length: the same ids.
+        let fixed = tok.clone().with_length(length).unwrap();
+        assert_eq!(fixed.encode_padded(&prompts, length).unwrap(), got);
+        assert_eq!(
+            fixed.encode_padded(&[String::new()], 4).unwrap(),
+            vec![1, 0, 0, 0]
+        );
         // The empty prompt is </s> then padding.
         let empty = tok.encode_padded(&[String::new()], 4).unwrap();
         assert_eq!(empty, vec![1, 0, 0, 0]);
