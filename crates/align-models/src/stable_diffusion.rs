@@ -351,12 +351,18 @@ impl StableDiffusion {
         ))
     }
 
-    /// The unconditional condition for classifier-free guidance: the empty prompt, `B` times.
+    /// The unconditional condition for classifier-free guidance: the empty prompt, `B` times
+    /// (encoded once, repeated).
     ///
     /// # Errors
-    /// As [`StableDiffusion::encode_prompts`].
+    /// As [`StableDiffusion::encode_prompts`]; `batch == 0`.
     pub fn encode_unconditional(&self, batch: usize) -> Result<Condition> {
-        self.encode_prompts(&vec![String::new(); batch])
+        let one = self.encode_prompts(&[String::new()])?;
+        Condition::cat(vec![one; batch]).map_err(|e| ModelError::Input {
+            what: "unconditional batch".into(),
+            expected: "at least one row".into(),
+            got: e.to_string(),
+        })
     }
 
     /// Decodes latents into images in `[−1, 1]` (unclamped, differentiable):
