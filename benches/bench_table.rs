@@ -378,6 +378,13 @@ fn ops(opts: &Options) -> Result<(), String> {
         Ok(())
     })?;
     rows.push(("op_group_norm_32c_32px_b64_fwd".into(), r.0, r.1, 0.0));
+    // The same through `align_models::group_norm` (the backend's layer-norm kernel per group),
+    // which the Shapes models use.
+    let r = time(opts, || {
+        sync(align_models::group_norm::group_norm(&gn, x.clone()));
+        Ok(())
+    })?;
+    rows.push(("op_group_norm_ours_32c_32px_b64_fwd".into(), r.0, r.1, 0.0));
 
     // The minimal reproducer behind GroupNorm's cost on flex: the variance of a
     // [64, 8, 4096] group view, two-pass as burn-nn computes it (reducing the output of the
@@ -434,6 +441,23 @@ fn ops(opts: &Options) -> Result<(), String> {
         r.1,
         64.0 * (4.0 * 2.0 * 256.0 * 96.0 * 96.0 + 4.0 * 256.0 * 256.0 * 96.0),
     ));
+    // The same module through `align_models::fused_attention` (burn's fused `attention` op
+    // for the core), which the Shapes models use.
+    let r = time(opts, || {
+        sync(align_models::fused_attention::multi_head_attention(
+            &mha,
+            h.clone(),
+            h.clone(),
+            None,
+        ));
+        Ok(())
+    })?;
+    rows.push((
+        "op_mha_ours_fused_256tok_96d_4h_b64_fwd".into(),
+        r.0,
+        r.1,
+        64.0 * (4.0 * 2.0 * 256.0 * 96.0 * 96.0 + 4.0 * 256.0 * 256.0 * 96.0),
+    ));
     // The attention core alone, unfused (QKᵀ, softmax, ·V, as burn-nn's MultiHeadAttention
     // computes it) and through burn's fused `attention` op (flex: a flash kernel), on the
     // heads [64, 4, 256, 24] — what replacing the unfused core would gain where no gradient is
@@ -475,6 +499,18 @@ fn ops(opts: &Options) -> Result<(), String> {
         r.1,
         attn_flops,
     ));
+    // The exact (erf) GELU of the DiT's MLP at world v2's sizes: [32, 64, 384].
+    let mlp = Tensor::<3>::random([32, 64, 384], Distribution::Normal(0.0, 1.0), &device);
+    let r = time(opts, || {
+        sync(burn::tensor::activation::gelu(mlp.clone()));
+        Ok(())
+    })?;
+    rows.push(("op_gelu_erf_32x64x384_fwd".into(), r.0, r.1, 0.0));
+    let r = time(opts, || {
+        sync(burn::tensor::activation::silu(mlp.clone()));
+        Ok(())
+    })?;
+    rows.push(("op_silu_32x64x384_fwd".into(), r.0, r.1, 0.0));
     let ln = LayerNormConfig::new(96).init(&device);
     let r = time(opts, || {
         sync(ln.forward(h.clone()));

@@ -12,11 +12,16 @@
 //!
 //! `W_out` starts at zero, so a new block is the identity (latent diffusion's "zero module").
 //!
+//! The attention core of every block goes through [`crate::fused_attention`] (burn's fused
+//! `attention` op where no gradient is recorded, its unfused fallback under autodiff).
+//!
 //! Dropout is fixed at 0: a policy's log-prob must be a deterministic function of its
 //! parameters, or re-scoring a stored transition would not reproduce it.
 
+use crate::fused_attention::multi_head_attention;
+use crate::group_norm::group_norm;
 use align_core::Condition;
-use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::{
     GroupNorm, GroupNormConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
@@ -60,11 +65,7 @@ impl CrossAttention {
     /// - `x`: `[B, N, dim]`, condition context `[B, L, context_dim]`; output `[B, N, dim]`.
     pub fn forward(&self, x: Tensor<3>, condition: &Condition) -> Tensor<3> {
         let ctx = self.context_proj.forward(condition.context.clone());
-        let mut input = MhaInput::new(x, ctx.clone(), ctx);
-        if let Some(mask) = &condition.padding_mask {
-            input = input.mask_pad(mask.clone());
-        }
-        self.attn.forward(input).context
+        multi_head_attention(&self.attn, x, ctx, condition.padding_mask.clone())
     }
 }
 
@@ -135,14 +136,12 @@ impl SpatialTransformer {
     /// - `x`: `[B, C, H, W]`; output `[B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>, condition: &Condition) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let tokens: Tensor<3> = self
-            .norm
-            .forward(x.clone())
+        let tokens: Tensor<3> = group_norm(&self.norm, x.clone())
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
         let tokens = self.proj_in.forward(tokens);
         let n = self.norm_self.forward(tokens.clone());
-        let tokens = tokens + self.self_attn.forward(MhaInput::self_attn(n)).context;
+        let tokens = tokens + multi_head_attention(&self.self_attn, n.clone(), n, None);
         let n = self.norm_cross.forward(tokens.clone());
         let tokens = tokens + self.cross_attn.forward(n, condition);
         let n = self.norm_ff.forward(tokens.clone());

@@ -14,9 +14,10 @@
 //! The modulation and output projections start at zero ("adaLN-Zero"), so every block starts
 //! as the identity and the untrained model outputs exactly zero.
 
+use crate::fused_attention::multi_head_attention;
 use align_core::{Condition, Denoiser, Parameterization};
 use burn::module::Param;
-use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -218,7 +219,7 @@ impl DiTBlock {
     fn forward(&self, h: Tensor<3>, c: Tensor<2>, condition: &Condition) -> Tensor<3> {
         let m = self.modulation.forward(silu(c)).chunk(6, 1);
         let x = modulate(self.norm_1.forward(h.clone()), m[0].clone(), m[1].clone());
-        let h = h + self.attn.forward(MhaInput::self_attn(x)).context
+        let h = h + multi_head_attention(&self.attn, x.clone(), x, None)
             * m[2].clone().unsqueeze_dim::<3>(1);
         let h = h.clone() + self.cross.forward(self.norm_cross.forward(h), condition);
         let x = modulate(self.norm_2.forward(h.clone()), m[3].clone(), m[4].clone());

@@ -50,6 +50,8 @@ pub mod clip;
 pub mod dit;
 pub mod ema;
 pub mod error;
+pub mod fused_attention;
+pub mod group_norm;
 pub mod hf;
 pub mod lora;
 pub mod lora_file;

@@ -7,6 +7,7 @@
 //! out = skip(x) + h,   skip = 1×1 conv when the channel count changes, else identity
 //! ```
 
+use crate::group_norm::group_norm;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -68,10 +69,12 @@ impl ResBlock {
     /// # Shapes
     /// - `x`: `[B, C_in, H, W]`, `temb`: `[B, temb_dim]`; output `[B, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
-        let h = self.conv_1.forward(silu(self.norm_1.forward(x.clone())));
+        let h = self
+            .conv_1
+            .forward(silu(group_norm(&self.norm_1, x.clone())));
         let [b, c, _, _] = h.dims();
         let h = h + self.temb_proj.forward(silu(temb)).reshape([b, c, 1, 1]);
-        let h = self.conv_2.forward(silu(self.norm_2.forward(h)));
+        let h = self.conv_2.forward(silu(group_norm(&self.norm_2, h)));
         let skip = match &self.skip {
             Some(conv) => conv.forward(x),
             None => x,

@@ -19,6 +19,7 @@
 //! which it embeds as `1000 t` (the DiT's convention), so the timestep embedding sees the same
 //! range as a DDPM UNet's.
 
+use crate::group_norm::group_norm;
 use align_core::{Condition, Denoiser, Parameterization};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::interpolate::{Interpolate2d, Interpolate2dConfig, InterpolateMode};
@@ -310,7 +311,7 @@ impl UNet {
                 h = conv.forward(self.upsample.forward(h));
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out.forward(silu(group_norm(&self.norm_out, h)))
     }
 }
 

@@ -13,7 +13,9 @@
 
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate, sigmoid};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -188,16 +190,14 @@ impl ClipAttention {
         let q = heads(self.q_proj.forward(x.clone()));
         let k = heads(self.k_proj.forward(x.clone()));
         let v = heads(self.v_proj.forward(x));
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        if causal {
-            // `tril_mask(.., 0)` is true strictly above the diagonal: the future tokens.
-            let future = Tensor::<2, Bool>::tril_mask([l, l], 0, &scores.device())
-                .unsqueeze::<4>()
-                .expand([b, h, l, l]);
-            scores = scores.mask_fill(future, f32::NEG_INFINITY);
-        }
-        let attn = softmax(scores, 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, l, d]);
+        // burn's fused attention op (see `crate::fused_attention`); scale 1/√d_head.
+        let options = AttentionModuleOptions {
+            is_causal: causal,
+            ..Default::default()
+        };
+        let out = attention(q, k, v, None, None, options)
+            .swap_dims(1, 2)
+            .reshape([b, l, d]);
         self.out_proj.forward(out)
     }
 }

@@ -28,11 +28,12 @@ use burn::module::{
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 
 use super::blocks::group_norm;
 
-/// Multi-head scaled dot-product attention on already projected queries, keys and values.
+/// Multi-head scaled dot-product attention on already projected queries, keys and values
+/// (the core through [`crate::fused_attention::attention_core`]).
 ///
 /// # Shapes
 /// - `q`: `[B, N, heads·d]`, `k`, `v`: `[B, L, heads·d]`; output `[B, N, heads·d]`.
@@ -47,10 +48,7 @@ pub fn scaled_dot_product_attention(
     let d = inner / heads;
     let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, d]).swap_dims(1, 2);
     let (q, k, v) = (split(q, n), split(k, l), split(v, l));
-    let scale = 1.0 / (d as f64).sqrt();
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-    softmax(scores, 3)
-        .matmul(v)
+    crate::fused_attention::attention_core(q, k, v, None)
         .swap_dims(1, 2)
         .reshape([b, n, inner])
 }

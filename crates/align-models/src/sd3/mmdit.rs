@@ -30,7 +30,7 @@ use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -410,11 +410,7 @@ impl JointAttention {
             v = Tensor::cat(vec![v, yv], 2);
         }
         let [_, h, total, d] = q.dims();
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (d as f64).sqrt());
-        let out = softmax(scores, 3)
-            .matmul(v)
+        let out = crate::fused_attention::attention_core(q, k, v, None)
             .swap_dims(1, 2)
             .reshape([b, total, h * d]);
         let image = self.to_out.forward(out.clone().narrow(1, 0, n));

@@ -19,7 +19,8 @@ use std::path::Path;
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
 use super::mmdit::gelu_tanh;
@@ -329,15 +330,16 @@ impl T5Encoder {
             let q = split(a.q.forward(x.clone()));
             let k = split(a.k.forward(x.clone()));
             let v = split(a.v.forward(x));
-            let mut scores = q.matmul(k.swap_dims(2, 3));
-            if let Some(bias) = &bias {
-                scores = scores + bias.clone();
-            }
-            let out =
-                softmax(scores, 3)
-                    .matmul(v)
-                    .swap_dims(1, 2)
-                    .reshape([b, n, c.num_heads * c.d_kv]);
+            // softmax(q·kᵀ + bias)·v, unscaled as in T5, through burn's fused attention op
+            // (see `crate::fused_attention`).
+            let options = AttentionModuleOptions {
+                scale: Some(1.0),
+                ..Default::default()
+            };
+            let full_bias = bias.clone().map(|t| t.expand([b, c.num_heads, n, n]));
+            let out = attention(q, k, v, None, full_bias, options)
+                .swap_dims(1, 2)
+                .reshape([b, n, c.num_heads * c.d_kv]);
             h = h + a.o.forward(out);
             let x = ff.layer_norm.forward(h.clone(), eps);
             let f = &ff.dense_relu_dense;
