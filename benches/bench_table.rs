@@ -320,6 +320,39 @@ fn append_json(path: Option<&Path>, rows: &[serde_json::Value]) -> Result<(), St
 }
 
 /// Single operations at the workloads' shapes (batch 64 = 32 images under CFG).
+/// `dst = lhs · rhs` (row-major `[m, k] × [k, n]`) by the `gemm` crate on all threads, as
+/// burn-flex calls it for large products.
+#[allow(unsafe_code)]
+fn gemm_direct(dst: &mut [f32], lhs: &[f32], rhs: &[f32], [m, k, n]: [usize; 3]) {
+    assert!(lhs.len() == m * k && rhs.len() == k * n && dst.len() == m * n);
+    // SAFETY: the three slices hold exactly the row-major matrices the strides describe
+    // (checked above), `dst` does not alias the inputs, and nothing else touches them during
+    // the call.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
 fn ops(opts: &Options) -> Result<(), String> {
     use burn::nn::attention::{MhaInput, MultiHeadAttentionConfig};
     use burn::nn::conv::Conv2dConfig;
@@ -427,6 +460,58 @@ fn ops(opts: &Options) -> Result<(), String> {
         r.1,
         2.0 * (64 * 256 * 96 * 384) as f64,
     ));
+    let w = lin.weight.val();
+    let r = time(opts, || {
+        sync(h2.clone().matmul(w.clone()));
+        Ok(())
+    })?;
+    rows.push((
+        "op_matmul_2d_16384x96x384_fwd".into(),
+        r.0,
+        r.1,
+        2.0 * (64 * 256 * 96 * 384) as f64,
+    ));
+    let out = h2.clone().matmul(w.clone());
+    let bias = lin.bias.as_ref().map(|b| b.val()).ok_or("no bias")?;
+    let r = time(opts, || {
+        sync(out.clone() + bias.clone().unsqueeze::<2>());
+        Ok(())
+    })?;
+    rows.push(("op_bias_add_16384x384".into(), r.0, r.1, 0.0));
+    // The same product through the `gemm` crate directly (what burn-flex calls), into a reused
+    // output buffer: whether the gap to PyTorch is in flex's wrapper or in the kernel.
+    let (gm, gk, gn_) = (64 * 256, 96, 384);
+    let lhs = vec![0.5f32; gm * gk];
+    let rhs = vec![0.25f32; gk * gn_];
+    let mut dst = vec![0.0f32; gm * gn_];
+    let r = time(opts, || {
+        gemm_direct(&mut dst, &lhs, &rhs, [gm, gk, gn_]);
+        std::hint::black_box(&dst);
+        Ok(())
+    })?;
+    rows.push((
+        "op_gemm_crate_16384x96x384".into(),
+        r.0,
+        r.1,
+        2.0 * (gm * gk * gn_) as f64,
+    ));
+    // The same at world v2's DiT size (32 images × 64 tokens): burn's linear layer and the
+    // `gemm` crate directly.
+    let hv2 = Tensor::<2>::random([32 * 64, 96], Distribution::Normal(0.0, 1.0), &device);
+    let r = time(opts, || {
+        sync(lin.forward(hv2.clone()));
+        Ok(())
+    })?;
+    let v2_flops = 2.0 * (32 * 64 * 96 * 384) as f64;
+    rows.push(("op_linear_2048x96x384_fwd".into(), r.0, r.1, v2_flops));
+    let lhs = vec![0.5f32; 2048 * 96];
+    let mut dst = vec![0.0f32; 2048 * 384];
+    let r = time(opts, || {
+        gemm_direct(&mut dst, &lhs, &rhs, [2048, 96, 384]);
+        std::hint::black_box(&dst);
+        Ok(())
+    })?;
+    rows.push(("op_gemm_crate_2048x96x384".into(), r.0, r.1, v2_flops));
     // The DiT's self-attention: 256 tokens, width 96, 4 heads, batch 64.
     let mha = MultiHeadAttentionConfig::new(96, 4)
         .with_dropout(0.0)
@@ -511,6 +596,18 @@ fn ops(opts: &Options) -> Result<(), String> {
         Ok(())
     })?;
     rows.push(("op_silu_32x64x384_fwd".into(), r.0, r.1, 0.0));
+    // The same through `align_models::activation` (vectorised host code on CPU devices
+    // without autodiff), which the Shapes models use.
+    let r = time(opts, || {
+        sync(align_models::activation::gelu(mlp.clone()));
+        Ok(())
+    })?;
+    rows.push(("op_gelu_ours_32x64x384_fwd".into(), r.0, r.1, 0.0));
+    let r = time(opts, || {
+        sync(align_models::activation::silu(mlp.clone()));
+        Ok(())
+    })?;
+    rows.push(("op_silu_ours_32x64x384_fwd".into(), r.0, r.1, 0.0));
     let ln = LayerNormConfig::new(96).init(&device);
     let r = time(opts, || {
         sync(ln.forward(h.clone()));

@@ -498,9 +498,11 @@ fn run_row(
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2));
     // glibc keeps large blocks instead of mapping and zeroing them afresh (measured faster;
-    // see docs/benchmarks.md); a caller's own settings win.
+    // see docs/benchmarks.md; the same values `align_core::tune_allocator` sets — 32 MiB is
+    // the largest mmap threshold glibc accepts, it ignores a larger one); a caller's own
+    // settings win.
     for (k, v) in [
-        ("MALLOC_MMAP_THRESHOLD_", "4294967296"),
+        ("MALLOC_MMAP_THRESHOLD_", "33554432"),
         ("MALLOC_TRIM_THRESHOLD_", "4294967296"),
         ("MALLOC_TOP_PAD_", "268435456"),
     ] {

@@ -122,6 +122,33 @@ pub fn compiled_backends() -> Vec<&'static str> {
     out
 }
 
+/// Whether `device` is a CPU backend without autodiff (flex or ndarray), whose tensors are
+/// plain host arrays: moving one out (`into_data`), computing on it with host code and moving
+/// it back in (`from_data`) costs no device transfer. Used by `align_models::activation`.
+///
+/// # Example
+/// ```
+/// use align_core::{is_host_array_device, select_device};
+/// let flex = select_device(Some("flex")).unwrap();
+/// assert!(is_host_array_device(&flex));
+/// assert!(!is_host_array_device(&flex.autodiff()));
+/// ```
+pub fn is_host_array_device(device: &Device) -> bool {
+    if device.is_autodiff() {
+        return false;
+    }
+    #[cfg(feature = "flex")]
+    if *device == Device::flex() {
+        return true;
+    }
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    if *device == Device::ndarray() {
+        return true;
+    }
+    false
+}
+
 /// Builds the [`Device`] for a backend, or explains why it cannot.
 pub fn device_for(backend: Backend) -> Result<Device> {
     let missing = || CoreError::Device {

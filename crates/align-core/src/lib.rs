@@ -68,7 +68,8 @@ pub use allocator::{AllocatorTuning, tune_allocator};
 pub use clip::{clip_grad_norm, global_grad_norm};
 pub use denoiser::{Condition, Denoiser, Parameterization};
 pub use device::{
-    Backend, DEVICE_ENV, compiled_backends, device_for, resolve_backend, select_device,
+    Backend, DEVICE_ENV, compiled_backends, device_for, is_host_array_device, resolve_backend,
+    select_device,
 };
 pub use ema::{Ema, EmaConfig};
 pub use error::{CoreError, Result};

@@ -18,6 +18,7 @@
 //! Dropout is fixed at 0: a policy's log-prob must be a deterministic function of its
 //! parameters, or re-scoring a stored transition would not reproduce it.
 
+use crate::activation::gelu;
 use crate::fused_attention::multi_head_attention;
 use crate::group_norm::group_norm;
 use align_core::Condition;
@@ -26,7 +27,6 @@ use burn::nn::{
     GroupNorm, GroupNormConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
 /// Configuration of [`CrossAttention`].
 #[derive(Config, Debug)]

@@ -14,6 +14,7 @@
 //! The modulation and output projections start at zero ("adaLN-Zero"), so every block starts
 //! as the identity and the untrained model outputs exactly zero.
 
+use crate::activation::{gelu, silu};
 use crate::fused_attention::multi_head_attention;
 use align_core::{Condition, Denoiser, Parameterization};
 use burn::module::Param;
@@ -21,7 +22,6 @@ use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, silu};
 
 use crate::attention::{CrossAttention, CrossAttentionConfig};
 use crate::error::{ModelError, Result};

@@ -154,7 +154,7 @@ mod tests {
 
             let valid = gn.valid();
             let x = tensor(shape, seed, offset, spread, &inner);
-            let ours: Vec<f32> = group_norm(&valid, x.clone()).into_data().to_vec().unwrap();
+            let ours: Vec<f32> = group_norm(&valid, x.clone()).into_data().try_to_vec::<f32>().unwrap();
             let theirs = valid.forward(x);
             // Rounding of x itself (|x| up to 1001) bounds what f32 can reach.
             let tol = 2e-4 * (1.0 + offset as f64 / 100.0);

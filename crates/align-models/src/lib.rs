@@ -44,6 +44,7 @@
 //! assert_eq!(dit.parameterization(), Parameterization::FlowVelocity);
 //! ```
 
+pub mod activation;
 pub mod attention;
 pub mod checkpoint;
 pub mod clip;

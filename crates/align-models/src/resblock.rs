@@ -7,11 +7,11 @@
 //! out = skip(x) + h,   skip = 1×1 conv when the channel count changes, else identity
 //! ```
 
+use crate::activation::silu;
 use crate::group_norm::group_norm;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 /// Configuration of [`ResBlock`].
 #[derive(Config, Debug)]

@@ -11,9 +11,9 @@
 //! timestep (0..1000); flow models scale their `t ∈ [0, 1]` by 1000 first so both see the same
 //! frequency range.
 
+use crate::activation::silu;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 /// Sinusoidal embedding of a batch of times.
 ///

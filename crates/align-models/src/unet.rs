@@ -19,13 +19,13 @@
 //! which it embeds as `1000 t` (the DiT's convention), so the timestep embedding sees the same
 //! range as a DDPM UNet's.
 
+use crate::activation::silu;
 use crate::group_norm::group_norm;
 use align_core::{Condition, Denoiser, Parameterization};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::interpolate::{Interpolate2d, Interpolate2dConfig, InterpolateMode};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use crate::attention::{SpatialTransformer, SpatialTransformerConfig};
 use crate::error::{ModelError, Result};
