@@ -608,6 +608,29 @@ fn ops(opts: &Options) -> Result<(), String> {
         Ok(())
     })?;
     rows.push(("op_silu_ours_32x64x384_fwd".into(), r.0, r.1, 0.0));
+    // Host-side keyed noise of one rollout step (32 samples of 3×16×16): each key's stream
+    // drawn one after another (what `noise_tensor` did before) and `noise_tensor` itself
+    // (rows in parallel; bit-identical).
+    let keys: Vec<align_core::NoiseKey> = (0..32)
+        .map(|i| align_core::NoiseKey::transition(7, i, 3))
+        .collect();
+    let r = time(opts, || {
+        let mut all = Vec::with_capacity(32 * 768);
+        for k in &keys {
+            all.extend(align_core::standard_normal(*k, 768));
+        }
+        sync(Tensor::<4>::from_data(
+            TensorData::new(all, [32, 3, 16, 16]),
+            &device,
+        ));
+        Ok(())
+    })?;
+    rows.push(("op_noise_sequential_32x3x16x16".into(), r.0, r.1, 0.0));
+    let r = time(opts, || {
+        sync(align_core::noise_tensor(&keys, [3, 16, 16], &device).map_err(|e| e.to_string())?);
+        Ok(())
+    })?;
+    rows.push(("op_noise_tensor_32x3x16x16".into(), r.0, r.1, 0.0));
     let ln = LayerNormConfig::new(96).init(&device);
     let r = time(opts, || {
         sync(ln.forward(h.clone()));

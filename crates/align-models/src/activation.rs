@@ -5,14 +5,24 @@
 //! silu(x) = x · σ(x) = x / (1 + e^(−x))
 //! ```
 //!
-//! burn-flex evaluates both one element at a time through the scalar `libm` `erff` / `expf`
-//! (at the DiT's MLP width, `[32, 64, 384]`, GELU takes 5.9 ms on flex and 0.2 ms in PyTorch:
-//! `bench-table --ops`, `op_gelu_erf_*`). [`gelu`] and [`silu`] instead hand a tensor on the
-//! flex or ndarray device *without autodiff* (every `valid()` model: sampling, evaluation,
-//! reward scoring) to host code the compiler vectorises, over rayon's threads, and give the
-//! buffer back — flex moves it out and in without a copy. Anywhere else (autodiff, GPU
-//! backends) they are burn's own `gelu` / `silu`, so gradients, RL rollouts (`no_grad()` on
-//! the autodiff device) and their re-scoring are untouched and the PPO ratio stays exactly 1.
+//! burn-flex evaluates both, and GELU's gradient, one element at a time through the scalar
+//! `libm` `erff` / `expf` (at the DiT's MLP width, `[32, 64, 384]`, GELU takes 5.9 ms on flex
+//! and 0.2 ms in PyTorch: `bench-table --ops`, `op_gelu_erf_*`). [`gelu`] and [`silu`] instead
+//! compute on the host, in code the compiler vectorises, over rayon's threads, wherever the
+//! tensor lives on a CPU backend (flex, ndarray):
+//!
+//! - **without autodiff** (every `valid()` model: sampling, evaluation, reward scoring) the
+//!   buffer is moved out, mapped in place and moved back (flex does this without a copy);
+//! - **under autodiff** the output is built as `h + s ⊙ (x − detach(x))`, where `h = f(x)` and
+//!   the slope `s = f′(x)` are computed on the host and enter as constants. Its value is `h`
+//!   exactly (`x − detach(x)` is exactly zero) and its gradient is `s ⊙ ∂L/∂y`, the exact
+//!   derivative — with three cheap vectorised tensor operations in place of burn's scalar
+//!   kernels, forward and backward. The expression is the same whether or not a graph is being
+//!   recorded, so an RL rollout under `no_grad()` and the update's re-scoring compute the same
+//!   bits and the PPO ratio at θ_old stays exactly 1 (the exactness tests). Second derivatives
+//!   through it are zero (the slope is a constant); nothing in `align` differentiates twice.
+//!
+//! Other backends (wgpu, CUDA) and other dtypes use burn's own `gelu` / `silu`.
 //!
 //! The host formulas:
 //! - `e^y` for `y ≤ 0`: `y = n ln 2 + r` with `n = round(y / ln 2)`, `|r| ≤ ln 2 / 2` (ln 2
@@ -23,9 +33,12 @@
 //! - `σ(x) = 1/(1 + e^(−x))` for `x ≥ 0` and `e^x/(1 + e^x)` for `x < 0`, so the exponential
 //!   never overflows.
 //!
-//! Both agree with the exact functions to a few units of f32 rounding (tested against `libm`
-//! in f64 and against burn's kernels): GELU within 1.5e-7·|x| + 1e-7, SiLU within 4 ulp of
-//! its magnitude.
+//! - the slopes: `gelu′(x) = Φ(x) + x φ(x)` with `φ(x) = e^(−x²/2)/√(2π)`, and
+//!   `silu′(x) = σ(x) (1 + x (1 − σ(x)))`.
+//!
+//! They agree with the exact functions to a few units of f32 rounding (tested against `libm`
+//! in f64 and against burn's kernels and gradients): GELU within 1.5e-7·|x| + 1e-7, SiLU
+//! within 4 ulp of its magnitude, the slopes within 3e-7 + 2.5e-7·|f′|.
 //!
 //! # Example
 //!
@@ -42,7 +55,7 @@
 //! ```
 
 use align_core::is_host_array_device;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Elements per rayon task of the host kernels.
@@ -53,7 +66,12 @@ const CHUNK: usize = 1 << 14;
 /// # Shapes
 /// - any; output the same shape.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    host_map(x, gelu_slice).unwrap_or_else(burn::tensor::activation::gelu)
+    pointwise(
+        x,
+        gelu_slice,
+        gelu_slope_slice,
+        burn::tensor::activation::gelu,
+    )
 }
 
 /// `x σ(x)`; see the module docs for where it runs as host code.
@@ -61,24 +79,49 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// # Shapes
 /// - any; output the same shape.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    host_map(x, silu_slice).unwrap_or_else(burn::tensor::activation::silu)
+    pointwise(
+        x,
+        silu_slice,
+        silu_slope_slice,
+        burn::tensor::activation::silu,
+    )
 }
 
-/// Applies `f` to the values of an f32 tensor in host memory (flex or ndarray, no autodiff),
-/// or hands the tensor back untouched (`Err`) where that does not apply.
-fn host_map<const D: usize>(x: Tensor<D>, f: fn(&mut [f32])) -> Result<Tensor<D>, Tensor<D>> {
+/// `f(x)` by the host kernels `value` (and, under autodiff, `slope` = `f′`), or by burn's
+/// `fallback` where they do not apply (see the module docs).
+fn pointwise<const D: usize>(
+    x: Tensor<D>,
+    value: fn(&mut [f32]),
+    slope: fn(&mut [f32]),
+    fallback: fn(Tensor<D>) -> Tensor<D>,
+) -> Tensor<D> {
     let device = x.device();
-    if x.dtype() != DType::F32 || !is_host_array_device(&device) {
-        return Err(x);
+    if x.dtype() != DType::F32 || !is_host_array_device(&device.clone().inner()) {
+        return fallback(x);
     }
-    let mut data = x.into_data();
-    match data.as_mut_slice::<f32>() {
+    let map = |mut data: TensorData, f: fn(&mut [f32])| match data.as_mut_slice::<f32>() {
         Ok(values) => {
             values.par_chunks_mut(CHUNK).for_each(f);
-            Ok(Tensor::from_data(data, &device))
+            Ok(data)
         }
-        // Not reachable for an f32 tensor; rebuild it rather than fail.
-        Err(_) => Err(Tensor::from_data(data, &device)),
+        Err(_) => Err(data),
+    };
+    if !device.is_autodiff() {
+        return match map(x.into_data(), value) {
+            Ok(data) => Tensor::from_data(data, &device),
+            // Not reachable for an f32 tensor; rebuild it rather than fail.
+            Err(data) => fallback(Tensor::from_data(data, &device)),
+        };
+    }
+    let data = x.clone().inner().into_data();
+    match (map(data.clone(), value), map(data, slope)) {
+        (Ok(h), Ok(s)) => {
+            let h = Tensor::<D>::from_data(h, &device);
+            let s = Tensor::<D>::from_data(s, &device);
+            let zero = x.clone() - x.detach();
+            h + s * zero
+        }
+        _ => fallback(x),
     }
 }
 
@@ -87,6 +130,7 @@ fn host_map<const D: usize>(x: Tensor<D>, f: fn(&mut [f32])) -> Result<Tensor<D>
 fn exp_nonpositive(y: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // ln 2 = LN2_HI + LN2_LO, LN2_HI with its last 12 bits zero so that n·LN2_HI is exact.
+    #[allow(clippy::excessive_precision)] // exactly representable: 0x3f31_7200
     const LN2_HI: f32 = 0.693_145_751_953_125;
     #[allow(clippy::excessive_precision)]
     const LN2_LO: f32 = 1.428_606_820_309_417_232e-6;
@@ -133,13 +177,39 @@ fn gelu_slice(values: &mut [f32]) {
     }
 }
 
+fn gelu_slope_slice(values: &mut [f32]) {
+    // 1/√(2π)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for v in values {
+        let x = *v;
+        let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * exp_nonpositive(-0.5 * x * x);
+        *v = cdf + x * pdf;
+    }
+}
+
+/// σ(x) without overflow: `1/(1 + e^(−|x|))` for x ≥ 0, `e^(−|x|)/(1 + e^(−|x|))` for x < 0.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    (if x >= 0.0 { 1.0 } else { e }) / (1.0 + e)
+}
+
+fn silu_slope_slice(values: &mut [f32]) {
+    for v in values {
+        let x = *v;
+        // σ(x) and 1 − σ(x) = σ(−x), each without cancellation.
+        let e = exp_nonpositive(-x.abs());
+        let (s, one_minus_s) = if x >= 0.0 { (1.0, e) } else { (e, 1.0) };
+        let d = 1.0 + e;
+        *v = s / d * (1.0 + x * (one_minus_s / d));
+    }
+}
+
 fn silu_slice(values: &mut [f32]) {
     for v in values {
         let x = *v;
-        let e = exp_nonpositive(-x.abs());
-        // σ(x) = 1/(1 + e^(−|x|)) for x ≥ 0, e^(−|x|)/(1 + e^(−|x|)) for x < 0.
-        let s = if x >= 0.0 { 1.0 } else { e } / (1.0 + e);
-        *v = x * s;
+        *v = x * sigmoid(x);
     }
 }
 
@@ -211,33 +281,82 @@ mod tests {
         }
     }
 
-    /// On the inner flex device the tensor functions take the host path and match burn's
-    /// kernels; on the autodiff device they *are* burn's kernels (bit for bit), gradients
-    /// included.
+    fn gelu_slope_f64(x: f64) -> f64 {
+        let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+        cdf + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+    }
+
+    fn silu_slope_f64(x: f64) -> f64 {
+        let s = 1.0 / (1.0 + (-x).exp());
+        s * (1.0 + x * (1.0 - s))
+    }
+
     #[test]
-    fn tensors_take_the_host_path_only_without_autodiff() {
+    fn slopes_agree_with_the_exact_derivatives() {
+        let xs = grid();
+        for (slope, exact) in [
+            (
+                gelu_slope_slice as fn(&mut [f32]),
+                gelu_slope_f64 as fn(f64) -> f64,
+            ),
+            (silu_slope_slice, silu_slope_f64),
+        ] {
+            let mut ys = xs.clone();
+            slope(&mut ys);
+            for (&x, &y) in xs.iter().zip(&ys) {
+                let e = exact(x as f64);
+                let bound = 3e-7 + 2.5e-7 * e.abs();
+                assert!(
+                    (y as f64 - e).abs() <= bound,
+                    "slope at {x}: {y}, exact {e}"
+                );
+            }
+        }
+    }
+
+    /// On the inner flex device the tensor functions take the host path and match burn's
+    /// kernels. On the autodiff device their values are the same host values bit for bit,
+    /// recorded or not (what keeps the PPO ratio exact), and their gradients match burn's.
+    #[test]
+    fn host_values_on_both_devices_and_burns_gradients() {
         let inner = select_device(Some("flex")).unwrap();
         let xs: Vec<f32> = (-4000..4000).map(|i| i as f32 * 2.5e-3).collect();
         let n = xs.len();
-        let on = |d| Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), d);
+        let on =
+            |d: &burn::tensor::Device| Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), d);
         let max_abs = |a: Tensor<1>, b: Tensor<1>| (a - b).abs().max().into_scalar::<f32>();
-        let x = on(&inner);
-        assert!(max_abs(gelu(x.clone()), burn::tensor::activation::gelu(x.clone())) < 1e-6);
-        assert!(max_abs(silu(x.clone()), burn::tensor::activation::silu(x.clone())) < 1e-6);
-        // The host formulas are not burn's, so some last bits differ: the host path ran.
-        assert_ne!(
-            gelu(x.clone()).into_data(),
-            burn::tensor::activation::gelu(x).into_data()
-        );
-
+        type Act = fn(Tensor<1>) -> Tensor<1>;
+        let pairs: [(Act, Act); 2] = [
+            (gelu, burn::tensor::activation::gelu),
+            (silu, burn::tensor::activation::silu),
+        ];
         let train = inner.clone().autodiff();
-        let x = on(&train).require_grad();
-        let ours = gelu(x.clone()) + silu(x.clone());
-        let burns =
-            burn::tensor::activation::gelu(x.clone()) + burn::tensor::activation::silu(x.clone());
-        assert_eq!(ours.clone().into_data(), burns.clone().into_data());
-        let g1 = x.grad(&ours.sum().backward()).unwrap();
-        let g2 = x.grad(&burns.sum().backward()).unwrap();
-        assert_eq!(g1.into_data(), g2.into_data());
+        for (ours, burns) in pairs {
+            let x = on(&inner);
+            let host = ours(x.clone());
+            assert!(max_abs(host.clone(), burns(x.clone())) < 1e-6);
+            // The host formulas are not burn's, so some last bits differ: the host path ran.
+            assert_ne!(host.clone().into_data(), burns(x).into_data());
+
+            // Autodiff, untracked (as under `no_grad()`) and tracked: the host values.
+            let untracked = ours(on(&train));
+            assert_eq!(untracked.inner().into_data(), host.clone().into_data());
+            let x = on(&train).require_grad();
+            let w = Tensor::<1>::from_data(
+                TensorData::new(
+                    (0..n)
+                        .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+                        .collect::<Vec<_>>(),
+                    [n],
+                ),
+                &train,
+            );
+            let y = ours(x.clone());
+            assert_eq!(y.clone().inner().into_data(), host.into_data());
+            let g_ours = x.grad(&(y * w.clone()).sum().backward()).unwrap();
+            let g_burn = x.grad(&(burns(x.clone()) * w).sum().backward()).unwrap();
+            // |w| ≤ 6, slopes within 6e-7 of exact (|slope| ≤ 1.13), burn's within rounding.
+            assert!(max_abs(g_ours, g_burn) < 6.0 * 8e-7);
+        }
     }
 }
