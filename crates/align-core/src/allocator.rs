@@ -4,10 +4,10 @@
 //! its heap back to the kernel as soon as more than `M_TRIM_THRESHOLD` (128 KiB) is free there
 //! and takes it again on the next allocation, so each step of a sampling loop or an update
 //! page-faults its activations in afresh and the kernel zeroes every page. Keeping the memory
-//! instead — a trim threshold of 2 GiB and 256 MiB of top padding on every heap extension —
-//! made `align sample` with the shipped DiT 1.41× faster (0.709 of the time) and with the
-//! shipped UNet 1.15× faster on the project's machine, with the same peak memory; mimalloc as
-//! the global allocator gained 1.25× with twice the peak memory, jemalloc lost 9 %
+//! instead — a trim threshold of 2 GiB, 256 MiB of top padding on every heap extension and
+//! the mmap threshold below — makes `align sample` with the shipped DiT take 0.744 of the time
+//! and with the shipped UNet 0.943 on the project's machine, with about the same peak memory;
+//! mimalloc as the global allocator gained 1.25× with twice the peak memory, jemalloc lost 9 %
 //! (docs/benchmarks.md, "The allocator").
 //!
 //! Setting the trim threshold also switches off glibc's *dynamic* mmap threshold (which

@@ -6,8 +6,8 @@
 //! ```
 //!
 //! burn-flex evaluates both, and GELU's gradient, one element at a time through the scalar
-//! `libm` `erff` / `expf` (at the DiT's MLP width, `[32, 64, 384]`, GELU takes 5.9 ms on flex
-//! and 0.2 ms in PyTorch: `bench-table --ops`, `op_gelu_erf_*`). [`gelu`] and [`silu`] instead
+//! `libm` `erff` / `expf` (at the DiT's MLP width, `[32, 64, 384]`, GELU takes 5.5 ms on flex
+//! and 0.16 ms in PyTorch: `bench-table --ops`, `op_gelu_erf_*`). [`gelu`] and [`silu`] instead
 //! compute on the host, in code the compiler vectorises, over rayon's threads, wherever the
 //! tensor lives on a CPU backend (flex, ndarray):
 //!
@@ -51,7 +51,7 @@
 //! let x = Tensor::<1>::from_floats([-2.0, -0.5, 0.0, 0.5, 2.0], &device);
 //! let ours = gelu(x.clone());
 //! let burns = burn::tensor::activation::gelu(x);
-//! assert!((ours - burns).abs().max().into_scalar() < 1e-6);
+//! assert!((ours - burns).abs().max().into_scalar::<f32>() < 1e-6);
 //! ```
 
 use align_core::is_host_array_device;

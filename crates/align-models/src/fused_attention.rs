@@ -37,7 +37,7 @@
 //! let x = Tensor::<3>::random([2, 5, 8], Distribution::Normal(0.0, 1.0), &device);
 //! let fused = multi_head_attention(&mha, x.clone(), x.clone(), None);
 //! let plain = mha.forward(MhaInput::self_attn(x)).context;
-//! let diff = (fused - plain).abs().max().into_scalar();
+//! let diff: f32 = (fused - plain).abs().max().into_scalar();
 //! assert!(diff < 1e-5);
 //! ```
 

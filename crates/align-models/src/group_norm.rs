@@ -28,7 +28,7 @@
 //! let device = select_device(Some("flex")).unwrap();
 //! let gn = GroupNormConfig::new(2, 4).init(&device);
 //! let x = Tensor::<4>::random([2, 4, 3, 3], Distribution::Normal(5.0, 2.0), &device);
-//! let diff = (group_norm(&gn, x.clone()) - gn.forward(x)).abs().max().into_scalar();
+//! let diff: f32 = (group_norm(&gn, x.clone()) - gn.forward(x)).abs().max().into_scalar();
 //! assert!(diff < 1e-5);
 //! ```
 

@@ -24,6 +24,12 @@
 //! adapter to a model; [`sd::UNet2DCondition::save_weights`] writes merged weights in
 //! diffusers' layout.
 //!
+//! Where burn leaves CPU speed on the table, the models use their own operations, each tested
+//! against burn's: [`fused_attention`] (burn's fused `attention` op for the attention core),
+//! [`group_norm`] (GroupNorm through the backend's layer-norm kernel) and [`activation`] (GELU
+//! and SiLU as vectorised host code, with exact gradients under autodiff); docs/benchmarks.md
+//! has the measurements.
+//!
 //! Configs follow burn's `XConfig` → `init(&device)` → `X::forward` pattern and have named
 //! presets: `tiny()` for tests, `small()` for the shipped Shapes-world models.
 //!
