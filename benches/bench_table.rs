@@ -319,7 +319,6 @@ fn append_json(path: Option<&Path>, rows: &[serde_json::Value]) -> Result<(), St
     Ok(())
 }
 
-/// Single operations at the workloads' shapes (batch 64 = 32 images under CFG).
 /// `dst = lhs · rhs` (row-major `[m, k] × [k, n]`) by the `gemm` crate on all threads, as
 /// burn-flex calls it for large products.
 #[allow(unsafe_code)]
@@ -353,6 +352,7 @@ fn gemm_direct(dst: &mut [f32], lhs: &[f32], rhs: &[f32], [m, k, n]: [usize; 3])
     }
 }
 
+/// Single operations at the workloads' shapes (batch 64 = 32 images under CFG).
 fn ops(opts: &Options) -> Result<(), String> {
     use burn::nn::attention::{MhaInput, MultiHeadAttentionConfig};
     use burn::nn::conv::Conv2dConfig;

@@ -84,7 +84,7 @@ mod glibc {
     #[allow(unsafe_code)]
     pub(super) fn tune() -> AllocatorTuning {
         // SAFETY: `mallopt` only changes glibc's malloc parameters under its own lock; it
-        // reads no memory of ours and is valid to call at any time. Both values are within
+        // reads no memory of ours and is valid to call at any time. All three values are within
         // the ranges glibc accepts (it returns 0 for a rejected one, checked below).
         let ok = unsafe {
             libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1

@@ -211,7 +211,7 @@ mod tests {
         let keys: Vec<NoiseKey> = (0..32)
             .map(|i| NoiseKey::transition(9, 100 + i, 4))
             .collect();
-        assert!(32 * 675 >= PARALLEL_MIN_VALUES);
+        const { assert!(32 * 675 >= PARALLEL_MIN_VALUES) };
         let t = noise_tensor(&keys, [3, 15, 15], &device).unwrap();
         let v = t.into_data().try_to_vec::<f32>().unwrap();
         for (row, key) in v.chunks(675).zip(&keys) {

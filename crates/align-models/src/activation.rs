@@ -14,8 +14,9 @@
 //! - **without autodiff** (every `valid()` model: sampling, evaluation, reward scoring) the
 //!   buffer is moved out, mapped in place and moved back (flex does this without a copy);
 //! - **under autodiff** the output is built as `h + s ⊙ (x − detach(x))`, where `h = f(x)` and
-//!   the slope `s = f′(x)` are computed on the host and enter as constants. Its value is `h`
-//!   exactly (`x − detach(x)` is exactly zero) and its gradient is `s ⊙ ∂L/∂y`, the exact
+//!   the slope `s = f′(x)` are computed on the host and enter as constants. For finite `x` its
+//!   value is `h` (`x − detach(x)` is exactly zero; a zero result may carry the other sign, and
+//!   an infinite `x` gives NaN) and its gradient is `s ⊙ ∂L/∂y`, the exact
 //!   derivative — with three cheap vectorised tensor operations in place of burn's scalar
 //!   kernels, forward and backward. The expression is the same whether or not a graph is being
 //!   recorded, so an RL rollout under `no_grad()` and the update's re-scoring compute the same
@@ -125,7 +126,8 @@ fn pointwise<const D: usize>(
     }
 }
 
-/// `e^y` for `y ≤ 0` (inputs below −87 give 0); see the module docs.
+/// `e^y` for `y ≤ 0`; inputs below −87 are clamped to −87 (`e^−87` ≈ 1.6e-38, where f32
+/// leaves its normal range); see the module docs.
 #[inline(always)]
 fn exp_nonpositive(y: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
@@ -272,7 +274,7 @@ mod tests {
         silu_slice(&mut ys);
         for (&x, &y) in xs.iter().zip(&ys) {
             let exact = silu_f64(x as f64);
-            // (+1e-30: below e^−87 the exponential is flushed, see `exp_nonpositive`.)
+            // (+1e-30: below −87 the exponential's argument is clamped, see `exp_nonpositive`.)
             let bound = 4.0 * f32::EPSILON as f64 * exact.abs() + 1e-30;
             assert!(
                 (y as f64 - exact).abs() <= bound,

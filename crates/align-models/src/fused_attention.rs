@@ -12,7 +12,7 @@
 //!
 //! - on a device **without autodiff** (every `valid()` model: sampling, evaluation, reward
 //!   scoring) the backend's own kernel runs it — on flex one pass per head that never writes
-//!   the scores back as separate tensors (≈ 2× faster than the unfused core at the DiT's
+//!   the scores back as separate tensors (≈ 2× faster than the unfused core at the world-v1 DiT's
 //!   shapes, `bench-table --ops`);
 //! - **under autodiff** burn computes it by its unfused fallback (the same three steps as
 //!   burn-nn), so gradients are those of the plain formula. RL rollouts run on the autodiff
@@ -21,8 +21,10 @@
 //!
 //! Against burn-nn's forward, the results agree to f32 rounding (tested below, and every model
 //! fixture test still passes). One difference by design: masked scores are `−∞`, not burn-nn's
-//! `−10⁴`, so a padded key gets exactly zero weight (a row with every key masked — which no
-//! model here produces — yields zeros instead of a uniform average).
+//! `−10⁴`, so a padded key gets exactly zero weight, and a row with every key masked (the
+//! context of an empty prompt, all `<pad>`) yields zeros instead of a uniform average over the
+//! padding — the same on both devices (tested). The null prompt of classifier-free guidance
+//! always keeps its `<null>` token unmasked.
 //!
 //! # Example
 //!
@@ -68,8 +70,9 @@ pub fn attention_core(
 }
 
 /// burn-nn's [`MultiHeadAttention`] (its projections and head split) with the core through
-/// [`attention_core`]; see the module docs for the formula. Dropout is not applied (every
-/// attention of this crate is built with dropout 0).
+/// [`attention_core`]; see the module docs for the formula. Dropout is not applied, nor are
+/// the module's `quiet_softmax` and `min_float` settings (every attention of this crate is
+/// built with dropout 0 and the plain softmax); masked keys get `−∞`.
 ///
 /// # Shapes
 /// - `query`: `[B, N, d_model]`, `key_value`: `[B, L, d_model]`, `mask_pad`: `[B, L]`;
@@ -181,6 +184,30 @@ mod tests {
             let wq = |g: &burn::tensor::Gradients| mha.query.weight.val().grad(g).unwrap();
             prop_assert!(max_abs(wq(&g_fused), wq(&g_plain)) < 1e-4);
         }
+    }
+
+    /// A row whose keys are all masked (an empty prompt's context) gives zeros, on the
+    /// inference device (the backend's kernel) and under autodiff (burn's fallback), with a
+    /// finite gradient.
+    #[test]
+    fn fully_masked_rows_give_zeros_on_both_devices() {
+        let inner = select_device(Some("flex")).unwrap();
+        let train = inner.clone().autodiff();
+        let heads = |d: &Device, seed| randn([1, 6, 4], seed, d).reshape([1, 2, 3, 4]);
+        let all = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; 3], [1, 3]), &inner);
+        let out = attention_core(
+            heads(&inner, 1),
+            heads(&inner, 2),
+            heads(&inner, 3),
+            Some(all),
+        );
+        assert_eq!(out.abs().max().into_scalar::<f32>(), 0.0);
+        let q = heads(&train, 1).require_grad();
+        let all = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; 3], [1, 3]), &train);
+        let out = attention_core(q.clone(), heads(&train, 2), heads(&train, 3), Some(all));
+        assert_eq!(out.clone().abs().max().into_scalar::<f32>(), 0.0);
+        let g = q.grad(&out.sum().backward()).unwrap();
+        assert!(g.into_data().iter::<f32>().all(f32::is_finite));
     }
 
     /// A padded key gets exactly zero weight: changing its value changes nothing.

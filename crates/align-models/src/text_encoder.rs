@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Token id [`PAD_ID`] (0) is padding: it is masked in self-attention and reported in the
-//! returned [`Condition`]'s padding mask so that cross-attention ignores it too. A prompt of
-//! only padding is therefore the *null prompt* of classifier-free guidance.
+//! returned [`Condition`]'s padding mask so that cross-attention ignores it too. The *null
+//! prompt* of classifier-free guidance is `<null>` followed by padding, so it always keeps one
+//! token to attend to.
 
 use align_core::Condition;
 use burn::module::Param;

@@ -18,7 +18,7 @@
 //!
 //! **Roll out with `policy.clone().no_grad()`**, on the same autodiff device as training: no
 //! graph is built, and the kernels are those the update re-scores with. A `valid()` copy runs
-//! on the inner backend, whose kernels differ (fused attention, host GELU/SiLU in
+//! on the inner backend, whose kernels differ (the fused attention and layer-norm kernels of
 //! `align_models`; before those, already in the last bit: |ρ − 1| = 1.2e-7
 //! with the shipped DiT), which breaks the exact ratio.
 //!
