@@ -497,19 +497,9 @@ fn run_row(
     cmd.args(&argv)
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2));
-    // glibc keeps large blocks instead of mapping and zeroing them afresh (measured faster;
-    // see docs/benchmarks.md; the same values `align_core::tune_allocator` sets — 32 MiB is
-    // the largest mmap threshold glibc accepts, it ignores a larger one); a caller's own
-    // settings win.
-    for (k, v) in [
-        ("MALLOC_MMAP_THRESHOLD_", "33554432"),
-        ("MALLOC_TRIM_THRESHOLD_", "4294967296"),
-        ("MALLOC_TOP_PAD_", "268435456"),
-    ] {
-        if std::env::var_os(k).is_none() {
-            cmd.env(k, v);
-        }
-    }
+    // The allocator: the `align` binary tunes glibc itself (`align_core::tune_allocator`, the
+    // values docs/benchmarks.md measured); a caller's `MALLOC_*_` variables still take
+    // precedence there.
     if let Some(t) = threads
         && std::env::var_os("RAYON_NUM_THREADS").is_none()
     {

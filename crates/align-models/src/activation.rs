@@ -69,8 +69,8 @@ const CHUNK: usize = 1 << 14;
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     pointwise(
         x,
-        gelu_slice,
-        gelu_slope_slice,
+        gelu_value,
+        gelu_value_and_slope,
         burn::tensor::activation::gelu,
     )
 }
@@ -82,48 +82,56 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     pointwise(
         x,
-        silu_slice,
-        silu_slope_slice,
+        silu_value,
+        silu_value_and_slope,
         burn::tensor::activation::silu,
     )
 }
 
-/// `f(x)` by the host kernels `value` (and, under autodiff, `slope` = `f′`), or by burn's
-/// `fallback` where they do not apply (see the module docs).
+/// `f(x)` by the host kernels — `value`, or under autodiff `both` (`f` and `f′` in one pass,
+/// `f` computed by the same expression as `value`) — or by burn's `fallback` where they do not
+/// apply (see the module docs).
 fn pointwise<const D: usize>(
     x: Tensor<D>,
-    value: fn(&mut [f32]),
-    slope: fn(&mut [f32]),
+    value: impl Fn(f32) -> f32 + Sync,
+    both: impl Fn(f32) -> (f32, f32) + Sync,
     fallback: fn(Tensor<D>) -> Tensor<D>,
 ) -> Tensor<D> {
     let device = x.device();
     if x.dtype() != DType::F32 || !is_host_array_device(&device.clone().inner()) {
         return fallback(x);
     }
-    let map = |mut data: TensorData, f: fn(&mut [f32])| match data.as_mut_slice::<f32>() {
-        Ok(values) => {
-            values.par_chunks_mut(CHUNK).for_each(f);
-            Ok(data)
-        }
-        Err(_) => Err(data),
-    };
     if !device.is_autodiff() {
-        return match map(x.into_data(), value) {
-            Ok(data) => Tensor::from_data(data, &device),
-            // Not reachable for an f32 tensor; rebuild it rather than fail.
-            Err(data) => fallback(Tensor::from_data(data, &device)),
-        };
+        let mut data = x.into_data();
+        if let Ok(values) = data.as_mut_slice::<f32>() {
+            values.par_chunks_mut(CHUNK).for_each(|chunk| {
+                for v in chunk {
+                    *v = value(*v);
+                }
+            });
+            return Tensor::from_data(data, &device);
+        }
+        // Not reachable for an f32 tensor; rebuild it rather than fail.
+        return fallback(Tensor::from_data(data, &device));
     }
     let data = x.clone().inner().into_data();
-    match (map(data.clone(), value), map(data, slope)) {
-        (Ok(h), Ok(s)) => {
-            let h = Tensor::<D>::from_data(h, &device);
-            let s = Tensor::<D>::from_data(s, &device);
-            let zero = x.clone() - x.detach();
-            h + s * zero
-        }
-        _ => fallback(x),
-    }
+    let Ok(xs) = data.as_slice::<f32>() else {
+        return fallback(x);
+    };
+    let (mut h, mut s) = (vec![0.0f32; xs.len()], vec![0.0f32; xs.len()]);
+    xs.par_chunks(CHUNK)
+        .zip(h.par_chunks_mut(CHUNK))
+        .zip(s.par_chunks_mut(CHUNK))
+        .for_each(|((xs, h), s)| {
+            for ((x, h), s) in xs.iter().zip(h).zip(s) {
+                (*h, *s) = both(*x);
+            }
+        });
+    let shape = data.shape().clone();
+    let h = Tensor::<D>::from_data(TensorData::new(h, shape.clone()), &device);
+    let s = Tensor::<D>::from_data(TensorData::new(s, shape), &device);
+    let zero = x.clone() - x.detach();
+    h + s * zero
 }
 
 /// `e^y` for `y ≤ 0`; inputs below −87 are clamped to −87 (`e^−87` ≈ 1.6e-38, where f32
@@ -172,47 +180,39 @@ fn erf(z: f32) -> f32 {
     e.copysign(z)
 }
 
-fn gelu_slice(values: &mut [f32]) {
-    for v in values {
-        let x = *v;
-        *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    }
+/// `gelu(x)`.
+#[inline(always)]
+fn gelu_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-fn gelu_slope_slice(values: &mut [f32]) {
+/// `(gelu(x), gelu′(x))`, sharing one `erf`; the value is [`gelu_value`]'s expression.
+#[inline(always)]
+fn gelu_value_and_slope(x: f32) -> (f32, f32) {
     // 1/√(2π)
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    for v in values {
-        let x = *v;
-        let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-        let pdf = INV_SQRT_2PI * exp_nonpositive(-0.5 * x * x);
-        *v = cdf + x * pdf;
-    }
+    let e = erf(x * std::f32::consts::FRAC_1_SQRT_2);
+    let pdf = INV_SQRT_2PI * exp_nonpositive(-0.5 * x * x);
+    (0.5 * x * (1.0 + e), 0.5 * (1.0 + e) + x * pdf)
 }
 
-/// σ(x) without overflow: `1/(1 + e^(−|x|))` for x ≥ 0, `e^(−|x|)/(1 + e^(−|x|))` for x < 0.
+/// `silu(x) = x σ(x)`, σ without overflow: `1/(1 + e^(−|x|))` for x ≥ 0, `e^(−|x|)/(1 +
+/// e^(−|x|))` for x < 0.
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+fn silu_value(x: f32) -> f32 {
     let e = exp_nonpositive(-x.abs());
-    (if x >= 0.0 { 1.0 } else { e }) / (1.0 + e)
+    x * ((if x >= 0.0 { 1.0 } else { e }) / (1.0 + e))
 }
 
-fn silu_slope_slice(values: &mut [f32]) {
-    for v in values {
-        let x = *v;
-        // σ(x) and 1 − σ(x) = σ(−x), each without cancellation.
-        let e = exp_nonpositive(-x.abs());
-        let (s, one_minus_s) = if x >= 0.0 { (1.0, e) } else { (e, 1.0) };
-        let d = 1.0 + e;
-        *v = s / d * (1.0 + x * (one_minus_s / d));
-    }
-}
-
-fn silu_slice(values: &mut [f32]) {
-    for v in values {
-        let x = *v;
-        *v = x * sigmoid(x);
-    }
+/// `(silu(x), silu′(x))`, sharing one `exp`; the value is [`silu_value`]'s expression, and
+/// `1 − σ(x) = σ(−x)` is computed directly, without cancellation.
+#[inline(always)]
+fn silu_value_and_slope(x: f32) -> (f32, f32) {
+    let e = exp_nonpositive(-x.abs());
+    let (num, num_minus) = if x >= 0.0 { (1.0, e) } else { (e, 1.0) };
+    let d = 1.0 + e;
+    let sigma = num / d;
+    (x * sigma, sigma * (1.0 + x * (num_minus / d)))
 }
 
 #[cfg(test)]
@@ -252,35 +252,35 @@ mod tests {
         assert!(exp_nonpositive(-200.0) < 1e-37);
     }
 
-    #[test]
-    fn gelu_agrees_with_the_exact_function() {
-        let xs = grid();
-        let mut ys = xs.clone();
-        gelu_slice(&mut ys);
-        for (&x, &y) in xs.iter().zip(&ys) {
-            let exact = gelu_f64(x as f64);
-            let bound = 1.5e-7 * (x as f64).abs() + 1e-7 + 1.2e-7 * exact.abs() + 1e-30;
+    /// Asserts `|f(x) − exact(x)| ≤ bound(x, exact(x))` on the grid.
+    fn assert_on_grid(
+        what: &str,
+        f: impl Fn(f32) -> f32,
+        exact: fn(f64) -> f64,
+        bound: impl Fn(f64, f64) -> f64,
+    ) {
+        for x in grid() {
+            let (y, e) = (f(x) as f64, exact(x as f64));
             assert!(
-                (y as f64 - exact).abs() <= bound,
-                "gelu({x}) = {y}, exact {exact}"
+                (y - e).abs() <= bound(x as f64, e),
+                "{what}({x}) = {y}, exact {e}"
             );
         }
     }
 
     #[test]
+    fn gelu_agrees_with_the_exact_function() {
+        let bound = |x: f64, e: f64| 1.5e-7 * x.abs() + 1e-7 + 1.2e-7 * e.abs() + 1e-30;
+        assert_on_grid("gelu", gelu_value, gelu_f64, bound);
+        assert_on_grid("gelu", |x| gelu_value_and_slope(x).0, gelu_f64, bound);
+    }
+
+    #[test]
     fn silu_agrees_with_the_exact_function() {
-        let xs = grid();
-        let mut ys = xs.clone();
-        silu_slice(&mut ys);
-        for (&x, &y) in xs.iter().zip(&ys) {
-            let exact = silu_f64(x as f64);
-            // (+1e-30: below −87 the exponential's argument is clamped, see `exp_nonpositive`.)
-            let bound = 4.0 * f32::EPSILON as f64 * exact.abs() + 1e-30;
-            assert!(
-                (y as f64 - exact).abs() <= bound,
-                "silu({x}) = {y}, exact {exact}"
-            );
-        }
+        // (+1e-30: below −87 the exponential's argument is clamped, see `exp_nonpositive`.)
+        let bound = |_: f64, e: f64| 4.0 * f32::EPSILON as f64 * e.abs() + 1e-30;
+        assert_on_grid("silu", silu_value, silu_f64, bound);
+        assert_on_grid("silu", |x| silu_value_and_slope(x).0, silu_f64, bound);
     }
 
     fn gelu_slope_f64(x: f64) -> f64 {
@@ -295,24 +295,23 @@ mod tests {
 
     #[test]
     fn slopes_agree_with_the_exact_derivatives() {
-        let xs = grid();
-        for (slope, exact) in [
-            (
-                gelu_slope_slice as fn(&mut [f32]),
-                gelu_slope_f64 as fn(f64) -> f64,
-            ),
-            (silu_slope_slice, silu_slope_f64),
-        ] {
-            let mut ys = xs.clone();
-            slope(&mut ys);
-            for (&x, &y) in xs.iter().zip(&ys) {
-                let e = exact(x as f64);
-                let bound = 3e-7 + 2.5e-7 * e.abs();
-                assert!(
-                    (y as f64 - e).abs() <= bound,
-                    "slope at {x}: {y}, exact {e}"
-                );
-            }
+        let bound = |_: f64, e: f64| 3e-7 + 2.5e-7 * e.abs();
+        assert_on_grid(
+            "gelu′",
+            |x| gelu_value_and_slope(x).1,
+            gelu_slope_f64,
+            bound,
+        );
+        assert_on_grid(
+            "silu′",
+            |x| silu_value_and_slope(x).1,
+            silu_slope_f64,
+            bound,
+        );
+        // The pair's value is the value kernel's, bit for bit.
+        for x in grid() {
+            assert_eq!(gelu_value_and_slope(x).0.to_bits(), gelu_value(x).to_bits());
+            assert_eq!(silu_value_and_slope(x).0.to_bits(), silu_value(x).to_bits());
         }
     }
 
