@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Crash-safety check of the training runner on real runs: online RL (Flow-GRPO on the shipped
-# flow model), preference training (Diffusion-DPO on the shipped UNet) or pretraining (a DiT).
+# flow model), reward backprop (DRaFT-1 on the shipped UNet with the proxy reward model),
+# preference training (Diffusion-DPO on the shipped UNet) or pretraining (a DiT).
 #
 # 1. Runs the reference, uninterrupted: for KIND=rl, `align train` with the quickstart's
 #    algorithm and hyper-parameters (a smaller batch and fewer iterations, so the check takes
@@ -16,6 +17,9 @@
 #        QUICKSTART=1 ITERATIONS=3 scripts/kill-resume.sh   # `align quickstart` itself (default
 #                                             config, full evaluations; kills anywhere in the run)
 #        KIND=pref scripts/kill-resume.sh       KIND=pretrain ITERATIONS=12 scripts/kill-resume.sh
+#        KIND=backprop KILLS=20 scripts/kill-resume.sh
+# The last line is a summary (kind, iterations, kills, starts, lock take-overs, verdict) for
+# docs/reliability.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/align}
@@ -46,6 +50,29 @@ checkpoint_every = 1
 TOML
   done
 fi
+if [ "$KIND" = backprop ]; then
+  cat > "$WORK/config.toml" <<TOML
+# configs/draft-k.toml (DRaFT-1, proxy reward) with a smaller batch and fast evaluations.
+algorithm = "draft"
+model = "models/shapes-unet"
+reward = "proxy"
+reward_model = "models/proxy-rm"
+prompts_per_iteration = 2
+group_size = 2
+train_steps = 10
+noise_level = 0.0
+guidance = 3.0
+eval_steps = 4
+[backprop]
+truncation = { last_k = 1 }
+[lora]
+rank = 8
+alpha = 8.0
+[runner]
+iterations = $ITERATIONS
+learning_rate = 3e-4
+TOML
+else
 cat > "$WORK/config.toml" <<TOML
 # The quickstart (configs/flow-grpo.toml) with a smaller batch and fast evaluations.
 algorithm = "flow-grpo"
@@ -62,6 +89,7 @@ learning_rate = 3e-4
 [flow_grpo]
 minibatches = 2
 TOML
+fi
 QUICKSTART=${QUICKSTART:-0}
 command_for() {
   if [ "$KIND" = pref ]; then
@@ -130,4 +158,6 @@ for f in "${files[@]}"; do
     status=1
   fi
 done
+takeovers=$(grep -c "took over run.lock" "$WORK/killed.log" || true)
+echo "summary: kind=$KIND iterations=$ITERATIONS kills=$kills starts=$attempt lock_takeovers=$takeovers reference_s=$span seed=$SEED $([ $status = 0 ] && echo identical || echo DIFFERENT)"
 exit $status

@@ -67,6 +67,18 @@ pub enum CoreError {
         /// The run directory.
         dir: String,
     },
+    /// Another process is writing into the run directory.
+    #[error(
+        "{dir} is in use by {holder} (lock file {lock}); wait for that run to end, stop it, or choose another directory"
+    )]
+    RunInUse {
+        /// The run directory.
+        dir: String,
+        /// The holder the lock file names (`pid N on HOST`).
+        holder: String,
+        /// The lock file.
+        lock: String,
+    },
     /// Reading a tensor back to the host failed.
     #[error("could not read tensor `{what}` back to the host: {reason}")]
     Readback {

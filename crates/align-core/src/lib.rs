@@ -57,6 +57,7 @@ pub mod error;
 pub mod gaussian;
 pub mod noise;
 pub mod ppo;
+pub mod run_lock;
 pub mod runner;
 pub mod trajectory;
 
@@ -79,6 +80,7 @@ pub use gaussian::{
 };
 pub use noise::{NoiseKey, noise_tensor, standard_normal};
 pub use ppo::{PpoClipOutput, ppo_clip_loss};
+pub use run_lock::{LOCK_FILE, LockHolder, RunLock};
 pub use runner::{
     Control, Job, Metrics, RunOutcome, Runner, RunnerConfig, burnpack_digest, path_param_ids,
     trainable_paths,

@@ -15,16 +15,23 @@
 //!   anything of that iteration is written, so the last good checkpoint stays intact; a KL
 //!   budget (`kl` metric above `kl_budget`) or a job's [`Control::Stop`] stops it cleanly;
 //! - checkpoints: the model (burnpack, which keeps parameter ids), the optimizer state, the
-//!   iteration and the job's state (trackers, counters) in `checkpoint-NNNNNN/`, written to a
-//!   temporary directory and renamed, then published by atomically replacing `LATEST`. Only
-//!   the latest checkpoint is kept;
+//!   iteration and the job's state (trackers, counters) in `checkpoint-NNNNNN/`, with
+//!   `files.sha256` (the SHA-256 of every other file, in `sha256sum` format), written to a
+//!   temporary directory and renamed, then published by atomically replacing `LATEST`. The
+//!   newest `keep_checkpoints` (default 2) are kept. A checkpoint that cannot be written (a
+//!   full disk) stops the run with an error naming it; the last published one stays intact;
 //! - resume: [`Runner::run`] with `resume = true` continues from `LATEST`, truncating
-//!   `metrics.jsonl` to the checkpointed iteration. With all randomness keyed by (seed,
-//!   iteration, sample) a resumed run is bit-identical to an uninterrupted one.
+//!   `metrics.jsonl` to the checkpointed iteration. A checkpoint whose files do not match
+//!   their digests is set aside (`checkpoint-NNNNNN.corrupt`) and the run continues from the
+//!   newest older one that does, reporting both through [`Job::notice`]. With all randomness
+//!   keyed by (seed, iteration, sample) a resumed run is bit-identical to an uninterrupted one;
+//! - one writer: a run holds [`RunLock`] on its directory; a second run there is refused with
+//!   [`CoreError::RunInUse`], and a lock left by a killed run is taken over.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
@@ -34,6 +41,7 @@ use burn::tensor::{Bool, Int, Tensor};
 use crate::clip::clip_grad_norm;
 use crate::ema::{Ema, EmaConfig};
 use crate::error::{CoreError, Result};
+use crate::run_lock::RunLock;
 
 /// Named scalar metrics of one iteration.
 pub type Metrics = BTreeMap<String, f64>;
@@ -94,6 +102,10 @@ pub trait Job<M: Module> {
     ) -> Result<Control> {
         Ok(Control::Continue)
     }
+
+    /// Something the user should know that does not stop the run: a corrupt checkpoint set
+    /// aside on resume, a lock taken over from a killed run. The default ignores it.
+    fn notice(&mut self, _message: &str) {}
 }
 
 /// Runner settings.
@@ -131,6 +143,9 @@ pub struct RunnerConfig {
     /// run takes the frozen ones from the model it is given. For large frozen bases (Stable
     /// Diffusion: 4.3 GB in f32 against 3 MB of rank-4 adapters).
     pub checkpoint_trainable_only: bool,
+    /// Checkpoints kept in the run directory, newest first (at least 1). A resume that finds
+    /// the newest corrupt falls back to the next.
+    pub keep_checkpoints: usize,
 }
 
 impl Default for RunnerConfig {
@@ -148,6 +163,7 @@ impl Default for RunnerConfig {
             kl_budget: None,
             ema_decay: None,
             checkpoint_trainable_only: false,
+            keep_checkpoints: 2,
         }
     }
 }
@@ -189,6 +205,9 @@ impl RunnerConfig {
         }
         if self.checkpoint_every == 0 {
             return Err(CoreError::config("checkpoint_every", "must be at least 1"));
+        }
+        if self.keep_checkpoints == 0 {
+            return Err(CoreError::config("keep_checkpoints", "must be at least 1"));
         }
         if let Some(k) = self.kl_budget
             && !positive(k)
@@ -241,6 +260,18 @@ pub struct RunOutcome<M> {
 pub struct Runner {
     config: RunnerConfig,
     dir: PathBuf,
+    lock: Option<Arc<RunLock>>,
+}
+
+/// The checkpoint a resume continues from.
+#[derive(Debug, Clone)]
+struct ResumePoint {
+    path: PathBuf,
+    state: CheckpointState,
+    /// Newer checkpoints that failed verification: (directory, why).
+    rejected: Vec<(PathBuf, String)>,
+    /// Anything else odd about the directory (an unreadable `LATEST`).
+    notices: Vec<String>,
 }
 
 struct PathIds {
@@ -438,6 +469,114 @@ pub fn burnpack_digest(path: &Path) -> Result<String> {
 
 /// Name of the file that points at the latest complete checkpoint.
 pub const LATEST: &str = "LATEST";
+/// Name of a checkpoint's manifest: `SHA256  FILE` per line (`sha256sum -c` reads it), for
+/// every other file of the checkpoint.
+pub const MANIFEST: &str = "files.sha256";
+
+/// The SHA-256 of a file, as 64 lowercase hex digits (streamed: memory does not grow with the
+/// file).
+///
+/// # Errors
+/// A file that cannot be read.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).map_err(|e| io(path, "reading", e))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| io(path, "reading", e))?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The iteration of a checkpoint directory name `checkpoint-NNNNNN` (exactly six or more
+/// digits, nothing else).
+fn checkpoint_number(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix("checkpoint-")?;
+    if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Checks a checkpoint directory against its manifest (or, for checkpoints written before
+/// manifests, against `digest.txt`) and reads its state.
+fn verify_checkpoint(dir: &Path) -> std::result::Result<CheckpointState, String> {
+    let manifest = dir.join(MANIFEST);
+    match std::fs::read_to_string(&manifest) {
+        Ok(text) => {
+            let mut listed = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let Some((hash, name)) = line.split_once("  ") else {
+                    return Err(format!("{MANIFEST} line {} is not `SHA256  FILE`", n + 1));
+                };
+                if name.contains(['/', '\\']) || name == ".." || name == "." {
+                    return Err(format!("{MANIFEST} line {} names `{name}`", n + 1));
+                }
+                let actual = sha256_file(&dir.join(name)).map_err(|e| e.to_string())?;
+                if actual != hash {
+                    return Err(format!("{name} does not match its digest in {MANIFEST}"));
+                }
+                listed.push(name.to_string());
+            }
+            for required in ["state.json", "model.bpk", "optimizer.bpk"] {
+                if !listed.iter().any(|l| l == required) {
+                    return Err(format!("{MANIFEST} does not list {required}"));
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let digest = dir.join("digest.txt");
+            let text = std::fs::read_to_string(&digest)
+                .map_err(|e| format!("has neither {MANIFEST} nor a readable digest.txt ({e})"))?;
+            for line in text.lines() {
+                let Some((name, expected)) = line.split_once(' ') else {
+                    return Err(format!("digest.txt line `{line}` is not `FILE DIGEST`"));
+                };
+                if !matches!(name, "model.bpk" | "optimizer.bpk" | "ema.bpk") {
+                    return Err(format!("digest.txt names `{name}`"));
+                }
+                let actual = burnpack_digest(&dir.join(name)).map_err(|e| e.to_string())?;
+                if actual != expected {
+                    return Err(format!("{name} does not match its digest in digest.txt"));
+                }
+            }
+        }
+        Err(e) => return Err(format!("{MANIFEST}: {e}")),
+    }
+    let state = dir.join("state.json");
+    let text = std::fs::read_to_string(&state).map_err(|e| format!("state.json: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("state.json: {e}"))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the checkpoint write step (counted from 0 across the thread's checkpoints) that
+    /// fails with `ENOSPC`.
+    static FAIL_WRITE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    static WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A checkpoint write step: in tests, fails with `ENOSPC` when [`FAIL_WRITE`] says so.
+#[cfg(test)]
+fn write_step(path: &Path, what: &str) -> Result<()> {
+    let n = WRITES.with(|w| {
+        let n = w.get();
+        w.set(n + 1);
+        n
+    });
+    if FAIL_WRITE.with(|f| f.get()) == Some(n) {
+        return Err(io(path, what, std::io::Error::from_raw_os_error(28)));
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn write_step(_path: &Path, _what: &str) -> Result<()> {
+    Ok(())
+}
 /// Name of the metrics file.
 pub const METRICS: &str = "metrics.jsonl";
 
@@ -499,7 +638,7 @@ fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> CoreError {
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct CheckpointState {
     iteration: usize,
     job: serde_json::Value,
@@ -508,11 +647,44 @@ struct CheckpointState {
     ema_updates: Option<u64>,
 }
 
+/// Renames a corrupt checkpoint directory to `NAME.corrupt` (or `NAME.corrupt-2`, …) and
+/// returns the new path (the old one if the rename fails).
+fn set_aside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for k in 1.. {
+        let suffix = if k == 1 {
+            ".corrupt".to_string()
+        } else {
+            format!(".corrupt-{k}")
+        };
+        let target = path.with_file_name(format!("{name}{suffix}"));
+        if !target.exists() {
+            return match std::fs::rename(path, &target) {
+                Ok(()) => target,
+                Err(_) => path.to_path_buf(),
+            };
+        }
+    }
+    path.to_path_buf()
+}
+
 /// Writes `text` to `path` through a temporary file and a rename.
+/// (A failed write removes its temporary; `path` keeps its old content.)
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| io(&tmp, "writing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, "renaming into place", e))
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".to_string(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = std::fs::write(&tmp, text)
+        .map_err(|e| io(&tmp, "writing", e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io(path, "renaming into place", e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 impl Runner {
@@ -525,7 +697,21 @@ impl Runner {
         Ok(Self {
             config,
             dir: dir.into(),
+            lock: None,
         })
+    }
+
+    /// This runner holding its directory's [`RunLock`] from now until it (and every clone) is
+    /// dropped: for front ends that write into the run directory (a copy of the config, a base
+    /// evaluation) before [`Runner::run`], which otherwise takes the lock for the run alone.
+    ///
+    /// # Errors
+    /// [`CoreError::RunInUse`] when another process holds the directory; I/O errors.
+    pub fn lock(mut self) -> Result<Self> {
+        if self.lock.is_none() {
+            self.lock = Some(Arc::new(RunLock::acquire(&self.dir)?));
+        }
+        Ok(self)
     }
 
     /// The run directory.
@@ -533,41 +719,108 @@ impl Runner {
         &self.dir
     }
 
-    /// The latest complete checkpoint directory, if any.
-    ///
-    /// # Errors
-    /// An unreadable `LATEST` file or one naming a missing checkpoint.
-    pub fn latest_checkpoint(&self) -> Result<Option<PathBuf>> {
-        let latest = self.dir.join(LATEST);
-        if !latest.exists() {
-            return Ok(None);
-        }
-        let name = std::fs::read_to_string(&latest).map_err(|e| io(&latest, "reading", e))?;
-        let path = self.dir.join(name.trim());
-        if !path.join("state.json").is_file() {
-            return Err(io(
-                &latest,
-                "names a checkpoint that is incomplete",
-                name.trim(),
-            ));
-        }
-        Ok(Some(path))
+    /// Whether the directory holds a run: a `LATEST` file or a checkpoint directory, intact or
+    /// not (a fresh run never starts over one).
+    pub fn holds_run(&self) -> bool {
+        self.dir.join(LATEST).exists() || !self.checkpoint_dirs().is_empty()
     }
 
-    /// The iteration of the latest complete checkpoint, if any (the point `resume` continues
-    /// from).
+    /// The run's checkpoint directories (`checkpoint-NNNNNN`), newest first.
+    fn checkpoint_dirs(&self) -> Vec<(usize, PathBuf)> {
+        let mut dirs: Vec<(usize, PathBuf)> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = checkpoint_number(&e.file_name().to_string_lossy())?;
+                e.path().is_dir().then(|| (n, e.path()))
+            })
+            .collect();
+        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs
+    }
+
+    /// The checkpoint a resume continues from: the one `LATEST` names if its files match their
+    /// digests, else the newest older one that does (when `LATEST` is missing or names no
+    /// checkpoint: the newest intact one).
+    fn resume_point(&self) -> Result<Option<ResumePoint>> {
+        let latest = self.dir.join(LATEST);
+        let dirs = self.checkpoint_dirs();
+        let mut notices = Vec::new();
+        let named = match std::fs::read_to_string(&latest) {
+            Ok(text) => {
+                let name = text.trim().to_string();
+                match checkpoint_number(&name) {
+                    Some(n) if dirs.iter().any(|(m, _)| *m == n) => Some(n),
+                    _ => {
+                        notices.push(format!(
+                            "{} names `{}`, which is not a checkpoint of this run",
+                            latest.display(),
+                            name.escape_debug()
+                        ));
+                        None
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if dirs.is_empty() {
+                    return Ok(None);
+                }
+                notices.push(format!("{} is missing", latest.display()));
+                None
+            }
+            Err(e) => {
+                notices.push(format!("{} is unreadable ({e})", latest.display()));
+                None
+            }
+        };
+        let mut rejected = Vec::new();
+        for (n, path) in dirs {
+            if named.is_some_and(|m| n > m) {
+                continue;
+            }
+            match verify_checkpoint(&path) {
+                Ok(state) => {
+                    return Ok(Some(ResumePoint {
+                        path,
+                        state,
+                        rejected,
+                        notices,
+                    }));
+                }
+                Err(why) => rejected.push((path, why)),
+            }
+        }
+        let mut reasons = notices;
+        reasons.extend(
+            rejected
+                .iter()
+                .map(|(p, why)| format!("{}: {why}", p.display())),
+        );
+        if reasons.is_empty() {
+            reasons.push(format!("{} names no checkpoint", latest.display()));
+        }
+        Err(io(
+            &self.dir,
+            "holds no intact checkpoint",
+            reasons.join("; "),
+        ))
+    }
+
+    /// The checkpoint a resume would continue from (see [`Runner::run`]), if any.
     ///
     /// # Errors
-    /// As [`Runner::latest_checkpoint`], or an unreadable `state.json`.
+    /// A directory holding a run but no intact checkpoint (each reason named).
+    pub fn latest_checkpoint(&self) -> Result<Option<PathBuf>> {
+        Ok(self.resume_point()?.map(|p| p.path))
+    }
+
+    /// The iteration of the checkpoint a resume would continue from, if any.
+    ///
+    /// # Errors
+    /// As [`Runner::latest_checkpoint`].
     pub fn latest_iteration(&self) -> Result<Option<usize>> {
-        let Some(ckpt) = self.latest_checkpoint()? else {
-            return Ok(None);
-        };
-        let path = ckpt.join("state.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, "reading", e))?;
-        let state: CheckpointState =
-            serde_json::from_str(&text).map_err(|e| io(&path, "parsing", e))?;
-        Ok(Some(state.iteration))
+        Ok(self.resume_point()?.map(|p| p.state.iteration))
     }
 
     fn save_checkpoint<M: Module>(
@@ -581,20 +834,65 @@ impl Runner {
         let name = format!("checkpoint-{iteration:06}");
         let final_dir = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, "removing a stale temporary", e))?;
+        let written = self.write_checkpoint_files(&tmp, model, ema, optim, iteration, job);
+        if let Err(e) = written {
+            // Free what the partial copy holds (a full disk), then report.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "creating", e))?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)
+                .map_err(|e| io(&final_dir, "replacing an older copy", e))?;
+        }
+        let renamed = write_step(&final_dir, "renaming into place").and_then(|()| {
+            std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, "renaming into place", e))
+        });
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        write_step(&self.dir.join(LATEST), "writing")?;
+        write_atomically(&self.dir.join(LATEST), &format!("{name}\n"))?;
+        // Older checkpoints are removed only once the new one is published: the newest
+        // `keep_checkpoints` up to this one stay. (Newer leftovers of an earlier attempt are
+        // replaced when the run reaches them.)
+        let older = self
+            .checkpoint_dirs()
+            .into_iter()
+            .filter(|(n, _)| *n <= iteration);
+        for (_, path) in older.skip(self.config.keep_checkpoints) {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint's files into the temporary directory `tmp`, the manifest last.
+    fn write_checkpoint_files<M: Module>(
+        &self,
+        tmp: &Path,
+        model: &M,
+        ema: Option<&Ema<M>>,
+        optim: &ModuleOptimizer,
+        iteration: usize,
+        job: serde_json::Value,
+    ) -> Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(tmp).map_err(|e| io(tmp, "removing a stale temporary", e))?;
+        }
+        std::fs::create_dir_all(tmp).map_err(|e| io(tmp, "creating", e))?;
         let only = self.config.checkpoint_trainable_only;
+        write_step(tmp, "writing the model")?;
         let mut store = model_store(&tmp.join("model.bpk"), model, only);
         model
             .save_into(&mut store)
-            .map_err(|e| io(&tmp, "writing the model", format!("{e:?}")))?;
+            .map_err(|e| io(tmp, "writing the model", format!("{e:?}")))?;
+        write_step(tmp, "writing the optimizer state")?;
         optim
             .to_record()
             .save(tmp.join("optimizer.bpk"))
-            .map_err(|e| io(&tmp, "writing the optimizer state", format!("{e:?}")))?;
+            .map_err(|e| io(tmp, "writing the optimizer state", format!("{e:?}")))?;
         if let Some(e) = ema {
+            write_step(tmp, "writing the weight average")?;
             // The average lives on the inner device without gradients: select by the
             // training model's trainable paths.
             let mut store = BurnpackStore::from_file(tmp.join("ema.bpk"))
@@ -607,15 +905,16 @@ impl Runner {
             }
             e.average()
                 .save_into(&mut store)
-                .map_err(|err| io(&tmp, "writing the weight average", format!("{err:?}")))?;
+                .map_err(|err| io(tmp, "writing the weight average", format!("{err:?}")))?;
         }
         let state = serde_json::to_string_pretty(&CheckpointState {
             iteration,
             job,
             ema_updates: ema.map(Ema::updates),
         })
-        .map_err(|e| io(&tmp, "serialising the state", e))?;
-        std::fs::write(tmp.join("state.json"), state).map_err(|e| io(&tmp, "writing state", e))?;
+        .map_err(|e| io(tmp, "serialising the state", e))?;
+        write_step(tmp, "writing state")?;
+        std::fs::write(tmp.join("state.json"), state).map_err(|e| io(tmp, "writing state", e))?;
         let mut digest = format!(
             "model.bpk {}\noptimizer.bpk {}\n",
             burnpack_digest(&tmp.join("model.bpk"))?,
@@ -627,22 +926,30 @@ impl Runner {
                 burnpack_digest(&tmp.join("ema.bpk"))?
             ));
         }
-        std::fs::write(tmp.join("digest.txt"), digest)
-            .map_err(|e| io(&tmp, "writing digest", e))?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir)
-                .map_err(|e| io(&final_dir, "replacing an older copy", e))?;
+        write_step(tmp, "writing digest")?;
+        std::fs::write(tmp.join("digest.txt"), digest).map_err(|e| io(tmp, "writing digest", e))?;
+        let mut manifest = String::new();
+        let mut names: Vec<String> = std::fs::read_dir(tmp)
+            .map_err(|e| io(tmp, "listing", e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            manifest.push_str(&format!("{}  {name}\n", sha256_file(&tmp.join(&name))?));
         }
-        std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, "renaming into place", e))?;
-        write_atomically(&self.dir.join(LATEST), &format!("{name}\n"))?;
-        // Older checkpoints are removed only once the new one is published.
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                let file = entry.file_name().to_string_lossy().into_owned();
-                if file.starts_with("checkpoint-") && file != name {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
+        write_step(tmp, "writing the manifest")?;
+        std::fs::write(tmp.join(MANIFEST), manifest)
+            .map_err(|e| io(tmp, "writing the manifest", e))?;
+        // On disk before it is published (a power cut after `LATEST` moves must not leave
+        // it naming empty files).
+        for entry in std::fs::read_dir(tmp)
+            .map_err(|e| io(tmp, "listing", e))?
+            .flatten()
+        {
+            std::fs::File::open(entry.path())
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io(&entry.path(), "syncing", e))?;
         }
         Ok(())
     }
@@ -697,10 +1004,16 @@ impl Runner {
     /// `model` is the starting point (its architecture, LoRA adapters included, must match the
     /// checkpoint when resuming: the checkpoint's weights and parameter ids replace its own).
     ///
+    /// A resume continues from the checkpoint `LATEST` names; one whose files do not match
+    /// their digests is renamed `checkpoint-NNNNNN.corrupt` (kept for inspection) and the
+    /// newest older intact one is used instead, each step reported through [`Job::notice`].
+    ///
     /// # Errors
-    /// I/O errors, a job error, a non-finite metric ([`CoreError::Diverged`]); a fresh run in a
-    /// directory that already holds a checkpoint (pass `resume`, or choose another directory —
-    /// nothing is overwritten); `resume` without a checkpoint.
+    /// I/O errors (a checkpoint that cannot be written names itself and the intact one the run
+    /// can resume from), a job error, a non-finite metric ([`CoreError::Diverged`]); another
+    /// process holding the directory ([`CoreError::RunInUse`]); a fresh run in a directory
+    /// that already holds a run (pass `resume`, or choose another directory — nothing is
+    /// overwritten); `resume` without an intact checkpoint.
     pub fn run<M: Module, J: Job<M>>(
         &self,
         model: M,
@@ -708,39 +1021,74 @@ impl Runner {
         resume: bool,
     ) -> Result<RunOutcome<M>> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, "creating", e))?;
-        // Temporaries of a killed run never became checkpoints: remove them.
+        let own_lock = match &self.lock {
+            Some(_) => None,
+            None => Some(RunLock::acquire(&self.dir)?),
+        };
+        if let Some(old) = own_lock
+            .as_ref()
+            .or(self.lock.as_deref())
+            .and_then(RunLock::took_over)
+        {
+            job.notice(&format!(
+                "took over {} from {}, which ended without releasing it",
+                crate::run_lock::LOCK_FILE,
+                if old.host.is_empty() {
+                    format!("pid {}", old.pid)
+                } else {
+                    format!("pid {} on {}", old.pid, old.host)
+                }
+            ));
+        }
+        // Temporaries of a killed run never became checkpoints or files: remove them.
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
-                if file.starts_with(".checkpoint-") && file.contains(".tmp-") {
+                if file.starts_with('.') && file.contains(".tmp-") {
                     let _ = std::fs::remove_dir_all(entry.path());
+                    let _ = std::fs::remove_file(entry.path());
                 }
             }
         }
-        let existing = self.latest_checkpoint()?;
         let mut optim = self.config.optimizer();
         let mut resumed_ema: Option<(PathBuf, u64)> = None;
-        let (mut model, start) = match (resume, existing) {
-            (false, Some(_)) => {
+        let (mut model, start) = match resume {
+            false if self.holds_run() => {
                 return Err(io(
                     &self.dir,
                     "already holds a run",
                     "resume it (--resume) or choose another directory",
                 ));
             }
-            (true, None) => {
-                return Err(io(&self.dir, "cannot resume", "it holds no checkpoint"));
-            }
-            (false, None) => {
+            false => {
                 self.truncate_metrics(0)?;
                 (path_param_ids(model), 0)
             }
-            (true, Some(ckpt)) => {
-                let state_path = ckpt.join("state.json");
-                let text = std::fs::read_to_string(&state_path)
-                    .map_err(|e| io(&state_path, "reading", e))?;
-                let state: CheckpointState =
-                    serde_json::from_str(&text).map_err(|e| io(&state_path, "parsing", e))?;
+            true => {
+                let Some(point) = self.resume_point()? else {
+                    return Err(io(&self.dir, "cannot resume", "it holds no checkpoint"));
+                };
+                for notice in &point.notices {
+                    job.notice(notice);
+                }
+                for (path, why) in &point.rejected {
+                    let aside = set_aside(path);
+                    job.notice(&format!(
+                        "{}: {why}; set aside as {}",
+                        path.display(),
+                        aside.display()
+                    ));
+                }
+                let ckpt = point.path;
+                if !point.rejected.is_empty() || !point.notices.is_empty() {
+                    let name = ckpt
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    write_atomically(&self.dir.join(LATEST), &format!("{name}\n"))?;
+                    job.notice(&format!("resuming from {}", ckpt.display()));
+                }
+                let state = point.state;
                 let model = load_model_file(
                     model,
                     &ckpt.join("model.bpk"),
@@ -847,7 +1195,21 @@ impl Runner {
             done = it + 1;
             let last = done == self.config.iterations;
             if last || stopped.is_some() || done.is_multiple_of(self.config.checkpoint_every) {
-                self.save_checkpoint(&model, ema.as_ref(), &optim, done, job.state()?)?;
+                let saved = self.save_checkpoint(&model, ema.as_ref(), &optim, done, job.state()?);
+                if let Err(e) = saved {
+                    let intact = match self.resume_point() {
+                        Ok(Some(p)) => format!(
+                            "{} is intact and `--resume` continues from it",
+                            p.path.display()
+                        ),
+                        _ => "no earlier checkpoint exists".to_string(),
+                    };
+                    return Err(io(
+                        &self.dir.join(format!("checkpoint-{done:06}")),
+                        "could not be written, so the run stopped",
+                        format!("{e}; {intact}"),
+                    ));
+                }
             }
             if stopped.is_some() {
                 break;
@@ -893,6 +1255,7 @@ mod tests {
         seen: usize,
         poison_at: Option<usize>,
         kl_per_iteration: f64,
+        notices: Vec<String>,
     }
 
     impl Job<Weights> for Toy {
@@ -929,6 +1292,9 @@ mod tests {
             self.seen = state["seen"].as_u64().unwrap_or_default() as usize;
             Ok(())
         }
+        fn notice(&mut self, message: &str) {
+            self.notices.push(message.to_string());
+        }
     }
 
     fn toy() -> Toy {
@@ -936,6 +1302,7 @@ mod tests {
             seen: 0,
             poison_at: None,
             kl_per_iteration: 0.0,
+            notices: Vec::new(),
         }
     }
 
@@ -1284,6 +1651,268 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(dir.join(LATEST)).unwrap().trim(),
             "checkpoint-000003"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The files two runs must agree on byte for byte at the end.
+    fn assert_same_end_state(a: &Path, b: &Path, last: &str) {
+        for file in ["model.bpk", "state.json", "digest.txt"] {
+            assert_eq!(
+                bytes(a.join(last).join(file)),
+                bytes(b.join(last).join(file)),
+                "{file}"
+            );
+        }
+        assert_eq!(bytes(a.join(METRICS)), bytes(b.join(METRICS)));
+    }
+
+    #[test]
+    fn a_failed_checkpoint_write_stops_the_run_keeps_the_last_one_and_resume_finishes_identically()
+    {
+        let device = crate::test_device().autodiff();
+        let reference = tempdir("enospc-reference");
+        Runner::new(config(4), &reference)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        // Seven write steps per checkpoint (model, optimizer, state, digest, manifest, rename,
+        // LATEST): fail each step of the third checkpoint in turn.
+        for step in 0..7 {
+            let dir = tempdir(&format!("enospc-{step}"));
+            WRITES.with(|w| w.set(0));
+            FAIL_WRITE.with(|f| f.set(Some(2 * 7 + step)));
+            let err = Runner::new(config(4), &dir)
+                .unwrap()
+                .run(weights(&device), &mut toy(), false)
+                .unwrap_err();
+            FAIL_WRITE.with(|f| f.set(None));
+            let text = err.to_string();
+            assert!(
+                text.contains("checkpoint-000003: could not be written")
+                    && text.contains("os error 28")
+                    && text.contains("checkpoint-000002 is intact"),
+                "step {step}: {text}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(dir.join(LATEST)).unwrap().trim(),
+                "checkpoint-000002",
+                "step {step}"
+            );
+            let leftovers: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".tmp-"))
+                .collect();
+            assert!(leftovers.is_empty(), "step {step}: {leftovers:?}");
+            let out = Runner::new(config(4), &dir)
+                .unwrap()
+                .run(weights(&device), &mut toy(), true)
+                .unwrap();
+            assert_eq!(out.iterations, 4);
+            assert_same_end_state(&reference, &dir, "checkpoint-000004");
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let _ = std::fs::remove_dir_all(reference);
+    }
+
+    /// Flips one byte in the middle of `path`.
+    fn corrupt(path: &Path) {
+        let mut b = bytes(path.to_path_buf());
+        let mid = b.len() / 2;
+        b[mid] ^= 0x40;
+        std::fs::write(path, b).unwrap();
+    }
+
+    #[test]
+    fn only_the_newest_keep_checkpoints_stay_and_each_lists_its_files_digests() {
+        let device = crate::test_device().autodiff();
+        let dir = tempdir("keep");
+        let cfg = RunnerConfig {
+            keep_checkpoints: 3,
+            ..config(5)
+        };
+        Runner::new(cfg, &dir)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        let mut kept: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("checkpoint-"))
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                "checkpoint-000003",
+                "checkpoint-000004",
+                "checkpoint-000005"
+            ]
+        );
+        // `sha256sum` format, every other file listed, each digest recomputed here with an
+        // independent implementation of the format (the `sha2` crate hashes; the listing and
+        // comparison are the test's).
+        let manifest =
+            std::fs::read_to_string(dir.join("checkpoint-000005").join(MANIFEST)).unwrap();
+        let listed: Vec<&str> = manifest.lines().map(|l| &l[66..]).collect();
+        assert_eq!(
+            listed,
+            ["digest.txt", "model.bpk", "optimizer.bpk", "state.json"]
+        );
+        for line in manifest.lines() {
+            let (hash, name) = line.split_once("  ").unwrap();
+            assert_eq!(hash.len(), 64);
+            use sha2::Digest;
+            let want: String =
+                sha2::Sha256::digest(bytes(dir.join("checkpoint-000005").join(name)))
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+            assert_eq!(hash, want, "{name}");
+        }
+        assert_eq!(
+            sha256_file(&dir.join(LATEST)).unwrap(),
+            // printf 'checkpoint-000005\n' | sha256sum (coreutils)
+            "e5c81d0af03a18642fe057314936feb6dfef5954d847dbea59aca1de0db412ca"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_corrupt_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous_one_identically() {
+        let device = crate::test_device().autodiff();
+        let reference = tempdir("corrupt-reference");
+        Runner::new(config(5), &reference)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        // Each way a checkpoint can be damaged, in the newest of the two kept.
+        let damages: [(&str, fn(&Path)); 5] = [
+            ("a flipped byte in model.bpk", |c| {
+                corrupt(&c.join("model.bpk"))
+            }),
+            ("a flipped byte in optimizer.bpk", |c| {
+                corrupt(&c.join("optimizer.bpk"))
+            }),
+            ("state.json edited", |c| {
+                std::fs::write(c.join("state.json"), "{\"iteration\": 3, \"job\": null}").unwrap()
+            }),
+            ("model.bpk missing", |c| {
+                std::fs::remove_file(c.join("model.bpk")).unwrap()
+            }),
+            ("model.bpk truncated", |c| {
+                let b = bytes(c.join("model.bpk"));
+                std::fs::write(c.join("model.bpk"), &b[..b.len() / 3]).unwrap()
+            }),
+        ];
+        for (what, damage) in damages {
+            let dir = tempdir("corrupt");
+            Runner::new(config(3), &dir)
+                .unwrap()
+                .run(weights(&device), &mut toy(), false)
+                .unwrap();
+            damage(&dir.join("checkpoint-000003"));
+            let mut job = toy();
+            let out = Runner::new(config(5), &dir)
+                .unwrap()
+                .run(weights(&device), &mut job, true)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(out.iterations, 5, "{what}");
+            assert!(
+                job.notices[0].contains("checkpoint-000003")
+                    && job.notices[0].contains("checkpoint-000003.corrupt"),
+                "{what}: {:?}",
+                job.notices
+            );
+            assert!(
+                job.notices[1].contains("resuming from")
+                    && job.notices[1].ends_with("checkpoint-000002"),
+                "{what}: {:?}",
+                job.notices
+            );
+            assert!(dir.join("checkpoint-000003.corrupt").is_dir(), "{what}");
+            assert_same_end_state(&reference, &dir, "checkpoint-000005");
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let _ = std::fs::remove_dir_all(reference);
+    }
+
+    #[test]
+    fn a_latest_pointing_nowhere_falls_back_and_no_intact_checkpoint_is_an_error_naming_each() {
+        let device = crate::test_device().autodiff();
+        let dir = tempdir("latest-nowhere");
+        Runner::new(config(2), &dir)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        std::fs::write(dir.join(LATEST), "checkpoint-000009\n").unwrap();
+        let r = Runner::new(config(3), &dir).unwrap();
+        assert_eq!(r.latest_iteration().unwrap(), Some(2));
+        let mut job = toy();
+        r.run(weights(&device), &mut job, true).unwrap();
+        assert!(
+            job.notices[0].contains("names `checkpoint-000009`"),
+            "{:?}",
+            job.notices
+        );
+        // Both kept checkpoints damaged: no resume, each reason named; no fresh start either.
+        corrupt(&dir.join("checkpoint-000003/model.bpk"));
+        std::fs::remove_file(dir.join("checkpoint-000002/files.sha256")).unwrap();
+        std::fs::write(dir.join("checkpoint-000002/digest.txt"), "model.bpk 0\n").unwrap();
+        let err = r
+            .run(weights(&device), &mut toy(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("holds no intact checkpoint")
+                && err.contains("checkpoint-000003: model.bpk does not match its digest")
+                && err.contains(
+                    "checkpoint-000002: model.bpk does not match its digest in digest.txt"
+                ),
+            "{err}"
+        );
+        let err = r
+            .run(weights(&device), &mut toy(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already holds a run"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_second_run_on_a_locked_directory_is_refused_and_a_killed_holder_is_taken_over() {
+        let device = crate::test_device().autodiff();
+        let dir = tempdir("locked");
+        let holder = Runner::new(config(2), &dir).unwrap().lock().unwrap();
+        let err = Runner::new(config(2), &dir)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap_err();
+        assert!(
+            matches!(&err, CoreError::RunInUse { holder, .. } if holder.starts_with(&format!("pid {}", std::process::id()))),
+            "{err}"
+        );
+        assert!(!dir.join(LATEST).exists(), "the refused run wrote nothing");
+        // The holder itself runs (its own lock is not a second writer).
+        holder.run(weights(&device), &mut toy(), false).unwrap();
+        drop(holder);
+        // A killed holder leaves its text without the lock: the next run takes over.
+        std::fs::write(
+            dir.join(crate::run_lock::LOCK_FILE),
+            "pid 4000000\nhost h\nsince 1\n",
+        )
+        .unwrap();
+        let mut job = toy();
+        Runner::new(config(3), &dir)
+            .unwrap()
+            .run(weights(&device), &mut job, true)
+            .unwrap();
+        assert_eq!(
+            job.notices,
+            ["took over run.lock from pid 4000000 on h, which ended without releasing it"]
         );
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -42,6 +42,7 @@ use crate::online::{
     open_runner, rl_err,
 };
 use crate::report::{Report, read_last_metrics};
+use crate::scores::{checked_differentiable, checked_scores};
 
 /// Salt of the per-iteration prompt draw of Stable Diffusion and user pipelines.
 pub const PIPELINE_PROMPT_SALT: u64 = 0x7364_7072_6f6d_7074;
@@ -184,7 +185,7 @@ impl<P: Pipeline> OnlineJob<P> {
         let section = section.clone();
         let job = |e: String| CoreError::Job(e);
         let gold = match &self.gold {
-            Some(g) => Some(g.score(images, prompts).map_err(|e| job(e.to_string()))?),
+            Some(g) => Some(checked_scores(g.as_ref(), images, prompts, iteration)?),
             None => None,
         };
         if matches!(
@@ -207,11 +208,9 @@ impl<P: Pipeline> OnlineJob<P> {
         }
         let (values, cotangent) = {
             let reward = &self.reward;
-            let score =
-                |x: Tensor<4>| match reward.score_differentiable(model.sample_images(x), prompts) {
-                    Some(r) => r.map_err(|e| e.to_string()),
-                    None => Err(format!("{} is not differentiable", reward.name())),
-                };
+            let score = |x: Tensor<4>| {
+                checked_differentiable(reward.as_ref(), model.sample_images(x), prompts, iteration)
+            };
             reward_cotangent(traj.final_sample(), section.reward_scale, &score)
                 .map_err(|e| job(e.to_string()))?
         };
@@ -280,10 +279,7 @@ impl<P: Pipeline> OnlineJob<P> {
         let (grads, values, step, differentiated) = {
             let reward = &self.reward;
             let score = |x: Tensor<4>| -> std::result::Result<Tensor<1>, String> {
-                match reward.score_differentiable(model.sample_images(x), prompts) {
-                    Some(r) => r.map_err(|e| e.to_string()),
-                    None => Err(format!("{} is not differentiable", reward.name())),
-                }
+                checked_differentiable(reward.as_ref(), model.sample_images(x), prompts, iteration)
             };
             match self.config.algorithm {
                 AlgorithmName::Refl => {
@@ -546,11 +542,12 @@ impl<P: Pipeline> OnlineJob<P> {
                     c.clone()
                 };
                 let images = frozen.sample_images(clean.detach()).clamp(-1.0, 1.0);
-                scores.push(
-                    self.reward
-                        .score(&images, &prompts)
-                        .map_err(|e| job(e.to_string()))?,
-                );
+                scores.push(checked_scores(
+                    self.reward.as_ref(),
+                    &images,
+                    &prompts,
+                    iteration,
+                )?);
             }
             let pairs = spo_select(&scores).map_err(rl)?;
             let untied = pairs.iter().filter(|p| p.is_some()).count();
@@ -609,10 +606,7 @@ impl<P: Pipeline> OnlineJob<P> {
             x = spo_resample(&candidates, &mut rng).map_err(rl)?;
         }
         let images = frozen.sample_images(x).clamp(-1.0, 1.0);
-        let rewards = self
-            .reward
-            .score(&images, &prompts)
-            .map_err(|e| job(e.to_string()))?;
+        let rewards = checked_scores(self.reward.as_ref(), &images, &prompts, iteration)?;
         let (mean, std) = mean_std(&rewards);
         let grads = acc.grads();
         let stepped = !grads.is_empty();
@@ -733,10 +727,7 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             return self
                 .backprop_iteration(model, iteration, &ids, &prompts, &traj, &images, apply);
         }
-        let rewards = self
-            .reward
-            .score(&images, &prompts)
-            .map_err(|e| job(e.to_string()))?;
+        let rewards = checked_scores(self.reward.as_ref(), &images, &prompts, iteration)?;
         // `timestep_fraction`: the steps this iteration trains.
         let steps = self
             .config
@@ -747,9 +738,13 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         }
         let reward = &self.reward;
         let mut score = |x: Tensor<4>| {
-            reward
-                .score(&frozen.sample_images(x).clamp(-1.0, 1.0), &prompts)
-                .map_err(|e| RlError::Reward(e.to_string()))
+            checked_scores(
+                reward.as_ref(),
+                &frozen.sample_images(x).clamp(-1.0, 1.0),
+                &prompts,
+                iteration,
+            )
+            .map_err(|e| RlError::Reward(e.to_string()))
         };
         // DenseGRPO: step-wise reward gains from ODE completions with the rollout policy.
         let dense = match &self.algorithm {
@@ -853,6 +848,10 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                 .map_err(TrainError::into_core)?;
         }
         Ok(())
+    }
+
+    fn notice(&mut self, message: &str) {
+        self.observer.say(message);
     }
 
     fn after_iteration(

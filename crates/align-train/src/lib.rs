@@ -82,6 +82,7 @@ pub mod pretrain;
 pub mod report;
 pub mod reward_model;
 pub mod reward_spec;
+pub mod scores;
 pub mod sd;
 pub mod sd3;
 pub mod shapes_eval;

@@ -61,15 +61,18 @@ pub(crate) fn iteration_metrics(
     m
 }
 
-/// A runner for the run directory `out`, refusing to start over an existing run unless it is
-/// resumed (checked before any expensive evaluation).
+/// A runner for the run directory `out`, holding its lock (a second process writing there is
+/// refused) and refusing to start over an existing run unless it is resumed (both checked
+/// before any expensive evaluation).
 ///
 /// # Errors
-/// An invalid runner configuration, an unreadable directory, or an existing run without
-/// `resume`.
+/// An invalid runner configuration, an unreadable directory, a directory in use by another
+/// process ([`align_core::CoreError::RunInUse`]), or an existing run without `resume`.
 pub fn open_runner(config: align_core::RunnerConfig, out: &Path, resume: bool) -> Result<Runner> {
-    let runner = Runner::new(config, out).map_err(crate::config::runner_field)?;
-    if !resume && runner.latest_checkpoint()?.is_some() {
+    let runner = Runner::new(config, out)
+        .map_err(crate::config::runner_field)?
+        .lock()?;
+    if !resume && runner.holds_run() {
         return Err(TrainError::RunExists {
             dir: out.to_path_buf(),
         });

@@ -314,6 +314,10 @@ impl<D: Module + ModuleDisplay + Denoiser> Job<TextToImage<D>> for PretrainJob<D
         Ok(())
     }
 
+    fn notice(&mut self, message: &str) {
+        self.observer.say(message);
+    }
+
     fn after_iteration(
         &mut self,
         model: &TextToImage<D>,
@@ -446,7 +450,8 @@ pub fn pretrain(
     options.validate()?;
     let tok = Tokenizer::new();
     let out = &options.out;
-    let runner = Runner::new(options.runner_config(), out)?;
+    // Held from here: a second `align pretrain` into `out` is refused before it writes.
+    let runner = Runner::new(options.runner_config(), out)?.lock()?;
     let done = runner.latest_iteration()?;
     if done.is_none() && out.join("train-state").is_dir() {
         return Err(TrainError::File {

@@ -237,7 +237,42 @@ fn brightness() -> Box<dyn Reward> {
     ))
 }
 
+/// Brightness, except that the `poison`-th call (0-based) scores its last sample NaN — a
+/// reward that does not check its own output, as a user's or a server's may not.
+struct Poisoned {
+    inner: Box<dyn Reward>,
+    calls: std::cell::Cell<usize>,
+    poison: usize,
+}
+
+impl Reward for Poisoned {
+    fn name(&self) -> &str {
+        "poisoned"
+    }
+    fn scale(&self) -> &str {
+        "[-1, 1]"
+    }
+    fn score(&self, images: &Tensor<4>, prompts: &[String]) -> align_rewards::Result<Vec<f64>> {
+        let mut s = self.inner.score(images, prompts)?;
+        if self.calls.replace(self.calls.get() + 1) == self.poison
+            && let Some(last) = s.last_mut()
+        {
+            *last = f64::NAN;
+        }
+        Ok(s)
+    }
+}
+
 fn run(out: &Path, iterations: usize, resume: bool) -> Report {
+    try_run(out, iterations, resume, brightness()).unwrap()
+}
+
+fn try_run(
+    out: &Path,
+    iterations: usize,
+    resume: bool,
+    reward: Box<dyn Reward>,
+) -> align_train::Result<Report> {
     let device = align_core::test_device().autodiff();
     // The same initial weights for every run: the runner replaces them on resume.
     device.seed(3);
@@ -263,17 +298,53 @@ fn run(out: &Path, iterations: usize, resume: bool) -> Report {
     let sde = FlowSdeSampler::new(FlowGrid::new(4, 1.0).unwrap(), 0.7).unwrap();
     let task = OnlineTask {
         lora_targets: Some(vec!["colour".into(), "prompt".into()]),
-        ..OnlineTask::new(
-            model,
-            prompts.clone(),
-            brightness(),
-            Box::new(sde),
-            [3, 4, 4],
-        )
+        ..OnlineTask::new(model, prompts.clone(), reward, Box::new(sde), [3, 4, 4])
     };
     let euler = Box::new(FlowEulerSampler::new(FlowGrid::new(4, 1.0).unwrap()));
     let eval = RewardEvaluator::for_config(brightness(), prompts, euler, [3, 4, 4], &config);
-    train_pipeline(task, Box::new(eval), &config, resume, &silent()).unwrap()
+    train_pipeline(task, Box::new(eval), &config, resume, &silent())
+}
+
+/// A NaN score stops the iteration before any update with an error naming the iteration,
+/// the sample and its prompt; the last checkpoint stays intact and a resumed run (the reward
+/// repaired) ends identical to one that never met the NaN.
+#[test]
+fn a_nan_reward_stops_before_any_update_naming_the_sample_and_the_run_resumes_identically() {
+    let _serial = serial();
+    let dir = tempdir("nan-reward");
+    let (a, b) = (dir.join("reference"), dir.join("poisoned"));
+    run(&a, 4, false);
+    let poisoned = Poisoned {
+        inner: brightness(),
+        calls: std::cell::Cell::new(0),
+        poison: 2,
+    };
+    let err = try_run(&b, 4, false, Box::new(poisoned))
+        .unwrap_err()
+        .to_string();
+    // Eight samples per iteration (2 prompts × 4), prompts in groups: the last is "dark".
+    assert!(
+        err.contains("iteration 3: reward `poisoned` scored sample 7 (prompt \"dark\") NaN")
+            && err.contains("stopped before any update"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("LATEST")).unwrap().trim(),
+        "checkpoint-000002"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    run(&b, 4, true);
+    for f in ["checkpoint-000004/model.bpk", "metrics.jsonl"] {
+        let same = std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap();
+        assert!(same, "{f} differs after the NaN and the resume");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Flow-GRPO through the generic job on a flow pipeline of its own: the reward rises, the
