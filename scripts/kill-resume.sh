@@ -121,13 +121,18 @@ while true; do
   attempt=$(( attempt + 1 ))
   if [ "$kills" -lt "$KILLS" ]; then
     # Somewhere in the first half of a full run: start-up, evaluation, an iteration, a checkpoint.
+    # Tenths of a second: uniform over [1 s, 1 s + 2 * span / KILLS), so that the KILLS kills
+    # spread over the whole run (start-up, rollouts, updates, evaluations, checkpoint writes);
+    # the quickstart keeps its longer draws.
     if [ "$QUICKSTART" = 1 ]; then
-      delay=$(( 3 + RANDOM % span ))
+      window=$(( span * 10 ))
     else
-      delay=$(( 3 + RANDOM % (span / 3 > 3 ? span / 3 : 3) ))
+      window=$(( 20 * span / KILLS > 10 ? 20 * span / KILLS : 10 ))
     fi
-    for _ in $(seq "$delay"); do
-      sleep 1
+    tenths=$(( 10 + (RANDOM * 32768 + RANDOM) % window ))
+    delay="$(( tenths / 10 )).$(( tenths % 10 ))"
+    for _ in $(seq "$tenths"); do
+      sleep 0.1
       kill -0 "$pid" 2>/dev/null || break
     done
     if kill -0 "$pid" 2>/dev/null; then

@@ -118,6 +118,18 @@ pub enum DataError {
         /// What is wrong with the line.
         reason: String,
     },
+    /// An image a JSONL record names cannot be used ([`DataError::MissingFile`],
+    /// [`DataError::ImageSize`], [`DataError::Decode`], [`DataError::Io`] inside).
+    #[error("`{}` line {line}: {source}", path.display())]
+    Record {
+        /// The JSONL file.
+        path: PathBuf,
+        /// 1-based line number of the record.
+        line: usize,
+        /// What is wrong with the image it names.
+        #[source]
+        source: Box<DataError>,
+    },
     /// Writing a file failed.
     #[error("cannot write `{}`: {reason}", path.display())]
     Write {

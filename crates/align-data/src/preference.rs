@@ -16,8 +16,9 @@
 //! contain path separators or `..`. Every image must have the size the dataset is opened with.
 //! Opening reads and checks everything and fails with a typed error naming the file (and the
 //! line): [`DataError::JsonLine`] (not JSON, a missing or unknown field, a wrong type, an
-//! empty prompt, a bad file name), [`DataError::MissingFile`], [`DataError::ImageSize`],
-//! [`DataError::Decode`], [`DataError::Io`].
+//! empty prompt, a bad file name), [`DataError::Record`] for an image a line names (holding
+//! [`DataError::MissingFile`], [`DataError::ImageSize`], [`DataError::Decode`] or
+//! [`DataError::Io`]), and [`DataError::MissingFile`] / [`DataError::Io`] for the JSONL file.
 //!
 //! [`write_pairs`] / [`write_labels`] write a dataset: PNGs first, then the JSONL under a
 //! temporary name, renamed into place — an interrupted write never leaves a JSONL naming
@@ -121,8 +122,14 @@ fn read_lines(path: &Path) -> Result<Vec<(usize, String)>> {
         .collect())
 }
 
-fn load(dir: &Path, name: &str, width: u32, height: u32) -> Result<Image> {
-    crate::folder::load_image(&dir.join(name), width, height)
+/// Loads the image `name` of line `line` of `jsonl`.
+fn load(jsonl: &Path, line: usize, name: &str, width: u32, height: u32) -> Result<Image> {
+    let dir = jsonl.parent().unwrap_or(Path::new("."));
+    crate::folder::load_image(&dir.join(name), width, height).map_err(|e| DataError::Record {
+        path: jsonl.to_path_buf(),
+        line,
+        source: Box::new(e),
+    })
 }
 
 /// Reads `dir/pairs.jsonl` and its images (module docs).
@@ -141,8 +148,8 @@ pub fn read_pairs(dir: &Path, width: u32, height: u32) -> Result<Vec<PreferenceP
         check_name(&path, n, &l.loser)?;
         out.push(PreferencePair {
             prompt: l.prompt,
-            winner: load(dir, &l.winner, width, height)?,
-            loser: load(dir, &l.loser, width, height)?,
+            winner: load(&path, n, &l.winner, width, height)?,
+            loser: load(&path, n, &l.loser, width, height)?,
         });
     }
     if out.is_empty() {
@@ -166,7 +173,7 @@ pub fn read_labels(dir: &Path, width: u32, height: u32) -> Result<Vec<LabeledIma
         check_name(&path, n, &l.image)?;
         out.push(LabeledImage {
             prompt: l.prompt,
-            image: load(dir, &l.image, width, height)?,
+            image: load(&path, n, &l.image, width, height)?,
             desirable: l.desirable,
         });
     }

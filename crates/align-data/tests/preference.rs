@@ -53,9 +53,15 @@ fn written_datasets_read_back_identically() {
     }];
     write_labels(&dir, &labels).unwrap();
     assert_eq!(read_labels(&dir, 8, 8).unwrap(), labels);
-    // The wrong size is refused, naming the file.
+    // The wrong size is refused, naming the image and the line that names it.
     match read_pairs(&dir, 16, 16).unwrap_err() {
-        DataError::ImageSize { path, .. } => assert!(path.ends_with("000000-w.png")),
+        DataError::Record { path, line, source } => {
+            assert!(path.ends_with(PAIRS_FILE) && line == 1);
+            match *source {
+                DataError::ImageSize { path, .. } => assert!(path.ends_with("000000-w.png")),
+                e => panic!("{e}"),
+            }
+        }
         e => panic!("{e}"),
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -121,7 +127,15 @@ fn malformed_lines_are_typed_errors_naming_the_line() {
         "missing-file",
         r#"{"prompt": "p", "winner": "nope.png", "loser": "000000-l.png"}"#,
     );
-    assert!(matches!(e, DataError::MissingFile { .. }), "{e}");
+    assert!(
+        matches!(&e, DataError::Record { line: 1, source, .. }
+            if matches!(**source, DataError::MissingFile { .. })),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("pairs.jsonl` line 1: missing file"),
+        "{e}"
+    );
     let dir = tempdir("nofile");
     assert!(matches!(
         read_labels(&dir, 4, 4).unwrap_err(),
@@ -143,7 +157,7 @@ fn malformed_lines_are_typed_errors_naming_the_line() {
     .unwrap();
     assert!(matches!(
         read_labels(&dir, 4, 4).unwrap_err(),
-        DataError::Decode { .. }
+        DataError::Record { source, .. } if matches!(*source, DataError::Decode { .. })
     ));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -35,6 +35,19 @@ fn checkpoint_error(path: &Path, reason: impl Into<String>) -> ModelError {
     }
 }
 
+/// `e` with the configuration file it came from: a [`ModelError::Config`] (a field the file
+/// sets to a value the model does not support) gets ` (in PATH)` appended to its reason;
+/// other errors name their file already and pass unchanged.
+pub fn in_file(path: &Path, e: ModelError) -> ModelError {
+    match e {
+        ModelError::Config { field, reason } => ModelError::Config {
+            field,
+            reason: format!("{reason} (in {})", path.display()),
+        },
+        other => other,
+    }
+}
+
 /// Reads and parses a JSON configuration file (`config.json`, `scheduler_config.json`, …).
 ///
 /// Unknown fields are ignored (the Hugging Face files carry many that do not change the

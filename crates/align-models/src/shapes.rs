@@ -385,10 +385,9 @@ impl ShapesModel {
                 reason: "no such file (is this a model directory?)".into(),
             });
         }
-        let config = ShapesModelConfig::load(&json_path).map_err(|e| ModelError::Checkpoint {
-            path: json_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        // (burn's `Config::load` reports any read failure, invalid UTF-8 included, as "file
+        // not found".)
+        let config: ShapesModelConfig = crate::hf::read_config(&json_path)?;
         let weights = dir.join("model.safetensors");
         let model = match config.init(device)? {
             ShapesModel::Unet(m) => ShapesModel::Unet(Box::new(load_safetensors(*m, &weights)?)),

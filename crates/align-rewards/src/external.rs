@@ -85,8 +85,15 @@ struct Answer {
     scores: Vec<f64>,
 }
 
-/// Parses `{"scores": [...]}` and checks its length and finiteness.
-fn parse_scores(reward: &str, body: &[u8], batch: usize) -> Result<Vec<f64>> {
+/// Parses a reward program's or server's answer, `{"scores": [...]}`, and checks its length
+/// (`batch`) and finiteness; `reward` names the reward in errors. [`CommandReward`] and
+/// [`HttpReward`] parse every answer with it; it is public for fuzzing and for users writing
+/// their own transport.
+///
+/// # Errors
+/// [`RewardError::External`] for a body that is not that JSON (quoting an excerpt) or holds
+/// the wrong number of scores; [`RewardError::NonFinite`] for a NaN or infinite score.
+pub fn parse_scores(reward: &str, body: &[u8], batch: usize) -> Result<Vec<f64>> {
     // Non-finite numbers are not JSON; `NaN` in the body is a parse error, named as such.
     let answer: Answer = serde_json::from_slice(body).map_err(|e| {
         external(

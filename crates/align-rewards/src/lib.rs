@@ -90,7 +90,7 @@ pub use ensemble::{
     z_score,
 };
 pub use error::{Result, RewardError};
-pub use external::{CommandReward, HttpReward};
+pub use external::{CommandReward, HttpReward, parse_scores};
 pub use fn_reward::{FnReward, reward_fn};
 pub use jpeg::{JPEG_QUALITY, Jpeg};
 pub use monitor::{

@@ -233,10 +233,11 @@ impl ProxyReward {
     /// A missing or malformed file, or weights that do not match the configuration.
     pub fn load(dir: &Path, device: &Device) -> Res<(ProxyRewardConfig, ProxyReward)> {
         let json = dir.join(PROXY_CONFIG_FILE);
-        let config = ProxyRewardConfig::load(&json).map_err(|e| RewardError::Io {
-            path: json.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let config: ProxyRewardConfig =
+            align_models::hf::read_config(&json).map_err(|e| RewardError::Io {
+                path: json.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let weights = dir.join(PROXY_WEIGHTS_FILE);
         let model =
             align_models::load_safetensors(config.init(device)?, &weights).map_err(|e| {

@@ -217,7 +217,8 @@ fn read_model_config(
         path: path.to_path_buf(),
         reason,
     };
-    let config = ShapesModelConfig::load(path).map_err(|e| file(e.to_string()))?;
+    let config: ShapesModelConfig =
+        align_models::hf::read_config(path).map_err(|e| file(e.to_string()))?;
     if config.kind != kind {
         return Err(file(format!(
             "field `kind` is {:?} but the run asks for {kind:?}",

@@ -288,7 +288,7 @@ impl UNet2DConditionConfig {
     /// [`ModelError::Config`] naming an unsupported field.
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: Self = crate::hf::read_config(path)?;
-        config.validate()?;
+        config.validate().map_err(|e| crate::hf::in_file(path, e))?;
         Ok(config)
     }
 
@@ -691,8 +691,11 @@ impl UNet2DCondition {
     /// missing file or one whose tensors do not fit (every missing, unexpected and mis-shaped
     /// tensor listed).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config = UNet2DConditionConfig::from_file(&dir.join("config.json"))?;
-        config.load_weights(&dir.join("diffusion_pytorch_model.safetensors"), device)
+        let path = dir.join("config.json");
+        let config = UNet2DConditionConfig::from_file(&path)?;
+        config
+            .load_weights(&dir.join("diffusion_pytorch_model.safetensors"), device)
+            .map_err(|e| crate::hf::in_file(&path, e))
     }
 
     /// The configuration.

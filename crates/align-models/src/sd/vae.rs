@@ -139,7 +139,7 @@ impl AutoencoderKlConfig {
     /// [`ModelError::Config`] naming an unsupported field.
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: Self = crate::hf::read_config(path)?;
-        config.validate()?;
+        config.validate().map_err(|e| crate::hf::in_file(path, e))?;
         Ok(config)
     }
 

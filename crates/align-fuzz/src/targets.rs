@@ -1,0 +1,486 @@
+//! The loaders under test and their valid inputs.
+//!
+//! Seeds come from `crates/align-fuzz/corpus/` (configs, prompt files, reward answers, small
+//! safetensors files), from the repository's `fixtures/` (the tiny diffusers UNet and PEFT
+//! adapter) and from code, written once into the campaign's work directory: a tiny Shapes
+//! model, a preference dataset of 16×16 PNGs and a two-checkpoint run of a toy job.
+
+use std::path::{Path, PathBuf};
+
+use align_core::{Job, Metrics, Runner, RunnerConfig};
+use align_data::{Image, LabeledImage, PreferencePair, Tokenizer};
+use align_models::{DenoiserKind, Preset, SdUnetNaming, ShapesModel, ShapesModelConfig};
+use burn::module::{Module, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
+
+use crate::{Fault, Target};
+
+const TEXT: [Fault; 6] = [
+    Fault::Truncated,
+    Fault::BitFlips,
+    Fault::Spliced,
+    Fault::ArbitraryBytes,
+    Fault::Empty,
+    Fault::BadField,
+];
+const SAFETENSORS: [Fault; 9] = [
+    Fault::Truncated,
+    Fault::BitFlips,
+    Fault::Spliced,
+    Fault::ArbitraryBytes,
+    Fault::Empty,
+    Fault::HeaderJson,
+    Fault::WrongDtype,
+    Fault::WrongShape,
+    Fault::HugeSize,
+];
+const BYTES: [Fault; 5] = [
+    Fault::Truncated,
+    Fault::BitFlips,
+    Fault::Spliced,
+    Fault::ArbitraryBytes,
+    Fault::Empty,
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn corpus(dir: &str) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus")
+            .join(dir),
+    )?
+    .flatten()
+    .map(|e| e.path())
+    .collect();
+    files.sort();
+    files.iter().map(std::fs::read).collect()
+}
+
+fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+/// Every file under `dir`, as (path relative to `dir`, bytes).
+fn files_of(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                out.push((rel, std::fs::read(&p)?));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The fixture of `dir` without the files in `damaged` (those are written per case).
+fn fixture_without(dir: &Path, damaged: &[&str]) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    Ok(files_of(dir)?
+        .into_iter()
+        .filter(|(p, _)| !damaged.iter().any(|d| Path::new(d) == p))
+        .collect())
+}
+
+fn device() -> Device {
+    align_core::test_device()
+}
+
+/// A one-parameter model and a job for the checkpoint-directory target.
+#[derive(Module, Debug)]
+struct Toy {
+    w: Param<Tensor<1>>,
+}
+
+struct ToyJob;
+
+impl Job<Toy> for ToyJob {
+    fn iteration(
+        &mut self,
+        model: Toy,
+        _iteration: usize,
+        apply: &mut dyn FnMut(Toy, GradientsParams) -> align_core::Result<Toy>,
+    ) -> align_core::Result<(Toy, Metrics)> {
+        let loss = model.w.val().square().sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = apply(model, grads)?;
+        Ok((model, Metrics::from([("loss".to_string(), 1.0)])))
+    }
+}
+
+fn toy(device: &Device) -> Toy {
+    Toy {
+        w: Param::from_tensor(Tensor::from_floats([0.5, -1.0, 2.0], device)),
+    }
+}
+
+fn runner_config(iterations: usize) -> RunnerConfig {
+    RunnerConfig {
+        iterations,
+        ..RunnerConfig::default()
+    }
+}
+
+fn image(seed: u8) -> Image {
+    let rgb: Vec<u8> = (0..16 * 16 * 3)
+        .map(|i| (i as u8).wrapping_mul(seed))
+        .collect();
+    Image::from_rgb8(16, 16, &rgb).unwrap_or_else(|_| Image::filled(16, 16, [seed, 0, 0]))
+}
+
+/// Writes the generated fixtures into `work/fixtures` (once).
+fn generate(work: &Path) -> Result<PathBuf, String> {
+    let fx = work.join("fixtures");
+    if fx.join("done").is_file() {
+        return Ok(fx);
+    }
+    let _ = std::fs::remove_dir_all(&fx);
+    let device = device();
+    let tok = Tokenizer::new();
+    let config = ShapesModelConfig::preset(
+        DenoiserKind::Unet,
+        Preset::Tiny,
+        tok.vocab_size(),
+        tok.max_len(),
+    );
+    device.seed(1);
+    let model = config.init(&device).map_err(|e| e.to_string())?;
+    model
+        .save(&config, &fx.join("shapes-tiny"))
+        .map_err(|e| e.to_string())?;
+    let pairs: Vec<PreferencePair> = (0..2)
+        .map(|i| PreferencePair {
+            prompt: format!("{} red circles", i + 1),
+            winner: image(3 + i),
+            loser: image(7 + i),
+        })
+        .collect();
+    align_data::write_pairs(&fx.join("pairs"), &pairs).map_err(|e| e.to_string())?;
+    let labels: Vec<LabeledImage> = (0..2)
+        .map(|i| LabeledImage {
+            prompt: "a blue square".into(),
+            image: image(11 + i),
+            desirable: i == 0,
+        })
+        .collect();
+    align_data::write_labels(&fx.join("labels"), &labels).map_err(|e| e.to_string())?;
+    let ad = device.clone().autodiff();
+    Runner::new(runner_config(2), fx.join("run"))
+        .and_then(|r| r.run(toy(&ad), &mut ToyJob, false))
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(fx.join("run").join(align_core::LOCK_FILE));
+    let one = RunnerConfig {
+        keep_checkpoints: 1,
+        ..runner_config(2)
+    };
+    Runner::new(one, fx.join("run-one-kept"))
+        .and_then(|r| r.run(toy(&ad), &mut ToyJob, false))
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(fx.join("run-one-kept").join(align_core::LOCK_FILE));
+    std::fs::write(fx.join("done"), "").map_err(|e| e.to_string())?;
+    Ok(fx)
+}
+
+fn s<E: std::fmt::Display>(r: Result<impl Sized, E>) -> Result<(), String> {
+    r.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Every loader under test, with fixtures generated in `work` (created if missing).
+///
+/// # Errors
+/// A corpus or fixture file that cannot be read, or a fixture that cannot be generated.
+pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
+    let io = |e: std::io::Error| e.to_string();
+    std::fs::create_dir_all(work).map_err(io)?;
+    let fx = generate(work)?;
+    let repo = repo();
+    let train = corpus("train-config").map_err(io)?;
+    let pref = corpus("pref-config").map_err(io)?;
+    let prompts = corpus("prompts").map_err(io)?;
+    let answers = corpus("reward-answer").map_err(io)?;
+    let mut weights = corpus("safetensors").map_err(io)?;
+    let shapes = fx.join("shapes-tiny");
+    weights.push(read(&shapes.join("model.safetensors")).map_err(io)?);
+    let unet = repo.join("fixtures/sd-tiny/unet");
+    let peft = repo.join("fixtures/sd-tiny-lora/peft");
+    let diffusers_lora =
+        repo.join("fixtures/sd-tiny-lora/diffusers/pytorch_lora_weights.safetensors");
+    let run = fx.join("run");
+    let run_files: Vec<&'static str> = vec![
+        "LATEST",
+        "checkpoint-000002/model.bpk",
+        "checkpoint-000002/optimizer.bpk",
+        "checkpoint-000002/state.json",
+        "checkpoint-000002/digest.txt",
+        "checkpoint-000002/files.sha256",
+        "checkpoint-000001/model.bpk",
+        "checkpoint-000001/state.json",
+    ];
+    let run_seeds = run_files
+        .iter()
+        .map(|f| read(&run.join(f)).map(|b| vec![b]))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io)?;
+    let one_kept = fx.join("run-one-kept");
+    let one_files: Vec<&'static str> = run_files[..6].to_vec();
+    let one_seeds = one_files
+        .iter()
+        .map(|f| read(&one_kept.join(f)).map(|b| vec![b]))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io)?;
+    let mut checkpoint_faults = BYTES.to_vec();
+    checkpoint_faults.extend([Fault::MissingFile, Fault::LatestNowhere]);
+    let text_faults = TEXT.to_vec();
+    let json_faults = TEXT.to_vec();
+
+    let mut t = vec![
+        Target {
+            name: "train config (TOML)",
+            files: vec!["config.toml"],
+            seeds: vec![train.clone()],
+            fixture: vec![],
+            faults: text_faults.clone(),
+            load: Box::new(|d| s(align_train::TrainConfig::from_file(&d.join("config.toml")))),
+            names: vec!["config.toml"],
+        },
+        Target {
+            name: "pref config (TOML)",
+            files: vec!["config.toml"],
+            seeds: vec![pref],
+            fixture: vec![],
+            faults: text_faults.clone(),
+            load: Box::new(|d| s(align_train::PrefConfig::from_file(&d.join("config.toml")))),
+            names: vec!["config.toml"],
+        },
+        Target {
+            name: "run's config.toml (`--run`)",
+            files: vec!["config.toml"],
+            seeds: vec![train],
+            fixture: vec![],
+            faults: text_faults.clone(),
+            load: Box::new(|d| s(align_train::read_run_config(d))),
+            names: vec!["config.toml"],
+        },
+        Target {
+            name: "Shapes model.json",
+            files: vec!["model.json"],
+            seeds: vec![vec![read(&shapes.join("model.json")).map_err(io)?]],
+            fixture: fixture_without(&shapes, &["model.json"]).map_err(io)?,
+            faults: json_faults.clone(),
+            load: Box::new(|d| s(ShapesModel::load(d, &device()))),
+            names: vec!["model.json", "model.safetensors"],
+        },
+        Target {
+            name: "Shapes model.safetensors",
+            files: vec!["model.safetensors"],
+            seeds: vec![vec![read(&shapes.join("model.safetensors")).map_err(io)?]],
+            fixture: fixture_without(&shapes, &["model.safetensors"]).map_err(io)?,
+            faults: SAFETENSORS.to_vec(),
+            load: Box::new(|d| s(ShapesModel::load(d, &device()))),
+            names: vec!["model.safetensors"],
+        },
+        Target {
+            name: "safetensors (reference reader)",
+            files: vec!["weights.safetensors"],
+            seeds: vec![weights],
+            fixture: vec![],
+            faults: SAFETENSORS.to_vec(),
+            load: Box::new(|d| {
+                s(align_models::hf::read_safetensors(
+                    &d.join("weights.safetensors"),
+                ))
+            }),
+            names: vec!["weights.safetensors"],
+        },
+        Target {
+            name: "diffusers UNet weights",
+            files: vec!["diffusion_pytorch_model.safetensors"],
+            seeds: vec![vec![
+                read(&unet.join("diffusion_pytorch_model.safetensors")).map_err(io)?,
+            ]],
+            fixture: fixture_without(&unet, &["diffusion_pytorch_model.safetensors"])
+                .map_err(io)?,
+            faults: SAFETENSORS.to_vec(),
+            load: Box::new(|d| s(align_models::sd::UNet2DCondition::load(d, &device()))),
+            names: vec!["diffusion_pytorch_model.safetensors"],
+        },
+        Target {
+            name: "diffusers UNet config.json",
+            files: vec!["config.json"],
+            seeds: vec![vec![read(&unet.join("config.json")).map_err(io)?]],
+            fixture: fixture_without(&unet, &["config.json"]).map_err(io)?,
+            faults: json_faults.clone(),
+            load: Box::new(|d| s(align_models::sd::UNet2DCondition::load(d, &device()))),
+            names: vec!["config.json", "diffusion_pytorch_model.safetensors"],
+        },
+        Target {
+            name: "PEFT LoRA weights",
+            files: vec!["adapter_model.safetensors"],
+            seeds: vec![vec![
+                read(&peft.join("adapter_model.safetensors")).map_err(io)?,
+            ]],
+            fixture: fixture_without(&peft, &["adapter_model.safetensors"]).map_err(io)?,
+            faults: SAFETENSORS.to_vec(),
+            load: Box::new(|d| s(align_models::read_lora(d, &SdUnetNaming))),
+            names: vec!["adapter_model.safetensors", "adapter_config.json"],
+        },
+        Target {
+            name: "PEFT adapter_config.json",
+            files: vec!["adapter_config.json"],
+            seeds: vec![vec![read(&peft.join("adapter_config.json")).map_err(io)?]],
+            fixture: fixture_without(&peft, &["adapter_config.json"]).map_err(io)?,
+            faults: json_faults.clone(),
+            load: Box::new(|d| s(align_models::read_lora(d, &SdUnetNaming))),
+            names: vec!["adapter_model.safetensors", "adapter_config.json"],
+        },
+        Target {
+            name: "diffusers LoRA file",
+            files: vec!["pytorch_lora_weights.safetensors"],
+            seeds: vec![vec![read(&diffusers_lora).map_err(io)?]],
+            fixture: vec![],
+            faults: SAFETENSORS.to_vec(),
+            load: Box::new(|d| {
+                s(align_models::read_lora(
+                    &d.join("pytorch_lora_weights.safetensors"),
+                    &SdUnetNaming,
+                ))
+            }),
+            names: vec!["pytorch_lora_weights.safetensors"],
+        },
+        Target {
+            name: "preference pairs.jsonl",
+            files: vec!["pairs.jsonl"],
+            seeds: vec![vec![read(&fx.join("pairs/pairs.jsonl")).map_err(io)?]],
+            fixture: fixture_without(&fx.join("pairs"), &["pairs.jsonl"]).map_err(io)?,
+            faults: text_faults.clone(),
+            load: Box::new(|d| s(align_data::read_pairs(d, 16, 16))),
+            names: vec!["pairs.jsonl"],
+        },
+        Target {
+            name: "preference labels.jsonl",
+            files: vec!["labels.jsonl"],
+            seeds: vec![vec![read(&fx.join("labels/labels.jsonl")).map_err(io)?]],
+            fixture: fixture_without(&fx.join("labels"), &["labels.jsonl"]).map_err(io)?,
+            faults: text_faults.clone(),
+            load: Box::new(|d| s(align_data::read_labels(d, 16, 16))),
+            names: vec!["labels.jsonl"],
+        },
+        Target {
+            name: "preference PNG",
+            files: vec!["000000-w.png"],
+            seeds: vec![vec![read(&fx.join("pairs/000000-w.png")).map_err(io)?]],
+            fixture: fixture_without(&fx.join("pairs"), &["000000-w.png"]).map_err(io)?,
+            faults: {
+                let mut f = BYTES.to_vec();
+                f.push(Fault::HugeSize);
+                f
+            },
+            load: Box::new(|d| s(align_data::read_pairs(d, 16, 16))),
+            names: vec!["000000-w.png"],
+        },
+        Target {
+            name: "prompt file",
+            files: vec!["prompts.txt"],
+            seeds: vec![prompts.clone()],
+            fixture: vec![],
+            faults: BYTES.to_vec(),
+            load: Box::new(|d| s(align_train::read_prompts(&d.join("prompts.txt")))),
+            names: vec!["prompts.txt"],
+        },
+        Target {
+            name: "reward-server answer",
+            files: vec!["answer.json"],
+            seeds: vec![answers],
+            fixture: vec![],
+            faults: json_faults,
+            load: Box::new(|d| {
+                let body = std::fs::read(d.join("answer.json")).map_err(|e| e.to_string())?;
+                s(align_rewards::parse_scores("fuzz", &body, 4))
+            }),
+            names: vec!["reward `fuzz`"],
+        },
+        Target {
+            name: "checkpoint directory (resume)",
+            files: run_files,
+            seeds: run_seeds,
+            fixture: files_of(&run).map_err(io)?,
+            faults: checkpoint_faults.clone(),
+            load: Box::new(|d| {
+                let ad = device().autodiff();
+                let r = Runner::new(runner_config(3), d).map_err(|e| e.to_string())?;
+                s(r.run(toy(&ad), &mut ToyJob, true))
+            }),
+            names: vec![],
+        },
+        Target {
+            name: "checkpoint directory, one kept (resume)",
+            files: one_files,
+            seeds: one_seeds,
+            fixture: files_of(&one_kept).map_err(io)?,
+            faults: checkpoint_faults.clone(),
+            load: Box::new(|d| {
+                let ad = device().autodiff();
+                let r = Runner::new(runner_config(3), d).map_err(|e| e.to_string())?;
+                s(r.run(toy(&ad), &mut ToyJob, true))
+            }),
+            names: vec![],
+        },
+        Target {
+            name: "checkpoint model.bpk (direct load)",
+            files: vec!["model.bpk"],
+            seeds: vec![vec![
+                read(&run.join("checkpoint-000002/model.bpk")).map_err(io)?,
+            ]],
+            fixture: vec![],
+            faults: BYTES.to_vec(),
+            load: Box::new(|d| {
+                s(align_core::runner::load_checkpoint_file(
+                    toy(&device()),
+                    &d.join("model.bpk"),
+                ))
+            }),
+            names: vec!["model.bpk"],
+        },
+    ];
+    let shapes_prompts = vec![
+        read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/prompts/shapes.txt"))
+            .map_err(io)?,
+    ];
+    // Prompt text as the Shapes world parses it (no file: any error is fine, a panic is not).
+    t.push(Target {
+        name: "Shapes prompt text",
+        files: vec!["prompt.txt"],
+        seeds: vec![shapes_prompts],
+        fixture: vec![],
+        faults: BYTES.to_vec(),
+        load: Box::new(|d| {
+            let text = std::fs::read(d.join("prompt.txt")).map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&text);
+            let lines = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'));
+            for line in lines {
+                if align_data::parse_prompt(line).is_err() {
+                    return Err(format!("prompt.txt: `{line}` does not parse"));
+                }
+            }
+            Ok(())
+        }),
+        names: vec!["prompt.txt"],
+    });
+    Ok(t)
+}
