@@ -121,13 +121,14 @@ while true; do
   attempt=$(( attempt + 1 ))
   if [ "$kills" -lt "$KILLS" ]; then
     # Somewhere in the first half of a full run: start-up, evaluation, an iteration, a checkpoint.
-    # Tenths of a second: uniform over [1 s, 1 s + 2 * span / KILLS), so that the KILLS kills
-    # spread over the whole run (start-up, rollouts, updates, evaluations, checkpoint writes);
-    # the quickstart keeps its longer draws.
+    # Tenths of a second: uniform over [1 s, 1 s + 1.5 * span / KILLS), so that the KILLS
+    # kills spread over the whole run (start-up, rollouts, updates, evaluations, checkpoint
+    # writes) and the run is still unfinished at the last one; the quickstart keeps its
+    # longer draws.
     if [ "$QUICKSTART" = 1 ]; then
       window=$(( span * 10 ))
     else
-      window=$(( 20 * span / KILLS > 10 ? 20 * span / KILLS : 10 ))
+      window=$(( 15 * span / KILLS > 10 ? 15 * span / KILLS : 10 ))
     fi
     tenths=$(( 10 + (RANDOM * 32768 + RANDOM) % window ))
     delay="$(( tenths / 10 )).$(( tenths % 10 ))"

@@ -500,6 +500,19 @@ fn checkpoint_number(name: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
+/// Checks a checkpoint directory's files against the digests it lists ([`MANIFEST`], or for
+/// checkpoints written before manifests `digest.txt`) and that its state parses: what a
+/// resume checks, for tools that read a run's weights.
+///
+/// # Errors
+/// [`CoreError::Checkpoint`] naming the directory and the first file that does not match (or
+/// is missing).
+pub fn verify_checkpoint_dir(dir: &Path) -> Result<()> {
+    verify_checkpoint(dir)
+        .map(|_| ())
+        .map_err(|why| io(dir, "fails its integrity check", why))
+}
+
 /// Checks a checkpoint directory against its manifest (or, for checkpoints written before
 /// manifests, against `digest.txt`) and reads its state.
 fn verify_checkpoint(dir: &Path) -> std::result::Result<CheckpointState, String> {

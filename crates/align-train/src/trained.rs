@@ -200,6 +200,8 @@ fn load_run_with(
 ) -> Result<TrainedRun> {
     let config = read_run_config(dir)?;
     let ckpt = checkpoint_dir(dir, weights)?;
+    // The weights a user samples from or exports are the ones the run wrote.
+    align_core::runner::verify_checkpoint_dir(&ckpt)?;
     let ema = ckpt.join("ema.bpk");
     let file = if !weights.no_ema && ema.is_file() {
         ema
@@ -768,6 +770,20 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("config.toml"), "{err}");
+        // A damaged checkpoint is refused, naming the file that no longer matches its digest.
+        let model = c.out.join("checkpoint-000002/model.bpk");
+        let mut bytes = std::fs::read(&model).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&model, bytes).unwrap();
+        let err = load_run(&c.out, Weights::default(), &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("checkpoint-000002: fails its integrity check: model.bpk does not match"),
+            "{err}"
+        );
         if keep.is_none() {
             let _ = std::fs::remove_dir_all(&dir);
         }
