@@ -691,7 +691,13 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
         .file_name()
         .map_or_else(|| "file".to_string(), |n| n.to_string_lossy().into_owned());
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = std::fs::write(&tmp, text)
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            // On disk before the rename makes it the file (a power cut never leaves `LATEST`
+            // empty).
+            f.sync_all()
+        })
         .map_err(|e| io(&tmp, "writing", e))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io(path, "renaming into place", e)));
     if result.is_err() {

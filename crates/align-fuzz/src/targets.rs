@@ -459,6 +459,49 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
         read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/prompts/shapes.txt"))
             .map_err(io)?,
     ];
+    // The configuration files of the other diffusers / transformers components `align`
+    // loads (each with its tiny fixture's weights beside it).
+    type Load = fn(&Path) -> Result<(), String>;
+    let configs: [(&'static str, PathBuf, &'static str, Load); 4] = [
+        (
+            "diffusers VAE config.json",
+            repo.join("fixtures/sd-tiny/vae"),
+            "diffusion_pytorch_model.safetensors",
+            |d| s(align_models::sd::AutoencoderKl::load(d, &device())),
+        ),
+        (
+            "CLIP config.json",
+            repo.join("fixtures/clip-tiny"),
+            "model.safetensors",
+            |d| s(align_models::clip::ClipModel::load(d, &device())),
+        ),
+        (
+            "T5 encoder config.json",
+            repo.join("fixtures/sd3-tiny-pipeline/text_encoder_3"),
+            "model.safetensors",
+            |d| s(align_models::sd3::T5Encoder::load(d, &device())),
+        ),
+        (
+            "SD3 transformer config.json",
+            repo.join("fixtures/sd3-tiny-pipeline/transformer"),
+            "diffusion_pytorch_model.safetensors",
+            |d| s(align_models::sd3::MmDit::load(d, &device())),
+        ),
+    ];
+    for (name, dir, weights, load) in configs {
+        t.push(Target {
+            name,
+            files: vec!["config.json"],
+            seeds: vec![vec![read(&dir.join("config.json")).map_err(io)?]],
+            fixture: vec![(
+                PathBuf::from(weights),
+                read(&dir.join(weights)).map_err(io)?,
+            )],
+            faults: TEXT.to_vec(),
+            load: Box::new(load),
+            names: vec!["config.json", weights],
+        });
+    }
     // Prompt text as the Shapes world parses it (no file: any error is fine, a panic is not).
     t.push(Target {
         name: "Shapes prompt text",

@@ -35,6 +35,31 @@ fn checkpoint_error(path: &Path, reason: impl Into<String>) -> ModelError {
     }
 }
 
+/// The largest width (channels, hidden size, feed-forward size, embedding or attention
+/// dimension) a configuration may declare: far above any published diffusion or text model
+/// (T5-XXL's feed-forward is 10 240 wide).
+pub const MAX_WIDTH: usize = 1 << 16;
+/// The largest count (layers, blocks, heads) a configuration may declare.
+pub const MAX_COUNT: usize = 1024;
+/// The largest vocabulary or table a configuration may declare.
+pub const MAX_TABLE: usize = 1 << 21;
+
+/// Checks `(field, value, largest allowed)` triples: a damaged or hostile configuration must
+/// not make a model's `init` build billions of layers or overflow a size product before the
+/// weights are read (the layers' tensors are created lazily, their structures are not).
+///
+/// # Errors
+/// [`ModelError::Config`] naming the first field above its bound.
+pub fn check_sizes(fields: &[(&str, usize, usize)]) -> Result<()> {
+    match fields.iter().find(|(_, v, max)| v > max) {
+        Some((field, v, max)) => Err(ModelError::config(
+            *field,
+            format!("{v} is above the largest supported, {max}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `e` with the configuration file it came from: a [`ModelError::Config`] (a field the file
 /// sets to a value the model does not support) gets ` (in PATH)` appended to its reason;
 /// other errors name their file already and pass unchanged.

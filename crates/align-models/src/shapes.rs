@@ -104,11 +104,74 @@ impl ShapesModelConfig {
             .map_err(|e| ModelError::config("num_train_timesteps", e.to_string()))
     }
 
+    /// Checks every size and count against generous bounds (widths ≤ 4096, layers, blocks and
+    /// heads ≤ 64, vocabulary ≤ 65 536, prompts ≤ 1024 tokens, images ≤ 1024 px, `T` ≤
+    /// 100 000), far beyond any model of the Shapes world. A `model.json` from elsewhere could
+    /// otherwise make [`ShapesModelConfig::init`] build billions of layers or overflow a
+    /// product before the weights file is even read.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] naming the first field out of bounds.
+    pub fn check_bounds(&self) -> Result<()> {
+        const WIDTH: usize = 4096;
+        const COUNT: usize = 64;
+        let u = &self.unet;
+        let d = &self.dit;
+        let t = &self.text;
+        let fields: [(&str, usize, usize, usize); 22] = [
+            ("image_size", self.image_size, 1, 1024),
+            ("num_train_timesteps", self.num_train_timesteps, 1, 100_000),
+            ("text.vocab_size", t.vocab_size, 1, 65_536),
+            ("text.max_len", t.max_len, 1, 1024),
+            ("text.dim", t.dim, 1, WIDTH),
+            ("text.layers", t.layers, 0, COUNT),
+            ("text.heads", t.heads, 1, COUNT),
+            ("unet.in_channels", u.in_channels, 1, COUNT),
+            ("unet.out_channels", u.out_channels, 1, COUNT),
+            ("unet.base_channels", u.base_channels, 1, WIDTH),
+            ("unet.num_res_blocks", u.num_res_blocks, 1, COUNT),
+            ("unet.context_dim", u.context_dim, 1, WIDTH),
+            ("unet.num_heads", u.num_heads, 1, COUNT),
+            ("unet.norm_groups", u.norm_groups, 1, WIDTH),
+            ("unet.channel_mults (levels)", u.channel_mults.len(), 1, 8),
+            ("dit.channels", d.channels, 1, COUNT),
+            ("dit.image_size", d.image_size, 1, 1024),
+            ("dit.patch_size", d.patch_size, 1, 1024),
+            ("dit.dim", d.dim, 1, WIDTH),
+            ("dit.depth", d.depth, 1, COUNT),
+            ("dit.heads", d.heads, 1, COUNT),
+            ("dit.context_dim", d.context_dim, 1, WIDTH),
+        ];
+        for (field, value, min, max) in fields {
+            if !(min..=max).contains(&value) {
+                return Err(ModelError::config(
+                    field,
+                    format!("{value} is outside {min}..={max}"),
+                ));
+            }
+        }
+        if let Some(&m) = u.channel_mults.iter().find(|&&m| !(1..=64).contains(&m)) {
+            return Err(ModelError::config(
+                "unet.channel_mults",
+                format!("{m} is outside 1..=64"),
+            ));
+        }
+        if u.base_channels * u.channel_mults.iter().max().unwrap_or(&1) > WIDTH {
+            return Err(ModelError::config(
+                "unet.channel_mults",
+                format!("widths above {WIDTH}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Initialises a model with random weights.
     ///
     /// # Errors
-    /// An inconsistent sub-configuration.
+    /// A size out of bounds ([`ShapesModelConfig::check_bounds`]) or an inconsistent
+    /// sub-configuration.
     pub fn init(&self, device: &Device) -> Result<ShapesModel> {
+        self.check_bounds()?;
         let text = self.text.init(device)?;
         Ok(match self.kind {
             DenoiserKind::Unet => ShapesModel::Unet(Box::new(TextToImage {
@@ -388,8 +451,14 @@ impl ShapesModel {
         // (burn's `Config::load` reports any read failure, invalid UTF-8 included, as "file
         // not found".)
         let config: ShapesModelConfig = crate::hf::read_config(&json_path)?;
+        config
+            .check_bounds()
+            .map_err(|e| crate::hf::in_file(&json_path, e))?;
         let weights = dir.join("model.safetensors");
-        let model = match config.init(device)? {
+        let model = match config
+            .init(device)
+            .map_err(|e| crate::hf::in_file(&json_path, e))?
+        {
             ShapesModel::Unet(m) => ShapesModel::Unet(Box::new(load_safetensors(*m, &weights)?)),
             ShapesModel::Dit(m) => ShapesModel::Dit(Box::new(load_safetensors(*m, &weights)?)),
         };

@@ -96,5 +96,26 @@ fn model_directories_round_trip() {
     assert_eq!(a, b);
     let err = ShapesModel::load(&dir.join("nope"), &device).unwrap_err();
     assert!(err.to_string().contains("model.json"), "{err}");
+    // Sizes far beyond the world's are refused before anything is built, naming the field
+    // and the file (u64::MAX residual blocks once made `init` allocate until killed).
+    let json = std::fs::read_to_string(dir.join("model.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for (section, field, value) in [
+        ("unet", "num_res_blocks", serde_json::json!(u64::MAX)),
+        ("dit", "depth", serde_json::json!(1u64 << 40)),
+        ("text", "dim", serde_json::json!(1u64 << 20)),
+    ] {
+        let mut bad = v.clone();
+        bad[section][field] = value;
+        std::fs::write(dir.join("model.json"), bad.to_string()).unwrap();
+        let err = ShapesModel::load(&dir, &device).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{section}.{field}`")) && err.contains("model.json"),
+            "{err}"
+        );
+    }
+    v["kind"] = serde_json::json!("Dit");
+    std::fs::write(dir.join("model.json"), v.to_string()).unwrap();
+    assert!(ShapesModel::load(&dir, &device).is_ok());
     std::fs::remove_dir_all(&dir).ok();
 }

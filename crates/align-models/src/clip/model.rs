@@ -130,10 +130,13 @@ impl ClipModel {
     /// mis-shaped tensors, or a missing `logit_scale`; [`ModelError::Config`] for an invalid
     /// config.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config: ClipConfig = crate::hf::read_config(&dir.join("config.json"))?;
+        let path = dir.join("config.json");
+        let config: ClipConfig = crate::hf::read_config(&path)?;
         let weights = dir.join("model.safetensors");
         let towers = crate::hf::load_pytorch_safetensors(
-            config.init_towers(device)?,
+            config
+                .init_towers(device)
+                .map_err(|e| crate::hf::in_file(&path, e))?,
             &weights,
             &[],
             &[r"position_ids$", r"^logit_scale$"],

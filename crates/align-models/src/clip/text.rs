@@ -156,6 +156,32 @@ impl ClipTextConfig {
     /// # Errors
     /// [`ModelError::Config`] for zero sizes or heads that do not divide the width.
     pub fn init(&self, device: &Device) -> Result<ClipTextModel> {
+        use crate::hf::{MAX_COUNT, MAX_TABLE, MAX_WIDTH};
+        crate::hf::check_sizes(&[
+            ("text_config.vocab_size", self.vocab_size, MAX_TABLE),
+            ("text_config.hidden_size", self.hidden_size, MAX_WIDTH),
+            (
+                "text_config.intermediate_size",
+                self.intermediate_size,
+                MAX_WIDTH,
+            ),
+            (
+                "text_config.num_hidden_layers",
+                self.num_hidden_layers,
+                MAX_COUNT,
+            ),
+            (
+                "text_config.num_attention_heads",
+                self.num_attention_heads,
+                MAX_COUNT,
+            ),
+            (
+                "text_config.max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_TABLE,
+            ),
+            ("text_config.projection_dim", self.projection_dim, MAX_WIDTH),
+        ])?;
         if self.vocab_size == 0 || self.max_position_embeddings == 0 {
             return Err(ModelError::config(
                 "clip text",

@@ -158,6 +158,33 @@ impl ClipVisionConfig {
     /// [`ModelError::Config`] for zero sizes, a patch size that does not divide the image
     /// size, or heads that do not divide the width.
     pub fn init(&self, device: &Device) -> Result<ClipVisionModel> {
+        use crate::hf::{MAX_COUNT, MAX_WIDTH};
+        crate::hf::check_sizes(&[
+            ("vision_config.hidden_size", self.hidden_size, MAX_WIDTH),
+            (
+                "vision_config.intermediate_size",
+                self.intermediate_size,
+                MAX_WIDTH,
+            ),
+            (
+                "vision_config.num_hidden_layers",
+                self.num_hidden_layers,
+                MAX_COUNT,
+            ),
+            (
+                "vision_config.num_attention_heads",
+                self.num_attention_heads,
+                MAX_COUNT,
+            ),
+            ("vision_config.num_channels", self.num_channels, MAX_COUNT),
+            ("vision_config.image_size", self.image_size, MAX_WIDTH),
+            ("vision_config.patch_size", self.patch_size, MAX_WIDTH),
+            (
+                "vision_config.projection_dim",
+                self.projection_dim,
+                MAX_WIDTH,
+            ),
+        ])?;
         if self.num_channels == 0 || self.patch_size == 0 || self.image_size == 0 {
             return Err(ModelError::config(
                 "clip vision",

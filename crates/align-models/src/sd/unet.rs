@@ -303,6 +303,52 @@ impl UNet2DConditionConfig {
     fn layout(&self) -> Result<Layout> {
         let n = self.block_out_channels.len();
         require(n > 0, "block_out_channels", || "is empty".into())?;
+        // Generous bounds (SDXL's widest block is 1280 channels, its deepest 10 transformer
+        // layers), so that a damaged or hostile config.json cannot make `init` build billions
+        // of layers or overflow a product before the weights are read.
+        const WIDTH: usize = 16_384;
+        const COUNT: usize = 64;
+        let within =
+            |field: &str, values: &[usize], max: usize| match values.iter().find(|&&v| v > max) {
+                Some(v) => Err(ModelError::config(field, format!("{v} is above {max}"))),
+                None => Ok(()),
+            };
+        within("block_out_channels (blocks)", &[n], 8)?;
+        within("block_out_channels", &self.block_out_channels, WIDTH)?;
+        within("in_channels", &[self.in_channels], COUNT)?;
+        within("out_channels", &[self.out_channels], COUNT)?;
+        within("norm_num_groups", &[self.norm_num_groups], WIDTH)?;
+        within(
+            "layers_per_block",
+            &self.layers_per_block.per_block(n, "layers_per_block")?,
+            COUNT,
+        )?;
+        within(
+            "transformer_layers_per_block",
+            &self
+                .transformer_layers_per_block
+                .per_block(n, "transformer_layers_per_block")?,
+            COUNT,
+        )?;
+        within(
+            "cross_attention_dim",
+            &self
+                .cross_attention_dim
+                .per_block(n, "cross_attention_dim")?,
+            WIDTH,
+        )?;
+        within(
+            "attention_head_dim",
+            &self.attention_head_dim.per_block(n, "attention_head_dim")?,
+            WIDTH,
+        )?;
+        if let Some(h) = &self.num_attention_heads {
+            within(
+                "num_attention_heads",
+                &h.per_block(n, "num_attention_heads")?,
+                WIDTH,
+            )?;
+        }
         require(self.down_block_types.len() == n, "down_block_types", || {
             format!("has {} entries for {n} blocks", self.down_block_types.len())
         })?;

@@ -148,6 +148,21 @@ impl AutoencoderKlConfig {
     /// # Errors
     /// [`ModelError::Config`] naming the first unsupported or inconsistent field.
     pub fn validate(&self) -> Result<()> {
+        use crate::hf::{MAX_COUNT, MAX_WIDTH};
+        let widest = self.block_out_channels.iter().copied().max().unwrap_or(0);
+        crate::hf::check_sizes(&[
+            (
+                "block_out_channels (blocks)",
+                self.block_out_channels.len(),
+                16,
+            ),
+            ("block_out_channels", widest, MAX_WIDTH),
+            ("layers_per_block", self.layers_per_block, MAX_COUNT),
+            ("in_channels", self.in_channels, MAX_COUNT),
+            ("out_channels", self.out_channels, MAX_COUNT),
+            ("latent_channels", self.latent_channels, MAX_COUNT),
+            ("norm_num_groups", self.norm_num_groups, MAX_WIDTH),
+        ])?;
         let n = self.block_out_channels.len();
         require(n > 0, "block_out_channels", || "is empty".into())?;
         for (types, field, want) in [
@@ -472,8 +487,11 @@ impl AutoencoderKl {
     /// missing file or one whose tensors do not fit (every missing, unexpected and mis-shaped
     /// tensor listed).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config = AutoencoderKlConfig::from_file(&dir.join("config.json"))?;
-        config.load_weights(&dir.join("diffusion_pytorch_model.safetensors"), device)
+        let path = dir.join("config.json");
+        let config = AutoencoderKlConfig::from_file(&path)?;
+        config
+            .load_weights(&dir.join("diffusion_pytorch_model.safetensors"), device)
+            .map_err(|e| crate::hf::in_file(&path, e))
     }
 
     /// The configuration.

@@ -121,6 +121,35 @@ impl MmDitConfig {
     /// [`ModelError::Config`] for zero sizes, a caption width other than `D`, an unknown
     /// `qk_norm`, or a dual-attention layer index out of range.
     pub fn validate(&self) -> Result<()> {
+        use crate::hf::{MAX_COUNT, MAX_WIDTH};
+        let deepest = self
+            .dual_attention_layers
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0);
+        crate::hf::check_sizes(&[
+            ("sample_size", self.sample_size, MAX_WIDTH),
+            ("patch_size", self.patch_size, MAX_WIDTH),
+            ("in_channels", self.in_channels, MAX_COUNT),
+            ("out_channels", self.out_channels, MAX_COUNT),
+            ("num_layers", self.num_layers, MAX_COUNT),
+            ("attention_head_dim", self.attention_head_dim, MAX_WIDTH),
+            ("num_attention_heads", self.num_attention_heads, MAX_COUNT),
+            ("joint_attention_dim", self.joint_attention_dim, MAX_WIDTH),
+            (
+                "caption_projection_dim",
+                self.caption_projection_dim,
+                MAX_WIDTH,
+            ),
+            (
+                "pooled_projection_dim",
+                self.pooled_projection_dim,
+                MAX_WIDTH,
+            ),
+            ("pos_embed_max_size", self.pos_embed_max_size, MAX_WIDTH),
+            ("dual_attention_layers", deepest, MAX_COUNT),
+        ])?;
         for (v, f) in [
             (self.patch_size, "patch_size"),
             (self.in_channels, "in_channels"),
@@ -541,8 +570,11 @@ impl MmDit {
     /// [`ModelError::Checkpoint`] naming the missing or unfitting file;
     /// [`ModelError::Config`] for unsupported settings.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config = MmDitConfig::from_file(&dir.join("config.json"))?;
-        config.load_weights(&dir.join("diffusion_pytorch_model.safetensors"), device)
+        let path = dir.join("config.json");
+        let config = MmDitConfig::from_file(&path)?;
+        config
+            .load_weights(&dir.join("diffusion_pytorch_model.safetensors"), device)
+            .map_err(|e| crate::hf::in_file(&path, e))
     }
 
     /// The configuration.

@@ -68,6 +68,20 @@ impl T5Config {
     /// [`crate::ModelError::Config`] for zero sizes, fewer than 4 buckets, or a
     /// feed-forward other than `gated-gelu`.
     pub fn validate(&self) -> Result<()> {
+        use crate::hf::{MAX_COUNT, MAX_TABLE, MAX_WIDTH};
+        crate::hf::check_sizes(&[
+            ("vocab_size", self.vocab_size, MAX_TABLE),
+            ("d_model", self.d_model, MAX_WIDTH),
+            ("d_kv", self.d_kv, MAX_WIDTH),
+            ("d_ff", self.d_ff, MAX_WIDTH),
+            ("num_layers", self.num_layers, MAX_COUNT),
+            ("num_heads", self.num_heads, MAX_COUNT),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+                MAX_TABLE,
+            ),
+        ])?;
         for (v, f) in [
             (self.vocab_size, "vocab_size"),
             (self.d_model, "d_model"),
@@ -262,8 +276,11 @@ impl T5Encoder {
     /// [`crate::ModelError::Checkpoint`] naming a missing or unfitting file;
     /// [`crate::ModelError::Config`] for unsupported settings.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config: T5Config = crate::hf::read_config(&dir.join("config.json"))?;
-        let model = config.init(device)?;
+        let path = dir.join("config.json");
+        let config: T5Config = crate::hf::read_config(&path)?;
+        let model = config
+            .init(device)
+            .map_err(|e| crate::hf::in_file(&path, e))?;
         crate::hf::load_pytorch_safetensors(
             model,
             &dir.join("model.safetensors"),
