@@ -755,7 +755,7 @@ impl Runner {
                 e.path().is_dir().then(|| (n, e.path()))
             })
             .collect();
-        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
         dirs
     }
 
@@ -1809,7 +1809,8 @@ mod tests {
             .run(weights(&device), &mut toy(), false)
             .unwrap();
         // Each way a checkpoint can be damaged, in the newest of the two kept.
-        let damages: [(&str, fn(&Path)); 5] = [
+        type Damage = fn(&Path);
+        let damages: [(&str, Damage); 5] = [
             ("a flipped byte in model.bpk", |c| {
                 corrupt(&c.join("model.bpk"))
             }),

@@ -17,14 +17,15 @@
 //! of docs/reliability.md; the test suite runs a few cases of each (and proptest over
 //! arbitrary bytes) in CI.
 //!
-//! ```no_run
-//! let work = std::env::temp_dir().join("align-fuzz-doc");
+//! ```
+//! let work = std::env::temp_dir().join(format!("align-fuzz-doc-{}", std::process::id()));
 //! let targets = align_fuzz::targets(&work).unwrap();
-//! for t in &targets {
-//!     for row in align_fuzz::run_target(t, &work, 10, 0) {
-//!         assert_eq!(row.panics, 0, "{} / {}", row.target, row.fault.name());
-//!     }
+//! let prompts = targets.iter().find(|t| t.name == "prompt file").unwrap();
+//! for row in align_fuzz::run_target(prompts, &work, 10, 0) {
+//!     assert_eq!((row.panics, row.unnamed), (0, 0), "{}", row.fault.name());
 //! }
+//! println!("{}", align_fuzz::markdown(&align_fuzz::run_target(prompts, &work, 10, 0)));
+//! # std::fs::remove_dir_all(&work).unwrap();
 //! ```
 
 pub mod alloc;

@@ -117,7 +117,7 @@ pub fn arbitrary(rng: &mut ChaCha8Rng) -> Vec<u8> {
     let len = below(rng, 1025);
     let mut out = vec![0u8; len];
     rng.fill_bytes(&mut out);
-    if rng.next_u32() % 2 == 0 {
+    if rng.next_u32().is_multiple_of(2) {
         for b in &mut out {
             *b = match *b % 20 {
                 0 => b'\n',
