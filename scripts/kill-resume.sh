@@ -7,8 +7,11 @@
 #    algorithm and hyper-parameters (a smaller batch and fewer iterations, so the check takes
 #    minutes); for KIND=pref, `align pref-train` on a small AI-feedback dataset (`align
 #    pref-data`, made once); for KIND=pretrain, `align pretrain` of a small DiT.
-# 2. Runs the same config again, killing it with SIGKILL at random moments KILLS times and
-#    resuming it (`--resume`) after each kill, until it finishes.
+# 2. Runs the same config again, killing it with SIGKILL KILLS times and resuming it
+#    (`--resume`) after each kill, until it finishes. Each resumed start is let run 0, 1 or 2
+#    iterations (drawn from SEED) and killed at a uniform moment within the next iteration's
+#    time, so the kills land in start-up, rollouts, updates, evaluations and checkpoint writes
+#    all along the run.
 # 3. Compares the final checkpoints (model, optimizer state, job state) and metrics.jsonl
 #    byte for byte. Exit status 0 = identical.
 #
@@ -110,6 +113,8 @@ t1=$(date +%s)
 span=$(( t1 - t0 ))
 echo "  $span s"
 RANDOM=$SEED
+# Time of one iteration, tenths of a second.
+tau_tenths=$(( span * 10 / ITERATIONS ))
 kills=0
 attempt=0
 while true; do
@@ -120,17 +125,21 @@ while true; do
   pid=$!
   attempt=$(( attempt + 1 ))
   if [ "$kills" -lt "$KILLS" ]; then
-    # Somewhere in the first half of a full run: start-up, evaluation, an iteration, a checkpoint.
-    # Tenths of a second: uniform over [1 s, 1 s + 1.5 * span / KILLS), so that the KILLS
-    # kills spread over the whole run (start-up, rollouts, updates, evaluations, checkpoint
-    # writes) and the run is still unfinished at the last one; the quickstart keeps its
-    # longer draws.
     if [ "$QUICKSTART" = 1 ]; then
-      window=$(( span * 10 ))
+      # Anywhere in the run's span.
+      tenths=$(( 10 + (RANDOM * 32768 + RANDOM) % (span * 10) ))
     else
-      window=$(( 15 * span / KILLS > 10 ? 15 * span / KILLS : 10 ))
+      # Let the resumed run complete 0, 1 or 2 more iterations (0: the kill lands in start-up
+      # or the first iteration), then kill it at a uniform moment within the next iteration's
+      # time (rollout, update, evaluation or checkpoint write). Every start but the 0 case
+      # makes progress, so KILLS kills fit in 2 * KILLS iterations.
+      lines=$(cat "$WORK/killed/metrics.jsonl" 2>/dev/null | wc -l)
+      target=$(( lines + RANDOM % 3 ))
+      while kill -0 "$pid" 2>/dev/null && [ "$(cat "$WORK/killed/metrics.jsonl" 2>/dev/null | wc -l)" -lt "$target" ]; do
+        sleep 0.1
+      done
+      tenths=$(( (RANDOM * 32768 + RANDOM) % (tau_tenths > 1 ? tau_tenths : 1) ))
     fi
-    tenths=$(( 10 + (RANDOM * 32768 + RANDOM) % window ))
     delay="$(( tenths / 10 )).$(( tenths % 10 ))"
     for _ in $(seq "$tenths"); do
       sleep 0.1
@@ -140,7 +149,8 @@ while true; do
       kill -9 "$pid"
       wait "$pid" 2>/dev/null || true
       kills=$(( kills + 1 ))
-      echo "  kill $kills after ${delay} s; checkpoint: $(cat "$WORK/killed/LATEST" 2>/dev/null || echo none)"
+      done_lines=$(cat "$WORK/killed/metrics.jsonl" 2>/dev/null | wc -l)
+      echo "  kill $kills (${delay} s into an iteration after $done_lines written); checkpoint: $(cat "$WORK/killed/LATEST" 2>/dev/null || echo none)"
       continue
     fi
   fi
