@@ -113,6 +113,8 @@ t1=$(date +%s)
 span=$(( t1 - t0 ))
 echo "  $span s"
 RANDOM=$SEED
+# Iterations the killed run has written to metrics.jsonl.
+written() { if [ -f "$WORK/killed/metrics.jsonl" ]; then wc -l < "$WORK/killed/metrics.jsonl"; else echo 0; fi; }
 # Time of one iteration, tenths of a second.
 tau_tenths=$(( span * 10 / ITERATIONS ))
 kills=0
@@ -133,9 +135,9 @@ while true; do
       # or the first iteration), then kill it at a uniform moment within the next iteration's
       # time (rollout, update, evaluation or checkpoint write). Every start but the 0 case
       # makes progress, so KILLS kills fit in 2 * KILLS iterations.
-      lines=$(cat "$WORK/killed/metrics.jsonl" 2>/dev/null | wc -l)
+      lines=$(written)
       target=$(( lines + RANDOM % 3 ))
-      while kill -0 "$pid" 2>/dev/null && [ "$(cat "$WORK/killed/metrics.jsonl" 2>/dev/null | wc -l)" -lt "$target" ]; do
+      while kill -0 "$pid" 2>/dev/null && [ "$(written)" -lt "$target" ]; do
         sleep 0.1
       done
       tenths=$(( (RANDOM * 32768 + RANDOM) % (tau_tenths > 1 ? tau_tenths : 1) ))
@@ -149,7 +151,7 @@ while true; do
       kill -9 "$pid"
       wait "$pid" 2>/dev/null || true
       kills=$(( kills + 1 ))
-      done_lines=$(cat "$WORK/killed/metrics.jsonl" 2>/dev/null | wc -l)
+      done_lines=$(written)
       echo "  kill $kills (${delay} s into an iteration after $done_lines written); checkpoint: $(cat "$WORK/killed/LATEST" 2>/dev/null || echo none)"
       continue
     fi

@@ -377,9 +377,45 @@ fn model_store<M: Module>(path: &Path, model: &M, trainable_only: bool) -> Burnp
     store
 }
 
+/// Checks that `path` starts like a burnpack file whose metadata fits in it, before burn's
+/// reader allocates the metadata size the header declares (up to 100 MiB, whatever the file
+/// holds: a damaged 2 KB file made it allocate 60 MiB).
+///
+/// # Errors
+/// [`CoreError::Checkpoint`] naming the file.
+pub fn check_burnpack_header(path: &Path) -> Result<()> {
+    use burn::store::burn_pack::{HEADER_SIZE, Header};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| io(path, "reading", e))?;
+    let len = file.metadata().map_err(|e| io(path, "reading", e))?.len();
+    let mut head = [0u8; HEADER_SIZE];
+    file.read_exact(&mut head).map_err(|_| {
+        io(
+            path,
+            "reading",
+            format!("{len} bytes is too short for a burnpack file"),
+        )
+    })?;
+    let header = Header::from_bytes(&head)
+        .map_err(|e| io(path, "reading", format!("not burnpack: {e:?}")))?;
+    let needed = HEADER_SIZE as u64 + u64::from(header.metadata_size);
+    if needed > len {
+        return Err(io(
+            path,
+            "reading",
+            format!(
+                "the header declares {} bytes of metadata but the file holds {len} bytes",
+                header.metadata_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Loads a checkpointed model file into `model`: every parameter must be present, except the
 /// frozen ones when the checkpoint holds trainable parameters only.
 fn load_model_file<M: Module>(mut model: M, path: &Path, trainable_only: bool) -> Result<M> {
+    check_burnpack_header(path)?;
     let (_, frozen) = trainable_paths(&model);
     let mut store = BurnpackStore::from_file(path)
         .auto_extension(false)
@@ -444,6 +480,7 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
 /// # Errors
 /// A file that is not burnpack.
 pub fn burnpack_digest(path: &Path) -> Result<String> {
+    check_burnpack_header(path)?;
     let reader = burn::store::burn_pack::Reader::from_file(path)
         .map_err(|e| io(path, "reading", format!("{e:?}")))?;
     let mut names: Vec<String> = reader
@@ -1113,6 +1150,7 @@ impl Runner {
                     &ckpt.join("model.bpk"),
                     self.config.checkpoint_trainable_only,
                 )?;
+                check_burnpack_header(&ckpt.join("optimizer.bpk"))?;
                 let record = OptimizerRecord::load(ckpt.join("optimizer.bpk"))
                     .map_err(|e| io(&ckpt, "loading the optimizer state", format!("{e:?}")))?;
                 optim = optim.load_record(record);
@@ -1131,6 +1169,7 @@ impl Runner {
                     // apart: allow exactly the training model's frozen paths to be absent.
                     let (_, frozen) = trainable_paths(&model);
                     let mut average = model.valid();
+                    check_burnpack_header(&path)?;
                     let mut store = BurnpackStore::from_file(&path)
                         .auto_extension(false)
                         .allow_partial(true);
@@ -1935,6 +1974,44 @@ mod tests {
             ["took over run.lock from pid 4000000 on h, which ended without releasing it"]
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_burnpack_header_declaring_more_metadata_than_the_file_holds_is_refused_before_reading() {
+        use burn::store::burn_pack::Header;
+        let dir = tempdir("bpk-header");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.bpk");
+        let mut bytes = Header::new(50 << 20).into_bytes().to_vec();
+        bytes.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = check_burnpack_header(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("model.bpk") && err.contains("declares 52428800 bytes of metadata"),
+            "{err}"
+        );
+        let err = load_checkpoint_file(weights(&crate::test_device()), &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("declares 52428800"), "{err}");
+        std::fs::write(&path, &bytes[..3]).unwrap();
+        assert!(
+            check_burnpack_header(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("3 bytes is too short")
+        );
+        // A real file passes.
+        let run = tempdir("bpk-header-run");
+        Runner::new(config(1), &run)
+            .unwrap()
+            .run(weights(&crate::test_device().autodiff()), &mut toy(), false)
+            .unwrap();
+        for f in ["model.bpk", "optimizer.bpk"] {
+            check_burnpack_header(&run.join("checkpoint-000001").join(f)).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(run);
     }
 
     #[test]

@@ -92,11 +92,11 @@ pub struct Row {
     pub first_unnamed: Option<String>,
 }
 
-/// The largest single allocation a case may make: 64 MiB plus 16 times the damaged file (a
-/// loader may hold a file and a few decoded copies; it may not allocate what the file
-/// merely declares).
+/// The largest single allocation a case may make: 4 MiB plus 16 times the damaged file (a
+/// loader may hold a file and a few decoded copies, and the fixtures' largest tensor is far
+/// below 4 MiB; it may not allocate what the file merely declares).
 pub fn allocation_limit(file_len: usize) -> usize {
-    (64 << 20) + 16 * file_len
+    (4 << 20) + 16 * file_len
 }
 
 thread_local! {
