@@ -118,8 +118,9 @@ pub enum DataError {
         /// What is wrong with the line.
         reason: String,
     },
-    /// An image a JSONL record names cannot be used ([`DataError::MissingFile`],
-    /// [`DataError::ImageSize`], [`DataError::Decode`], [`DataError::Io`] inside).
+    /// An image a line of a dataset file (preference JSONL, `captions.txt`) names cannot be
+    /// used ([`DataError::MissingFile`], [`DataError::ImageSize`], [`DataError::Decode`],
+    /// [`DataError::Io`] inside).
     #[error("`{}` line {line}: {source}", path.display())]
     Record {
         /// The JSONL file.

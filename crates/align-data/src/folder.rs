@@ -139,8 +139,13 @@ impl ImageFolderDataset {
         let entries = parse_captions(&captions, &text)?;
         let items = entries
             .into_iter()
-            .map(|(_, file, caption)| {
-                let image = load_image(&dir.join(&file), width, height)?;
+            .map(|(line, file, caption)| {
+                let image =
+                    load_image(&dir.join(&file), width, height).map_err(|e| DataError::Record {
+                        path: captions.clone(),
+                        line,
+                        source: Box::new(e),
+                    })?;
                 Ok(FolderItem {
                     file,
                     caption,

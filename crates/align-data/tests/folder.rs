@@ -72,7 +72,12 @@ fn wrong_size_names_the_file() {
     let dir = good_dir("size");
     write_png(&dir, "b b.png", 9, 6, [0, 0, 0]);
     let err = ImageFolderDataset::open(&dir, 8, 6).unwrap_err();
-    match &err {
+    // The captions line that names the image, and the image's own typed error.
+    let DataError::Record { path, line, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(path.ends_with("captions.txt") && *line == 3, "{err}");
+    match source.as_ref() {
         DataError::ImageSize {
             path,
             found_width: 9,
@@ -91,10 +96,15 @@ fn missing_file_names_the_file() {
     std::fs::remove_file(dir.join("a.png")).unwrap();
     let err = ImageFolderDataset::open(&dir, 8, 6).unwrap_err();
     assert!(
-        matches!(&err, DataError::MissingFile { path } if path.ends_with("a.png")),
+        matches!(&err, DataError::Record { source, .. }
+            if matches!(source.as_ref(), DataError::MissingFile { path } if path.ends_with("a.png"))),
         "{err:?}"
     );
-    assert!(err.to_string().contains("a.png"));
+    assert!(
+        err.to_string()
+            .contains("captions.txt` line 2: missing file"),
+        "{err}"
+    );
 
     std::fs::remove_file(dir.join("captions.txt")).unwrap();
     let err = ImageFolderDataset::open(&dir, 8, 6).unwrap_err();
@@ -121,7 +131,8 @@ fn undecodable_image_names_the_file() {
     std::fs::write(dir.join("a.png"), b"not a png").unwrap();
     let err = ImageFolderDataset::open(&dir, 8, 6).unwrap_err();
     assert!(
-        matches!(&err, DataError::Decode { path, .. } if path.ends_with("a.png")),
+        matches!(&err, DataError::Record { source, .. }
+            if matches!(source.as_ref(), DataError::Decode { path, .. } if path.ends_with("a.png"))),
         "{err:?}"
     );
     std::fs::remove_dir_all(dir).unwrap();

@@ -190,6 +190,20 @@ fn generate(work: &Path) -> Result<PathBuf, String> {
         .and_then(|r| r.run(toy(&ad), &mut ToyJob, false))
         .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(fx.join("run-one-kept").join(align_core::LOCK_FILE));
+    let folder = fx.join("folder");
+    std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
+    // Two images of the pairs' set under plain names, and their captions.
+    for (from, to) in [
+        ("pairs/000000-w.png", "a.png"),
+        ("pairs/000000-l.png", "b.png"),
+    ] {
+        std::fs::copy(fx.join(from), folder.join(to)).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(
+        folder.join(align_data::CAPTIONS_FILE),
+        "# file<TAB>caption\na.png\tone red circle\nb.png\ttwo blue squares\n",
+    )
+    .map_err(|e| e.to_string())?;
     std::fs::write(fx.join("done"), "").map_err(|e| e.to_string())?;
     Ok(fx)
 }
@@ -502,6 +516,68 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
             names: vec!["config.json", weights],
         });
     }
+    // Tokenizer files of the CLIP and T5 tokenizers (SD and SD3 directories).
+    let clip_tok = repo.join("fixtures/sd3-tiny-pipeline/tokenizer");
+    for (name, file) in [
+        ("CLIP tokenizer vocab.json", "vocab.json"),
+        ("CLIP tokenizer merges.txt", "merges.txt"),
+        ("CLIP tokenizer_config.json", "tokenizer_config.json"),
+    ] {
+        t.push(Target {
+            name,
+            files: vec![file],
+            seeds: vec![vec![read(&clip_tok.join(file)).map_err(io)?]],
+            fixture: fixture_without(&clip_tok, &[file]).map_err(io)?,
+            faults: TEXT.to_vec(),
+            load: Box::new(|d| s(align_models::clip::ClipTokenizer::from_dir(d))),
+            names: vec![file],
+        });
+    }
+    let t5_tok = repo.join("fixtures/sd3-tiny-pipeline/tokenizer_3");
+    t.push(Target {
+        name: "T5 tokenizer.json",
+        files: vec!["tokenizer.json"],
+        seeds: vec![vec![read(&t5_tok.join("tokenizer.json")).map_err(io)?]],
+        fixture: fixture_without(&t5_tok, &["tokenizer.json"]).map_err(io)?,
+        faults: TEXT.to_vec(),
+        load: Box::new(|d| s(align_models::sd3::T5Tokenizer::from_dir(d))),
+        names: vec!["tokenizer.json"],
+    });
+    // The learned proxy reward model (`reward = "proxy"`).
+    let proxy = repo.join("models/proxy-rm");
+    for file in ["reward-model.json", "reward-model.safetensors"] {
+        t.push(Target {
+            name: if file.ends_with(".json") {
+                "proxy reward-model.json"
+            } else {
+                "proxy reward-model.safetensors"
+            },
+            files: vec![file],
+            seeds: vec![vec![read(&proxy.join(file)).map_err(io)?]],
+            fixture: fixture_without(&proxy, &[file]).map_err(io)?,
+            faults: if file.ends_with(".json") {
+                TEXT.to_vec()
+            } else {
+                SAFETENSORS.to_vec()
+            },
+            load: Box::new(|d| s(align_rewards::ProxyReward::load(d, &device()))),
+            // A shape the JSON declares shows up as weights that do not fit it.
+            names: vec![file, "reward-model.safetensors"],
+        });
+    }
+    // A captioned image folder (`captions.txt`: `file<TAB>caption` per line).
+    let folder = fx.join("folder");
+    t.push(Target {
+        name: "image folder captions.txt",
+        files: vec![align_data::CAPTIONS_FILE],
+        seeds: vec![vec![
+            read(&folder.join(align_data::CAPTIONS_FILE)).map_err(io)?,
+        ]],
+        fixture: fixture_without(&folder, &[align_data::CAPTIONS_FILE]).map_err(io)?,
+        faults: BYTES.to_vec(),
+        load: Box::new(|d| s(align_data::ImageFolderDataset::open(d, 16, 16))),
+        names: vec![align_data::CAPTIONS_FILE],
+    });
     // Prompt text as the Shapes world parses it (no file: any error is fine, a panic is not).
     t.push(Target {
         name: "Shapes prompt text",

@@ -90,6 +90,20 @@ impl ProxyRewardConfig {
         if self.widths.is_empty() || self.widths.contains(&0) {
             return Err(RewardError::config("widths", "needs positive widths"));
         }
+        // Bounds far above any proxy model, so that a damaged file cannot make `init` build
+        // millions of layers.
+        use align_models::hf::{MAX_COUNT, MAX_TABLE, MAX_WIDTH};
+        let widest = self.widths.iter().copied().max().unwrap_or(0);
+        align_models::hf::check_sizes(&[
+            ("widths (levels)", self.widths.len(), MAX_COUNT),
+            ("widths", widest, MAX_WIDTH),
+            ("image_size", self.image_size, MAX_WIDTH),
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("hidden", self.hidden, MAX_WIDTH),
+            ("vocab_size", self.vocab_size, MAX_TABLE),
+            ("max_len", self.max_len, MAX_TABLE),
+        ])
+        .map_err(|e| RewardError::config("reward model", e.to_string()))?;
         for (field, v) in [
             ("image_size", self.image_size),
             ("embed_dim", self.embed_dim),
@@ -239,12 +253,14 @@ impl ProxyReward {
                 reason: e.to_string(),
             })?;
         let weights = dir.join(PROXY_WEIGHTS_FILE);
+        let init = config.init(device).map_err(|e| RewardError::Io {
+            path: json.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let model =
-            align_models::load_safetensors(config.init(device)?, &weights).map_err(|e| {
-                RewardError::Io {
-                    path: weights.display().to_string(),
-                    reason: e.to_string(),
-                }
+            align_models::load_safetensors(init, &weights).map_err(|e| RewardError::Io {
+                path: weights.display().to_string(),
+                reason: e.to_string(),
             })?;
         Ok((config, model))
     }

@@ -152,14 +152,20 @@ impl ClipTokenizer {
             }
         }
         let special = |key: &str, default: &str| -> Result<(String, u32)> {
-            let token = token_field(&config, key)
-                .or_else(|| token_field(&special_map, key))
-                .unwrap_or_else(|| default.to_string());
+            // The error names the file that declared the token (or the vocabulary when the
+            // default is missing from it).
+            let (token, source) = match token_field(&config, key) {
+                Some(t) => (t, dir.join("tokenizer_config.json")),
+                None => match token_field(&special_map, key) {
+                    Some(t) => (t, dir.join("special_tokens_map.json")),
+                    None => (default.to_string(), vocab_path.clone()),
+                },
+            };
             match vocab.get(&token) {
                 Some(&id) => Ok((token, id)),
                 None => Err(file_error(
-                    &vocab_path,
-                    format!("special token `{key}` = {token:?} is not in the vocabulary"),
+                    &source,
+                    format!("special token `{key}` = {token:?} is not in vocab.json"),
                 )),
             }
         };
@@ -432,7 +438,12 @@ mod tests {
             .map(|_| ())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("pad_token") && err.contains("<pad>"), "{err}");
+        assert!(
+            err.contains("tokenizer_config.json")
+                && err.contains("pad_token")
+                && err.contains("<pad>"),
+            "the file that declared the token: {err}"
+        );
         std::fs::remove_file(tmp.join("tokenizer_config.json")).unwrap_or_else(|e| panic!("{e}"));
 
         let merges =

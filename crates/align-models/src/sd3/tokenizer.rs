@@ -52,7 +52,20 @@ impl T5Tokenizer {
                     .into(),
             ));
         }
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| bad(e.to_string()))?;
+        // The `tokenizers` crate panics on some malformed files (a `Precompiled` normalizer
+        // whose data does not decode): contain it and report the file.
+        let tokenizer = std::panic::catch_unwind(|| Tokenizer::from_file(&path))
+            .map_err(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                bad(format!(
+                    "not a valid tokenizer (the tokenizers crate failed: {what})"
+                ))
+            })?
+            .map_err(|e| bad(e.to_string()))?;
         let config = dir.join("tokenizer_config.json");
         let pad_token = if config.is_file() {
             crate::hf::read_config::<Value>(&config)?
@@ -221,6 +234,18 @@ mod tests {
         std::fs::write(dir.join("tokenizer.json"), "{\"model\": 3}").unwrap();
         let err = T5Tokenizer::from_dir(&dir).unwrap_err().to_string();
         assert!(err.contains("tokenizer.json"), "{err}");
+        // A `Precompiled` normalizer whose data does not decode makes the tokenizers crate
+        // panic while reading the file: contained, and reported as the file's error.
+        let src = fixtures_dir().join("sd3-tiny-pipeline/tokenizer_3/tokenizer.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
+        json["normalizer"]["precompiled_charsmap"] = serde_json::json!("AAAA");
+        std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+        let err = T5Tokenizer::from_dir(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("tokenizer.json") && err.contains("not a valid tokenizer"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
