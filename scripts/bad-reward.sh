@@ -60,7 +60,7 @@ set +e
 "$BIN" train --config "$WORK/config-4.toml" --out "$run" --resume >> "$WORK/run.log" 2>&1
 code=$?
 set -e
-msg=$(grep -a "error:" "$WORK/run.log" | tail -1)
+msg=$(grep -a "error:" "$WORK/run.log" | tail -1 || true)
 echo "  reward answering $ANSWER from iteration 3: exit $code"
 echo "  message: $msg"
 status=0

@@ -55,7 +55,7 @@ set +e
 "$BIN" train --config "$WORK/config-4.toml" --out "$run" --resume >> "$WORK/full-disk.log" 2>&1
 code=$?
 set -e
-last=$(grep -a "error:" "$WORK/full-disk.log" | tail -1)
+last=$(grep -a "error:" "$WORK/full-disk.log" | tail -1 || true)
 echo "  resumed on the full disk: exit $code"
 echo "  message: $last"
 check() { if "$@"; then echo "  ok: ${*: -1}"; else echo "  FAILED: $*"; status=1; fi; }

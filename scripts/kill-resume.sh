@@ -122,14 +122,18 @@ attempt=0
 while true; do
   # shellcheck disable=SC2207
   args=($(command_for "$WORK/killed"))
-  if [ -f "$WORK/killed/LATEST" ]; then args+=(--resume); fi
+  # Resume once anything of a checkpoint exists (a kill can land between a checkpoint's
+  # rename and the LATEST that publishes it).
+  if [ -f "$WORK/killed/LATEST" ] || compgen -G "$WORK/killed/checkpoint-*" > /dev/null; then
+    args+=(--resume)
+  fi
   "$BIN" "${args[@]}" >> "$WORK/killed.log" 2>&1 &
   pid=$!
   attempt=$(( attempt + 1 ))
   if [ "$kills" -lt "$KILLS" ]; then
     if [ "$QUICKSTART" = 1 ]; then
       # Anywhere in the run's span.
-      tenths=$(( 10 + (RANDOM * 32768 + RANDOM) % (span * 10) ))
+      tenths=$(( 10 + (RANDOM * 32768 + RANDOM) % (span * 10 + 1) ))
     else
       # Let the resumed run complete 0, 1 or 2 more iterations (0: the kill lands in start-up
       # or the first iteration), then kill it at a uniform moment within the next iteration's
@@ -156,7 +160,10 @@ while true; do
       continue
     fi
   fi
-  wait "$pid"
+  if ! wait "$pid"; then
+    echo "  the last start failed (see $WORK/killed.log)"
+    exit 1
+  fi
   break
 done
 echo "finished after $kills kills and $attempt starts"

@@ -23,13 +23,16 @@ noise_level = 0.7
 guidance = 3.0
 eval_steps = 4
 [runner]
-iterations = 6
+iterations = 20
 learning_rate = 3e-4
 TOML
 run="$WORK/run"
 "$BIN" train --config "$WORK/config.toml" --out "$run" > "$WORK/first.log" 2>&1 &
 first=$!
 for _ in $(seq 600); do grep -q "^pid" "$run/run.lock" 2>/dev/null && break; sleep 0.1; done
+if ! grep -q "^pid $first" "$run/run.lock" 2>/dev/null; then
+  echo "  the first writer never took the lock (see $WORK/first.log)"; exit 1
+fi
 echo "first writer: pid $first; run.lock says: $(head -1 "$run/run.lock")"
 status=0
 check_refused() {
@@ -39,7 +42,7 @@ check_refused() {
   local code=$?
   set -e
   local msg
-  msg=$(grep -a "error:" "$WORK/second.log" | tail -1)
+  msg=$(grep -a "error:" "$WORK/second.log" | tail -1 || true)
   if [ "$code" -ne 0 ] && grep -q "is in use by pid $first" <<< "$msg"; then
     echo "  refused ($what): exit $code: $msg"
   else
@@ -55,7 +58,7 @@ kill -9 "$first"; wait "$first" 2>/dev/null || true
 echo "first writer killed after $(cat "$run/LATEST"); run.lock still says: $(head -1 "$run/run.lock")"
 "$BIN" train --config "$WORK/config.toml" --out "$run" --resume > "$WORK/third.log" 2>&1
 note=$(grep -a "took over run.lock" "$WORK/third.log" | head -1 || true)
-if grep -q "from pid $first" <<< "$note" && [ "$(cat "$run/LATEST")" = checkpoint-000006 ]; then
+if grep -q "from pid $first" <<< "$note" && [ "$(cat "$run/LATEST")" = checkpoint-000020 ]; then
   echo "  resumed: $note; finished at $(cat "$run/LATEST"); run.lock after a clean exit: $(wc -c < "$run/run.lock") bytes"
 else
   echo "  TAKE-OVER FAILED: $note"; status=1

@@ -8,9 +8,11 @@
 //! empties it. A lock file that still names a holder when its lock is free was left by a
 //! process that died: it is taken over, and [`RunLock::took_over`] reports the old holder.
 //!
-//! On a file system without advisory locks (`try_lock` reports `Unsupported`, some network
-//! file systems) the text alone decides: a holder whose process no longer exists on this
-//! host is stale, any other holder keeps the directory.
+//! On NFS, Linux emulates `flock` with byte-range locks the server arbitrates, so the lock
+//! holds across machines too (NFSv4; a second lock *in the same process* is then granted,
+//! which `align` never asks for). On a file system without locks at all (`try_lock` reports
+//! `Unsupported`) the text alone decides: a holder whose process no longer exists on this host
+//! is stale; any other holder — this process included — keeps the directory.
 //!
 //! ```
 //! let dir = std::env::temp_dir().join(format!("run-lock-doc-{}", std::process::id()));
@@ -109,6 +111,13 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// Whether a lock file's `holder` may be taken over where the text alone decides (no advisory
+/// locks): only a holder on this host whose process is gone. This process and holders on
+/// other hosts (whose processes cannot be checked) keep the directory.
+fn is_stale(holder: &LockHolder, me: u32, host: &str, alive: impl Fn(u32) -> bool) -> bool {
+    holder.pid != me && holder.host == host && !alive(holder.pid)
+}
+
 /// An exclusive hold on a run directory, released when dropped.
 #[derive(Debug)]
 pub struct RunLock {
@@ -162,8 +171,7 @@ impl RunLock {
                 let holder = read_holder(&mut file, &mut text)
                     .map_err(|e| io(&path, "reading the lock file", e))?;
                 if let Some(h) = &holder
-                    && h.pid != std::process::id()
-                    && (h.host != host_name() || process_alive(h.pid))
+                    && !is_stale(h, std::process::id(), &host_name(), process_alive)
                 {
                     return Err(in_use(holder));
                 }
@@ -256,6 +264,22 @@ mod tests {
         assert_eq!(LockHolder::parse(&text).unwrap().pid, std::process::id());
         drop(lock);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_advisory_locks_only_a_dead_holder_on_this_host_is_stale() {
+        let holder = |pid: u32, host: &str| LockHolder {
+            pid,
+            host: host.into(),
+            since: 0,
+        };
+        let dead = |_: u32| false;
+        let alive = |_: u32| true;
+        assert!(is_stale(&holder(7, "a"), 1, "a", dead));
+        assert!(!is_stale(&holder(7, "a"), 1, "a", alive), "a live holder");
+        assert!(!is_stale(&holder(7, "b"), 1, "a", dead), "another host");
+        assert!(!is_stale(&holder(1, "a"), 1, "a", dead), "this process");
+        assert!(process_alive(std::process::id()));
     }
 
     #[test]

@@ -516,10 +516,14 @@ pub const MANIFEST: &str = "files.sha256";
 /// # Errors
 /// A file that cannot be read.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    sha256_io(path).map_err(|e| io(path, "reading", e))
+}
+
+fn sha256_io(path: &Path) -> std::io::Result<String> {
     use sha2::Digest;
-    let mut file = std::fs::File::open(path).map_err(|e| io(path, "reading", e))?;
+    let mut file = std::fs::File::open(path)?;
     let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| io(path, "reading", e))?;
+    std::io::copy(&mut file, &mut hasher)?;
     Ok(hasher
         .finalize()
         .iter()
@@ -539,65 +543,130 @@ fn checkpoint_number(name: &str) -> Option<usize> {
 
 /// Checks a checkpoint directory's files against the digests it lists ([`MANIFEST`], or for
 /// checkpoints written before manifests `digest.txt`) and that its state parses: what a
-/// resume checks, for tools that read a run's weights.
+/// resume checks, for tools that read a run's weights. A checkpoint with neither (written by
+/// an early version) passes unverified.
 ///
 /// # Errors
 /// [`CoreError::Checkpoint`] naming the directory and the first file that does not match (or
-/// is missing).
+/// is missing), or a file that cannot be read (permissions, I/O).
 pub fn verify_checkpoint_dir(dir: &Path) -> Result<()> {
-    verify_checkpoint(dir)
-        .map(|_| ())
-        .map_err(|why| io(dir, "fails its integrity check", why))
+    match verify_checkpoint(dir) {
+        Ok(_) => Ok(()),
+        Err(Unusable::Damaged(why)) => Err(io(dir, "fails its integrity check", why)),
+        Err(Unusable::Io(e)) => Err(e),
+    }
+}
+
+/// A checkpoint that passed verification.
+#[derive(Debug, Clone)]
+struct Verified {
+    state: CheckpointState,
+    /// Set when the checkpoint carries no digests to verify against.
+    unverified: Option<String>,
+}
+
+/// Why a checkpoint cannot be resumed from.
+#[derive(Debug, Clone)]
+enum Unusable {
+    /// Its files are missing, altered or malformed: set it aside and fall back.
+    Damaged(String),
+    /// A file could not be read for another reason (permissions, an I/O error): not evidence
+    /// of damage, so the run stops instead of discarding the checkpoint.
+    Io(CoreError),
+}
+
+/// A read error: a missing file is damage, anything else stops the resume.
+fn read_failure(path: &Path, e: std::io::Error) -> Unusable {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Unusable::Damaged(format!("{name} is missing")),
+        std::io::ErrorKind::InvalidData => Unusable::Damaged(format!("{name}: {e}")),
+        _ => Unusable::Io(io(path, "reading", e)),
+    }
 }
 
 /// Checks a checkpoint directory against its manifest (or, for checkpoints written before
 /// manifests, against `digest.txt`) and reads its state.
-fn verify_checkpoint(dir: &Path) -> std::result::Result<CheckpointState, String> {
+fn verify_checkpoint(dir: &Path) -> std::result::Result<Verified, Unusable> {
+    let damaged = |why: String| Unusable::Damaged(why);
     let manifest = dir.join(MANIFEST);
+    let mut unverified = None;
     match std::fs::read_to_string(&manifest) {
         Ok(text) => {
             let mut listed = Vec::new();
             for (n, line) in text.lines().enumerate() {
                 let Some((hash, name)) = line.split_once("  ") else {
-                    return Err(format!("{MANIFEST} line {} is not `SHA256  FILE`", n + 1));
+                    return Err(damaged(format!(
+                        "{MANIFEST} line {} is not `SHA256  FILE`",
+                        n + 1
+                    )));
                 };
                 if name.contains(['/', '\\']) || name == ".." || name == "." {
-                    return Err(format!("{MANIFEST} line {} names `{name}`", n + 1));
+                    return Err(damaged(format!("{MANIFEST} line {} names `{name}`", n + 1)));
                 }
-                let actual = sha256_file(&dir.join(name)).map_err(|e| e.to_string())?;
+                let path = dir.join(name);
+                let actual = sha256_io(&path).map_err(|e| read_failure(&path, e))?;
                 if actual != hash {
-                    return Err(format!("{name} does not match its digest in {MANIFEST}"));
+                    return Err(damaged(format!(
+                        "{name} does not match its digest in {MANIFEST}"
+                    )));
                 }
                 listed.push(name.to_string());
             }
             for required in ["state.json", "model.bpk", "optimizer.bpk"] {
                 if !listed.iter().any(|l| l == required) {
-                    return Err(format!("{MANIFEST} does not list {required}"));
+                    return Err(damaged(format!("{MANIFEST} does not list {required}")));
                 }
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let digest = dir.join("digest.txt");
-            let text = std::fs::read_to_string(&digest)
-                .map_err(|e| format!("has neither {MANIFEST} nor a readable digest.txt ({e})"))?;
-            for line in text.lines() {
-                let Some((name, expected)) = line.split_once(' ') else {
-                    return Err(format!("digest.txt line `{line}` is not `FILE DIGEST`"));
-                };
-                if !matches!(name, "model.bpk" | "optimizer.bpk" | "ema.bpk") {
-                    return Err(format!("digest.txt names `{name}`"));
+            match std::fs::read_to_string(&digest) {
+                Ok(text) => {
+                    let mut listed = Vec::new();
+                    for line in text.lines() {
+                        let Some((name, expected)) = line.split_once(' ') else {
+                            return Err(damaged(format!(
+                                "digest.txt line `{line}` is not `FILE DIGEST`"
+                            )));
+                        };
+                        if !matches!(name, "model.bpk" | "optimizer.bpk" | "ema.bpk") {
+                            return Err(damaged(format!("digest.txt names `{name}`")));
+                        }
+                        let actual =
+                            burnpack_digest(&dir.join(name)).map_err(|e| damaged(e.to_string()))?;
+                        if actual != expected {
+                            return Err(damaged(format!(
+                                "{name} does not match its digest in digest.txt"
+                            )));
+                        }
+                        listed.push(name);
+                    }
+                    for required in ["model.bpk", "optimizer.bpk"] {
+                        if !listed.contains(&required) {
+                            return Err(damaged(format!("digest.txt does not list {required}")));
+                        }
+                    }
                 }
-                let actual = burnpack_digest(&dir.join(name)).map_err(|e| e.to_string())?;
-                if actual != expected {
-                    return Err(format!("{name} does not match its digest in digest.txt"));
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    unverified = Some(format!(
+                        "{} has no digests (written by an early version of align): resumed \
+                         unverified",
+                        dir.display()
+                    ));
                 }
+                Err(e) => return Err(read_failure(&digest, e)),
             }
         }
-        Err(e) => return Err(format!("{MANIFEST}: {e}")),
+        Err(e) => return Err(read_failure(&manifest, e)),
     }
-    let state = dir.join("state.json");
-    let text = std::fs::read_to_string(&state).map_err(|e| format!("state.json: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("state.json: {e}"))
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| read_failure(&path, e))?;
+    let state = serde_json::from_str(&text).map_err(|e| damaged(format!("state.json: {e}")))?;
+    Ok(Verified { state, unverified })
 }
 
 #[cfg(test)]
@@ -698,8 +767,8 @@ struct CheckpointState {
 }
 
 /// Renames a corrupt checkpoint directory to `NAME.corrupt` (or `NAME.corrupt-2`, …) and
-/// returns the new path (the old one if the rename fails).
-fn set_aside(path: &Path) -> PathBuf {
+/// returns the new path.
+fn set_aside(path: &Path) -> Result<PathBuf> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -712,13 +781,16 @@ fn set_aside(path: &Path) -> PathBuf {
         };
         let target = path.with_file_name(format!("{name}{suffix}"));
         if !target.exists() {
-            return match std::fs::rename(path, &target) {
-                Ok(()) => target,
-                Err(_) => path.to_path_buf(),
-            };
+            return std::fs::rename(path, &target)
+                .map(|()| target)
+                .map_err(|e| io(path, "setting the damaged checkpoint aside", e));
         }
     }
-    path.to_path_buf()
+    Err(io(
+        path,
+        "setting the damaged checkpoint aside",
+        "no free name",
+    ))
 }
 
 /// Writes `text` to `path` through a temporary file and a rename.
@@ -832,19 +904,28 @@ impl Runner {
         };
         let mut rejected = Vec::new();
         for (n, path) in dirs {
-            if named.is_some_and(|m| n > m) {
+            if let Some(m) = named
+                && n > m
+            {
+                notices.push(format!(
+                    "{} is newer than {LATEST} (its publication was interrupted): the run \
+                     resumes from {LATEST} and writes it again",
+                    path.display()
+                ));
                 continue;
             }
             match verify_checkpoint(&path) {
-                Ok(state) => {
+                Ok(v) => {
+                    notices.extend(v.unverified);
                     return Ok(Some(ResumePoint {
                         path,
-                        state,
+                        state: v.state,
                         rejected,
                         notices,
                     }));
                 }
-                Err(why) => rejected.push((path, why)),
+                Err(Unusable::Damaged(why)) => rejected.push((path, why)),
+                Err(Unusable::Io(e)) => return Err(e),
             }
         }
         let mut reasons = notices;
@@ -909,6 +990,10 @@ impl Runner {
         }
         write_step(&self.dir.join(LATEST), "writing")?;
         write_atomically(&self.dir.join(LATEST), &format!("{name}\n"))?;
+        // The renames on disk before anything older goes.
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
         // Older checkpoints are removed only once the new one is published: the newest
         // `keep_checkpoints` up to this one stay. (Newer leftovers of an earlier attempt are
         // replaced when the run reaches them.)
@@ -1128,7 +1213,7 @@ impl Runner {
                     job.notice(notice);
                 }
                 for (path, why) in &point.rejected {
-                    let aside = set_aside(path);
+                    let aside = set_aside(path)?;
                     job.notice(&format!(
                         "{}: {why}; set aside as {}",
                         path.display(),
@@ -1260,7 +1345,8 @@ impl Runner {
                             "{} is intact and `--resume` continues from it",
                             p.path.display()
                         ),
-                        _ => "no earlier checkpoint exists".to_string(),
+                        Ok(None) => "no earlier checkpoint exists".to_string(),
+                        Err(e) => format!("and no earlier checkpoint can be resumed: {e}"),
                     };
                     return Err(io(
                         &self.dir.join(format!("checkpoint-{done:06}")),
@@ -1939,6 +2025,48 @@ mod tests {
             .to_string();
         assert!(err.contains("already holds a run"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn old_checkpoints_without_digests_resume_unverified_and_unpublished_newer_ones_are_named() {
+        let device = crate::test_device().autodiff();
+        let reference = tempdir("legacy-reference");
+        Runner::new(config(3), &reference)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        let dir = tempdir("legacy");
+        Runner::new(config(2), &dir)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        // As an early version wrote it: no manifest, no digest.txt.
+        for f in [MANIFEST, "digest.txt"] {
+            std::fs::remove_file(dir.join("checkpoint-000002").join(f)).unwrap();
+        }
+        // And a complete checkpoint 3 whose publication (LATEST) was interrupted.
+        let newer = dir.join("checkpoint-000003");
+        std::fs::create_dir_all(&newer).unwrap();
+        std::fs::write(newer.join("state.json"), "{}").unwrap();
+        let mut job = toy();
+        Runner::new(config(3), &dir)
+            .unwrap()
+            .run(weights(&device), &mut job, true)
+            .unwrap();
+        assert!(
+            job.notices
+                .iter()
+                .any(|n| n.contains("checkpoint-000003 is newer than LATEST"))
+                && job
+                    .notices
+                    .iter()
+                    .any(|n| n.contains("checkpoint-000002 has no digests")),
+            "{:?}",
+            job.notices
+        );
+        assert_same_end_state(&reference, &dir, "checkpoint-000003");
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(reference);
     }
 
     #[test]

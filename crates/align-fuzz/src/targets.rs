@@ -437,7 +437,8 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
                 let r = Runner::new(runner_config(3), d).map_err(|e| e.to_string())?;
                 s(r.run(toy(&ad), &mut ToyJob, true))
             }),
-            names: vec![],
+            // The checkpoint (or LATEST) at fault, not only the run directory.
+            names: vec!["checkpoint-0", "LATEST"],
         },
         Target {
             name: "checkpoint directory, one kept (resume)",
@@ -450,7 +451,8 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
                 let r = Runner::new(runner_config(3), d).map_err(|e| e.to_string())?;
                 s(r.run(toy(&ad), &mut ToyJob, true))
             }),
-            names: vec![],
+            // The checkpoint (or LATEST) at fault, not only the run directory.
+            names: vec!["checkpoint-0", "LATEST"],
         },
         Target {
             name: "checkpoint model.bpk (direct load)",

@@ -162,6 +162,29 @@ impl ShapesModelConfig {
                 format!("widths above {WIDTH}"),
             ));
         }
+        // Tables built when the model is created, before any weights are read: the DiT's
+        // positional embedding (patches × width) and the text encoder's positions (tokens ×
+        // width), each at most 2²² values (16 MiB).
+        const TABLE: usize = 1 << 22;
+        let patches = (d.image_size / d.patch_size).pow(2);
+        if patches * d.dim > TABLE {
+            return Err(ModelError::config(
+                "dit.dim",
+                format!(
+                    "{} patches × width {} is above {TABLE} positional values",
+                    patches, d.dim
+                ),
+            ));
+        }
+        if t.max_len * t.dim > TABLE {
+            return Err(ModelError::config(
+                "text.dim",
+                format!(
+                    "{} tokens × width {} is above {TABLE} positional values",
+                    t.max_len, t.dim
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -581,13 +581,13 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
         Ok((model, m))
     }
 
-    /// Every [`PrefConfig::eval_interval`] steps: ShapeEval pass rates of the current weights
-    /// on both parts of the evaluation set (`monitor_seeds` seeds), as `eval_train_accuracy`
-    /// and `eval_heldout_accuracy`.
     fn notice(&mut self, message: &str) {
         self.observer.say(message);
     }
 
+    /// Every [`PrefConfig::eval_interval`] steps: ShapeEval pass rates of the current weights
+    /// on both parts of the evaluation set (`monitor_seeds` seeds), as `eval_train_accuracy`
+    /// and `eval_heldout_accuracy`.
     fn after_iteration(
         &mut self,
         model: &TextToImage<D>,

@@ -90,7 +90,9 @@ pub fn checked_differentiable(
     let name = reward.name().to_string();
     let scores = match reward.score_differentiable(images, prompts) {
         Some(Ok(t)) => t,
-        Some(Err(RewardError::NonFinite { index, value, .. })) => {
+        Some(Err(RewardError::NonFinite {
+            index, value, what, ..
+        })) if what == "score" => {
             return Err(bad_score(&name, iteration, prompts, index, value));
         }
         Some(Err(e)) => {
