@@ -11,6 +11,7 @@
 # Usage: scripts/bad-reward.sh   (after `cargo build --release -p align-cli`); ANSWER=nan|short|text
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/small-flow-grpo.sh
 BIN=${BIN:-target/release/align}
 ANSWER=${ANSWER:-nan}
 WORK=${WORK:-runs/bad-reward-$ANSWER}
@@ -33,23 +34,8 @@ else
 fi
 SH
 chmod +x "$WORK/score.sh"
-config() {
-  cat <<TOML
-algorithm = "flow-grpo"
-model = "models/shapes-flow-unet"
-reward = { command = ["$WORK/score.sh"] }
-prompts_per_iteration = 2
-group_size = 4
-train_steps = 10
-noise_level = 0.7
-guidance = 3.0
-eval_steps = 4
-eval_every = 100
-[runner]
-iterations = $1
-learning_rate = 3e-4
-TOML
-}
+config() { small_flow_grpo "$1" "reward = { command = [\"$WORK/score.sh\"] }
+eval_every = 100"; }
 config 4 > "$WORK/config-4.toml"; config 2 > "$WORK/config-2.toml"
 echo "reference (4 iterations, the reward never goes bad)"
 "$BIN" train --config "$WORK/config-4.toml" --out "$WORK/reference" > "$WORK/reference.log" 2>&1

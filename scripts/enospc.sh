@@ -13,6 +13,7 @@
 # Needs root (mount). Usage: scripts/enospc.sh   (after `cargo build --release -p align-cli`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/small-flow-grpo.sh
 BIN=${BIN:-target/release/align}
 WORK=${WORK:-runs/enospc}
 MNT=${MNT:-/tmp/align-enospc}
@@ -22,24 +23,8 @@ rm -rf "$WORK"; mkdir -p "$WORK" "$MNT"
 mountpoint -q "$MNT" && umount "$MNT"
 mount -t tmpfs -o size="$SIZE" tmpfs "$MNT"
 trap 'umount "$MNT" 2>/dev/null || true' EXIT
-config() {
-  cat <<TOML
-algorithm = "flow-grpo"
-model = "models/shapes-flow-unet"
-prompts_per_iteration = 2
-group_size = 4
-train_steps = 10
-noise_level = 0.7
-guidance = 3.0
-eval_steps = 4
-eval_every = 100
-[runner]
-iterations = $1
-learning_rate = 3e-4
-[flow_grpo]
-minibatches = 2
-TOML
-}
+config() { small_flow_grpo "$1" "eval_every = 100" "[flow_grpo]
+minibatches = 2"; }
 config 4 > "$WORK/config-4.toml"; config 2 > "$WORK/config-2.toml"
 echo "reference (4 iterations, ordinary disk)"
 "$BIN" train --config "$WORK/config-4.toml" --out "$WORK/reference" > "$WORK/reference.log" 2>&1

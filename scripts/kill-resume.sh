@@ -25,6 +25,7 @@
 # docs/reliability.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/small-flow-grpo.sh
 BIN=${BIN:-target/release/align}
 KILLS=${KILLS:-5}
 ITERATIONS=${ITERATIONS:-10}
@@ -76,22 +77,8 @@ iterations = $ITERATIONS
 learning_rate = 3e-4
 TOML
 else
-cat > "$WORK/config.toml" <<TOML
-# The quickstart (configs/flow-grpo.toml) with a smaller batch and fast evaluations.
-algorithm = "flow-grpo"
-model = "models/shapes-flow-unet"
-prompts_per_iteration = 2
-group_size = 4
-train_steps = 10
-noise_level = 0.7
-guidance = 3.0
-eval_steps = 4
-[runner]
-iterations = $ITERATIONS
-learning_rate = 3e-4
-[flow_grpo]
-minibatches = 2
-TOML
+  small_flow_grpo "$ITERATIONS" "" "[flow_grpo]
+minibatches = 2" > "$WORK/config.toml"
 fi
 QUICKSTART=${QUICKSTART:-0}
 command_for() {

@@ -10,22 +10,11 @@
 # Usage: scripts/two-writers.sh   (after `cargo build --release -p align-cli`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/small-flow-grpo.sh
 BIN=${BIN:-target/release/align}
 WORK=${WORK:-runs/two-writers}
 rm -rf "$WORK"; mkdir -p "$WORK"
-cat > "$WORK/config.toml" <<TOML
-algorithm = "flow-grpo"
-model = "models/shapes-flow-unet"
-prompts_per_iteration = 2
-group_size = 4
-train_steps = 10
-noise_level = 0.7
-guidance = 3.0
-eval_steps = 4
-[runner]
-iterations = 20
-learning_rate = 3e-4
-TOML
+small_flow_grpo 20 > "$WORK/config.toml"
 run="$WORK/run"
 "$BIN" train --config "$WORK/config.toml" --out "$run" > "$WORK/first.log" 2>&1 &
 first=$!

@@ -1465,6 +1465,17 @@ mod tests {
         }
     }
 
+    /// `iterations` of the toy job in `dir`, fresh or resumed (`job` left for inspection).
+    fn run_toy(
+        dir: &Path,
+        iterations: usize,
+        resume: bool,
+        job: &mut Toy,
+    ) -> Result<RunOutcome<Weights>> {
+        let device = crate::test_device().autodiff();
+        Runner::new(config(iterations), dir)?.run(weights(&device), job, resume)
+    }
+
     fn tempdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("align-runner-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -1628,10 +1639,7 @@ mod tests {
         );
         // Negative check: a run that restarts without the optimizer state differs.
         let c = tempdir("restart");
-        let half = Runner::new(config(3), &c)
-            .unwrap()
-            .run(weights(&device), &mut toy(), false)
-            .unwrap();
+        let half = run_toy(&c, 3, false, &mut toy()).unwrap();
         let restarted = Runner::new(config(3), tempdir("restart2"))
             .unwrap()
             .run(half.model, &mut toy(), false)
@@ -1733,16 +1741,12 @@ mod tests {
 
     #[test]
     fn a_nan_metric_stops_the_run_and_keeps_the_last_checkpoint() {
-        let device = crate::test_device().autodiff();
         let dir = tempdir("nan");
         let mut job = Toy {
             poison_at: Some(3),
             ..toy()
         };
-        let err = Runner::new(config(10), &dir)
-            .unwrap()
-            .run(weights(&device), &mut job, false)
-            .unwrap_err();
+        let err = run_toy(&dir, 10, false, &mut job).unwrap_err();
         match &err {
             CoreError::Diverged {
                 metric, iteration, ..
@@ -1764,10 +1768,7 @@ mod tests {
             3
         );
         // The run resumes from there once the cause is gone.
-        let out = Runner::new(config(5), &dir)
-            .unwrap()
-            .run(weights(&device), &mut toy(), true)
-            .unwrap();
+        let out = run_toy(&dir, 5, true, &mut toy()).unwrap();
         assert_eq!(out.iterations, 5);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -1814,22 +1815,15 @@ mod tests {
     #[test]
     fn a_failed_checkpoint_write_stops_the_run_keeps_the_last_one_and_resume_finishes_identically()
     {
-        let device = crate::test_device().autodiff();
         let reference = tempdir("enospc-reference");
-        Runner::new(config(4), &reference)
-            .unwrap()
-            .run(weights(&device), &mut toy(), false)
-            .unwrap();
+        run_toy(&reference, 4, false, &mut toy()).unwrap();
         // Seven write steps per checkpoint (model, optimizer, state, digest, manifest, rename,
         // LATEST): fail each step of the third checkpoint in turn.
         for step in 0..7 {
             let dir = tempdir(&format!("enospc-{step}"));
             WRITES.with(|w| w.set(0));
             FAIL_WRITE.with(|f| f.set(Some(2 * 7 + step)));
-            let err = Runner::new(config(4), &dir)
-                .unwrap()
-                .run(weights(&device), &mut toy(), false)
-                .unwrap_err();
+            let err = run_toy(&dir, 4, false, &mut toy()).unwrap_err();
             FAIL_WRITE.with(|f| f.set(None));
             let text = err.to_string();
             assert!(
@@ -1850,10 +1844,7 @@ mod tests {
                 .filter(|n| n.contains(".tmp-"))
                 .collect();
             assert!(leftovers.is_empty(), "step {step}: {leftovers:?}");
-            let out = Runner::new(config(4), &dir)
-                .unwrap()
-                .run(weights(&device), &mut toy(), true)
-                .unwrap();
+            let out = run_toy(&dir, 4, true, &mut toy()).unwrap();
             assert_eq!(out.iterations, 4);
             assert_same_end_state(&reference, &dir, "checkpoint-000004");
             let _ = std::fs::remove_dir_all(dir);
@@ -1927,12 +1918,8 @@ mod tests {
 
     #[test]
     fn a_corrupt_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous_one_identically() {
-        let device = crate::test_device().autodiff();
         let reference = tempdir("corrupt-reference");
-        Runner::new(config(5), &reference)
-            .unwrap()
-            .run(weights(&device), &mut toy(), false)
-            .unwrap();
+        run_toy(&reference, 5, false, &mut toy()).unwrap();
         // Each way a checkpoint can be damaged, in the newest of the two kept.
         type Damage = fn(&Path);
         let damages: [(&str, Damage); 5] = [
@@ -1955,16 +1942,10 @@ mod tests {
         ];
         for (what, damage) in damages {
             let dir = tempdir("corrupt");
-            Runner::new(config(3), &dir)
-                .unwrap()
-                .run(weights(&device), &mut toy(), false)
-                .unwrap();
+            run_toy(&dir, 3, false, &mut toy()).unwrap();
             damage(&dir.join("checkpoint-000003"));
             let mut job = toy();
-            let out = Runner::new(config(5), &dir)
-                .unwrap()
-                .run(weights(&device), &mut job, true)
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let out = run_toy(&dir, 5, true, &mut job).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(out.iterations, 5, "{what}");
             assert!(
                 job.notices[0].contains("checkpoint-000003")
@@ -1989,10 +1970,7 @@ mod tests {
     fn a_latest_pointing_nowhere_falls_back_and_no_intact_checkpoint_is_an_error_naming_each() {
         let device = crate::test_device().autodiff();
         let dir = tempdir("latest-nowhere");
-        Runner::new(config(2), &dir)
-            .unwrap()
-            .run(weights(&device), &mut toy(), false)
-            .unwrap();
+        run_toy(&dir, 2, false, &mut toy()).unwrap();
         std::fs::write(dir.join(LATEST), "checkpoint-000009\n").unwrap();
         let r = Runner::new(config(3), &dir).unwrap();
         assert_eq!(r.latest_iteration().unwrap(), Some(2));
@@ -2029,17 +2007,10 @@ mod tests {
 
     #[test]
     fn old_checkpoints_without_digests_resume_unverified_and_unpublished_newer_ones_are_named() {
-        let device = crate::test_device().autodiff();
         let reference = tempdir("legacy-reference");
-        Runner::new(config(3), &reference)
-            .unwrap()
-            .run(weights(&device), &mut toy(), false)
-            .unwrap();
+        run_toy(&reference, 3, false, &mut toy()).unwrap();
         let dir = tempdir("legacy");
-        Runner::new(config(2), &dir)
-            .unwrap()
-            .run(weights(&device), &mut toy(), false)
-            .unwrap();
+        run_toy(&dir, 2, false, &mut toy()).unwrap();
         // As an early version wrote it: no manifest, no digest.txt.
         for f in [MANIFEST, "digest.txt"] {
             std::fs::remove_file(dir.join("checkpoint-000002").join(f)).unwrap();
@@ -2049,10 +2020,7 @@ mod tests {
         std::fs::create_dir_all(&newer).unwrap();
         std::fs::write(newer.join("state.json"), "{}").unwrap();
         let mut job = toy();
-        Runner::new(config(3), &dir)
-            .unwrap()
-            .run(weights(&device), &mut job, true)
-            .unwrap();
+        run_toy(&dir, 3, true, &mut job).unwrap();
         assert!(
             job.notices
                 .iter()
@@ -2074,10 +2042,7 @@ mod tests {
         let device = crate::test_device().autodiff();
         let dir = tempdir("locked");
         let holder = Runner::new(config(2), &dir).unwrap().lock().unwrap();
-        let err = Runner::new(config(2), &dir)
-            .unwrap()
-            .run(weights(&device), &mut toy(), false)
-            .unwrap_err();
+        let err = run_toy(&dir, 2, false, &mut toy()).unwrap_err();
         assert!(
             matches!(&err, CoreError::RunInUse { holder, .. } if holder.starts_with(&format!("pid {}", std::process::id()))),
             "{err}"
@@ -2093,10 +2058,7 @@ mod tests {
         )
         .unwrap();
         let mut job = toy();
-        Runner::new(config(3), &dir)
-            .unwrap()
-            .run(weights(&device), &mut job, true)
-            .unwrap();
+        run_toy(&dir, 3, true, &mut job).unwrap();
         assert_eq!(
             job.notices,
             ["took over run.lock from pid 4000000 on h, which ended without releasing it"]

@@ -95,6 +95,26 @@ fn fixture_without(dir: &Path, damaged: &[&str]) -> std::io::Result<Vec<(PathBuf
         .collect())
 }
 
+/// A target damaging `file` of the valid directory `dir`, whose other files are the fixture.
+fn in_dir(
+    name: &'static str,
+    dir: &Path,
+    file: &'static str,
+    faults: &[Fault],
+    load: crate::Loader,
+    names: Vec<&'static str>,
+) -> std::io::Result<Target> {
+    Ok(Target {
+        name,
+        files: vec![file],
+        seeds: vec![vec![read(&dir.join(file))?]],
+        fixture: fixture_without(dir, &[file])?,
+        faults: faults.to_vec(),
+        load,
+        names,
+    })
+}
+
 fn device() -> Device {
     align_core::test_device()
 }
@@ -288,24 +308,24 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
             load: Box::new(|d| s(align_train::read_run_config(d))),
             names: vec!["config.toml"],
         },
-        Target {
-            name: "Shapes model.json",
-            files: vec!["model.json"],
-            seeds: vec![vec![read(&shapes.join("model.json")).map_err(io)?]],
-            fixture: fixture_without(&shapes, &["model.json"]).map_err(io)?,
-            faults: json_faults.clone(),
-            load: Box::new(|d| s(ShapesModel::load(d, &device()))),
-            names: vec!["model.json", "model.safetensors"],
-        },
-        Target {
-            name: "Shapes model.safetensors",
-            files: vec!["model.safetensors"],
-            seeds: vec![vec![read(&shapes.join("model.safetensors")).map_err(io)?]],
-            fixture: fixture_without(&shapes, &["model.safetensors"]).map_err(io)?,
-            faults: SAFETENSORS.to_vec(),
-            load: Box::new(|d| s(ShapesModel::load(d, &device()))),
-            names: vec!["model.safetensors"],
-        },
+        in_dir(
+            "Shapes model.json",
+            &shapes,
+            "model.json",
+            &json_faults,
+            Box::new(|d| s(ShapesModel::load(d, &device()))),
+            vec!["model.json", "model.safetensors"],
+        )
+        .map_err(io)?,
+        in_dir(
+            "Shapes model.safetensors",
+            &shapes,
+            "model.safetensors",
+            &SAFETENSORS,
+            Box::new(|d| s(ShapesModel::load(d, &device()))),
+            vec!["model.safetensors"],
+        )
+        .map_err(io)?,
         Target {
             name: "safetensors (reference reader)",
             files: vec!["weights.safetensors"],
@@ -319,47 +339,42 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
             }),
             names: vec!["weights.safetensors"],
         },
-        Target {
-            name: "diffusers UNet weights",
-            files: vec!["diffusion_pytorch_model.safetensors"],
-            seeds: vec![vec![
-                read(&unet.join("diffusion_pytorch_model.safetensors")).map_err(io)?,
-            ]],
-            fixture: fixture_without(&unet, &["diffusion_pytorch_model.safetensors"])
-                .map_err(io)?,
-            faults: SAFETENSORS.to_vec(),
-            load: Box::new(|d| s(align_models::sd::UNet2DCondition::load(d, &device()))),
-            names: vec!["diffusion_pytorch_model.safetensors"],
-        },
-        Target {
-            name: "diffusers UNet config.json",
-            files: vec!["config.json"],
-            seeds: vec![vec![read(&unet.join("config.json")).map_err(io)?]],
-            fixture: fixture_without(&unet, &["config.json"]).map_err(io)?,
-            faults: json_faults.clone(),
-            load: Box::new(|d| s(align_models::sd::UNet2DCondition::load(d, &device()))),
-            names: vec!["config.json", "diffusion_pytorch_model.safetensors"],
-        },
-        Target {
-            name: "PEFT LoRA weights",
-            files: vec!["adapter_model.safetensors"],
-            seeds: vec![vec![
-                read(&peft.join("adapter_model.safetensors")).map_err(io)?,
-            ]],
-            fixture: fixture_without(&peft, &["adapter_model.safetensors"]).map_err(io)?,
-            faults: SAFETENSORS.to_vec(),
-            load: Box::new(|d| s(align_models::read_lora(d, &SdUnetNaming))),
-            names: vec!["adapter_model.safetensors", "adapter_config.json"],
-        },
-        Target {
-            name: "PEFT adapter_config.json",
-            files: vec!["adapter_config.json"],
-            seeds: vec![vec![read(&peft.join("adapter_config.json")).map_err(io)?]],
-            fixture: fixture_without(&peft, &["adapter_config.json"]).map_err(io)?,
-            faults: json_faults.clone(),
-            load: Box::new(|d| s(align_models::read_lora(d, &SdUnetNaming))),
-            names: vec!["adapter_model.safetensors", "adapter_config.json"],
-        },
+        in_dir(
+            "diffusers UNet weights",
+            &unet,
+            "diffusion_pytorch_model.safetensors",
+            &SAFETENSORS,
+            Box::new(|d| s(align_models::sd::UNet2DCondition::load(d, &device()))),
+            vec!["diffusion_pytorch_model.safetensors"],
+        )
+        .map_err(io)?,
+        in_dir(
+            "diffusers UNet config.json",
+            &unet,
+            "config.json",
+            &json_faults,
+            Box::new(|d| s(align_models::sd::UNet2DCondition::load(d, &device()))),
+            vec!["config.json", "diffusion_pytorch_model.safetensors"],
+        )
+        .map_err(io)?,
+        in_dir(
+            "PEFT LoRA weights",
+            &peft,
+            "adapter_model.safetensors",
+            &SAFETENSORS,
+            Box::new(|d| s(align_models::read_lora(d, &SdUnetNaming))),
+            vec!["adapter_model.safetensors", "adapter_config.json"],
+        )
+        .map_err(io)?,
+        in_dir(
+            "PEFT adapter_config.json",
+            &peft,
+            "adapter_config.json",
+            &json_faults,
+            Box::new(|d| s(align_models::read_lora(d, &SdUnetNaming))),
+            vec!["adapter_model.safetensors", "adapter_config.json"],
+        )
+        .map_err(io)?,
         Target {
             name: "diffusers LoRA file",
             files: vec!["pytorch_lora_weights.safetensors"],
@@ -374,37 +389,37 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
             }),
             names: vec!["pytorch_lora_weights.safetensors"],
         },
-        Target {
-            name: "preference pairs.jsonl",
-            files: vec!["pairs.jsonl"],
-            seeds: vec![vec![read(&fx.join("pairs/pairs.jsonl")).map_err(io)?]],
-            fixture: fixture_without(&fx.join("pairs"), &["pairs.jsonl"]).map_err(io)?,
-            faults: text_faults.clone(),
-            load: Box::new(|d| s(align_data::read_pairs(d, 16, 16))),
-            names: vec!["pairs.jsonl"],
-        },
-        Target {
-            name: "preference labels.jsonl",
-            files: vec!["labels.jsonl"],
-            seeds: vec![vec![read(&fx.join("labels/labels.jsonl")).map_err(io)?]],
-            fixture: fixture_without(&fx.join("labels"), &["labels.jsonl"]).map_err(io)?,
-            faults: text_faults.clone(),
-            load: Box::new(|d| s(align_data::read_labels(d, 16, 16))),
-            names: vec!["labels.jsonl"],
-        },
-        Target {
-            name: "preference PNG",
-            files: vec!["000000-w.png"],
-            seeds: vec![vec![read(&fx.join("pairs/000000-w.png")).map_err(io)?]],
-            fixture: fixture_without(&fx.join("pairs"), &["000000-w.png"]).map_err(io)?,
-            faults: {
+        in_dir(
+            "preference pairs.jsonl",
+            &fx.join("pairs"),
+            "pairs.jsonl",
+            &text_faults,
+            Box::new(|d| s(align_data::read_pairs(d, 16, 16))),
+            vec!["pairs.jsonl"],
+        )
+        .map_err(io)?,
+        in_dir(
+            "preference labels.jsonl",
+            &fx.join("labels"),
+            "labels.jsonl",
+            &text_faults,
+            Box::new(|d| s(align_data::read_labels(d, 16, 16))),
+            vec!["labels.jsonl"],
+        )
+        .map_err(io)?,
+        in_dir(
+            "preference PNG",
+            &fx.join("pairs"),
+            "000000-w.png",
+            &{
                 let mut f = BYTES.to_vec();
                 f.push(Fault::HugeSize);
                 f
             },
-            load: Box::new(|d| s(align_data::read_pairs(d, 16, 16))),
-            names: vec!["000000-w.png"],
-        },
+            Box::new(|d| s(align_data::read_pairs(d, 16, 16))),
+            vec!["000000-w.png"],
+        )
+        .map_err(io)?,
         Target {
             name: "prompt file",
             files: vec!["prompts.txt"],
@@ -536,15 +551,17 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
         });
     }
     let t5_tok = repo.join("fixtures/sd3-tiny-pipeline/tokenizer_3");
-    t.push(Target {
-        name: "T5 tokenizer.json",
-        files: vec!["tokenizer.json"],
-        seeds: vec![vec![read(&t5_tok.join("tokenizer.json")).map_err(io)?]],
-        fixture: fixture_without(&t5_tok, &["tokenizer.json"]).map_err(io)?,
-        faults: TEXT.to_vec(),
-        load: Box::new(|d| s(align_models::sd3::T5Tokenizer::from_dir(d))),
-        names: vec!["tokenizer.json"],
-    });
+    t.push(
+        in_dir(
+            "T5 tokenizer.json",
+            &t5_tok,
+            "tokenizer.json",
+            &TEXT,
+            Box::new(|d| s(align_models::sd3::T5Tokenizer::from_dir(d))),
+            vec!["tokenizer.json"],
+        )
+        .map_err(io)?,
+    );
     // The learned proxy reward model (`reward = "proxy"`).
     let proxy = repo.join("models/proxy-rm");
     for file in ["reward-model.json", "reward-model.safetensors"] {
@@ -569,17 +586,17 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
     }
     // A captioned image folder (`captions.txt`: `file<TAB>caption` per line).
     let folder = fx.join("folder");
-    t.push(Target {
-        name: "image folder captions.txt",
-        files: vec![align_data::CAPTIONS_FILE],
-        seeds: vec![vec![
-            read(&folder.join(align_data::CAPTIONS_FILE)).map_err(io)?,
-        ]],
-        fixture: fixture_without(&folder, &[align_data::CAPTIONS_FILE]).map_err(io)?,
-        faults: BYTES.to_vec(),
-        load: Box::new(|d| s(align_data::ImageFolderDataset::open(d, 16, 16))),
-        names: vec![align_data::CAPTIONS_FILE],
-    });
+    t.push(
+        in_dir(
+            "image folder captions.txt",
+            &folder,
+            align_data::CAPTIONS_FILE,
+            &BYTES,
+            Box::new(|d| s(align_data::ImageFolderDataset::open(d, 16, 16))),
+            vec![align_data::CAPTIONS_FILE],
+        )
+        .map_err(io)?,
+    );
     // Prompt text as the Shapes world parses it (no file: any error is fine, a panic is not).
     t.push(Target {
         name: "Shapes prompt text",
