@@ -442,34 +442,6 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
             names: vec!["reward `fuzz`"],
         },
         Target {
-            name: "checkpoint directory (resume)",
-            files: run_files,
-            seeds: run_seeds,
-            fixture: files_of(&run).map_err(io)?,
-            faults: checkpoint_faults.clone(),
-            load: Box::new(|d| {
-                let ad = device().autodiff();
-                let r = Runner::new(runner_config(3), d).map_err(|e| e.to_string())?;
-                s(r.run(toy(&ad), &mut ToyJob, true))
-            }),
-            // The checkpoint (or LATEST) at fault, not only the run directory.
-            names: vec!["checkpoint-0", "LATEST"],
-        },
-        Target {
-            name: "checkpoint directory, one kept (resume)",
-            files: one_files,
-            seeds: one_seeds,
-            fixture: files_of(&one_kept).map_err(io)?,
-            faults: checkpoint_faults.clone(),
-            load: Box::new(|d| {
-                let ad = device().autodiff();
-                let r = Runner::new(runner_config(3), d).map_err(|e| e.to_string())?;
-                s(r.run(toy(&ad), &mut ToyJob, true))
-            }),
-            // The checkpoint (or LATEST) at fault, not only the run directory.
-            names: vec!["checkpoint-0", "LATEST"],
-        },
-        Target {
             name: "checkpoint model.bpk (direct load)",
             files: vec!["model.bpk"],
             seeds: vec![vec![
@@ -490,6 +462,31 @@ pub fn targets(work: &Path) -> Result<Vec<Target>, String> {
         read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/prompts/shapes.txt"))
             .map_err(io)?,
     ];
+    // A run directory resumed after damage: with two checkpoints kept, and with one.
+    for (name, dir, files, seeds) in [
+        ("checkpoint directory (resume)", &run, run_files, run_seeds),
+        (
+            "checkpoint directory, one kept (resume)",
+            &one_kept,
+            one_files,
+            one_seeds,
+        ),
+    ] {
+        t.push(Target {
+            name,
+            files,
+            seeds,
+            fixture: files_of(dir).map_err(io)?,
+            faults: checkpoint_faults.clone(),
+            load: Box::new(|d| {
+                let ad = device().autodiff();
+                let r = Runner::new(runner_config(3), d).map_err(|e| e.to_string())?;
+                s(r.run(toy(&ad), &mut ToyJob, true))
+            }),
+            // The checkpoint (or LATEST) at fault, not only the run directory.
+            names: vec!["checkpoint-0", "LATEST"],
+        });
+    }
     // The configuration files of the other diffusers / transformers components `align`
     // loads (each with its tiny fixture's weights beside it).
     type Load = fn(&Path) -> Result<(), String>;
