@@ -21,6 +21,7 @@
 #                                             config, full evaluations; kills anywhere in the run)
 #        KIND=pref scripts/kill-resume.sh       KIND=pretrain ITERATIONS=12 scripts/kill-resume.sh
 #        KIND=backprop KILLS=20 scripts/kill-resume.sh
+#        KIND=pretrain EVAL_EVERY=30 ...   (pretraining evaluates every 6 steps unless told)
 # The last line is a summary (kind, iterations, kills, starts, lock take-overs, verdict) for
 # docs/reliability.md.
 set -euo pipefail
@@ -85,7 +86,7 @@ command_for() {
   if [ "$KIND" = pref ]; then
     echo pref-train --config "$WORK/$(basename "$1").toml"
   elif [ "$KIND" = pretrain ]; then
-    echo pretrain --model dit --steps "$ITERATIONS" --batch 16 --eval-every 6 --checkpoint-every 1 --seed 3 --out "$1"
+    echo pretrain --model dit --steps "$ITERATIONS" --batch 16 --eval-every "${EVAL_EVERY:-6}" --checkpoint-every 1 --seed 3 --out "$1"
   elif [ "$QUICKSTART" = 1 ]; then
     echo quickstart --iterations "$ITERATIONS" --out "$1"
   else
