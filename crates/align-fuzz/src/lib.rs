@@ -353,7 +353,19 @@ pub fn markdown(rows: &[Row]) -> String {
             .or(r.first_unnamed.as_ref())
             .or(r.example.as_ref())
             .map(|e| {
-                let e = e.replace('|', "\\|").replace('\n', " ");
+                // One table cell: control characters (line breaks included, whatever the
+                // damaged bytes held) escaped, pipes escaped.
+                let e: String = e
+                    .chars()
+                    .map(|c| {
+                        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                            c.escape_default().to_string()
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect::<String>()
+                    .replace('|', "\\|");
                 let short: String = e.chars().take(160).collect();
                 if short.len() < e.len() {
                     format!("{short}…")

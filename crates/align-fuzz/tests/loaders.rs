@@ -85,6 +85,13 @@ fn damage_is_caught_at_all() {
         (row.accepted, row.panics, row.unnamed, row.oversized),
         (3, 0, 0, 0)
     );
+    // Whatever bytes an error quotes, the table keeps one line per row.
+    let noisy = target(Box::new(|_| {
+        Err("x.bin: a\nb\r\u{2028}c|d\u{0}\u{85}".into())
+    }));
+    let table = align_fuzz::markdown(&align_fuzz::run_target(&noisy, &dir, 1, 0));
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(table.contains("a\\nb\\r\\u{2028}c\\|d"), "{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
