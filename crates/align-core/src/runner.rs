@@ -604,8 +604,14 @@ fn verify_checkpoint(dir: &Path) -> std::result::Result<Verified, Unusable> {
                         n + 1
                     )));
                 };
-                if name.contains(['/', '\\']) || name == ".." || name == "." {
-                    return Err(damaged(format!("{MANIFEST} line {} names `{name}`", n + 1)));
+                let plain =
+                    !name.is_empty() && !name.contains(['/', '\\']) && name != ".." && name != ".";
+                let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+                if !plain || !hex {
+                    return Err(damaged(format!(
+                        "{MANIFEST} line {} is not `SHA256  FILE`",
+                        n + 1
+                    )));
                 }
                 let path = dir.join(name);
                 let actual = sha256_io(&path).map_err(|e| read_failure(&path, e))?;
@@ -1922,7 +1928,7 @@ mod tests {
         run_toy(&reference, 5, false, &mut toy()).unwrap();
         // Each way a checkpoint can be damaged, in the newest of the two kept.
         type Damage = fn(&Path);
-        let damages: [(&str, Damage); 5] = [
+        let damages: [(&str, Damage); 6] = [
             ("a flipped byte in model.bpk", |c| {
                 corrupt(&c.join("model.bpk"))
             }),
@@ -1934,6 +1940,11 @@ mod tests {
             }),
             ("model.bpk missing", |c| {
                 std::fs::remove_file(c.join("model.bpk")).unwrap()
+            }),
+            ("files.sha256 cut inside a line", |c| {
+                let m = std::fs::read_to_string(c.join(MANIFEST)).unwrap();
+                // `HASH  ` with the name gone: it must not be read as the directory itself.
+                std::fs::write(c.join(MANIFEST), &m[..m.find("  ").unwrap() + 2]).unwrap()
             }),
             ("model.bpk truncated", |c| {
                 let b = bytes(c.join("model.bpk"));
