@@ -167,23 +167,16 @@ impl ShapesModelConfig {
         // width), each at most 2²² values (16 MiB).
         const TABLE: usize = 1 << 22;
         let patches = (d.image_size / d.patch_size).pow(2);
-        if patches * d.dim > TABLE {
-            return Err(ModelError::config(
-                "dit.dim",
-                format!(
-                    "{} patches × width {} is above {TABLE} positional values",
-                    patches, d.dim
-                ),
-            ));
-        }
-        if t.max_len * t.dim > TABLE {
-            return Err(ModelError::config(
-                "text.dim",
-                format!(
-                    "{} tokens × width {} is above {TABLE} positional values",
-                    t.max_len, t.dim
-                ),
-            ));
+        for (field, rows, what, width) in [
+            ("dit.dim", patches, "patches", d.dim),
+            ("text.dim", t.max_len, "tokens", t.dim),
+        ] {
+            if rows * width > TABLE {
+                return Err(ModelError::config(
+                    field,
+                    format!("{rows} {what} × width {width} is above {TABLE} positional values"),
+                ));
+            }
         }
         Ok(())
     }
