@@ -31,7 +31,7 @@ impl Job<Gaussian> for Rwr {
         &mut self,
         model: Gaussian,
         iteration: usize,
-        apply: &mut dyn FnMut(Gaussian, GradientsParams) -> align_core::Result<Gaussian>,
+        apply: &mut dyn FnMut(Gaussian, align_core::Gradients) -> align_core::Result<Gaussian>,
     ) -> align_core::Result<(Gaussian, Metrics)> {
         let device = model.mean.val().device();
         // Noise keyed by (seed, iteration): a resumed run draws exactly the same samples.
@@ -48,7 +48,7 @@ impl Job<Gaussian> for Rwr {
         let log_p = ((x - mean) / std.clone()).powi_scalar(2).mul_scalar(-0.5) - std.log();
         let loss = (weights * log_p).sum().neg();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = apply(model, grads)?;
+        let model = apply(model, grads.into())?;
         let mean_reward = reward.mean().into_scalar::<f32>() as f64;
         Ok((
             model,

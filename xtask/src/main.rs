@@ -1,7 +1,8 @@
 //! Project automation for the `align` workspace, run as `cargo xtask <command>`.
 //!
 //! - `cargo xtask test --backend <flex|ndarray|wgpu>` runs the backend-sensitive test suites
-//!   (`align-core`, `align-samplers`) on one burn backend. Each non-default backend builds in
+//!   (`align-core`, `align-samplers`, and the algorithm crates `align-rl`, `align-backprop`,
+//!   `align-pref`) on one burn backend. Each non-default backend builds in
 //!   its own target directory (`target/xtask-<backend>`) so that switching backends never
 //!   invalidates the main build. `wgpu` runs on whatever adapter wgpu finds; on a machine
 //!   without a GPU install Mesa's lavapipe first
@@ -36,8 +37,15 @@ mod efficacy;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-/// Crates whose tests exercise tensor math on the selected backend.
-const BACKEND_CRATES: [&str; 2] = ["align-core", "align-samplers"];
+/// Crates whose tests exercise tensor math on the selected backend: the foundations and the
+/// algorithm crates (exactness, finite-difference and toy end-to-end tests).
+const BACKEND_CRATES: [&str; 5] = [
+    "align-core",
+    "align-samplers",
+    "align-rl",
+    "align-backprop",
+    "align-pref",
+];
 
 fn usage() -> ExitCode {
     eprintln!(

@@ -75,6 +75,10 @@ enum Command {
         /// Override the config's number of iterations.
         #[arg(long)]
         iterations: Option<usize>,
+        /// Data parallelism: the devices that share each iteration, comma-separated
+        /// (`cuda:0,cuda:1`; overrides the config's `devices`). The first holds the model.
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<String>>,
         /// Continue an interrupted run.
         #[arg(long)]
         resume: bool,
@@ -108,6 +112,10 @@ enum Command {
         /// The configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Data parallelism: the devices that share each step, comma-separated (overrides
+        /// the config's `devices`). The first holds the model.
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<String>>,
         /// Continue an interrupted run.
         #[arg(long)]
         resume: bool,
@@ -1042,8 +1050,16 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::PrefTrain { config, resume } => {
-            let config = align_train::PrefConfig::from_file(&config).map_err(|e| e.to_string())?;
+        Command::PrefTrain {
+            config,
+            devices,
+            resume,
+        } => {
+            let mut config =
+                align_train::PrefConfig::from_file(&config).map_err(|e| e.to_string())?;
+            if let Some(devices) = devices {
+                config.devices = devices;
+            }
             let observer: align_train::SharedObserver = std::sync::Arc::new(progress::Bar::new());
             let r = align_train::pref_train(&config, resume, &observer, &device)
                 .map_err(|e| e.to_string())?;
@@ -1084,12 +1100,16 @@ fn run(cli: Cli) -> Result<(), String> {
             config,
             out,
             iterations,
+            devices,
             resume,
         } => {
             let mut config =
                 align_train::TrainConfig::from_file(&config).map_err(|e| e.to_string())?;
             if let Some(out) = out {
                 config.out = out;
+            }
+            if let Some(devices) = devices {
+                config.devices = devices;
             }
             if let Some(n) = iterations {
                 config.runner.iterations = n;

@@ -10,7 +10,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{CoreError, Result};
 
@@ -101,6 +101,112 @@ pub fn clip_grad_norm<M: Module>(
         module.visit(&mut visitor);
     }
     Ok((grads, norm))
+}
+
+struct SquaredNormOfSum<'a> {
+    parts: &'a [(GradientsParams, Device)],
+    total: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNormOfSum<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(home) = self.parts.first().map(|(_, d)| d) else {
+            return;
+        };
+        let mut sum: Option<Tensor<D>> = None;
+        for (grads, _) in self.parts {
+            if let Some(g) = grads.get::<D>(param.id) {
+                let g = g.to_device(home);
+                sum = Some(match sum.take() {
+                    Some(acc) => acc + g,
+                    None => g,
+                });
+            }
+        }
+        if let Some(sum) = sum {
+            let sq = sum.square().sum();
+            self.total = Some(match self.total.take() {
+                Some(acc) => acc + sq,
+                None => sq,
+            });
+        }
+    }
+}
+
+/// [`clip_grad_norm`] for gradients that come in parts, one per device (data parallelism):
+/// the norm is that of their **sum** `g_p = Σ_d g_{p,d}` — the gradient the optimizer
+/// applies —, and every part is scaled by the same factor, so the clipped sum equals the
+/// clipped single-device gradient:
+///
+/// ```text
+/// n = sqrt(Σ_p ‖Σ_d g_{p,d}‖²);   g_{p,d} ← g_{p,d} · min(1, max_norm / n)
+/// ```
+///
+/// The sums are formed on the first part's device. Returns the parts (in order) and the norm
+/// before clipping.
+///
+/// # Errors
+/// As [`clip_grad_norm`].
+pub fn clip_grad_norm_parts<M: Module>(
+    module: &M,
+    mut parts: Vec<(GradientsParams, Device)>,
+    max_norm: f64,
+) -> Result<(Vec<(GradientsParams, Device)>, f64)> {
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(CoreError::config(
+            "max_grad_norm",
+            format!("{max_norm} is not a finite positive number"),
+        ));
+    }
+    let mut visitor = SquaredNormOfSum {
+        parts: &parts,
+        total: None,
+    };
+    module.visit(&mut visitor);
+    let norm = match visitor.total {
+        None => 0.0,
+        Some(total) => {
+            let v = total
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| CoreError::Readback {
+                    what: "gradient norm".into(),
+                    reason: format!("{e:?}"),
+                })?;
+            f64::from(v[0]).sqrt()
+        }
+    };
+    if !norm.is_finite() {
+        return Err(CoreError::NonFinite {
+            what: "global gradient norm".into(),
+            value: norm,
+        });
+    }
+    if norm > max_norm {
+        for (grads, _) in &mut parts {
+            let mut visitor = Scale {
+                grads,
+                factor: max_norm / norm,
+            };
+            module.visit(&mut visitor);
+        }
+    }
+    Ok((parts, norm))
+}
+
+/// `module`'s gradients multiplied by `factor` (data parallelism weighs each device's
+/// gradient by its share of the minibatch).
+pub fn scale_gradients<M: Module>(
+    module: &M,
+    mut grads: GradientsParams,
+    factor: f64,
+) -> GradientsParams {
+    let mut visitor = Scale {
+        grads: &mut grads,
+        factor,
+    };
+    module.visit(&mut visitor);
+    grads
 }
 
 #[cfg(test)]

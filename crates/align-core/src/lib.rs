@@ -50,6 +50,7 @@
 pub mod advantages;
 pub mod allocator;
 pub mod clip;
+pub mod data_parallel;
 pub mod denoiser;
 pub mod device;
 pub mod ema;
@@ -66,7 +67,8 @@ pub use advantages::{
     clip_advantages, discounted_returns, group_advantages,
 };
 pub use allocator::{AllocatorTuning, tune_allocator};
-pub use clip::{clip_grad_norm, global_grad_norm};
+pub use clip::{clip_grad_norm, clip_grad_norm_parts, global_grad_norm, scale_gradients};
+pub use data_parallel::{Gradients, Replicas};
 pub use denoiser::{Condition, Denoiser, Parameterization};
 pub use device::{
     Backend, DEVICE_ENV, compiled_backends, device_for, is_host_array_device, resolve_backend,

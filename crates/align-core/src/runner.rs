@@ -34,11 +34,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::optim::{AdamWConfig, ModuleOptimizer, MultiGradientsParams, OptimizerRecord};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::clip::clip_grad_norm;
+use crate::clip::{clip_grad_norm, clip_grad_norm_parts};
+use crate::data_parallel::{Gradients, gather_to};
 use crate::ema::{Ema, EmaConfig};
 use crate::error::{CoreError, Result};
 use crate::run_lock::RunLock;
@@ -58,8 +59,10 @@ pub enum Control {
 /// One alignment algorithm, as the runner drives it.
 pub trait Job<M: Module> {
     /// Runs iteration `iteration` (0-based): collect data with `model`, compute gradients and
-    /// call `apply(model, grads)` for each optimizer step. Returns the updated model and the
-    /// iteration's metrics (`kl`, if reported, is checked against the KL budget).
+    /// call `apply(model, grads.into())` for each optimizer step — one device's
+    /// [`burn::optim::GradientsParams`], or [`Gradients::PerDevice`] from a data-parallel job
+    /// ([`crate::data_parallel`]). Returns the updated model and the iteration's metrics
+    /// (`kl`, if reported, is checked against the KL budget).
     ///
     /// # Errors
     /// Anything that makes the iteration unusable; the runner then stops without writing.
@@ -67,7 +70,7 @@ pub trait Job<M: Module> {
         &mut self,
         model: M,
         iteration: usize,
-        apply: &mut dyn FnMut(M, GradientsParams) -> Result<M>,
+        apply: &mut dyn FnMut(M, Gradients) -> Result<M>,
     ) -> Result<(M, Metrics)>;
 
     /// The job's resumable state (trackers, counters) as JSON.
@@ -1295,16 +1298,38 @@ impl Runner {
             let clip = self.config.max_grad_norm;
             let optim_ref = &mut optim;
             let ema_ref = &mut ema;
-            let mut apply = |m: M, grads: GradientsParams| -> Result<M> {
-                let grads = match clip {
-                    Some(c) => {
-                        let (g, norm) = clip_grad_norm(&m, grads, c)?;
-                        norms.push(norm);
-                        g
+            let mut apply = |m: M, grads: Gradients| -> Result<M> {
+                let m = match grads {
+                    Gradients::One(grads) => {
+                        let grads = match clip {
+                            Some(c) => {
+                                let (g, norm) = clip_grad_norm(&m, grads, c)?;
+                                norms.push(norm);
+                                g
+                            }
+                            None => grads,
+                        };
+                        optim_ref.step(lr, m, grads)
                     }
-                    None => grads,
+                    Gradients::PerDevice(parts) => {
+                        let Some(home) = parts.first().map(|(_, d)| d.clone()) else {
+                            return Err(CoreError::config(
+                                "devices",
+                                "a data-parallel step needs at least one device's gradients",
+                            ));
+                        };
+                        let parts = match clip {
+                            Some(c) => {
+                                let (p, norm) = clip_grad_norm_parts(&m, parts, c)?;
+                                norms.push(norm);
+                                p
+                            }
+                            None => parts,
+                        };
+                        let m = optim_ref.step_multi(lr, m, MultiGradientsParams { grads: parts });
+                        gather_to(m, &home)
+                    }
                 };
-                let m = optim_ref.step(lr, m, grads);
                 if let Some(e) = ema_ref.as_mut() {
                     e.update_trainable(&m)?;
                 }
@@ -1392,6 +1417,7 @@ mod tests {
     }
     use crate::noise::{NoiseKey, noise_tensor};
     use burn::module::Param;
+    use burn::optim::GradientsParams;
     use burn::tensor::{Device, Tensor};
 
     #[derive(Module, Debug)]
@@ -1413,7 +1439,7 @@ mod tests {
             &mut self,
             mut model: Weights,
             iteration: usize,
-            apply: &mut dyn FnMut(Weights, GradientsParams) -> Result<Weights>,
+            apply: &mut dyn FnMut(Weights, Gradients) -> Result<Weights>,
         ) -> Result<(Weights, Metrics)> {
             let device = model.w.val().device();
             let mut loss_sum = 0.0;
@@ -1423,7 +1449,7 @@ mod tests {
                 let loss = (model.w.val() - target).square().sum();
                 loss_sum += f64::from(loss.clone().into_scalar::<f32>());
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = apply(model, grads)?;
+                model = apply(model, grads.into())?;
             }
             self.seen += 1;
             let mut m = Metrics::new();
@@ -1506,10 +1532,10 @@ mod tests {
             &mut self,
             model: Adapted,
             iteration: usize,
-            apply: &mut dyn FnMut(Adapted, GradientsParams) -> Result<Adapted>,
+            apply: &mut dyn FnMut(Adapted, Gradients) -> Result<Adapted>,
         ) -> Result<(Adapted, Metrics)> {
             let base = model.base.clone();
-            let mut inner = |w: Weights, g: GradientsParams| {
+            let mut inner = |w: Weights, g: Gradients| {
                 let m = apply(
                     Adapted {
                         base: base.clone(),
@@ -1742,6 +1768,87 @@ mod tests {
         }
         for d in [a, b] {
             let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    /// The toy regression with each step's loss split over `devices` (sample `j` of the
+    /// four coordinates on device `j mod n`), each device's part weighted by its share and
+    /// handed to the runner as [`Gradients::PerDevice`].
+    struct SplitToy {
+        devices: Vec<Device>,
+    }
+
+    impl Job<Weights> for SplitToy {
+        fn iteration(
+            &mut self,
+            mut model: Weights,
+            iteration: usize,
+            apply: &mut dyn FnMut(Weights, Gradients) -> Result<Weights>,
+        ) -> Result<(Weights, Metrics)> {
+            let home = model.w.val().device();
+            let mut replicas = crate::Replicas::new(&model, &self.devices)?;
+            for half in 0..2 {
+                let key = NoiseKey::transition(9, iteration as u64, half);
+                let target: Tensor<1> = noise_tensor(&[key], [1, 1, 4], &home)?.reshape([4]);
+                let n = self.devices.len();
+                let mut parts = Vec::new();
+                for (d, (m, dev)) in replicas.models().iter().zip(&self.devices).enumerate() {
+                    let mask: Vec<f32> = (0..4).map(|j| f32::from(u8::from(j % n == d))).collect();
+                    let mask = Tensor::<1>::from_floats(mask.as_slice(), dev);
+                    let t = target.clone().to_device(dev);
+                    let loss = ((m.w.val() - t).square() * mask).sum();
+                    parts.push((GradientsParams::from_grads(loss.backward(), m), dev.clone()));
+                }
+                model = apply(model, Gradients::PerDevice(parts))?;
+                replicas.sync(&model)?;
+            }
+            Ok((model, Metrics::new()))
+        }
+    }
+
+    #[test]
+    fn a_step_over_device_parts_equals_the_single_device_step() {
+        let device = crate::test_device().autodiff();
+        let ndarray = crate::select_device(Some("ndarray")).unwrap().autodiff();
+        let one = tempdir("runner-dp-one");
+        let single = Runner::new(config(3), &one)
+            .unwrap()
+            .run(weights(&device), &mut toy(), false)
+            .unwrap();
+        let want = single.model.w.val().into_data();
+        for (name, devices) in [
+            ("same", vec![device.clone(), device.clone()]),
+            ("mixed", vec![device.clone(), ndarray.clone()]),
+            ("three", vec![device.clone(), ndarray, device.clone()]),
+        ] {
+            let dir = tempdir(&format!("runner-dp-{name}"));
+            let out = Runner::new(config(3), &dir)
+                .unwrap()
+                .run(weights(&device), &mut SplitToy { devices }, false)
+                .unwrap();
+            // Home again after `step_multi`, which updates a parameter where it chose to.
+            assert_eq!(out.model.w.val().device(), device, "{name}");
+            assert!(out.model.w.is_require_grad(), "{name}");
+            out.model
+                .w
+                .val()
+                .into_data()
+                .assert_approx_eq::<f32>(&want, burn::tensor::Tolerance::absolute(1e-6));
+            // The clipped norm of the summed parts is the single-device norm.
+            let rows = |d: &Path| {
+                std::fs::read_to_string(d.join(METRICS))
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["grad_norm"]
+                            .as_f64()
+                            .unwrap()
+                    })
+                    .collect::<Vec<f64>>()
+            };
+            for (a, b) in rows(&dir).iter().zip(rows(&one)) {
+                assert!((a - b).abs() < 1e-5, "{name}: grad norm {a} vs {b}");
+            }
         }
     }
 
@@ -2140,13 +2247,13 @@ mod tests {
             &mut self,
             model: Weights,
             _iteration: usize,
-            apply: &mut dyn FnMut(Weights, GradientsParams) -> Result<Weights>,
+            apply: &mut dyn FnMut(Weights, Gradients) -> Result<Weights>,
         ) -> Result<(Weights, Metrics)> {
             let device = model.w.val().device();
             let c = Tensor::<1>::from_floats([2.0, -0.5, 1.0, -3.0], &device);
             let loss = (model.w.val() * c).sum();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            Ok((apply(model, grads)?, Metrics::new()))
+            Ok((apply(model, grads.into())?, Metrics::new()))
         }
         fn after_iteration(
             &mut self,

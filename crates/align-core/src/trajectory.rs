@@ -187,6 +187,25 @@ impl Trajectory {
                 .map(|r| indices.iter().map(|&i| r[i]).collect()),
         })
     }
+    /// The same trajectory with its tensors on `device` (a copy; the values are unchanged):
+    /// a data-parallel update moves each device's samples to the device that rolled them out.
+    pub fn to_device(&self, device: &burn::tensor::Device) -> Trajectory {
+        let move4 = |v: &Vec<Tensor<4>>| -> Vec<Tensor<4>> {
+            v.iter().map(|x| x.clone().to_device(device)).collect()
+        };
+        Trajectory {
+            latents: move4(&self.latents),
+            log_probs: self
+                .log_probs
+                .iter()
+                .map(|lp| lp.as_ref().map(|lp| lp.clone().to_device(device)))
+                .collect(),
+            means: move4(&self.means),
+            pred_x0: move4(&self.pred_x0),
+            ..self.clone()
+        }
+    }
+
     /// The trajectories of consecutive sample chunks joined into one batch (rollouts made in
     /// micro-batches, `rollout_batch`): samples in the order of `parts`.
     ///

@@ -132,11 +132,11 @@ impl Job<Toy> for ToyJob {
         &mut self,
         model: Toy,
         _iteration: usize,
-        apply: &mut dyn FnMut(Toy, GradientsParams) -> align_core::Result<Toy>,
+        apply: &mut dyn FnMut(Toy, align_core::Gradients) -> align_core::Result<Toy>,
     ) -> align_core::Result<(Toy, Metrics)> {
         let loss = model.w.val().square().sum();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = apply(model, grads)?;
+        let model = apply(model, grads.into())?;
         Ok((model, Metrics::from([("loss".to_string(), 1.0)])))
     }
 }

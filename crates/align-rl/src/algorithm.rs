@@ -6,7 +6,11 @@
 //! step-by-step policy gradient ([`crate::policy_gradients`]) and hand it to the caller's
 //! optimizer. The first minibatch of the first epoch is always evaluated at `θ = θ_old`.
 
+use std::ops::Range;
+
 use align_core::Trajectory;
+use align_core::data_parallel::{Gradients, Replicas, split_minibatch};
+use align_core::scale_gradients;
 use align_samplers::Sampler;
 use burn::module::Module;
 use burn::optim::GradientsParams;
@@ -134,6 +138,18 @@ fn shuffled(n: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
     idx
 }
 
+/// The devices of a data-parallel iteration ([`run_iteration_parallel`]).
+pub struct Parallel<'a, M> {
+    /// One replica of the policy per device; the update syncs their trainable parameters
+    /// after every optimizer step.
+    pub policies: &'a mut Replicas<M>,
+    /// The reference policy on the same devices (required by a KL penalty).
+    pub references: Option<&'a Replicas<M>>,
+    /// The batch's shards ([`align_core::data_parallel::shard_ranges`]): device `d` rolled
+    /// out samples `ranges[d]` of the trajectory and trains them.
+    pub ranges: &'a [Range<usize>],
+}
+
 /// Runs one iteration: advantages, then `inner_epochs × minibatches` gradient steps, each
 /// applied with `apply(policy, grads)` (the caller's clipping + optimizer).
 ///
@@ -143,9 +159,164 @@ fn shuffled(n: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
 /// callers keep their last checkpoint.
 pub fn run_iteration<A, M, S>(
     algorithm: &mut A,
-    mut policy: M,
+    policy: M,
     it: Iteration<'_, M, S>,
     apply: &mut dyn FnMut(M, GradientsParams) -> Result<M>,
+) -> Result<(M, IterationStats)>
+where
+    A: OnlineAlgorithm + ?Sized,
+    M: Module + Denoiser,
+    S: Sampler + ?Sized,
+{
+    let objective = algorithm.objective();
+    let kl = algorithm.kl();
+    let (reference, sampler, steps, encode, micro_batch) = (
+        it.reference,
+        it.sampler,
+        it.steps,
+        it.encode,
+        it.micro_batch,
+    );
+    let mut step = |policy: M, sub: &Trajectory, _chunk: &[usize], advantages: Advantages<'_>| {
+        let (grads, s) = policy_gradients(PolicyGradientInputs {
+            policy: &policy,
+            reference,
+            sampler,
+            trajectory: sub,
+            advantages,
+            steps,
+            encode,
+            objective,
+            kl,
+            micro_batch,
+        })?;
+        Ok((apply(policy, grads)?, s))
+    };
+    iterate(algorithm, policy, &it, &mut step)
+}
+
+/// [`run_iteration`] over several devices: each minibatch is split by owner
+/// ([`align_core::data_parallel::split_minibatch`]), each device computes the gradient of
+/// its samples' mean loss on its replica (the samples moved to the device that rolled them
+/// out, so the ratio at `θ_old` stays exactly 1), weighted by its share of the minibatch, and
+/// `apply` receives the parts as [`Gradients::PerDevice`] (the runner sums, clips and steps
+/// them with `step_multi`); the replicas are then synced. The result equals the
+/// single-device iteration up to floating-point summation order (and to the backends'
+/// arithmetic when they differ). Statistics are the share-weighted means of the devices'.
+///
+/// The devices are driven one after the other from this thread.
+///
+/// # Errors
+/// As [`run_iteration`]; shards that do not cover the batch; a KL penalty without
+/// reference replicas.
+pub fn run_iteration_parallel<A, M, S>(
+    algorithm: &mut A,
+    policy: M,
+    it: Iteration<'_, M, S>,
+    parallel: Parallel<'_, M>,
+    apply: &mut dyn FnMut(M, Gradients) -> Result<M>,
+) -> Result<(M, IterationStats)>
+where
+    A: OnlineAlgorithm + ?Sized,
+    M: Module + Denoiser,
+    S: Sampler + ?Sized,
+{
+    let b = it.trajectory.batch_size();
+    let covered: usize = parallel.ranges.iter().map(|r| r.len()).sum();
+    if parallel.ranges.len() != parallel.policies.len()
+        || covered != b
+        || parallel.ranges.iter().map(|r| r.end).max() != Some(b)
+    {
+        return Err(RlError::config(
+            "devices",
+            format!(
+                "{} shards covering {covered} samples for {} devices and a batch of {b}",
+                parallel.ranges.len(),
+                parallel.policies.len()
+            ),
+        ));
+    }
+    let objective = algorithm.objective();
+    let kl = algorithm.kl();
+    if kl.is_some() && parallel.references.is_none() {
+        return Err(RlError::config(
+            "kl",
+            "a KL penalty needs the reference on every device",
+        ));
+    }
+    let (sampler, steps, encode, micro_batch) = (it.sampler, it.steps, it.encode, it.micro_batch);
+    let ranges = parallel.ranges;
+    let policies = parallel.policies;
+    let references = parallel.references;
+    let full = it.trajectory;
+    let mut step = |policy: M, _sub: &Trajectory, chunk: &[usize], advantages: Advantages<'_>| {
+        let position: std::collections::HashMap<usize, usize> =
+            chunk.iter().enumerate().map(|(j, &i)| (i, j)).collect();
+        let mut parts = Vec::new();
+        let mut stats = UpdateStats::default();
+        for (d, (mine, share)) in split_minibatch(chunk, ranges).into_iter().enumerate() {
+            if mine.is_empty() {
+                continue;
+            }
+            let device = policies.devices()[d].clone();
+            let replica = &policies.models()[d];
+            let sub = full.select(&mine)?.to_device(&device);
+            let rows: Vec<usize> = mine.iter().map(|i| position[i]).collect();
+            let (flat, per_step);
+            let advantages = match advantages {
+                Advantages::PerSample(a) => {
+                    flat = rows.iter().map(|&j| a[j]).collect::<Vec<f64>>();
+                    Advantages::PerSample(&flat)
+                }
+                Advantages::PerStep(a) => {
+                    per_step = rows
+                        .iter()
+                        .map(|&j| a[j].clone())
+                        .collect::<Vec<Vec<f64>>>();
+                    Advantages::PerStep(&per_step)
+                }
+            };
+            let (grads, s) = policy_gradients(PolicyGradientInputs {
+                policy: replica,
+                reference: references.map(|r| &r.models()[d]),
+                sampler,
+                trajectory: &sub,
+                advantages,
+                steps,
+                encode,
+                objective,
+                kl,
+                micro_batch,
+            })?;
+            parts.push((scale_gradients(replica, grads, share), device));
+            stats.loss += s.loss * share;
+            stats.policy_loss += s.policy_loss * share;
+            stats.kl += s.kl * share;
+            stats.clip_fraction += s.clip_fraction * share;
+            stats.approx_kl += s.approx_kl * share;
+            stats.max_ratio_deviation = stats.max_ratio_deviation.max(s.max_ratio_deviation);
+            stats.steps = s.steps;
+            stats.samples += s.samples;
+        }
+        let policy = apply(policy, Gradients::PerDevice(parts))?;
+        policies.sync(&policy)?;
+        Ok((policy, stats))
+    };
+    iterate(algorithm, policy, &it, &mut step)
+}
+
+/// One minibatch update: `(policy, its trajectory, its sample indices in the batch, its
+/// advantages) → (updated policy, statistics)`.
+type MinibatchStep<'s, M> =
+    dyn FnMut(M, &Trajectory, &[usize], Advantages<'_>) -> Result<(M, UpdateStats)> + 's;
+
+/// The iteration both entry points share: advantages, zero-advantage filtering, the epochs'
+/// shuffled minibatches, and the statistics; `step` computes and applies each update.
+fn iterate<A, M, S>(
+    algorithm: &mut A,
+    mut policy: M,
+    it: &Iteration<'_, M, S>,
+    step: &mut MinibatchStep<'_, M>,
 ) -> Result<(M, IterationStats)>
 where
     A: OnlineAlgorithm + ?Sized,
@@ -234,19 +405,8 @@ where
             } else {
                 Advantages::PerSample(&flat)
             };
-            let (grads, s) = policy_gradients(PolicyGradientInputs {
-                policy: &policy,
-                reference: it.reference,
-                sampler: it.sampler,
-                trajectory: &sub,
-                advantages,
-                steps: it.steps,
-                encode: it.encode,
-                objective: algorithm.objective(),
-                kl: algorithm.kl(),
-                micro_batch: it.micro_batch,
-            })?;
-            policy = apply(policy, grads)?;
+            let (next, s) = step(policy, &sub, chunk, advantages)?;
+            policy = next;
             stats.optimizer_steps += 1;
             count += 1.0;
             let u = &mut stats.update;

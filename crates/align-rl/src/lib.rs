@@ -66,7 +66,10 @@ pub mod objective;
 pub mod sdpo;
 pub mod update;
 
-pub use algorithm::{Iteration, IterationStats, OnlineAlgorithm, run_iteration, trainable_steps};
+pub use algorithm::{
+    Iteration, IterationStats, OnlineAlgorithm, Parallel, run_iteration, run_iteration_parallel,
+    trainable_steps,
+};
 pub use ddpo::{Ddpo, DdpoConfig, DdpoVariant};
 pub use dense_grpo::{
     DenseGrpo, DenseGrpoConfig, NoiseCalibration, completion_times, ode_complete, step_reward_gains,

@@ -433,6 +433,30 @@ pub struct TrainConfig {
     /// Stable Diffusion 3 models: T5 tokens per prompt (1..=512; diffusers' default 256,
     /// Flow-GRPO's SD3 recipes 128).
     pub max_sequence_length: usize,
+    /// Data parallelism (`align train --devices flex,ndarray`): the devices that share each
+    /// iteration, e.g. `["cuda:0", "cuda:1"]`. One replica of the model per device; the batch
+    /// is sharded by global sample id, each device rolls out and differentiates its shard,
+    /// and one optimizer step (burn's `step_multi`) combines the devices' gradients — the
+    /// same update as one device to floating-point rounding. The first device holds the
+    /// model, the optimizer's home, the EMA and the checkpoints. Empty (the default) or one
+    /// entry: one device. For ddpo-sf, ddpo-is, dpok, flow-grpo and dense-grpo.
+    pub devices: Vec<String>,
+}
+
+/// The devices of a `devices` list, in order, each mapped by `to`.
+pub(crate) fn parse_devices(
+    names: &[String],
+    to: impl Fn(&burn::tensor::Device) -> burn::tensor::Device,
+) -> Result<Vec<burn::tensor::Device>> {
+    let devices = names
+        .iter()
+        .map(|n| {
+            align_core::select_device(Some(n))
+                .map(|d| to(&d))
+                .map_err(|e| TrainError::config("devices", format!("`{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(devices)
 }
 
 impl Default for TrainConfig {
@@ -489,6 +513,7 @@ impl Default for TrainConfig {
             aesthetic_head: None,
             text_encoder_3: true,
             max_sequence_length: 256,
+            devices: Vec::new(),
         }
     }
 }
@@ -513,6 +538,32 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(
 }
 
 impl TrainConfig {
+    /// The training devices of a data-parallel run ([`TrainConfig::devices`], each made an
+    /// autodiff device by [`TrainConfig::train_device`]); empty for a one-device run.
+    ///
+    /// # Errors
+    /// A device name that is unknown or not compiled into this binary, named in `devices`.
+    pub fn parallel_devices(&self) -> Result<Vec<burn::tensor::Device>> {
+        let devices = parse_devices(&self.devices, |d| self.train_device(d))?;
+        Ok(if devices.len() > 1 {
+            devices
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// The device the model is loaded on: the first of `devices` when the list is set, else
+    /// `device` (the command line's `--device`).
+    ///
+    /// # Errors
+    /// As [`TrainConfig::parallel_devices`].
+    pub fn home_device(&self, device: &burn::tensor::Device) -> Result<burn::tensor::Device> {
+        Ok(parse_devices(&self.devices, Clone::clone)?
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| device.clone()))
+    }
+
     /// The device the trainable model lives on: `device` with autodiff, and gradient
     /// checkpointing when `gradient_checkpointing` is set.
     pub fn train_device(&self, device: &burn::tensor::Device) -> burn::tensor::Device {
@@ -705,6 +756,28 @@ impl TrainConfig {
                     "accumulates the policy-gradient update of ddpo-sf, ddpo-is, dpok, \
                      flow-grpo and dense-grpo; {:?} does not use it (remove the field)",
                     self.algorithm
+                ),
+            );
+        }
+        if self.devices.len() > 1 && !policy_gradient {
+            return bad(
+                "devices",
+                format!(
+                    "data parallelism shards the policy-gradient update of ddpo-sf, ddpo-is, \
+                     dpok, flow-grpo and dense-grpo; {:?} runs on one device (list one device)",
+                    self.algorithm
+                ),
+            );
+        }
+        if self.devices.len() > 1
+            && self.prompts_per_iteration * self.group_size < self.devices.len()
+        {
+            return bad(
+                "devices",
+                format!(
+                    "{} devices for a batch of {} samples: every device needs at least one",
+                    self.devices.len(),
+                    self.prompts_per_iteration * self.group_size
                 ),
             );
         }

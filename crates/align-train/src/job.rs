@@ -17,19 +17,23 @@ use align_backprop::{
     reward_cotangent,
 };
 use align_core::LogProbReduction;
+use align_core::data_parallel::{Gradients, Replicas, shard_ranges};
 use align_core::{Condition, CoreError, Job, Metrics};
 use align_models::Pipeline;
 use align_pref::{
     D3poSide, SpoState, d3po_step_loss, spo_candidates, spo_resample, spo_select, spo_step_loss,
 };
 use align_rewards::Reward;
-use align_rl::{Iteration, RlError, run_iteration, step_reward_gains, trajectory_dense_rewards};
+use align_rl::{
+    Iteration, Parallel, RlError, run_iteration, run_iteration_parallel, step_reward_gains,
+    trajectory_dense_rewards,
+};
 use align_samplers::{
     CpsSampler, FlowGrid, FlowSdeSampler, RolloutBatch, RolloutConfig, Sampler, Transition,
     guided_predict, rollout,
 };
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -113,6 +117,11 @@ pub struct OnlineJob<P: Pipeline> {
     shape: [usize; 3],
     observer: SharedObserver,
     evaluator: Box<dyn Evaluator<P>>,
+    /// The training devices of a data-parallel run (`devices`, ≥ 2; empty otherwise).
+    devices: Vec<Device>,
+    /// The policy's and the reference's replicas, one per device (built at the first
+    /// iteration from the runner's model, whose parameter ids they share).
+    replicas: Option<(Replicas<P>, Replicas<P>)>,
 }
 
 /// Conditions (and unconditional conditions) of prompt-table entries `ids`.
@@ -654,7 +663,7 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         &mut self,
         model: P,
         iteration: usize,
-        apply: &mut dyn FnMut(P, GradientsParams) -> align_core::Result<P>,
+        apply_any: &mut dyn FnMut(P, Gradients) -> align_core::Result<P>,
     ) -> align_core::Result<(P, Metrics)> {
         let job = |e: String| CoreError::Job(e);
         let ids = self.batch_prompts(iteration);
@@ -671,61 +680,99 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                     .map_err(|e| job(e.to_string()))?;
         }
         if let Algorithm::Spo(beta, pool) = self.algorithm {
-            return self.spo_iteration(model, iteration, &ids, beta, pool, apply);
+            return self.spo_iteration(model, iteration, &ids, beta, pool, &mut |m, g| {
+                apply_any(m, g.into())
+            });
         }
         // Roll out on the training device without a graph: the update re-scores with the same
         // kernels, so the PPO ratio at θ_old is exactly 1.
         let frozen = model.clone().no_grad();
         let (cond, uncond) = conditions(&self.prompts, &frozen, &ids).map_err(job)?;
+        // Data parallelism: replicas in step with the model, and the batch's shards.
+        if self.devices.len() > 1 {
+            match &mut self.replicas {
+                Some((policies, _)) => policies.sync(&model)?,
+                None => {
+                    self.replicas = Some((
+                        Replicas::new(&model, &self.devices)?,
+                        Replicas::new(&self.reference, &self.devices)?,
+                    ))
+                }
+            }
+        }
+        let shards = match &self.replicas {
+            Some((r, _)) => shard_ranges(b, r.len()),
+            None => vec![0..b],
+        };
+        let home = cond.context.device();
         // `rollout_batch`: consecutive chunks of the batch, each rolled out and decoded on its
-        // own (noise is keyed by global sample id: the trajectories do not change).
+        // own (noise is keyed by global sample id: the trajectories do not change). Each shard
+        // is rolled out by its device's replica, and its samples gathered on the home device.
         let chunk = match self.config.rollout_batch {
             0 => b,
             n => n.min(b),
         };
         let mut parts = Vec::new();
         let mut decoded = Vec::new();
-        for start in (0..b).step_by(chunk.max(1)) {
-            let range = start..(start + chunk).min(b);
-            let (cond, uncond) = if range.len() == b {
-                (cond.clone(), uncond.clone())
-            } else {
-                conditions(&self.prompts, &frozen, &ids[range.clone()]).map_err(job)?
+        for (d, shard) in shards.iter().enumerate() {
+            let roller = match &self.replicas {
+                Some((r, _)) => r.models()[d].clone().no_grad(),
+                None => frozen.clone(),
             };
-            let part = rollout(
-                &frozen,
-                self.sampler.as_ref(),
-                &RolloutBatch {
-                    condition: &cond,
-                    uncond: uncond.as_ref(),
-                    sample_ids: range.clone().map(|i| (iteration * b + i) as u64).collect(),
-                    condition_ids: ids[range].to_vec(),
-                    group_ids: None,
-                    sample_shape: self.shape,
-                },
-                &RolloutConfig {
-                    seed: self.config.seed,
-                    guidance_scale: self.config.guidance,
-                    keep_means: true,
-                    keep_pred_x0: matches!(self.algorithm, Algorithm::Sdpo(_)),
-                    ..RolloutConfig::default()
-                },
-            )
-            .map_err(|e| job(e.to_string()))?;
-            decoded.push(
-                frozen
+            let gather = self.replicas.is_some();
+            for start in shard.clone().step_by(chunk.max(1)) {
+                let range = start..(start + chunk).min(shard.end);
+                let (cond, uncond) = if range.len() == b {
+                    (cond.clone(), uncond.clone())
+                } else {
+                    conditions(&self.prompts, &roller, &ids[range.clone()]).map_err(job)?
+                };
+                let part = rollout(
+                    &roller,
+                    self.sampler.as_ref(),
+                    &RolloutBatch {
+                        condition: &cond,
+                        uncond: uncond.as_ref(),
+                        sample_ids: range.clone().map(|i| (iteration * b + i) as u64).collect(),
+                        condition_ids: ids[range].to_vec(),
+                        group_ids: None,
+                        sample_shape: self.shape,
+                    },
+                    &RolloutConfig {
+                        seed: self.config.seed,
+                        guidance_scale: self.config.guidance,
+                        keep_means: true,
+                        keep_pred_x0: matches!(self.algorithm, Algorithm::Sdpo(_)),
+                        ..RolloutConfig::default()
+                    },
+                )
+                .map_err(|e| job(e.to_string()))?;
+                let images = roller
                     .sample_images(part.final_sample().clone())
-                    .clamp(-1.0, 1.0),
-            );
-            parts.push(part);
+                    .clamp(-1.0, 1.0);
+                if gather {
+                    decoded.push(images.to_device(&home));
+                    parts.push(part.to_device(&home));
+                } else {
+                    decoded.push(images);
+                    parts.push(part);
+                }
+            }
         }
         let traj = align_core::Trajectory::concat(&parts).map_err(|e| job(e.to_string()))?;
         drop(parts);
         let images = Tensor::cat(decoded, 0);
         let prompts: Vec<String> = ids.iter().map(|&i| self.prompts[i].clone()).collect();
         if matches!(self.algorithm, Algorithm::Backprop(_)) {
-            return self
-                .backprop_iteration(model, iteration, &ids, &prompts, &traj, &images, apply);
+            return self.backprop_iteration(
+                model,
+                iteration,
+                &ids,
+                &prompts,
+                &traj,
+                &images,
+                &mut |m, g| apply_any(m, g.into()),
+            );
         }
         let rewards = checked_scores(self.reward.as_ref(), &images, &prompts, iteration)?;
         // `timestep_fraction`: the steps this iteration trains.
@@ -733,8 +780,16 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             .config
             .train_step_subset(&traj.stochastic_steps(), iteration);
         if let Algorithm::D3po(beta) = self.algorithm {
-            return self
-                .d3po_iteration(model, iteration, &ids, &traj, &rewards, &steps, beta, apply);
+            return self.d3po_iteration(
+                model,
+                iteration,
+                &ids,
+                &traj,
+                &rewards,
+                &steps,
+                beta,
+                &mut |m, g| apply_any(m, g.into()),
+            );
         }
         let reward = &self.reward;
         let mut score = |x: Tensor<4>| {
@@ -764,13 +819,11 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         };
         let table = &self.prompts;
         let encode = |m: &P, ids: &[usize]| conditions(table, m, ids);
-        let mut apply_rl = |m, g| apply(m, g).map_err(RlError::Core);
+        let mut apply_rl = |m, g: GradientsParams| apply_any(m, g.into()).map_err(RlError::Core);
         let shuffle_seed = self.config.seed.wrapping_add(iteration as u64);
         let (model, stats) = match &mut self.algorithm {
-            Algorithm::Online(algorithm) => run_iteration(
-                algorithm.as_mut(),
-                model,
-                Iteration {
+            Algorithm::Online(algorithm) => {
+                let it = Iteration {
                     reference: Some(&self.reference),
                     sampler: self.sampler.as_ref(),
                     trajectory: &traj,
@@ -781,10 +834,23 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                     shuffle_seed,
                     micro_batch: (self.config.train_micro_batch > 0)
                         .then_some(self.config.train_micro_batch),
-                },
-                &mut apply_rl,
-            )
-            .map_err(rl_err)?,
+                };
+                match &mut self.replicas {
+                    Some((policies, references)) => run_iteration_parallel(
+                        algorithm.as_mut(),
+                        model,
+                        it,
+                        Parallel {
+                            policies,
+                            references: Some(references),
+                            ranges: &shards,
+                        },
+                        &mut |m, g| apply_any(m, g).map_err(RlError::Core),
+                    ),
+                    None => run_iteration(algorithm.as_mut(), model, it, &mut apply_rl),
+                }
+                .map_err(rl_err)?
+            }
             Algorithm::Backprop(_) | Algorithm::D3po(_) | Algorithm::Spo(..) => {
                 unreachable!("returned above")
             }
@@ -935,6 +1001,15 @@ pub fn train_pipeline<P: Pipeline>(
     )?;
     evaluator.base(&base, out, resume, observer)?;
     drop(base);
+    let devices = config.parallel_devices()?;
+    if let Some(first) = devices.first()
+        && *first != device.clone()
+    {
+        return Err(TrainError::config(
+            "devices",
+            format!("the first device must hold the model, which is on {device:?}, not {first:?}"),
+        ));
+    }
     let mut job = OnlineJob {
         algorithm: build_algorithm(config, &task.prompts)?,
         sampler: task.sampler,
@@ -948,6 +1023,8 @@ pub fn train_pipeline<P: Pipeline>(
         shape: task.sample_shape,
         observer: observer.clone(),
         evaluator,
+        devices,
+        replicas: None,
     };
     observer.start(config.runner.iterations, 0);
     let outcome = runner.run(policy, &mut job, resume)?;
@@ -974,4 +1051,271 @@ pub fn train_pipeline<P: Pipeline>(
     report.wall_seconds = started.elapsed().as_secs_f64();
     job.evaluator.write_report(&report, out)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Data parallelism end to end: the online job on one device against the same job on two.
+
+    use std::sync::{Arc, Mutex};
+
+    use align_core::Control;
+    use align_models::{ShapesModel, TextToImage};
+    use align_rewards::{ShapeEvalMode, ShapeEvalReward};
+    use burn::module::{ModuleVisitor, Param};
+
+    use super::*;
+    use crate::config::TrainConfig;
+    use crate::observer::silent;
+    use crate::report::Report;
+
+    /// The run's images as the reward saw them, per call: `(values, shape)`.
+    type Seen = Arc<Mutex<Vec<(Vec<f32>, Vec<usize>)>>>;
+
+    /// ShapeEval's partial credit, recording every batch it scores.
+    struct Recording(ShapeEvalReward, Seen);
+
+    impl Reward for Recording {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn scale(&self) -> &str {
+            self.0.scale()
+        }
+        fn score(&self, images: &Tensor<4>, prompts: &[String]) -> align_rewards::Result<Vec<f64>> {
+            let data = images.clone().into_data();
+            self.1.lock().expect("lock").push((
+                data.try_to_vec::<f32>().expect("f32"),
+                data.shape().to_vec(),
+            ));
+            self.0.score(images, prompts)
+        }
+    }
+
+    /// Keeps the trained weights (every float parameter, flattened, in visit order).
+    struct Keep(Arc<Mutex<Vec<Vec<f32>>>>);
+
+    struct Flatten(Vec<Vec<f32>>);
+    impl ModuleVisitor for Flatten {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0
+                .push(param.val().into_data().try_to_vec::<f32>().expect("f32"));
+        }
+    }
+
+    impl<P: Pipeline> Evaluator<P> for Keep {
+        fn base(&mut self, _: &P, _: &Path, _: bool, _: &SharedObserver) -> Result<()> {
+            Ok(())
+        }
+        fn periodic(
+            &mut self,
+            _: &P,
+            _: usize,
+            _: &mut Metrics,
+            _: &SharedObserver,
+        ) -> Result<Control> {
+            Ok(Control::Continue)
+        }
+        fn finish(&mut self, trained: &P, _: &mut Report, _: &Path) -> Result<()> {
+            let mut v = Flatten(Vec::new());
+            trained.visit(&mut v);
+            *self.0.lock().expect("lock") = v.0;
+            Ok(())
+        }
+        fn write_report(&self, _: &Report, _: &Path) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Outcome {
+        images: Vec<(Vec<f32>, Vec<usize>)>,
+        weights: Vec<Vec<f32>>,
+        metrics: Vec<serde_json::Value>,
+    }
+
+    /// Flow-GRPO on a tiny DiT, `iterations` iterations on `devices` (empty: one device),
+    /// in `out` (resumed when `resume`).
+    fn flow_grpo(
+        base: &Path,
+        out: &Path,
+        devices: &[&str],
+        iterations: usize,
+        resume: bool,
+    ) -> Outcome {
+        let mut config = TrainConfig {
+            model: base.to_path_buf(),
+            out: out.to_path_buf(),
+            prompts_per_iteration: 2,
+            group_size: 4,
+            train_steps: 4,
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+            ..TrainConfig::default()
+        };
+        config.flow_grpo.minibatches = 2;
+        config.runner.iterations = iterations;
+        config.runner.learning_rate = 3e-3;
+        config.runner.max_grad_norm = Some(0.05);
+        // AdamW's update `m / (√v + ε)` is ±lr for any gradient entry ≫ ε, whatever its size:
+        // with the default ε (1e-8) an entry whose gradient is rounding noise (≈ 1e-9..1e-7,
+        // differing between backends in sign) moves by ±lr in either run. A larger ε makes
+        // the update a smooth function of the gradient, so that the weights compare the
+        // gradients the devices computed, which is what data parallelism must preserve.
+        config.runner.adam_eps = 1e-3;
+        config.runner.checkpoint_every = 1;
+        let home = config
+            .home_device(&align_core::select_device(Some("flex")).expect("flex"))
+            .expect("devices");
+        let (mc, model) = ShapesModel::load(base, &config.train_device(&home)).expect("model");
+        let ShapesModel::Dit(model) = model else {
+            panic!("a DiT")
+        };
+        let model: TextToImage<_> = *model;
+        let seen: Seen = Arc::default();
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let prompts = align_data::Split::standard()
+            .all_specs(align_data::SplitPart::Train)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut task = OnlineTask::new(
+            model,
+            prompts,
+            Box::new(Recording(
+                ShapeEvalReward::new(ShapeEvalMode::PartialCredit),
+                seen.clone(),
+            )),
+            crate::online::train_sampler(&config, &mc).expect("sampler"),
+            [3, mc.image_size, mc.image_size],
+        );
+        task.prompt_salt = 7;
+        train_pipeline(
+            task,
+            Box::new(Keep(kept.clone())),
+            &config,
+            resume,
+            &silent(),
+        )
+        .expect("run");
+        let metrics = std::fs::read_to_string(out.join(align_core::runner::METRICS))
+            .expect("metrics")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        let images = seen.lock().expect("lock").clone();
+        let weights = kept.lock().expect("lock").clone();
+        Outcome {
+            images,
+            weights,
+            metrics,
+        }
+    }
+
+    fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .flat_map(|(x, y)| {
+                assert_eq!(x.len(), y.len());
+                x.iter().zip(y).map(|(p, q)| (p - q).abs())
+            })
+            .fold(0.0, f32::max)
+    }
+
+    /// Two Flow-GRPO iterations of the shipped DiT with `devices = [flex, ndarray]` (and
+    /// `[flex, flex]`) against one flex device: the trained weights agree to 1e-5 (f32 rounding of the summation
+    /// order and of the two backends' arithmetic), the first iteration's samples that flex
+    /// draws are bit-identical and ndarray's agree to 1e-5, the PPO ratio is exactly 1 at
+    /// θ_old on both devices; a two-device run resumed after one iteration ends
+    /// bit-identical to the uninterrupted two-device run.
+    #[test]
+    fn two_devices_train_flow_grpo_like_one_and_resume_bit_for_bit() {
+        let dir = std::env::temp_dir().join(format!("align-dp-grpo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The shipped DiT: a freshly initialised one outputs zeros (adaLN-Zero), so its
+        // adapters would receive no gradient.
+        let base = crate::test_model_dir("shapes-dit");
+        let one = flow_grpo(&base, &dir.join("one"), &[], 2, false);
+        let mixed = flow_grpo(&base, &dir.join("mixed"), &["flex", "ndarray"], 2, false);
+        let same = flow_grpo(&base, &dir.join("same"), &["flex", "flex"], 2, false);
+        // The update really happened, in both iterations, on every run.
+        for run in [&one, &mixed, &same] {
+            assert_eq!(run.metrics.len(), 2);
+            for row in &run.metrics {
+                assert!(
+                    row["optimizer_steps"].as_f64().expect("steps") >= 1.0,
+                    "{row}"
+                );
+                // The first minibatch of each iteration is evaluated at θ_old on every device.
+                assert!(row["kl"].as_f64().expect("kl").is_finite(), "{row}");
+            }
+        }
+        // Iteration 0: the same θ everywhere. Flex's shard (samples 0..4) bit for bit; the
+        // ndarray shard (samples 4..8) to f32 tolerance; [flex, flex] bit for bit throughout.
+        let (first, shape) = &one.images[0];
+        let per_sample = shape[1..].iter().product::<usize>();
+        assert_eq!(&mixed.images[0].1, shape);
+        let (flex_half, nd_half) = mixed.images[0].0.split_at(4 * per_sample);
+        assert_eq!(flex_half, &first[..4 * per_sample]);
+        let nd_diff = nd_half
+            .iter()
+            .zip(&first[4 * per_sample..])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        // Four sampler steps of the DiT on another backend: 3e-5 measured.
+        assert!(nd_diff < 1e-4, "ndarray's samples differ by {nd_diff}");
+        assert_eq!(&same.images[0].0, first);
+        // The policy moved away from the reference in the first update.
+        assert!(one.metrics[1]["kl"].as_f64().expect("kl") > 0.0);
+        // The trained weights: one device and two agree to f32 tolerance.
+        // Measured: 6.1e-7 (flex+ndarray), 5.8e-8 (flex+flex) in weights of order 0.01–1.
+        for (name, run, tolerance) in [("flex+ndarray", &mixed, 1e-5), ("flex+flex", &same, 1e-6)] {
+            let d = max_abs_diff(&run.weights, &one.weights);
+            assert!(d < tolerance, "{name}: trained weights differ by {d}");
+            for (a, b) in run.metrics.iter().zip(&one.metrics) {
+                let (ga, gb) = (a["grad_norm"].as_f64(), b["grad_norm"].as_f64());
+                let (ga, gb) = (ga.expect("grad_norm"), gb.expect("grad_norm"));
+                assert!(
+                    (ga - gb).abs() <= 1e-4 * gb.max(1e-3),
+                    "{name}: {ga} vs {gb}"
+                );
+            }
+            assert_eq!(run.metrics[0]["reward_mean"], one.metrics[0]["reward_mean"]);
+        }
+        // Resume: one iteration, then resumed to two, equals the uninterrupted mixed run.
+        let resumed_dir = dir.join("resumed");
+        flow_grpo(&base, &resumed_dir, &["flex", "ndarray"], 1, false);
+        let resumed = flow_grpo(&base, &resumed_dir, &["flex", "ndarray"], 2, true);
+        assert_eq!(resumed.weights, mixed.weights);
+        assert_eq!(resumed.metrics, mixed.metrics);
+        // The checkpoints: model bytes, state, and the optimizer's content (burn writes its
+        // state in hash-map order; `burnpack_digest` is order-independent).
+        let at = |d: &Path, f: &str| d.join("checkpoint-000002").join(f);
+        for f in ["model.bpk", "state.json"] {
+            let read = |d: &Path| std::fs::read(at(d, f)).expect("checkpoint file");
+            assert!(read(&resumed_dir) == read(&dir.join("mixed")), "{f}");
+        }
+        let digest = |d: &Path| align_core::burnpack_digest(&at(d, "optimizer.bpk")).expect("bpk");
+        assert_eq!(digest(&resumed_dir), digest(&dir.join("mixed")));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn data_parallelism_refuses_what_it_cannot_split() {
+        let mut config = TrainConfig {
+            out: "x".into(),
+            algorithm: crate::config::AlgorithmName::Spo,
+            devices: vec!["flex".into(), "flex".into()],
+            ..TrainConfig::default()
+        };
+        let err = config.validate_job().unwrap_err().to_string();
+        assert!(err.contains("devices"), "{err}");
+        config.algorithm = crate::config::AlgorithmName::FlowGrpo;
+        config.prompts_per_iteration = 1;
+        config.group_size = 1;
+        let err = config.validate_job().unwrap_err().to_string();
+        assert!(err.contains("at least one"), "{err}");
+        config.devices = vec!["flex".into(), "tpu".into()];
+        let err = config.parallel_devices().unwrap_err().to_string();
+        assert!(err.contains("devices") && err.contains("tpu"), "{err}");
+    }
 }

@@ -727,6 +727,9 @@ pub fn train(
     device: &Device,
 ) -> Result<Report> {
     config.validate()?;
+    // Data parallelism: the model lives on the first of `devices`.
+    let home = config.home_device(device)?;
+    let device = &home;
     if crate::sd3::is_sd3_dir(&config.model) {
         return crate::sd3::train_sd3(config, resume, observer, device);
     }

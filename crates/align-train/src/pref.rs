@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use align_core::data_parallel::{Gradients, Replicas, shard_ranges};
 use align_core::{Condition, CoreError, Denoiser, Job, Metrics, NoiseKey, RunnerConfig};
 use align_data::{
     EvalSet, Image, LabeledImage, PreferencePair, SceneSpec, ShapeEval, Split, SplitPart,
@@ -24,7 +25,7 @@ use burn::tensor::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::{Finetune, LoraSection, read_toml, runner_field};
+use crate::config::{Finetune, LoraSection, parse_devices, read_toml, runner_field};
 use crate::error::{Result, TrainError};
 use crate::images::{images_to_tensor, tensor_to_images};
 use crate::observer::SharedObserver;
@@ -257,6 +258,13 @@ pub struct PrefConfig {
     pub rwr_temperature: f64,
     /// PFM: Euler steps of the transport from `τ = 0` to `τ = 1` in the evaluations.
     pub pfm_steps: usize,
+    /// Data parallelism (`align pref-train --devices flex,ndarray`): each step's pairs are
+    /// split into consecutive shards, one per device; each device's replica computes its
+    /// shard's loss weighted by its share, and one optimizer step (burn's `step_multi`)
+    /// combines the gradients — the single-device step to floating-point rounding. The first
+    /// device holds the model, the EMA and the checkpoints. Empty or one entry: one device.
+    /// For the losses that are means over pairs: diffusion-dpo, mapo, dspo and pfm.
+    pub devices: Vec<String>,
 }
 
 impl Default for PrefConfig {
@@ -286,6 +294,7 @@ impl Default for PrefConfig {
             dspo_beta: align_pref::DSPO_BETA,
             rwr_temperature: 0.1,
             pfm_steps: 10,
+            devices: Vec::new(),
         }
     }
 }
@@ -360,6 +369,28 @@ impl PrefConfig {
         if self.pfm_steps == 0 {
             return Err(TrainError::config("pfm_steps", "must be ≥ 1"));
         }
+        if self.devices.len() > 1 {
+            if matches!(self.algorithm, PrefAlgorithm::Kto | PrefAlgorithm::Rwr) {
+                return Err(TrainError::config(
+                    "devices",
+                    format!(
+                        "{:?} normalises over the whole batch (KTO's reference point, RWR's \
+                         weights), so its loss does not split over devices; list one device",
+                        self.algorithm
+                    ),
+                ));
+            }
+            if self.batch_size < self.devices.len() {
+                return Err(TrainError::config(
+                    "devices",
+                    format!(
+                        "{} devices for batches of {}: every device needs at least one pair",
+                        self.devices.len(),
+                        self.batch_size
+                    ),
+                ));
+            }
+        }
         self.runner.validate().map_err(runner_field)
     }
 }
@@ -373,6 +404,50 @@ struct PrefJob<D: Module> {
     schedule: Option<NoiseSchedule>,
     model_config: ShapesModelConfig,
     observer: SharedObserver,
+    /// The autodiff devices of a data-parallel run (≥ 2; empty otherwise).
+    devices: Vec<Device>,
+    /// The policy's and the reference's replicas, built at the first iteration.
+    replicas: Option<(Replicas<TextToImage<D>>, Replicas<TextToImage<D>>)>,
+}
+
+/// A batch of preference pairs and the noise they are trained at.
+#[derive(Clone)]
+struct PairBatch {
+    prompts: Vec<String>,
+    winners: Tensor<4>,
+    losers: Tensor<4>,
+    noise: Tensor<4>,
+    levels: NoiseLevels,
+    /// PFM's interpolation times.
+    taus: Vec<f64>,
+}
+
+impl PairBatch {
+    /// Pairs `range` of the batch, on `device`.
+    fn shard(&self, range: std::ops::Range<usize>, device: &Device) -> PairBatch {
+        let pick = |t: &Tensor<4>| {
+            t.clone()
+                .narrow(0, range.start, range.len())
+                .to_device(device)
+        };
+        let cut = |v: &[f64]| {
+            v.get(range.clone())
+                .map(<[f64]>::to_vec)
+                .unwrap_or_default()
+        };
+        PairBatch {
+            prompts: self.prompts[range.clone()].to_vec(),
+            winners: pick(&self.winners),
+            losers: pick(&self.losers),
+            noise: pick(&self.noise),
+            levels: NoiseLevels {
+                model_times: cut(&self.levels.model_times),
+                signal: cut(&self.levels.signal),
+                noise: cut(&self.levels.noise),
+            },
+            taus: cut(&self.taus),
+        }
+    }
 }
 
 fn images_tensor(images: &[&Image], device: &Device) -> align_core::Result<Tensor<4>> {
@@ -440,15 +515,144 @@ impl<D: Module + Denoiser + ModuleDisplay> PrefJob<D> {
     }
 }
 
+impl<D: Module + Denoiser + ModuleDisplay> PrefJob<D> {
+    /// The loss of a pair algorithm (Diffusion-DPO, MaPO, DSPO, PFM) on `batch` — a mean over
+    /// its pairs — with its diagnostics added to `m` weighted by `weight`.
+    fn pair_loss(
+        &self,
+        model: &TextToImage<D>,
+        reference: &TextToImage<D>,
+        batch: PairBatch,
+        m: &mut Metrics,
+        weight: f64,
+    ) -> align_core::Result<Tensor<1>> {
+        let job = CoreError::Job;
+        let mut add = |key: &str, v: f64| *m.entry(key.into()).or_insert(0.0) += v * weight;
+        let PairBatch {
+            prompts,
+            winners,
+            losers,
+            noise,
+            levels,
+            taus,
+        } = batch;
+        let cond = self.encode(model, &prompts).map_err(job)?;
+        match self.config.algorithm {
+            PrefAlgorithm::Mapo => {
+                let out = mapo_loss(
+                    model,
+                    DpoBatch {
+                        winners,
+                        losers,
+                        noise,
+                        levels: &levels,
+                        condition: &cond,
+                        reference_condition: None,
+                    },
+                    self.config.mapo,
+                )
+                .map_err(|e| job(e.to_string()))?;
+                add("margin_accuracy", out.margin_accuracy);
+                Ok(out.loss)
+            }
+            PrefAlgorithm::Pfm => {
+                let ref_cond = self.encode(reference, &prompts).map_err(job)?;
+                let flow = ResidualFlow {
+                    trainable: model,
+                    reference,
+                    reference_condition: &ref_cond,
+                };
+                pfm_loss(&flow, winners, losers, &taus, &cond).map_err(|e| job(e.to_string()))
+            }
+            _ => {
+                let ref_cond = self.encode(reference, &prompts).map_err(job)?;
+                let batch = DpoBatch {
+                    winners,
+                    losers,
+                    noise,
+                    levels: &levels,
+                    condition: &cond,
+                    reference_condition: Some(&ref_cond),
+                };
+                let (loss, implicit_accuracy) = if self.config.algorithm == PrefAlgorithm::Dspo {
+                    align_pref::dspo_loss(model, reference, batch, self.config.dspo_beta)
+                        .map(|o| (o.loss, o.implicit_accuracy))
+                } else {
+                    diffusion_dpo_loss(model, reference, batch, self.config.dpo_beta)
+                        .map(|o| (o.loss, o.implicit_accuracy))
+                }
+                .map_err(|e| job(e.to_string()))?;
+                add("implicit_accuracy", implicit_accuracy);
+                Ok(loss)
+            }
+        }
+    }
+
+    /// A data-parallel step of a pair algorithm: the batch's consecutive shards, each on its
+    /// device's replica with its loss weighted by its share, one `step_multi` step.
+    fn parallel_pair_step(
+        &mut self,
+        model: TextToImage<D>,
+        batch: PairBatch,
+        apply: &mut dyn FnMut(TextToImage<D>, Gradients) -> align_core::Result<TextToImage<D>>,
+    ) -> align_core::Result<(TextToImage<D>, Metrics, f64)> {
+        let b = batch.prompts.len();
+        match &mut self.replicas {
+            Some((policies, _)) => policies.sync(&model)?,
+            None => {
+                self.replicas = Some((
+                    Replicas::new(&model, &self.devices)?,
+                    Replicas::new(&self.reference, &self.devices)?,
+                ))
+            }
+        }
+        let Some((policies, references)) = self.replicas.take() else {
+            return Err(CoreError::Job("no replicas".into()));
+        };
+        let mut m = Metrics::new();
+        let mut value = 0.0;
+        let mut parts = Vec::new();
+        let ranges = shard_ranges(b, policies.len());
+        for (d, range) in ranges.into_iter().enumerate() {
+            if range.is_empty() {
+                continue;
+            }
+            let share = range.len() as f64 / b as f64;
+            let device = policies.devices()[d].clone();
+            let (policy, reference) = (&policies.models()[d], &references.models()[d]);
+            let shard = batch.shard(range, &device);
+            let loss = self.pair_loss(policy, reference, shard, &mut m, share)?;
+            value += read_loss(&loss)? * share;
+            let grads = GradientsParams::from_grads(loss.mul_scalar(share).backward(), policy);
+            parts.push((grads, device));
+        }
+        let mut policies = policies;
+        let stepped = apply(model, Gradients::PerDevice(parts))
+            .and_then(|model| policies.sync(&model).map(|()| model));
+        self.replicas = Some((policies, references));
+        Ok((stepped?, m, value))
+    }
+}
+
+/// The value of a one-element loss.
+fn read_loss(loss: &Tensor<1>) -> align_core::Result<f64> {
+    let v = loss
+        .clone()
+        .detach()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| CoreError::Job(format!("reading the loss: {e:?}")))?;
+    v.first()
+        .map(|&x| f64::from(x))
+        .ok_or_else(|| CoreError::Job("an empty loss tensor".into()))
+}
+
 impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
     fn iteration(
         &mut self,
         model: TextToImage<D>,
         iteration: usize,
-        apply: &mut dyn FnMut(
-            TextToImage<D>,
-            GradientsParams,
-        ) -> align_core::Result<TextToImage<D>>,
+        apply: &mut dyn FnMut(TextToImage<D>, Gradients) -> align_core::Result<TextToImage<D>>,
     ) -> align_core::Result<(TextToImage<D>, Metrics)> {
         let job = CoreError::Job;
         let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ 0x7072_6566_7472);
@@ -464,61 +668,33 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
         let levels = self.levels(&mut rng, b).map_err(job)?;
         let mut m = Metrics::new();
         let loss = match self.config.algorithm {
-            PrefAlgorithm::DiffusionDpo | PrefAlgorithm::Mapo | PrefAlgorithm::Dspo => {
+            PrefAlgorithm::DiffusionDpo
+            | PrefAlgorithm::Mapo
+            | PrefAlgorithm::Dspo
+            | PrefAlgorithm::Pfm => {
                 let (prompts, winners, losers) = self.pick_pairs(&mut rng, b, &device)?;
-                let cond = self.encode(&model, &prompts).map_err(job)?;
-                if self.config.algorithm == PrefAlgorithm::Mapo {
-                    let out = mapo_loss(
-                        &model,
-                        DpoBatch {
-                            winners,
-                            losers,
-                            noise,
-                            levels: &levels,
-                            condition: &cond,
-                            reference_condition: None,
-                        },
-                        self.config.mapo,
-                    )
-                    .map_err(|e| job(e.to_string()))?;
-                    m.insert("margin_accuracy".into(), out.margin_accuracy);
-                    out.loss
+                let taus: Vec<f64> = if self.config.algorithm == PrefAlgorithm::Pfm {
+                    (0..b)
+                        .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+                        .collect()
                 } else {
-                    let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
-                    let batch = DpoBatch {
-                        winners,
-                        losers,
-                        noise,
-                        levels: &levels,
-                        condition: &cond,
-                        reference_condition: Some(&ref_cond),
-                    };
-                    let (loss, implicit_accuracy) = if self.config.algorithm == PrefAlgorithm::Dspo
-                    {
-                        align_pref::dspo_loss(&model, &self.reference, batch, self.config.dspo_beta)
-                            .map(|o| (o.loss, o.implicit_accuracy))
-                    } else {
-                        diffusion_dpo_loss(&model, &self.reference, batch, self.config.dpo_beta)
-                            .map(|o| (o.loss, o.implicit_accuracy))
-                    }
-                    .map_err(|e| job(e.to_string()))?;
-                    m.insert("implicit_accuracy".into(), implicit_accuracy);
-                    loss
-                }
-            }
-            PrefAlgorithm::Pfm => {
-                let (prompts, winners, losers) = self.pick_pairs(&mut rng, b, &device)?;
-                let taus: Vec<f64> = (0..b)
-                    .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-                    .collect();
-                let cond = self.encode(&model, &prompts).map_err(job)?;
-                let ref_cond = self.encode(&self.reference, &prompts).map_err(job)?;
-                let flow = ResidualFlow {
-                    trainable: &model,
-                    reference: &self.reference,
-                    reference_condition: &ref_cond,
+                    Vec::new()
                 };
-                pfm_loss(&flow, winners, losers, &taus, &cond).map_err(|e| job(e.to_string()))?
+                let batch = PairBatch {
+                    prompts,
+                    winners,
+                    losers,
+                    noise,
+                    levels,
+                    taus,
+                };
+                if self.devices.len() > 1 {
+                    let (model, mut m, value) = self.parallel_pair_step(model, batch, apply)?;
+                    m.insert("loss".into(), value);
+                    self.observer.iteration(&format!("loss {value:.4}"));
+                    return Ok((model, m));
+                }
+                self.pair_loss(&model, &self.reference, batch, &mut m, 1.0)?
             }
             PrefAlgorithm::Rwr => {
                 let (pick, prompts, images) = self.pick_labels(&mut rng, b, &device)?;
@@ -576,7 +752,7 @@ impl<D: Module + Denoiser + ModuleDisplay> Job<TextToImage<D>> for PrefJob<D> {
             .map_err(|e| job(format!("reading the loss: {e:?}")))?[0];
         m.insert("loss".into(), f64::from(value));
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = apply(model, grads)?;
+        let model = apply(model, grads.into())?;
         self.observer.iteration(&format!("loss {value:.4}"));
         Ok((model, m))
     }
@@ -867,7 +1043,12 @@ fn train_pref_model<D: Module + Denoiser + ModuleDisplay>(
         },
         model_config: model_config.clone(),
         observer: observer.clone(),
+        devices: parse_devices(&config.devices, |d| d.clone().autodiff())?,
+        replicas: None,
     };
+    if job.devices.len() < 2 {
+        job.devices.clear();
+    }
     observer.start(config.runner.iterations, 0);
     let outcome = runner.run(policy, &mut job, resume)?;
     observer.finish();
@@ -913,6 +1094,12 @@ pub fn pref_train(
     device: &Device,
 ) -> Result<PrefReport> {
     config.validate()?;
+    // Data parallelism: the model lives on the first of `devices`.
+    let home = parse_devices(&config.devices, Clone::clone)?
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| device.clone());
+    let device = &home;
     let (model_config, model) = ShapesModel::load(&config.model, &device.clone().autodiff())?;
     if config.algorithm == PrefAlgorithm::Pfm && !model_config.is_flow() {
         return Err(TrainError::config(
@@ -1158,5 +1345,111 @@ mod tests {
                 .to_string()
                 .contains("pfm_steps")
         );
+    }
+
+    /// The float tensors of a checkpoint's `model.bpk`, by name.
+    fn checkpoint_weights(run: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+        let path = run.join("checkpoint-000001").join("model.bpk");
+        let reader = burn::store::burn_pack::Reader::from_file(&path).expect("burnpack");
+        reader
+            .tensor_names()
+            .iter()
+            .map(|n| {
+                let bytes = reader.tensor_data(n).expect("tensor");
+                let v = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                (n.to_string(), v)
+            })
+            .collect()
+    }
+
+    /// One Diffusion-DPO step with `devices = [flex, ndarray]` (and `[flex, flex]`) against one
+    /// flex device: the loss, its gradient norm and the trained weights agree to f32
+    /// tolerance (AdamW ε = 1e-3, as in the online test: with the default ε an entry whose
+    /// gradient is rounding noise moves by ±lr whatever its size); KTO, whose reference
+    /// point is a batch statistic, is refused by name.
+    #[test]
+    fn diffusion_dpo_on_two_devices_takes_the_one_device_step() {
+        let flex = align_core::select_device(Some("flex")).expect("flex");
+        let dir = std::env::temp_dir().join(format!("align-pref-dp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = dir.join("data");
+        let made = (0..6).any(|seed| {
+            pref_data(
+                &PrefDataOptions {
+                    model: crate::test_model_dir("shapes-unet"),
+                    out: data.clone(),
+                    prompts: 3,
+                    candidates: 2,
+                    seed,
+                    sample: SampleOptions {
+                        steps: 4,
+                        guidance: 3.0,
+                    },
+                },
+                &flex,
+            )
+            .is_ok()
+        });
+        assert!(made, "some seed gives a pair");
+        let run = |name: &str, devices: &[&str]| {
+            let mut config = PrefConfig {
+                model: crate::test_model_dir("shapes-unet"),
+                data: data.clone(),
+                out: dir.join(name),
+                batch_size: 5,
+                eval_steps: 2,
+                eval_every: Some(0),
+                devices: devices.iter().map(|d| d.to_string()).collect(),
+                ..PrefConfig::default()
+            };
+            config.runner.iterations = 1;
+            config.runner.learning_rate = 1e-3;
+            config.runner.adam_eps = 1e-3;
+            pref_train(&config, false, &crate::observer::silent(), &flex).expect("pref-train");
+            let row: serde_json::Value = serde_json::from_str(
+                std::fs::read_to_string(config.out.join("metrics.jsonl"))
+                    .expect("metrics")
+                    .trim(),
+            )
+            .expect("json");
+            (row, checkpoint_weights(&config.out))
+        };
+        let (one, w1) = run("one", &[]);
+        assert!(one["grad_norm"].as_f64().expect("grad_norm") > 0.0);
+        // Measured: weights 4.9e-9 apart (flex+flex) and 4.4e-7 (flex+ndarray).
+        for (name, devices, tolerance) in [
+            ("mixed", ["flex", "ndarray"], 1e-6),
+            ("same", ["flex", "flex"], 1e-6),
+        ] {
+            let (row, w) = run(name, &devices);
+            for key in ["loss", "grad_norm", "implicit_accuracy"] {
+                let (a, b) = (row[key].as_f64().expect(key), one[key].as_f64().expect(key));
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+                    "{name} {key}: {a} vs {b}"
+                );
+            }
+            assert_eq!(w.keys().collect::<Vec<_>>(), w1.keys().collect::<Vec<_>>());
+            let d = w
+                .values()
+                .zip(w1.values())
+                .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+                .fold(0.0f32, f32::max);
+            assert!(d < tolerance, "{name}: weights differ by {d}");
+        }
+        let kto = PrefConfig {
+            algorithm: PrefAlgorithm::Kto,
+            model: crate::test_model_dir("shapes-unet"),
+            data: data.clone(),
+            out: dir.join("kto"),
+            devices: vec!["flex".into(), "ndarray".into()],
+            ..PrefConfig::default()
+        };
+        let err = kto.validate().unwrap_err().to_string();
+        assert!(err.contains("devices"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

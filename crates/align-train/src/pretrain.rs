@@ -258,7 +258,7 @@ impl<D: Module + ModuleDisplay + Denoiser> Job<TextToImage<D>> for PretrainJob<D
         iteration: usize,
         apply: &mut dyn FnMut(
             TextToImage<D>,
-            GradientsParams,
+            align_core::Gradients,
         ) -> align_core::Result<TextToImage<D>>,
     ) -> align_core::Result<(TextToImage<D>, Metrics)> {
         let fail = |e: TrainError| e.into_core();
@@ -298,7 +298,7 @@ impl<D: Module + ModuleDisplay + Denoiser> Job<TextToImage<D>> for PretrainJob<D
             return Ok((model, metrics));
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = apply(model, grads)?;
+        let model = apply(model, grads.into())?;
         self.smooth_loss = Some(match self.smooth_loss {
             None => value,
             Some(s) => 0.98 * s + 0.02 * value,
