@@ -281,6 +281,56 @@ impl<M: Module> Replicas<M> {
     }
 }
 
+/// burn's overlapped all-reduce (`DistributedContext`; NCCL on CUDA) as an alternative to
+/// [`Gradients::PerDevice`] + `step_multi`: every replica's trainable parameters are marked
+/// distributed, and burn all-reduces (sums) each one's gradient **during** the backward passes,
+/// as soon as every device has produced it — so communication overlaps the rest of the
+/// backward pass. Every device then holds the summed gradient, and the step is a one-device
+/// step on the home device ([`Gradients::One`]).
+///
+/// **Untested**: only `cubecl-cuda` implements burn's collectives, and CUDA cannot be built in
+/// this project's workplace; flex, ndarray and wgpu do not support them. Compiled with the
+/// `distributed` feature (implied by `cuda`). Using it needs one thread per device for the
+/// backward passes (the all-reduce waits for every device), which the `align` jobs do not do:
+/// they use [`Gradients::PerDevice`].
+#[cfg(feature = "distributed")]
+pub struct AllReduce {
+    _context: burn::tensor::distributed::DistributedContext,
+}
+
+#[cfg(feature = "distributed")]
+impl AllReduce {
+    /// Starts burn's communication server for `devices`, reducing by sum (the devices'
+    /// gradients are already weighted by their share of the minibatch).
+    pub fn init(devices: &[Device]) -> Self {
+        use burn::tensor::distributed::{DistributedConfig, ReduceOperation};
+        Self {
+            _context: burn::tensor::distributed::DistributedContext::init(
+                devices.to_vec(),
+                DistributedConfig {
+                    all_reduce_op: ReduceOperation::Sum,
+                },
+            ),
+        }
+    }
+
+    /// `replica` with its trainable parameters marked for the all-reduce (by parameter id,
+    /// which every replica shares).
+    pub fn mark<M: Module>(&self, replica: M) -> M {
+        struct Mark;
+        impl ModuleMapper for Mark {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                if !param.is_require_grad() {
+                    return param;
+                }
+                let id = param.id;
+                param.map(|t| t.set_distributed(id))
+            }
+        }
+        replica.map(&mut Mark)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +361,7 @@ mod tests {
             seed in 0u64..1000, n in 1usize..40, parts in 1usize..5,
         ) {
             // A permutation of a subset of the batch, as an update visits it.
-            let mut chunk: Vec<usize> = (0..n).filter(|i| (i * 7 + seed as usize) % 3 != 0).collect();
+            let mut chunk: Vec<usize> = (0..n).filter(|i| !(i * 7 + seed as usize).is_multiple_of(3)).collect();
             chunk.reverse();
             prop_assume!(!chunk.is_empty());
             let ranges = shard_ranges(n, parts);

@@ -702,7 +702,7 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         }
         let shards = match &self.replicas {
             Some((r, _)) => shard_ranges(b, r.len()),
-            None => vec![0..b],
+            None => shard_ranges(b, 1),
         };
         let home = cond.context.device();
         // `rollout_batch`: consecutive chunks of the batch, each rolled out and decoded on its

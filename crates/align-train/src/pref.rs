@@ -407,8 +407,11 @@ struct PrefJob<D: Module> {
     /// The autodiff devices of a data-parallel run (≥ 2; empty otherwise).
     devices: Vec<Device>,
     /// The policy's and the reference's replicas, built at the first iteration.
-    replicas: Option<(Replicas<TextToImage<D>>, Replicas<TextToImage<D>>)>,
+    replicas: Option<PolicyAndReference<D>>,
 }
+
+/// The policy's and the reference's replicas of a data-parallel run.
+type PolicyAndReference<D> = (Replicas<TextToImage<D>>, Replicas<TextToImage<D>>);
 
 /// A batch of preference pairs and the noise they are trained at.
 #[derive(Clone)]
