@@ -291,8 +291,8 @@ impl<M: Module> Replicas<M> {
 /// **Untested**: only `cubecl-cuda` implements burn's collectives, and CUDA cannot be built in
 /// this project's workplace; flex, ndarray and wgpu do not support them. Compiled with the
 /// `distributed` feature (implied by `cuda`). Using it needs one thread per device for the
-/// backward passes (the all-reduce waits for every device), which the `align` jobs do not do:
-/// they use [`Gradients::PerDevice`].
+/// backward passes (the all-reduce waits for every device); the `align` jobs use
+/// [`Gradients::PerDevice`] instead.
 #[cfg(feature = "distributed")]
 pub struct AllReduce {
     _context: burn::tensor::distributed::DistributedContext,

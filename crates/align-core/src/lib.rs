@@ -10,8 +10,9 @@
 //! advantage estimators ([`batch_advantages`], [`StatTracker`], [`group_advantages`]), the
 //! PPO-clip surrogate ([`ppo_clip_loss`]), discounted returns, global-norm gradient clipping
 //! ([`clip_grad_norm`]), host-side counter-keyed noise ([`NoiseKey`], [`noise_tensor`]), the
-//! [`Denoiser`] trait that models implement, and run-time device selection
-//! ([`select_device`]). A program built on these crates gets the `align` binaries' CPU speed by
+//! [`Denoiser`] trait that models implement, run-time device selection ([`select_device`]) and
+//! data parallelism over several devices ([`data_parallel`]: replicas, sharding by global
+//! sample id, one `step_multi` step over the devices' gradients). A program built on these crates gets the `align` binaries' CPU speed by
 //! calling [`tune_allocator`] first thing in `main` (it keeps freed tensor memory in the
 //! process instead of page-faulting it back every step).
 //!

@@ -204,7 +204,8 @@ where
 /// single-device iteration up to floating-point summation order (and to the backends'
 /// arithmetic when they differ). Statistics are the share-weighted means of the devices'.
 ///
-/// The devices are driven one after the other from this thread.
+/// Each device computes its part on its own thread (the devices work at the same time; the
+/// parts are combined in device order, so the result does not depend on the timing).
 ///
 /// # Errors
 /// As [`run_iteration`]; shards that do not cover the batch; a KL penalty without
@@ -219,7 +220,7 @@ pub fn run_iteration_parallel<A, M, S>(
 where
     A: OnlineAlgorithm + ?Sized,
     M: Module + Denoiser,
-    S: Sampler + ?Sized,
+    S: Sampler + Sync + ?Sized,
 {
     let b = it.trajectory.batch_size();
     let covered: usize = parallel.ranges.iter().map(|r| r.len()).sum();
@@ -252,43 +253,74 @@ where
     let mut step = |policy: M, _sub: &Trajectory, chunk: &[usize], advantages: Advantages<'_>| {
         let position: std::collections::HashMap<usize, usize> =
             chunk.iter().enumerate().map(|(j, &i)| (i, j)).collect();
-        let mut parts = Vec::new();
-        let mut stats = UpdateStats::default();
+        // Each device's share of the minibatch, prepared here: its replica (a clone shares the
+        // tensors), its samples moved to it, their advantages.
+        let mut work = Vec::new();
         for (d, (mine, share)) in split_minibatch(chunk, ranges).into_iter().enumerate() {
             if mine.is_empty() {
                 continue;
             }
             let device = policies.devices()[d].clone();
-            let replica = &policies.models()[d];
-            let sub = full.select(&mine)?.to_device(&device);
             let rows: Vec<usize> = mine.iter().map(|i| position[i]).collect();
-            let (flat, per_step);
             let advantages = match advantages {
-                Advantages::PerSample(a) => {
-                    flat = rows.iter().map(|&j| a[j]).collect::<Vec<f64>>();
-                    Advantages::PerSample(&flat)
-                }
+                Advantages::PerSample(a) => Owned::PerSample(rows.iter().map(|&j| a[j]).collect()),
                 Advantages::PerStep(a) => {
-                    per_step = rows
-                        .iter()
-                        .map(|&j| a[j].clone())
-                        .collect::<Vec<Vec<f64>>>();
-                    Advantages::PerStep(&per_step)
+                    Owned::PerStep(rows.iter().map(|&j| a[j].clone()).collect())
                 }
             };
-            let (grads, s) = policy_gradients(PolicyGradientInputs {
-                policy: replica,
-                reference: references.map(|r| &r.models()[d]),
-                sampler,
-                trajectory: &sub,
+            work.push(Shard {
+                policy: policies.models()[d].clone(),
+                reference: references.map(|r| r.models()[d].clone()),
+                trajectory: full.select(&mine)?.to_device(&device),
                 advantages,
+                share,
+                device,
+            });
+        }
+        let gradients = |w: Shard<M>| -> Result<(GradientsParams, UpdateStats, Shard<M>)> {
+            let (grads, s) = policy_gradients(PolicyGradientInputs {
+                policy: &w.policy,
+                reference: w.reference.as_ref(),
+                sampler,
+                trajectory: &w.trajectory,
+                advantages: w.advantages.view(),
                 steps,
                 encode,
                 objective,
                 kl,
                 micro_batch,
             })?;
-            parts.push((scale_gradients(replica, grads, share), device));
+            Ok((scale_gradients(&w.policy, grads, w.share), s, w))
+        };
+        // One thread per device, so that devices work at the same time; results in device
+        // order whatever the timing.
+        let results: Vec<Result<(GradientsParams, UpdateStats, Shard<M>)>> = if work.len() == 1 {
+            work.into_iter().map(gradients).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .into_iter()
+                    .map(|w| scope.spawn(|| gradients(w)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(RlError::config(
+                                "devices",
+                                "a device's update thread panicked",
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut parts = Vec::new();
+        let mut stats = UpdateStats::default();
+        for r in results {
+            let (grads, s, w) = r?;
+            let share = w.share;
+            parts.push((grads, w.device));
             stats.loss += s.loss * share;
             stats.policy_loss += s.policy_loss * share;
             stats.kl += s.kl * share;
@@ -303,6 +335,31 @@ where
         Ok((policy, stats))
     };
     iterate(algorithm, policy, &it, &mut step)
+}
+
+/// Advantages owned by one device's share of a minibatch.
+enum Owned {
+    PerSample(Vec<f64>),
+    PerStep(Vec<Vec<f64>>),
+}
+
+impl Owned {
+    fn view(&self) -> Advantages<'_> {
+        match self {
+            Owned::PerSample(a) => Advantages::PerSample(a),
+            Owned::PerStep(a) => Advantages::PerStep(a),
+        }
+    }
+}
+
+/// One device's share of a minibatch: what its thread needs.
+struct Shard<M> {
+    policy: M,
+    reference: Option<M>,
+    trajectory: Trajectory,
+    advantages: Owned,
+    share: f64,
+    device: burn::tensor::Device,
 }
 
 /// One minibatch update: `(policy, its trajectory, its sample indices in the batch, its

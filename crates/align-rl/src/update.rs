@@ -22,8 +22,9 @@ use crate::error::{Result, RlError};
 use crate::objective::{KlPenalty, Objective, StepInputs, step_loss};
 
 /// Turns a model and the trajectory's condition ids into `(condition, unconditional)`.
+/// `Sync`, so that a data-parallel update can encode on every device at once.
 pub type Encode<'a, M> =
-    dyn Fn(&M, &[usize]) -> std::result::Result<(Condition, Option<Condition>), String> + 'a;
+    dyn Fn(&M, &[usize]) -> std::result::Result<(Condition, Option<Condition>), String> + Sync + 'a;
 
 /// Diagnostics of one gradient computation (means over the trained steps).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -712,53 +712,78 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             0 => b,
             n => n.min(b),
         };
-        let mut parts = Vec::new();
-        let mut decoded = Vec::new();
-        for (d, shard) in shards.iter().enumerate() {
-            let roller = match &self.replicas {
-                Some((r, _)) => r.models()[d].clone().no_grad(),
-                None => frozen.clone(),
-            };
-            let gather = self.replicas.is_some();
+        // One device's shard: its chunks rolled out and decoded by `roller`.
+        let (prompts_table, sampler, shape) = (&self.prompts, self.sampler.as_ref(), self.shape);
+        let rollout_config = RolloutConfig {
+            seed: self.config.seed,
+            guidance_scale: self.config.guidance,
+            keep_means: true,
+            keep_pred_x0: matches!(self.algorithm, Algorithm::Sdpo(_)),
+            ..RolloutConfig::default()
+        };
+        let (ids_ref, cond_ref, uncond_ref) = (&ids, &cond, &uncond);
+        let roll = |roller: P, shard: std::ops::Range<usize>| {
+            let mut out = Vec::new();
             for start in shard.clone().step_by(chunk.max(1)) {
                 let range = start..(start + chunk).min(shard.end);
                 let (cond, uncond) = if range.len() == b {
-                    (cond.clone(), uncond.clone())
+                    (cond_ref.clone(), uncond_ref.clone())
                 } else {
-                    conditions(&self.prompts, &roller, &ids[range.clone()]).map_err(job)?
+                    conditions(prompts_table, &roller, &ids_ref[range.clone()])?
                 };
                 let part = rollout(
                     &roller,
-                    self.sampler.as_ref(),
+                    sampler,
                     &RolloutBatch {
                         condition: &cond,
                         uncond: uncond.as_ref(),
                         sample_ids: range.clone().map(|i| (iteration * b + i) as u64).collect(),
-                        condition_ids: ids[range].to_vec(),
+                        condition_ids: ids_ref[range].to_vec(),
                         group_ids: None,
-                        sample_shape: self.shape,
+                        sample_shape: shape,
                     },
-                    &RolloutConfig {
-                        seed: self.config.seed,
-                        guidance_scale: self.config.guidance,
-                        keep_means: true,
-                        keep_pred_x0: matches!(self.algorithm, Algorithm::Sdpo(_)),
-                        ..RolloutConfig::default()
-                    },
+                    &rollout_config,
                 )
-                .map_err(|e| job(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
                 let images = roller
                     .sample_images(part.final_sample().clone())
                     .clamp(-1.0, 1.0);
-                if gather {
-                    decoded.push(images.to_device(&home));
-                    parts.push(part.to_device(&home));
-                } else {
-                    decoded.push(images);
-                    parts.push(part);
-                }
+                out.push((part, images));
             }
-        }
+            Ok::<_, String>(out)
+        };
+        let rolled: Vec<Vec<(align_core::Trajectory, Tensor<4>)>> = match &self.replicas {
+            None => vec![roll(frozen.clone(), 0..b).map_err(job)?],
+            // Data parallelism: each shard rolled out by its device's replica, one thread per
+            // device, and gathered on the home device in device order.
+            Some((replicas, _)) => std::thread::scope(|scope| {
+                let handles: Vec<_> = shards
+                    .iter()
+                    .zip(replicas.models())
+                    .map(|(shard, replica)| {
+                        let (replica, shard, roll, home) =
+                            (replica.clone().no_grad(), shard.clone(), &roll, &home);
+                        scope.spawn(move || {
+                            roll(replica, shard).map(|parts| {
+                                parts
+                                    .into_iter()
+                                    .map(|(t, x)| (t.to_device(home), x.to_device(home)))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("a device's rollout thread panicked".into()))
+                            .map_err(job)
+                    })
+                    .collect::<align_core::Result<Vec<_>>>()
+            })?,
+        };
+        let (parts, decoded): (Vec<_>, Vec<_>) = rolled.into_iter().flatten().unzip();
         let traj = align_core::Trajectory::concat(&parts).map_err(|e| job(e.to_string()))?;
         drop(parts);
         let images = Tensor::cat(decoded, 0);
