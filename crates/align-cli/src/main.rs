@@ -1234,6 +1234,55 @@ mod tests {
     }
 
     #[test]
+    fn devices_are_a_comma_separated_list_and_a_bad_one_is_named() {
+        let cli = Cli::parse_from([
+            "align",
+            "train",
+            "--config",
+            "x.toml",
+            "--devices",
+            "flex,ndarray",
+        ]);
+        let Command::Train { devices, .. } = &cli.command else {
+            panic!("train")
+        };
+        assert_eq!(
+            devices.as_deref(),
+            Some(&["flex".to_string(), "ndarray".to_string()][..])
+        );
+        // A device this binary cannot build is one line naming the field and the device.
+        let dir = std::env::temp_dir().join(format!("align-cli-devices-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "model = \"{}\"\nout = \"{}\"\n",
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../models/shapes-dit")
+                    .display(),
+                dir.join("run").display()
+            ),
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "align",
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--devices",
+            "flex,tpu",
+        ]);
+        let err = run(cli).unwrap_err();
+        assert!(
+            err.contains("devices") && err.contains("tpu") && !err.contains('\n'),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn pretrain_then_sample_writes_a_png_grid() {
         let device = align_core::test_device();
         let dir = std::env::temp_dir().join(format!("align-cli-pretrain-{}", std::process::id()));
