@@ -153,3 +153,87 @@ pub fn draft_update<M: Module + Denoiser, S: Sampler + ?Sized>(
         },
     ))
 }
+
+/// One device's part of a data-parallel DRaFT / AlignProp update ([`draft_shard_gradients`]).
+pub struct DraftShard<'a, M> {
+    /// The device's replica of the policy.
+    pub policy: &'a M,
+    /// The device's replica of the reference.
+    pub reference: &'a M,
+    /// The device's samples of the rollout, on the device.
+    pub trajectory: Trajectory,
+    /// Their rows of `∂L/∂x_T` ([`crate::reward_cotangent`] of the **whole** batch: its
+    /// `1/B` already weighs each sample), on the device.
+    pub cotangent: Tensor<4>,
+    /// Their conditions.
+    pub encode: &'a Encode<'a, M>,
+    /// Their share `n_d / B` of the batch (weighs the reference pull, a mean over samples).
+    pub share: f64,
+}
+
+/// The gradients of a DRaFT / AlignProp update split over devices: for each shard, the chained
+/// reward gradient of its samples (whose cotangent rows already carry the batch mean's `1/B`)
+/// plus its share of the reference pull, on the shard's replica — so the parts sum to the
+/// gradient [`draft_update`] applies on one device. K is drawn as [`draft_update`] draws it.
+/// The shards are computed one after the other. Returns the parts (in shard order, with the
+/// device of each) and the statistics (the pull summed over the shards).
+///
+/// # Errors
+/// As [`draft_update`]; no shards.
+pub fn draft_shard_gradients<M: Module + Denoiser, S: Sampler + ?Sized>(
+    config: &DraftConfig,
+    sampler: &S,
+    seed: u64,
+    iteration: usize,
+    shards: Vec<DraftShard<'_, M>>,
+) -> Result<(Vec<(GradientsParams, burn::tensor::Device)>, DraftStats)> {
+    if shards.is_empty() {
+        return Err(BackpropError::config(
+            "devices",
+            "no shard to differentiate",
+        ));
+    }
+    let t = sampler.num_steps();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6472_6166_7400);
+    rng.set_stream(iteration as u64);
+    let first_step = config.truncation.first_step(t, &mut rng)?;
+    let mut parts = Vec::new();
+    let mut stats = DraftStats {
+        differentiated_steps: 0,
+        reference_penalty: 0.0,
+    };
+    for shard in shards {
+        let device = shard.cotangent.device();
+        let out = chain_gradients(ChainInputs {
+            policy: shard.policy,
+            sampler,
+            trajectory: &shard.trajectory,
+            encode: shard.encode,
+            first_step,
+            cotangent: shard.cotangent,
+        })?;
+        stats.differentiated_steps = out.steps;
+        let weight = config.reference_weight * shard.share;
+        let grads = if weight > 0.0 && out.steps > 0 {
+            let steps: Vec<usize> = (first_step..t).collect();
+            let (pen, value) = reference_penalty(
+                shard.policy,
+                shard.reference,
+                sampler,
+                &shard.trajectory,
+                &steps,
+                shard.encode,
+                weight,
+            )?;
+            stats.reference_penalty += value;
+            let mut acc = GradientsAccumulator::<M>::new();
+            acc.accumulate(shard.policy, out.grads);
+            acc.accumulate(shard.policy, pen);
+            acc.grads()
+        } else {
+            out.grads
+        };
+        parts.push((grads, device));
+    }
+    Ok((parts, stats))
+}

@@ -87,7 +87,9 @@ pub use adjoint_matching::{
     AdjointMatchingInputs, MEMORYLESS_NOISE_LEVEL, adjoint_matching_gradients,
 };
 pub use chain::{ChainInputs, ChainOutput, Encode, chain_gradients, reward_cotangent};
-pub use draft::{DraftConfig, DraftStats, DraftUpdate, draft_update};
+pub use draft::{
+    DraftConfig, DraftShard, DraftStats, DraftUpdate, draft_shard_gradients, draft_update,
+};
 pub use draft_lv::draft_lv_gradients;
 pub use error::{BackpropError, Result};
 pub use guidance::{GuidanceReward, reward_guided_sample};

@@ -730,3 +730,92 @@ fn draft_update_applies_the_chained_gradient_plus_the_reference_pull() {
             .contains("reference_weight")
     );
 }
+
+/// DRaFT-K with a reference pull split over flex and ndarray (samples 0..2 and 2..3): the
+/// shards' gradients sum to the gradient `draft_update` applies on one device (to 1e-5
+/// relative: the backends' arithmetic and the summation order), and the pull's value is the
+/// one-device value.
+#[test]
+fn draft_shards_sum_to_the_one_device_update() {
+    use align_backprop::{DraftShard, draft_shard_gradients};
+    let flex = align_core::select_device(Some("flex")).unwrap().autodiff();
+    let ndarray = align_core::select_device(Some("ndarray"))
+        .unwrap()
+        .autodiff();
+    let (sampler, _) = samplers().remove(2);
+    let reference = Tiny::new(true, &flex).no_grad();
+    let mut policy = Tiny::new(true, &flex);
+    policy.b = Param::from_tensor(Tensor::from_floats([0.3, 0.0], &flex));
+    let traj = roll(&policy, sampler.as_ref(), &flex);
+    let config = DraftConfig {
+        truncation: Truncation::LastK(2),
+        reward_scale: 1.0,
+        reference_weight: 0.5,
+    };
+    let c = cond(&flex, 3);
+    let enc = |_: &Tiny| Ok((c.clone(), None));
+    let mut applied = Vec::new();
+    let (_, one) = draft_update(DraftUpdate {
+        model: policy.clone(),
+        reference: &reference,
+        sampler: sampler.as_ref(),
+        trajectory: &traj,
+        config: &config,
+        seed: 1,
+        iteration: 0,
+        cotangent: weights(&flex),
+        encode: &enc,
+        apply: &mut |m: Tiny, g: GradientsParams| {
+            applied.push(flat(&m, &g));
+            Ok(m)
+        },
+    })
+    .unwrap();
+    let replicas = [
+        (policy.clone().fork(&flex), reference.clone().fork(&flex)),
+        (
+            policy.clone().fork(&ndarray),
+            reference.clone().fork(&ndarray),
+        ),
+    ];
+    let conds = [cond(&flex, 2), cond(&ndarray, 1)];
+    let encs: Vec<Box<align_backprop::Encode<'_, Tiny>>> = conds
+        .iter()
+        .map(|c| {
+            let c = c.clone();
+            Box::new(move |_: &Tiny| Ok((c.clone(), None))) as Box<_>
+        })
+        .collect();
+    let shards: Vec<DraftShard<'_, Tiny>> = [(0..2, &flex), (2..3, &ndarray)]
+        .into_iter()
+        .enumerate()
+        .map(|(d, (range, device))| {
+            let idx: Vec<usize> = range.clone().collect();
+            DraftShard {
+                policy: &replicas[d].0,
+                reference: &replicas[d].1,
+                trajectory: traj.select(&idx).unwrap().to_device(device),
+                cotangent: weights(&flex)
+                    .narrow(0, range.start, range.len())
+                    .to_device(device),
+                encode: encs[d].as_ref(),
+                share: range.len() as f64 / 3.0,
+            }
+        })
+        .collect();
+    let (parts, stats) = draft_shard_gradients(&config, sampler.as_ref(), 1, 0, shards).unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!((parts[0].1.clone(), parts[1].1.clone()), (flex, ndarray));
+    assert_eq!(stats.differentiated_steps, one.differentiated_steps);
+    assert!((stats.reference_penalty - one.reference_penalty).abs() < 1e-6);
+    let summed: Vec<f64> = flat(&policy, &parts[0].0)
+        .iter()
+        .zip(flat(&replicas[1].0, &parts[1].0))
+        .map(|(a, b)| a + b)
+        .collect();
+    assert!(
+        close(&summed, &applied[0], 1e-5),
+        "{summed:?} vs {:?}",
+        applied[0]
+    );
+}

@@ -439,7 +439,7 @@ pub struct TrainConfig {
     /// and one optimizer step (burn's `step_multi`) combines the devices' gradients — the
     /// same update as one device to floating-point rounding. The first device holds the
     /// model, the optimizer's home, the EMA and the checkpoints. Empty (the default) or one
-    /// entry: one device. For ddpo-sf, ddpo-is, dpok, flow-grpo and dense-grpo.
+    /// entry: one device. For ddpo-sf, ddpo-is, dpok, flow-grpo, dense-grpo, draft and alignprop.
     pub devices: Vec<String>,
 }
 
@@ -759,12 +759,16 @@ impl TrainConfig {
                 ),
             );
         }
-        if self.devices.len() > 1 && !policy_gradient {
+        let draft = matches!(
+            self.algorithm,
+            AlgorithmName::Draft | AlgorithmName::AlignProp
+        );
+        if self.devices.len() > 1 && !policy_gradient && !draft {
             return bad(
                 "devices",
                 format!(
-                    "data parallelism shards the policy-gradient update of ddpo-sf, ddpo-is, \
-                     dpok, flow-grpo and dense-grpo; {:?} runs on one device (list one device)",
+                    "data parallelism shards the updates of ddpo-sf, ddpo-is, dpok, flow-grpo, \
+                     dense-grpo, draft and alignprop; {:?} runs on one device (list one device)",
                     self.algorithm
                 ),
             );
