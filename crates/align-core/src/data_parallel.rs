@@ -44,9 +44,10 @@ pub enum Gradients {
     /// One device's gradients: `ModuleOptimizer::step`.
     One(GradientsParams),
     /// One part per device, each for that device's share of the minibatch, **already
-    /// weighted** by the share (their sum is the minibatch gradient). The runner clips their
-    /// sum ([`crate::clip::clip_grad_norm_parts`]), steps with `step_multi`, and brings the
-    /// updated parameters back to the first part's device (the model's home device).
+    /// weighted** by the share (their sum is the minibatch gradient; a device without samples
+    /// sends an empty part or none). The runner clips their sum
+    /// ([`crate::clip::clip_grad_norm_parts`]), steps with `step_multi`, and brings the updated
+    /// parameters back to the model's device (its home).
     PerDevice(Vec<(GradientsParams, Device)>),
 }
 
@@ -167,7 +168,8 @@ pub fn gather_to<M: Module>(module: M, device: &Device) -> M {
 ///
 /// Replicas are forks of the model (same parameter ids, the whole model copied to each
 /// device); after each optimizer step [`Replicas::sync`] copies only the **trainable**
-/// parameters (LoRA factors: a few MB) — the frozen base never changes.
+/// parameters (LoRA factors: a few MB; every parameter when the whole model is trained) — the
+/// frozen base never changes.
 #[derive(Debug, Clone)]
 pub struct Replicas<M> {
     devices: Vec<Device>,

@@ -1312,10 +1312,13 @@ impl Runner {
                         optim_ref.step(lr, m, grads)
                     }
                     Gradients::PerDevice(parts) => {
-                        let Some(home) = parts.first().map(|(_, d)| d.clone()) else {
+                        // Home is where the model lives (its first parameter's device), not
+                        // the first part's: a device without samples in a minibatch may
+                        // send no part at all.
+                        let Some(home) = m.devices().into_iter().next() else {
                             return Err(CoreError::config(
                                 "devices",
-                                "a data-parallel step needs at least one device's gradients",
+                                "a data-parallel step needs a model with parameters",
                             ));
                         };
                         let parts = match clip {
@@ -1776,6 +1779,8 @@ mod tests {
     /// handed to the runner as [`Gradients::PerDevice`].
     struct SplitToy {
         devices: Vec<Device>,
+        /// Leave the first device's part out (a device without samples in a minibatch).
+        skip_first: bool,
     }
 
     impl Job<Weights> for SplitToy {
@@ -1793,7 +1798,16 @@ mod tests {
                 let n = self.devices.len();
                 let mut parts = Vec::new();
                 for (d, (m, dev)) in replicas.models().iter().zip(&self.devices).enumerate() {
-                    let mask: Vec<f32> = (0..4).map(|j| f32::from(u8::from(j % n == d))).collect();
+                    if self.skip_first && d == 0 {
+                        continue;
+                    }
+                    let mask: Vec<f32> = (0..4)
+                        .map(|j| {
+                            f32::from(u8::from(
+                                j % n == d || (self.skip_first && d == 1 && j % n == 0),
+                            ))
+                        })
+                        .collect();
                     let mask = Tensor::<1>::from_floats(mask.as_slice(), dev);
                     let t = target.clone().to_device(dev);
                     let loss = ((m.w.val() - t).square() * mask).sum();
@@ -1816,15 +1830,25 @@ mod tests {
             .run(weights(&device), &mut toy(), false)
             .unwrap();
         let want = single.model.w.val().into_data();
-        for (name, devices) in [
-            ("same", vec![device.clone(), device.clone()]),
-            ("mixed", vec![device.clone(), ndarray.clone()]),
-            ("three", vec![device.clone(), ndarray, device.clone()]),
+        for (name, devices, skip_first) in [
+            ("same", vec![device.clone(), device.clone()], false),
+            ("mixed", vec![device.clone(), ndarray.clone()], false),
+            (
+                "three",
+                vec![device.clone(), ndarray.clone(), device.clone()],
+                false,
+            ),
+            // The home device sends no part: the model still comes home.
+            ("ndarray-only", vec![device.clone(), ndarray], true),
         ] {
             let dir = tempdir(&format!("runner-dp-{name}"));
+            let mut job = SplitToy {
+                devices,
+                skip_first,
+            };
             let out = Runner::new(config(3), &dir)
                 .unwrap()
-                .run(weights(&device), &mut SplitToy { devices }, false)
+                .run(weights(&device), &mut job, false)
                 .unwrap();
             // Home again after `step_multi`, which updates a parameter where it chose to.
             assert_eq!(out.model.w.val().device(), device, "{name}");

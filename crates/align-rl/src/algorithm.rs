@@ -177,12 +177,14 @@ where
         it.encode,
         it.micro_batch,
     );
-    let mut step = |policy: M, sub: &Trajectory, _chunk: &[usize], advantages: Advantages<'_>| {
+    let full = it.trajectory;
+    let mut step = |policy: M, chunk: &[usize], advantages: Advantages<'_>| {
+        let sub = full.select(chunk)?;
         let (grads, s) = policy_gradients(PolicyGradientInputs {
             policy: &policy,
             reference,
             sampler,
-            trajectory: sub,
+            trajectory: &sub,
             advantages,
             steps,
             encode,
@@ -250,7 +252,7 @@ where
     let policies = parallel.policies;
     let references = parallel.references;
     let full = it.trajectory;
-    let mut step = |policy: M, _sub: &Trajectory, chunk: &[usize], advantages: Advantages<'_>| {
+    let mut step = |policy: M, chunk: &[usize], advantages: Advantages<'_>| {
         let position: std::collections::HashMap<usize, usize> =
             chunk.iter().enumerate().map(|(j, &i)| (i, j)).collect();
         // Each device's share of the minibatch, prepared here: its replica (a clone shares the
@@ -269,6 +271,7 @@ where
                 }
             };
             work.push(Shard {
+                index: d,
                 policy: policies.models()[d].clone(),
                 reference: references.map(|r| r.models()[d].clone()),
                 trajectory: full.select(&mine)?.to_device(&device),
@@ -315,12 +318,18 @@ where
                     .collect()
             })
         };
-        let mut parts = Vec::new();
+        // Every device has its part, in device order: an empty one for a device that holds
+        // none of the minibatch's samples.
+        let mut parts: Vec<(GradientsParams, burn::tensor::Device)> = policies
+            .devices()
+            .iter()
+            .map(|d| (GradientsParams::new(), d.clone()))
+            .collect();
         let mut stats = UpdateStats::default();
         for r in results {
             let (grads, s, w) = r?;
             let share = w.share;
-            parts.push((grads, w.device));
+            parts[w.index] = (grads, w.device);
             stats.loss += s.loss * share;
             stats.policy_loss += s.policy_loss * share;
             stats.kl += s.kl * share;
@@ -354,6 +363,8 @@ impl Owned {
 
 /// One device's share of a minibatch: what its thread needs.
 struct Shard<M> {
+    /// The device's index (its shard).
+    index: usize,
     policy: M,
     reference: Option<M>,
     trajectory: Trajectory,
@@ -362,10 +373,9 @@ struct Shard<M> {
     device: burn::tensor::Device,
 }
 
-/// One minibatch update: `(policy, its trajectory, its sample indices in the batch, its
-/// advantages) → (updated policy, statistics)`.
-type MinibatchStep<'s, M> =
-    dyn FnMut(M, &Trajectory, &[usize], Advantages<'_>) -> Result<(M, UpdateStats)> + 's;
+/// One minibatch update: `(policy, its sample indices in the batch, its advantages) →
+/// (updated policy, statistics)`.
+type MinibatchStep<'s, M> = dyn FnMut(M, &[usize], Advantages<'_>) -> Result<(M, UpdateStats)> + 's;
 
 /// The iteration both entry points share: advantages, zero-advantage filtering, the epochs'
 /// shuffled minibatches, and the statistics; `step` computes and applies each update.
@@ -450,7 +460,6 @@ where
             .collect();
         let size = order.len().div_ceil(parts);
         for chunk in order.chunks(size.max(1)) {
-            let sub = it.trajectory.select(chunk)?;
             let rows: Vec<Vec<f64>> = chunk.iter().map(|&i| per_step[i].clone()).collect();
             let flat: Vec<f64> = if dense {
                 Vec::new()
@@ -462,7 +471,7 @@ where
             } else {
                 Advantages::PerSample(&flat)
             };
-            let (next, s) = step(policy, &sub, chunk, advantages)?;
+            let (next, s) = step(policy, chunk, advantages)?;
             policy = next;
             stats.optimizer_steps += 1;
             count += 1.0;

@@ -478,7 +478,46 @@ fn data_parallel_gradient(second: &str, tolerance: f32) -> f32 {
         },
     )
     .expect("parallel");
-    assert_eq!(devices_seen, vec![flex, other]);
+    assert_eq!(devices_seen, vec![flex.clone(), other.clone()]);
+    // One sample per minibatch: every step still gets one part per device, in device order,
+    // the device without the sample sending an empty one.
+    let mut shapes = Vec::new();
+    run_iteration_parallel(
+        &mut FlowGrpo::new(FlowGrpoConfig {
+            inner_epochs: 1,
+            minibatches: 4,
+            beta: 0.04,
+            ..FlowGrpoConfig::default()
+        })
+        .expect("flow-grpo"),
+        p.clone(),
+        it(),
+        Parallel {
+            policies: &mut replicas,
+            references: Some(&references),
+            ranges: &ranges,
+        },
+        &mut |m, g| {
+            let Gradients::PerDevice(parts) = g else {
+                panic!("one part per device")
+            };
+            let devices: Vec<_> = parts.iter().map(|(_, d)| d.clone()).collect();
+            assert_eq!(devices, vec![flex.clone(), other.clone()]);
+            shapes.push(
+                parts
+                    .iter()
+                    .map(|(g, _)| g.is_empty())
+                    .collect::<Vec<bool>>(),
+            );
+            Ok(m)
+        },
+    )
+    .expect("one sample per minibatch");
+    assert_eq!(shapes.len(), 4);
+    assert!(
+        shapes.iter().all(|e| e.iter().filter(|&&x| x).count() == 1),
+        "{shapes:?}"
+    );
     assert_eq!(stats.update.max_ratio_deviation, 0.0, "{stats:?}");
     // Sample 2 is its prompt's only sample: its group advantage is 0 and Flow-GRPO leaves it
     // out; the other four are trained, on both devices.

@@ -438,7 +438,8 @@ pub struct TrainConfig {
     /// is sharded by global sample id, each device rolls out and differentiates its shard,
     /// and one optimizer step (burn's `step_multi`) combines the devices' gradients — the
     /// same update as one device to floating-point rounding. The first device holds the
-    /// model, the optimizer's home, the EMA and the checkpoints. Empty (the default) or one
+    /// model, the EMA and the checkpoints (the optimizer keeps each parameter's moments on a
+    /// device `step_multi` picks for it). Empty (the default) or one
     /// entry: one device. For ddpo-sf, ddpo-is, dpok, flow-grpo, dense-grpo, draft and alignprop.
     pub devices: Vec<String>,
 }

@@ -866,11 +866,13 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                         })
                     })
                     .collect();
-                handles
+                // Join every thread before looking at any result (a scope re-panics on a
+                // panicked thread left unjoined).
+                let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+                joined
                     .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err("a device's rollout thread panicked".into()))
+                    .map(|r| {
+                        r.unwrap_or_else(|_| Err("a device's rollout thread panicked".into()))
                             .map_err(job)
                     })
                     .collect::<align_core::Result<Vec<_>>>()
