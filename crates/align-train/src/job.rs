@@ -1424,24 +1424,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// The float tensors of a run's first checkpoint, by name.
-    fn checkpoint_weights(run: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
-        let path = run.join("checkpoint-000001").join("model.bpk");
-        let reader = burn::store::burn_pack::Reader::from_file(&path).expect("burnpack");
-        reader
-            .tensor_names()
-            .iter()
-            .map(|n| {
-                let bytes = reader.tensor_data(n).expect("tensor");
-                let v = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                (n.to_string(), v)
-            })
-            .collect()
-    }
-
     /// DRaFT-K (K = 2, with the reference pull) through the proxy reward on `[flex, ndarray]`
     /// against one flex device: the step's gradient norm, reward and pull agree to 1e-5
     /// relative and the trained weights to 1e-5 (AdamW ε = 1e-3, as above).
@@ -1477,7 +1459,7 @@ mod tests {
                     .trim(),
             )
             .expect("json");
-            (row, checkpoint_weights(&config.out))
+            (row, crate::first_checkpoint_weights(&config.out))
         };
         let (one, w1) = run("one", &[]);
         assert_eq!(one["differentiated_steps"].as_f64(), Some(2.0));
@@ -1495,11 +1477,7 @@ mod tests {
                 "{key}: {a} vs {b}"
             );
         }
-        let d = w2
-            .values()
-            .zip(w1.values())
-            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-            .fold(0.0f32, f32::max);
+        let d = crate::max_weight_difference(&w2, &w1);
         // Measured: 3.6e-7.
         assert!(d < 1e-5, "weights differ by {d}");
         let _ = std::fs::remove_dir_all(dir);

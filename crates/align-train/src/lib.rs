@@ -129,6 +129,41 @@ pub(crate) fn fresh_test_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The float tensors of `run`'s first checkpoint (`checkpoint-000001/model.bpk`), by name
+/// (tests only).
+#[cfg(test)]
+pub(crate) fn first_checkpoint_weights(
+    run: &std::path::Path,
+) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let path = run.join("checkpoint-000001").join("model.bpk");
+    let reader = burn::store::burn_pack::Reader::from_file(&path).expect("burnpack");
+    reader
+        .tensor_names()
+        .iter()
+        .map(|n| {
+            let bytes = reader.tensor_data(n).expect("tensor");
+            let v = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (n.to_string(), v)
+        })
+        .collect()
+}
+
+/// The largest absolute difference between two runs' weights, tensor by tensor (tests only).
+#[cfg(test)]
+pub(crate) fn max_weight_difference(
+    a: &std::collections::BTreeMap<String, Vec<f32>>,
+    b: &std::collections::BTreeMap<String, Vec<f32>>,
+) -> f32 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.values()
+        .zip(b.values())
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
 /// The f32 values of tensor `name` of a safetensors file (tests only).
 #[cfg(test)]
 pub(crate) fn safetensors_f32(path: &std::path::Path, name: &str) -> Vec<f32> {

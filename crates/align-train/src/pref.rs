@@ -1169,7 +1169,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// AI-feedback data from the shipped UNet (2 prompts × 2 candidates, 2 sampler steps), then
+    /// AI-feedback data from the shipped UNet in `out`: 3 prompts × 2 candidates, 4 sampler
+    /// steps, the first seed of 0..6 whose samples give a pair.
+    fn small_preference_data(out: &Path, device: &Device) -> PrefDataSummary {
+        (0..6)
+            .find_map(|seed| {
+                pref_data(
+                    &PrefDataOptions {
+                        model: crate::test_model_dir("shapes-unet"),
+                        out: out.to_path_buf(),
+                        prompts: 3,
+                        candidates: 2,
+                        seed,
+                        sample: SampleOptions {
+                            steps: 4,
+                            guidance: 3.0,
+                        },
+                    },
+                    device,
+                )
+                .ok()
+            })
+            .expect("some seed gives a pair")
+    }
+
+    /// AI-feedback data from the shipped UNet ([`small_preference_data`]), then
     /// a few steps of each loss on it; a DiT-free, CI-sized end-to-end check of the plumbing.
     #[test]
     fn pref_data_and_each_loss_run_end_to_end() {
@@ -1177,28 +1201,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("align-pref-e2e-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let data = dir.join("data");
-        let mut found = None;
-        for seed in 0..6 {
-            let r = pref_data(
-                &PrefDataOptions {
-                    model: crate::test_model_dir("shapes-unet"),
-                    out: data.clone(),
-                    prompts: 3,
-                    candidates: 2,
-                    seed,
-                    sample: SampleOptions {
-                        steps: 4,
-                        guidance: 3.0,
-                    },
-                },
-                &device,
-            );
-            if let Ok(s) = r {
-                found = Some(s);
-                break;
-            }
-        }
-        let summary = found.expect("some seed gives a pair");
+        let summary = small_preference_data(&data, &device);
         assert!(summary.pairs >= 1 && summary.labels == 6);
         for algorithm in [
             PrefAlgorithm::DiffusionDpo,
@@ -1350,24 +1353,6 @@ mod tests {
         );
     }
 
-    /// The float tensors of a checkpoint's `model.bpk`, by name.
-    fn checkpoint_weights(run: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
-        let path = run.join("checkpoint-000001").join("model.bpk");
-        let reader = burn::store::burn_pack::Reader::from_file(&path).expect("burnpack");
-        reader
-            .tensor_names()
-            .iter()
-            .map(|n| {
-                let bytes = reader.tensor_data(n).expect("tensor");
-                let v = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                (n.to_string(), v)
-            })
-            .collect()
-    }
-
     /// One Diffusion-DPO step with `devices = [flex, ndarray]` (and `[flex, flex]`) against one
     /// flex device: the loss, its gradient norm and the trained weights agree to f32
     /// tolerance (AdamW ε = 1e-3, as in the online test: with the default ε an entry whose
@@ -1379,24 +1364,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("align-pref-dp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let data = dir.join("data");
-        let made = (0..6).any(|seed| {
-            pref_data(
-                &PrefDataOptions {
-                    model: crate::test_model_dir("shapes-unet"),
-                    out: data.clone(),
-                    prompts: 3,
-                    candidates: 2,
-                    seed,
-                    sample: SampleOptions {
-                        steps: 4,
-                        guidance: 3.0,
-                    },
-                },
-                &flex,
-            )
-            .is_ok()
-        });
-        assert!(made, "some seed gives a pair");
+        small_preference_data(&data, &flex);
         let run = |name: &str, devices: &[&str]| {
             let mut config = PrefConfig {
                 model: crate::test_model_dir("shapes-unet"),
@@ -1418,7 +1386,7 @@ mod tests {
                     .trim(),
             )
             .expect("json");
-            (row, checkpoint_weights(&config.out))
+            (row, crate::first_checkpoint_weights(&config.out))
         };
         let (one, w1) = run("one", &[]);
         assert!(one["grad_norm"].as_f64().expect("grad_norm") > 0.0);
@@ -1435,12 +1403,7 @@ mod tests {
                     "{name} {key}: {a} vs {b}"
                 );
             }
-            assert_eq!(w.keys().collect::<Vec<_>>(), w1.keys().collect::<Vec<_>>());
-            let d = w
-                .values()
-                .zip(w1.values())
-                .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-                .fold(0.0f32, f32::max);
+            let d = crate::max_weight_difference(&w, &w1);
             assert!(d < tolerance, "{name}: weights differ by {d}");
         }
         let kto = PrefConfig {
