@@ -283,6 +283,29 @@ impl<M: Module> Replicas<M> {
     }
 }
 
+/// The policy's and the reference's replicas of a job, in `slot`: forked onto `devices` on the
+/// first call, the policy's synced to `policy` on later ones (the reference never changes).
+///
+/// # Errors
+/// As [`Replicas::new`] and [`Replicas::sync`].
+pub fn policy_and_reference_replicas<M: Module>(
+    slot: &mut Option<(Replicas<M>, Replicas<M>)>,
+    policy: &M,
+    reference: &M,
+    devices: &[Device],
+) -> Result<()> {
+    match slot {
+        Some((policies, _)) => policies.sync(policy),
+        None => {
+            *slot = Some((
+                Replicas::new(policy, devices)?,
+                Replicas::new(reference, devices)?,
+            ));
+            Ok(())
+        }
+    }
+}
+
 /// burn's overlapped all-reduce (`DistributedContext`; NCCL on CUDA) as an alternative to
 /// [`Gradients::PerDevice`] + `step_multi`: every replica's trainable parameters are marked
 /// distributed, and burn all-reduces (sums) each one's gradient **during** the backward passes,

@@ -17,7 +17,7 @@ use align_backprop::{
     reward_cotangent,
 };
 use align_core::LogProbReduction;
-use align_core::data_parallel::{Gradients, Replicas, shard_ranges};
+use align_core::data_parallel::{Gradients, Replicas, policy_and_reference_replicas, shard_ranges};
 use align_core::{Condition, CoreError, Job, Metrics};
 use align_models::Pipeline;
 use align_pref::{
@@ -783,15 +783,12 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         let (cond, uncond) = conditions(&self.prompts, &frozen, &ids).map_err(job)?;
         // Data parallelism: replicas in step with the model, and the batch's shards.
         if self.devices.len() > 1 {
-            match &mut self.replicas {
-                Some((policies, _)) => policies.sync(&model)?,
-                None => {
-                    self.replicas = Some((
-                        Replicas::new(&model, &self.devices)?,
-                        Replicas::new(&self.reference, &self.devices)?,
-                    ))
-                }
-            }
+            policy_and_reference_replicas(
+                &mut self.replicas,
+                &model,
+                &self.reference,
+                &self.devices,
+            )?;
         }
         let shards = match &self.replicas {
             Some((r, _)) => shard_ranges(b, r.len()),

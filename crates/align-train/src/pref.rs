@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use align_core::data_parallel::{Gradients, Replicas, shard_ranges};
+use align_core::data_parallel::{Gradients, Replicas, policy_and_reference_replicas, shard_ranges};
 use align_core::{Condition, CoreError, Denoiser, Job, Metrics, NoiseKey, RunnerConfig};
 use align_data::{
     EvalSet, Image, LabeledImage, PreferencePair, SceneSpec, ShapeEval, Split, SplitPart,
@@ -600,15 +600,7 @@ impl<D: Module + Denoiser + ModuleDisplay> PrefJob<D> {
         apply: &mut dyn FnMut(TextToImage<D>, Gradients) -> align_core::Result<TextToImage<D>>,
     ) -> align_core::Result<(TextToImage<D>, Metrics, f64)> {
         let b = batch.prompts.len();
-        match &mut self.replicas {
-            Some((policies, _)) => policies.sync(&model)?,
-            None => {
-                self.replicas = Some((
-                    Replicas::new(&model, &self.devices)?,
-                    Replicas::new(&self.reference, &self.devices)?,
-                ))
-            }
-        }
+        policy_and_reference_replicas(&mut self.replicas, &model, &self.reference, &self.devices)?;
         let Some((policies, references)) = self.replicas.take() else {
             return Err(CoreError::Job("no replicas".into()));
         };
