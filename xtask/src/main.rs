@@ -86,9 +86,11 @@ fn test_backend(backend: &str, extra: &[String]) -> bool {
         cmd.args(["-p", krate]);
     }
     // Doc tests pin `flex` explicitly; the backend run covers unit and integration tests.
+    // Every test binary runs even when one fails: a lane reports all of a backend's gaps.
     cmd.args([
         "--lib",
         "--tests",
+        "--no-fail-fast",
         "--features",
         &format!("align-core/{feature}"),
     ]);
