@@ -260,8 +260,12 @@ fn rollout_and_train_micro_batches_give_the_whole_batch_gradient() {
         let (g, s) = grads(&chunked, Some(micro));
         let err = rel(g, reference.clone());
         eprintln!("micro {micro}: max relative gradient error {err:.2e}");
+        // Bitwise-reproducible backends (flex, ndarray) sum in the same order whatever the
+        // chunking, to 1e-5; wgpu's autotuned kernels pick their reductions by batch size
+        // (measured 4.4e-5 on Mesa lavapipe).
+        let tolerance = if bitwise() { 1e-5 } else { 1e-4 };
         assert!(
-            err < 1e-5,
+            err < tolerance,
             "micro {micro}: max relative gradient error {err}"
         );
         assert!((s.loss - s_all.loss).abs() < 1e-6 * (1.0 + s_all.loss.abs()));
@@ -372,10 +376,15 @@ fn flow_grpo_update_on_the_tiny_sd3_fixture_moves_lora_only() {
     })
     .expect("Flow-GRPO gradients");
     assert!(stats.loss.is_finite(), "{stats:?}");
-    assert_eq!(
-        stats.max_ratio_deviation, 0.0,
-        "the ratio is exactly 1 at θ = θ_old: {stats:?}"
-    );
+    if bitwise() {
+        assert_eq!(
+            stats.max_ratio_deviation, 0.0,
+            "the ratio is exactly 1 at θ = θ_old: {stats:?}"
+        );
+    } else {
+        // `Backend::is_bitwise_reproducible`: 1 ± 1e-5 on wgpu and CUDA (measured 9.5e-7).
+        assert!(stats.max_ratio_deviation < 1e-5, "{stats:?}");
+    }
     let mut optim = AdamWConfig::new().init();
     let updated = optim.step(1e-3, policy, grads);
     let after = snapshot(&updated);
@@ -389,4 +398,12 @@ fn flow_grpo_update_on_the_tiny_sd3_fixture_moves_lora_only() {
         moved * 2 >= trainable,
         "{moved} of {trainable} LoRA factors moved"
     );
+}
+
+/// Whether the test backend (`BURN_DEVICE`) computes bit for bit the same in rollout and
+/// re-scoring (flex, ndarray) — see `align_core::Backend::is_bitwise_reproducible`.
+fn bitwise() -> bool {
+    align_core::resolve_backend(None)
+        .expect("backend")
+        .is_bitwise_reproducible()
 }
