@@ -422,10 +422,10 @@ fn data_parallel_gradient(second: &str, tolerance: f32) -> f32 {
     let rewards = [0.1, 0.9, 0.4, 0.7, 0.2];
     let steps: Vec<usize> = (0..4).collect();
     let s = sampler();
-    let algorithm = || {
+    let algorithm = |minibatches: usize| {
         FlowGrpo::new(FlowGrpoConfig {
             inner_epochs: 1,
-            minibatches: 1,
+            minibatches,
             beta: 0.04,
             ..FlowGrpoConfig::default()
         })
@@ -444,7 +444,7 @@ fn data_parallel_gradient(second: &str, tolerance: f32) -> f32 {
     };
     // One device: the gradient `apply` receives.
     let mut single = None;
-    align_rl::run_iteration(&mut algorithm(), p.clone(), it(), &mut |m, g| {
+    align_rl::run_iteration(&mut algorithm(1), p.clone(), it(), &mut |m, g| {
         single = Some(flat(&m, &g));
         Ok(m)
     })
@@ -454,7 +454,7 @@ fn data_parallel_gradient(second: &str, tolerance: f32) -> f32 {
     let mut summed: Option<Vec<f32>> = None;
     let mut devices_seen = Vec::new();
     let (_, stats) = run_iteration_parallel(
-        &mut algorithm(),
+        &mut algorithm(1),
         p.clone(),
         it(),
         Parallel {
@@ -483,13 +483,7 @@ fn data_parallel_gradient(second: &str, tolerance: f32) -> f32 {
     // the device without the sample sending an empty one.
     let mut shapes = Vec::new();
     run_iteration_parallel(
-        &mut FlowGrpo::new(FlowGrpoConfig {
-            inner_epochs: 1,
-            minibatches: 4,
-            beta: 0.04,
-            ..FlowGrpoConfig::default()
-        })
-        .expect("flow-grpo"),
+        &mut algorithm(4),
         p.clone(),
         it(),
         Parallel {
