@@ -15,7 +15,8 @@
 //! (`global_std`, as the official code), the mean per group; groups whose rewards are all equal
 //! get `Â = 0` and are dropped from the update. Train on fewer steps than evaluation (10 vs 40)
 //! and, for "Flow-GRPO-Fast", on a window of SDE steps (`FlowSdeSampler::with_window`; the other
-//! steps are ODE steps and are never trained).
+//! steps are ODE steps and are never trained). `ratio_norm = true` is GRPO-Guard: the clip
+//! acts on the normalised ratio of [`crate::grpo_guard`].
 //!
 //! Defaults (official GenEval config): ε = 1e-4, `adv_clip_max` = 5, β = 0.04 on the official
 //! code's KL scale `‖Δμ‖²/(2σ_t²)`, i.e. β = 0.004 on the exact per-step KL used here with 10
@@ -45,6 +46,10 @@ pub struct FlowGrpoConfig {
     pub inner_epochs: usize,
     /// Optimizer steps per pass.
     pub minibatches: usize,
+    /// GRPO-Guard: PPO-clip on the normalised ratio `exp((log ρ + b) · s)` with each step's
+    /// policy loss divided by its `|Δt|` ([`crate::grpo_guard`]); `clip_range` is then on the
+    /// normalised scale (the public recipes: 2e-6).
+    pub ratio_norm: bool,
 }
 
 impl Default for FlowGrpoConfig {
@@ -57,6 +62,7 @@ impl Default for FlowGrpoConfig {
             global_std: true,
             inner_epochs: 1,
             minibatches: 2,
+            ratio_norm: false,
         }
     }
 }
@@ -97,8 +103,14 @@ impl OnlineAlgorithm for FlowGrpo {
         "flow-grpo"
     }
     fn objective(&self) -> Objective {
-        Objective::PpoClip {
-            clip_range: self.config.clip_range,
+        if self.config.ratio_norm {
+            Objective::RatioNormClip {
+                clip_range: self.config.clip_range,
+            }
+        } else {
+            Objective::PpoClip {
+                clip_range: self.config.clip_range,
+            }
         }
     }
     fn kl(&self) -> Option<KlPenalty> {

@@ -47,6 +47,8 @@
 //!         ref_mean: Some(mean),
 //!         ref_log_prob: None,
 //!         reduction: LogProbReduction::Mean,
+//!         old_mean: None,
+//!         step_size: None,
 //!     },
 //!     Objective::PpoClip { clip_range: 1e-4 },
 //!     Some(KlPenalty { beta: 0.004, estimator: KlEstimator::ClosedForm }),
@@ -59,9 +61,11 @@
 pub mod algorithm;
 pub mod ddpo;
 pub mod dense_grpo;
+pub mod diffusion_nft;
 pub mod dpok;
 pub mod error;
 pub mod flow_grpo;
+pub mod grpo_guard;
 pub mod objective;
 pub mod sdpo;
 pub mod update;
@@ -74,9 +78,15 @@ pub use ddpo::{Ddpo, DdpoConfig, DdpoVariant};
 pub use dense_grpo::{
     DenseGrpo, DenseGrpoConfig, NoiseCalibration, completion_times, ode_complete, step_reward_gains,
 };
+pub use diffusion_nft::{
+    DiffusionNftConfig, NftGradientInputs, NftIteration, NftLoss, NftLossInputs, NftStats,
+    OldPolicyDecay, nft_gradients, nft_loss, nft_timesteps, old_policy_values,
+    optimality_probabilities, restore_old_policy, run_nft_iteration, update_old_policy,
+};
 pub use dpok::{Dpok, DpokConfig};
 pub use error::{Result, RlError};
 pub use flow_grpo::{FlowGrpo, FlowGrpoConfig};
+pub use grpo_guard::{normalized_log_ratio, ratio_bias};
 pub use objective::{KlEstimator, KlPenalty, Objective, StepInputs, StepLoss, step_loss};
 pub use sdpo::{
     Sdpo, SdpoConfig, anchor_step, cosine_similarity, dense_rewards, sdpo_pair_loss, step_weight,

@@ -12,6 +12,9 @@
 //! L_k = L_pg + β · mean_i KL_i
 //! ```
 //!
+//! GRPO-Guard ([`Objective::RatioNormClip`]) replaces `ρ` by the normalised ratio of
+//! [`crate::grpo_guard`] and divides the step's policy term by its `|Δt|`.
+//!
 //! At `θ = θ_old` the two policy terms have the same gradient, `−mean_i Â_i ∇ log p_θ`.
 //! The closed-form KL is the exact per-step Gaussian KL (with the step's standard deviation
 //! σ_k, not the official Flow-GRPO code's σ_t without `√|Δt|`: that code's β is larger by
@@ -23,6 +26,7 @@ use align_core::{LogProbReduction, gaussian_kl, k3_kl, ppo_clip_loss};
 use burn::tensor::Tensor;
 
 use crate::error::{Result, RlError};
+use crate::grpo_guard::normalized_log_ratio;
 
 /// The policy-gradient term.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -33,6 +37,13 @@ pub enum Objective {
     /// PPO-clip with per-step ratios and clip range ε.
     PpoClip {
         /// ε (1e-4 for mean-reduced log-probs, as published).
+        clip_range: f64,
+    },
+    /// GRPO-Guard: PPO-clip on the normalised ratio `ρ̂ = exp((log ρ + b) · s)`
+    /// ([`crate::grpo_guard`]), each step's policy loss divided by its `|Δt|`; needs the
+    /// rollout's means ([`StepInputs::old_mean`]) and step sizes ([`StepInputs::step_size`]).
+    RatioNormClip {
+        /// ε on the normalised scale (the public recipes: 2e-6, 4e-6 for PickScore).
         clip_range: f64,
     },
 }
@@ -62,7 +73,7 @@ impl Objective {
     /// # Errors
     /// A clip range that is not a positive finite number.
     pub fn validate(&self) -> Result<()> {
-        if let Objective::PpoClip { clip_range } = *self
+        if let Objective::PpoClip { clip_range } | Objective::RatioNormClip { clip_range } = *self
             && !(clip_range.is_finite() && clip_range > 0.0)
         {
             return Err(RlError::config(
@@ -124,6 +135,10 @@ pub struct StepInputs {
     pub ref_log_prob: Option<Tensor<1>>,
     /// Reduction of the log-probs (and of the closed-form KL).
     pub reduction: LogProbReduction,
+    /// The rollout's mean `μ_old` `[B, C, H, W]` (GRPO-Guard's ratio normalisation).
+    pub old_mean: Option<Tensor<4>>,
+    /// The step's `|Δt|` (GRPO-Guard's reweighting).
+    pub step_size: Option<f64>,
 }
 
 /// Evaluates one step's loss.
@@ -155,6 +170,35 @@ pub fn step_loss(
                 clip_range,
             );
             (out.loss, out.ratio, out.clip_fraction)
+        }
+        Objective::RatioNormClip { clip_range } => {
+            let old_mean = inputs.old_mean.clone().ok_or_else(|| {
+                RlError::config(
+                    "ratio_norm",
+                    "GRPO-Guard needs the rollout's means (roll out with keep_means)",
+                )
+            })?;
+            let dt = inputs
+                .step_size
+                .filter(|d| d.is_finite() && *d > 0.0)
+                .ok_or_else(|| {
+                    RlError::config("ratio_norm", "GRPO-Guard needs the step's |Δt| > 0")
+                })?;
+            let log_ratio = normalized_log_ratio(
+                inputs.log_prob.clone(),
+                inputs.old_log_prob.clone().detach(),
+                inputs.mean.clone(),
+                old_mean.detach(),
+                inputs.std,
+                inputs.reduction,
+            );
+            let out = ppo_clip_loss(
+                log_ratio,
+                Tensor::zeros([b], &device),
+                inputs.advantages.clone(),
+                clip_range,
+            );
+            (out.loss.div_scalar(dt), out.ratio, out.clip_fraction)
         }
     };
     let (loss, kl_values) = match kl {

@@ -226,6 +226,11 @@ where
                     ref_mean,
                     ref_log_prob,
                     reduction: traj.reduction,
+                    old_mean: traj.means.get(k).map(|m| m.clone().to_device(&device)),
+                    step_size: traj
+                        .times
+                        .get(k + 1)
+                        .map(|next| (traj.times[k] - next).abs()),
                 },
                 inputs.objective,
                 inputs.kl,

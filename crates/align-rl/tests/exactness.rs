@@ -220,6 +220,62 @@ fn ppo_gradient_equals_reinforce_gradient_at_theta_old() {
     assert!(diff > 1e-3 * norm);
 }
 
+/// GRPO-Guard at θ_old: the normalised ratio is exactly 1 on every step (the re-scored mean
+/// and log-prob are the rollout's bit for bit, so the shift `b` is 0), and on each step `k` its
+/// gradient is `s_k / |Δt_k|` times the REINFORCE gradient (`∇ log ρ̂ = s_k ∇ log p_θ` there,
+/// since `∇b = 0` at `Δμ = 0`; the loss is divided by `|Δt_k|`).
+#[test]
+fn grpo_guard_ratio_is_exactly_one_at_theta_old_and_scales_the_step_gradient() {
+    let device = test_device().autodiff();
+    let p = policy(&device);
+    let traj = roll(&p, 3, 3.0);
+    let adv = [1.5, -0.5, 0.25];
+    let guard = Objective::RatioNormClip { clip_range: 2e-6 };
+    let (_, stats) = grads(&p, None, &traj, &adv, guard, None);
+    if align_core::resolve_backend(None)
+        .expect("backend")
+        .is_bitwise_reproducible()
+    {
+        assert_eq!(stats.max_ratio_deviation, 0.0, "{stats:?}");
+        assert_eq!(stats.clip_fraction, 0.0);
+    } else {
+        assert!(stats.max_ratio_deviation < 1e-6, "{stats:?}");
+    }
+    let s = sampler();
+    let one_step = |k: usize, objective: Objective| {
+        let (g, _) = policy_gradients(PolicyGradientInputs {
+            policy: &p,
+            reference: None,
+            sampler: &s,
+            trajectory: &traj,
+            advantages: Advantages::PerSample(&adv),
+            steps: &[k],
+            encode: &encode,
+            objective,
+            kl: None,
+            micro_batch: None,
+        })
+        .expect("update");
+        flat(&p, &g)
+    };
+    for k in [0, 3] {
+        let factor = traj.stds[k] / (traj.times[k] - traj.times[k + 1]).abs();
+        let (a, b) = (one_step(k, guard), one_step(k, Objective::Reinforce));
+        let norm: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(norm > 0.0);
+        let diff: f32 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - factor as f32 * y).powi(2))
+            .sum::<f32>()
+            .sqrt();
+        assert!(
+            diff <= 1e-4 * factor as f32 * norm,
+            "step {k}: ‖g_guard − {factor} g_sf‖ = {diff}, ‖g_sf‖ = {norm}"
+        );
+    }
+}
+
 #[test]
 fn kl_to_adapters_off_reference_is_zero_before_training_and_positive_after() {
     let device = test_device().autodiff();

@@ -10,6 +10,9 @@ use align_rl::{
     FlowGrpoConfig, Iteration, NoiseCalibration, OnlineAlgorithm, Sdpo, SdpoConfig, run_iteration,
     step_reward_gains, trajectory_dense_rewards,
 };
+use align_rl::{
+    DiffusionNftConfig, NftIteration, OldPolicyDecay, run_nft_iteration, update_old_policy,
+};
 use align_samplers::{FlowGrid, FlowSdeSampler};
 use align_samplers::{RolloutBatch, RolloutConfig, Sampler, SamplerConfig, rollout};
 use burn::module::{Module, Param};
@@ -104,6 +107,8 @@ fn train(
             },
             &RolloutConfig {
                 seed: 1,
+                // GRPO-Guard's ratio normalisation reads the rollout's means.
+                keep_means: true,
                 ..RolloutConfig::default()
             },
         )
@@ -231,6 +236,21 @@ fn flow_grpo_raises_the_reward_and_its_kl_stays_bounded() {
         unpenalised.kl
     );
     assert!(o.kl < KL_BOUND, "KL {}", o.kl);
+}
+
+/// GRPO-Guard (Flow-GRPO with the normalised ratio, the public clip range 2e-6 and no KL) also
+/// learns the toy problem.
+#[test]
+fn grpo_guard_raises_the_reward() {
+    let mut algo = FlowGrpo::new(FlowGrpoConfig {
+        beta: 0.0,
+        clip_range: 2e-6,
+        ratio_norm: true,
+        ..FlowGrpoConfig::default()
+    })
+    .expect("config");
+    let o = train(&mut algo, sde().as_ref(), true, 30, 0.05);
+    assert!(o.last > o.first + 0.5, "{} → {}", o.first, o.last);
 }
 
 /// Mean per-step KL (mean-reduced over the 2 dimensions) allowed at the end of a penalised run.
@@ -473,4 +493,77 @@ fn terminal_and_dense_reward_algorithms_refuse_each_others_inputs() {
     let mut dg = DenseGrpo::new(DenseGrpoConfig::default()).expect("config");
     let e = run(&mut dg, None).expect("must refuse");
     assert!(e.contains("needs dense per-step rewards"), "{e}");
+}
+
+/// DiffusionNFT on the toy flow problem: rollouts by the old policy with a deterministic ODE
+/// (any sampler works: no likelihoods), the forward-process loss, the old policy following the
+/// trained one with the public code's linear decay. The mean reward must rise.
+#[test]
+fn diffusion_nft_raises_the_reward_with_ode_rollouts() {
+    let device = test_device().autodiff();
+    let mut policy = Toy::new(true, &device);
+    let reference = Toy::new(true, &device).no_grad();
+    let mut old = policy.clone().no_grad();
+    let sampler = SamplerConfig::flow_sde(10, 0.0).build().expect("ode");
+    let config = DiffusionNftConfig {
+        old_decay: OldPolicyDecay::Linear {
+            rate: 0.01,
+            max: 0.5,
+        },
+        ..DiffusionNftConfig::default()
+    };
+    let mut adam = AdamConfig::new().init();
+    let (b, iterations) = (32, 30);
+    let (mut first, mut last) = (0.0, 0.0);
+    for it in 0..iterations {
+        let (c, _) = encode(&old, &vec![0; b]).expect("encode");
+        let traj = rollout(
+            &old,
+            sampler.as_ref(),
+            &RolloutBatch {
+                condition: &c,
+                uncond: None,
+                sample_ids: (0..b as u64).map(|i| it as u64 * 1000 + i).collect(),
+                condition_ids: (0..b).map(|i| i % 4).collect(),
+                group_ids: None,
+                sample_shape: [2, 1, 1],
+            },
+            &RolloutConfig {
+                seed: 1,
+                ..RolloutConfig::default()
+            },
+        )
+        .expect("rollout");
+        let rewards = reward(&traj);
+        let mean = rewards.iter().sum::<f64>() / b as f64;
+        let mut apply = |m: Toy, g| Ok(adam.step(0.05, m, g));
+        let (p, stats) = run_nft_iteration(
+            &config,
+            policy,
+            NftIteration {
+                old: &old,
+                reference: Some(&reference),
+                trajectory: &traj,
+                rewards: &rewards,
+                encode: &encode,
+                guidance: 1.0,
+                seed: it as u64,
+                micro_batch: None,
+            },
+            &mut apply,
+        )
+        .expect("iteration");
+        assert_eq!(stats.optimizer_steps, 1);
+        assert_eq!(stats.timesteps, 9);
+        policy = p;
+        old = update_old_policy(old, &policy, config.old_decay.decay((it + 1) as u64))
+            .expect("old policy");
+        if it < 3 {
+            first += mean / 3.0;
+        }
+        if it >= iterations - 3 {
+            last += mean / 3.0;
+        }
+    }
+    assert!(last > first + 0.5, "{first} → {last}");
 }

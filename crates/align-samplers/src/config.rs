@@ -62,6 +62,17 @@ pub enum SamplerConfig {
         /// Optional `[start, end)` of stochastic steps.
         window: Option<(usize, usize)>,
     },
+    /// DanceGRPO's SDE: the Flow-GRPO step with a constant `σ_t = noise_level`.
+    DanceSde {
+        /// Steps `K`.
+        num_steps: usize,
+        /// Time shift (1 = none).
+        shift: f64,
+        /// η: the constant `σ_t` (0.3 in DanceGRPO's recipes).
+        noise_level: f64,
+        /// Optional `[start, end)` of stochastic steps.
+        window: Option<(usize, usize)>,
+    },
     /// Coefficient-preserving sampling.
     Cps {
         /// Steps `K`.
@@ -154,6 +165,16 @@ impl SamplerConfig {
                 window: w,
             } => Box::new(
                 FlowSdeSampler::new(FlowGrid::new(*num_steps, *shift)?, *noise_level)?
+                    .with_window(window(w))?,
+            ),
+            SamplerConfig::DanceSde {
+                num_steps,
+                shift,
+                noise_level,
+                window: w,
+            } => Box::new(
+                FlowSdeSampler::new(FlowGrid::new(*num_steps, *shift)?, *noise_level)?
+                    .with_constant_sigma()
                     .with_window(window(w))?,
             ),
             SamplerConfig::Cps {

@@ -17,7 +17,14 @@
 //! ```
 //!
 //! At `t = 1` the `1 − t` under the root is replaced by `1 − t_1` (the next grid point), as in
-//! the official code. This is **not** the seed document's placeholder drift
+//! the official code.
+//!
+//! **DanceGRPO's SDE** (Xue et al. 2025, `flux_step` of its public code) is the same step with
+//! a constant `σ_t = η` ([`FlowSdeSampler::with_constant_sigma`]; η = 0.3 in its recipes):
+//! `μ = x (1 + η² Δt / (2t)) + v (1 + η² (1−t) / (2t)) Δt`, `std = η √(−Δt)`. Any `σ_t` keeps
+//! the ODE's marginals (the drift's score term compensates the noise); the constant one puts
+//! relatively more noise on the late, low-noise steps than Flow-GRPO's, whose `σ_t → 0` as
+//! `t → 0`. This is **not** the seed document's placeholder drift
 //! `v + ½σ²(−v/σ)`, which does not preserve the marginals (a test keeps that check).
 //!
 //! **CPS** (Wang & Yu 2025, "coefficient-preserving sampling"): with `s = t' · sin(a π/2)`,
@@ -168,12 +175,23 @@ impl Sampler for FlowEulerSampler {
     }
 }
 
-/// The Flow-GRPO marginal-preserving SDE sampler.
+/// How the flow SDE's `σ_t` depends on `t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SigmaSchedule {
+    /// Flow-GRPO: `σ_t = a √(t / (1 − t))`.
+    #[default]
+    FlowGrpo,
+    /// DanceGRPO: `σ_t = η`, constant.
+    Constant,
+}
+
+/// The Flow-GRPO marginal-preserving SDE sampler (or DanceGRPO's, with a constant `σ_t`).
 #[derive(Debug, Clone)]
 pub struct FlowSdeSampler {
     steps: WindowedGrid,
     noise_level: f64,
     noise_scales: Option<Vec<f64>>,
+    schedule: SigmaSchedule,
 }
 
 impl FlowSdeSampler {
@@ -192,7 +210,19 @@ impl FlowSdeSampler {
             steps: WindowedGrid::new(grid),
             noise_level,
             noise_scales: None,
+            schedule: SigmaSchedule::FlowGrpo,
         })
+    }
+
+    /// DanceGRPO's schedule: `σ_t = noise_level` at every step (η = 0.3 in its recipes).
+    pub fn with_constant_sigma(mut self) -> Self {
+        self.schedule = SigmaSchedule::Constant;
+        self
+    }
+
+    /// The `σ_t` schedule.
+    pub fn schedule(&self) -> SigmaSchedule {
+        self.schedule
     }
 
     /// Inject noise only on steps in `window`; Euler steps elsewhere.
@@ -239,12 +269,17 @@ impl FlowSdeSampler {
         &self.steps.grid
     }
 
-    /// `σ_t` at step `k` (with the `t = 1` clamp).
+    /// `σ_t` at step `k` (with the `t = 1` clamp of Flow-GRPO's schedule).
     pub fn sigma(&self, k: usize) -> f64 {
-        let times = self.steps.grid.times();
-        let t = times[k];
-        let denom_t = if t >= 1.0 { times[1] } else { t };
-        let sigma = self.noise_level * (t / (1.0 - denom_t)).sqrt();
+        let sigma = match self.schedule {
+            SigmaSchedule::FlowGrpo => {
+                let times = self.steps.grid.times();
+                let t = times[k];
+                let denom_t = if t >= 1.0 { times[1] } else { t };
+                self.noise_level * (t / (1.0 - denom_t)).sqrt()
+            }
+            SigmaSchedule::Constant => self.noise_level,
+        };
         match &self.noise_scales {
             Some(s) if s[k] != 1.0 => s[k] * sigma,
             _ => sigma,
@@ -254,7 +289,10 @@ impl FlowSdeSampler {
 
 impl Sampler for FlowSdeSampler {
     fn name(&self) -> &'static str {
-        "flow-sde"
+        match self.schedule {
+            SigmaSchedule::FlowGrpo => "flow-sde",
+            SigmaSchedule::Constant => "dance-sde",
+        }
     }
 
     fn num_steps(&self) -> usize {

@@ -58,7 +58,7 @@ pub use config::SamplerConfig;
 pub use ddim::{DdimSampler, FinalAlpha};
 pub use ddpm::{DdpmSampler, DdpmVariance};
 pub use error::{Result, SamplerError};
-pub use flow::{CpsSampler, FlowEulerSampler, FlowSdeSampler};
+pub use flow::{CpsSampler, FlowEulerSampler, FlowSdeSampler, SigmaSchedule};
 pub use flow_grid::{FlowGrid, shift_time};
 pub use rollout::{RolloutBatch, RolloutConfig, pathwise_step, replay, rescore, rollout};
 pub use schedule::{

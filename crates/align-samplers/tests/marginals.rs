@@ -54,30 +54,41 @@ fn moment_error(final_sample: &Tensor<4>) -> f64 {
 #[test]
 fn sde_samples_reproduce_the_data_moments_for_several_noise_levels() {
     let model = data();
-    let cond = unconditioned();
     for noise_level in [0.3, 0.7, 1.0] {
         let sampler = FlowSdeSampler::new(FlowGrid::new(STEPS, 1.0).unwrap(), noise_level).unwrap();
-        let batch = RolloutBatch {
-            condition: &cond,
-            uncond: None,
-            sample_ids: (0..N as u64).collect(),
-            condition_ids: vec![0; N],
-            group_ids: None,
-            sample_shape: [2, 1, 1],
-        };
-        let config = RolloutConfig {
-            seed: 17,
-            ..RolloutConfig::default()
-        };
-        let traj = rollout(&model, &sampler, &batch, &config).unwrap();
-        let err = moment_error(traj.final_sample());
-        eprintln!("flow SDE, noise level {noise_level}: moment error {err:.4}");
-        // Sampling error ≈ 1–2 %, Euler–Maruyama bias with 100 steps a few %.
-        assert!(
-            err < 0.06,
-            "noise level {noise_level}: moment error {err:.4}"
+        check_moments(
+            &model,
+            &sampler,
+            &format!("flow SDE, noise level {noise_level}"),
         );
+        // DanceGRPO's constant σ_t = η keeps the marginals too.
+        let dance = FlowSdeSampler::new(FlowGrid::new(STEPS, 1.0).unwrap(), noise_level)
+            .unwrap()
+            .with_constant_sigma();
+        check_moments(&model, &dance, &format!("DanceGRPO SDE, η {noise_level}"));
     }
+}
+
+/// Rolls out `N` samples of the Gaussian data with `sampler` and checks their moments.
+fn check_moments(model: &GaussianFlow, sampler: &FlowSdeSampler, what: &str) {
+    let cond = unconditioned();
+    let batch = RolloutBatch {
+        condition: &cond,
+        uncond: None,
+        sample_ids: (0..N as u64).collect(),
+        condition_ids: vec![0; N],
+        group_ids: None,
+        sample_shape: [2, 1, 1],
+    };
+    let config = RolloutConfig {
+        seed: 17,
+        ..RolloutConfig::default()
+    };
+    let traj = rollout(model, sampler, &batch, &config).unwrap();
+    let err = moment_error(traj.final_sample());
+    eprintln!("{what}: moment error {err:.4}");
+    // Sampling error ≈ 1–2 %, Euler–Maruyama bias with 100 steps a few %.
+    assert!(err < 0.06, "{what}: moment error {err:.4}");
 }
 
 /// A wrong drift of the seed documents, same σ schedule, same noise.

@@ -485,3 +485,67 @@ fn ddim_step_hand_computed() {
     );
     assert!((host4(&out.pred_x0)[0] as f64 - x0).abs() < 1e-6);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// DanceGRPO's SDE step against its formula computed by hand in f64: constant `σ_t = η`,
+    /// `μ = x (1 + η² Δt / (2t)) + v (1 + η² (1−t) / (2t)) Δt`, `std = η √(−Δt)`, and the
+    /// log-prob of a re-scored next latent is the Gaussian log-density (mean over elements).
+    #[test]
+    fn dance_sde_step_matches_its_formula_and_log_density(
+        eta in 0.05f64..1.0, k in 0usize..6, seed in 0u64..1000,
+    ) {
+        let grid = FlowGrid::new(6, 1.0).unwrap();
+        let s = FlowSdeSampler::new(grid.clone(), eta).unwrap().with_constant_sigma();
+        prop_assert_eq!(s.name(), "dance-sde");
+        let (t, t_next) = grid.interval(k);
+        let dt = t_next - t;
+        prop_assert!((s.sigma(k) - eta).abs() < 1e-15);
+        prop_assert!((s.step_std(k) - eta * (-dt).sqrt()).abs() < 1e-12);
+        let (x, v, next) = (noise(seed, 1, 2), noise(seed, 2, 2), noise(seed, 3, 2));
+        let out = s
+            .step(k, x.clone(), v.clone(), Parameterization::FlowVelocity, Transition::Rescore(next.clone()), LogProbReduction::Mean)
+            .unwrap();
+        let (hx, hv, hn) = (host4(&x), host4(&v), host4(&next));
+        let std = eta * (-dt).sqrt();
+        let n = SHAPE.iter().product::<usize>();
+        let mean: Vec<f64> = hx
+            .iter()
+            .zip(&hv)
+            .map(|(&x, &v)| {
+                f64::from(x) * (1.0 + eta * eta * dt / (2.0 * t))
+                    + f64::from(v) * (1.0 + eta * eta * (1.0 - t) / (2.0 * t)) * dt
+            })
+            .collect();
+        for (a, b) in host4(&out.mean).iter().zip(&mean) {
+            prop_assert!((f64::from(*a) - b).abs() < 1e-5 * (1.0 + b.abs()), "{} vs {}", a, b);
+        }
+        let lp = host1(out.log_prob.as_ref().unwrap());
+        for (i, got) in lp.iter().enumerate() {
+            let want = (i * n..(i + 1) * n)
+                .map(|e| {
+                    let z = (f64::from(hn[e]) - mean[e]) / std;
+                    -0.5 * z * z - std.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
+                })
+                .sum::<f64>()
+                / n as f64;
+            prop_assert!((f64::from(*got) - want).abs() < 1e-3 * (1.0 + want.abs()), "{} vs {}", got, want);
+        }
+    }
+}
+
+/// The constant σ puts more noise than Flow-GRPO's on the late steps and less on the early ones
+/// (η = a: equal at t = ½).
+#[test]
+fn dance_sde_noise_is_constant_where_flow_grpo_noise_decays() {
+    let grid = FlowGrid::new(10, 1.0).unwrap();
+    let dance = FlowSdeSampler::new(grid.clone(), 0.7)
+        .unwrap()
+        .with_constant_sigma();
+    let flow = FlowSdeSampler::new(grid, 0.7).unwrap();
+    assert!((dance.sigma(5) - flow.sigma(5)).abs() < 1e-12);
+    assert!(dance.sigma(9) > flow.sigma(9));
+    assert!(dance.sigma(1) < flow.sigma(1));
+    assert!((0..10).all(|k| dance.sigma(k) == 0.7));
+}

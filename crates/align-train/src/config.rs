@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use align_backprop::{DraftConfig, ReflLoss, Truncation};
 use align_core::RunnerConfig;
 use align_rewards::HackingMonitorConfig;
-use align_rl::{DdpoConfig, DenseGrpoConfig, DpokConfig, FlowGrpoConfig, SdpoConfig};
+use align_rl::{
+    DdpoConfig, DenseGrpoConfig, DiffusionNftConfig, DpokConfig, FlowGrpoConfig, SdpoConfig,
+};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -20,6 +22,11 @@ pub enum AlgorithmName {
     FlowGrpo,
     /// DenseGRPO: Flow-GRPO with step-wise reward gains from ODE completions (flow model).
     DenseGrpo,
+    /// DiffusionNFT: online RL on the forward process — rewards become optimality
+    /// probabilities, and a flow-matching loss on the clean samples trains implicit positive
+    /// and negative policies around the old (rollout) policy (`[diffusion_nft]`; flow model,
+    /// any rollout sampler, `noise_level = 0` for ODE rollouts).
+    DiffusionNft,
     /// DDPO, score-function estimator (UNet).
     DdpoSf,
     /// DDPO, importance sampling with PPO-clip (UNet).
@@ -79,6 +86,7 @@ impl AlgorithmName {
             self,
             AlgorithmName::FlowGrpo
                 | AlgorithmName::DenseGrpo
+                | AlgorithmName::DiffusionNft
                 | AlgorithmName::DraftLv
                 | AlgorithmName::Adjoint
                 | AlgorithmName::AdjointMatching
@@ -111,6 +119,9 @@ pub enum RolloutSampler {
     /// The Flow-GRPO marginal-preserving SDE, `σ_t = a √(t / (1 − t))` with `a = noise_level`
     /// (flow models).
     Sde,
+    /// DanceGRPO's SDE (flow models): the Flow-GRPO step with a constant `σ_t = noise_level`
+    /// (η; 0.3 in DanceGRPO's recipes).
+    DanceSde,
     /// Coefficient-preserving sampling (flow models): `noise_level` is the noise fraction in
     /// `[0, 1]` (Flow-GRPO-Fast's public recipe: 0.8).
     Cps,
@@ -337,8 +348,8 @@ pub struct TrainConfig {
     pub sde_window_size: usize,
     /// See `sde_window_size`; absent = `[0, train_steps / 2)` (the public code's first half).
     pub sde_window_range: Option<(usize, usize)>,
-    /// The rollout sampler (`"sde"` or `"cps"` on flow models, `"ddim"` or `"ddpm"` on ε
-    /// models); absent = the family's default (SDE / DDIM).
+    /// The rollout sampler (`"sde"`, `"dance-sde"` or `"cps"` on flow models, `"ddim"` or
+    /// `"ddpm"` on ε models); absent = the family's default (SDE / DDIM).
     pub rollout_sampler: RolloutSampler,
     /// Fraction of the rollout's stochastic steps each iteration trains (DDPO, DPOK, Flow-GRPO,
     /// DenseGRPO): `max(1, ⌊fraction · steps⌋)` steps chosen by `timestep_order`. Official
@@ -377,6 +388,8 @@ pub struct TrainConfig {
     pub flow_grpo: FlowGrpoConfig,
     /// DenseGRPO hyper-parameters.
     pub dense_grpo: DenseGrpoConfig,
+    /// DiffusionNFT hyper-parameters (`algorithm = "diffusion-nft"`).
+    pub diffusion_nft: DiffusionNftConfig,
     /// DDPO hyper-parameters (`variant` is set by `algorithm`).
     pub ddpo: DdpoConfig,
     /// DPOK hyper-parameters.
@@ -498,6 +511,7 @@ impl Default for TrainConfig {
             monitor: HackingMonitorConfig::default(),
             flow_grpo: FlowGrpoConfig::default(),
             dense_grpo: DenseGrpoConfig::default(),
+            diffusion_nft: DiffusionNftConfig::default(),
             ddpo: DdpoConfig::default(),
             dpok: DpokConfig::default(),
             sdpo: SdpoConfig::default(),
@@ -750,12 +764,15 @@ impl TrainConfig {
                     .into(),
             );
         }
-        if self.train_micro_batch > 0 && !policy_gradient {
+        if self.train_micro_batch > 0
+            && !policy_gradient
+            && self.algorithm != AlgorithmName::DiffusionNft
+        {
             return bad(
                 "train_micro_batch",
                 format!(
-                    "accumulates the policy-gradient update of ddpo-sf, ddpo-is, dpok, \
-                     flow-grpo and dense-grpo; {:?} does not use it (remove the field)",
+                    "accumulates the update of ddpo-sf, ddpo-is, dpok, flow-grpo, dense-grpo \
+                     and diffusion-nft; {:?} does not use it (remove the field)",
                     self.algorithm
                 ),
             );
@@ -792,14 +809,15 @@ impl TrainConfig {
                 "evaluates the run's own prompts: name them with `prompts`".into(),
             );
         }
-        let backprop = self.algorithm.is_backprop();
+        let ode_ok = self.algorithm.is_backprop() || self.algorithm == AlgorithmName::DiffusionNft;
         if !(self.noise_level.is_finite()
-            && (self.noise_level > 0.0 || backprop && self.noise_level == 0.0))
+            && (self.noise_level > 0.0 || ode_ok && self.noise_level == 0.0))
         {
             return bad(
                 "noise_level",
                 format!(
-                    "{} must be positive (or 0 for the reward-backprop algorithms)",
+                    "{} must be positive (or 0 for diffusion-nft and the reward-backprop \
+                     algorithms)",
                     self.noise_level
                 ),
             );
@@ -912,6 +930,14 @@ impl TrainConfig {
             {
                 return bad("refl.loss", format!("margin {margin} must be finite"));
             }
+        }
+        if self.algorithm == AlgorithmName::DiffusionNft {
+            self.diffusion_nft.validate().map_err(|e| match e {
+                align_rl::RlError::Config { field, reason } => {
+                    TrainError::config(format!("diffusion_nft.{field}"), reason)
+                }
+                other => TrainError::config("diffusion_nft", other.to_string()),
+            })?;
         }
         if self.algorithm == AlgorithmName::DraftLv && self.draft_lv.copies == 0 {
             return bad("draft_lv.copies", "must be ≥ 1".into());

@@ -122,6 +122,14 @@ pub struct OnlineJob<P: Pipeline> {
     /// The policy's and the reference's replicas, one per device (built at the first
     /// iteration from the runner's model, whose parameter ids they share).
     replicas: Option<(Replicas<P>, Replicas<P>)>,
+    /// DiffusionNFT's old (rollout) policy, built from the model at the first iteration.
+    nft_old: Option<P>,
+    /// The old policy's trainable values from a checkpoint, applied at the next iteration.
+    nft_restored: Option<Vec<Vec<f32>>>,
+    /// The old policy's trainable values after the last iteration (for checkpoints).
+    nft_values: Vec<Vec<f32>>,
+    /// DiffusionNFT's optimizer steps so far (the old policy's decay schedule reads it).
+    nft_steps: u64,
 }
 
 /// Conditions (and unconditional conditions) of prompt-table entries `ids`.
@@ -153,6 +161,12 @@ fn flow_iteration_sampler(
         RolloutSampler::Cps => {
             Box::new(CpsSampler::new(grid, config.noise_level)?.with_window(window)?)
         }
+        RolloutSampler::DanceSde => Box::new(
+            FlowSdeSampler::new(grid, config.noise_level)?
+                .with_constant_sigma()
+                .with_window(window)?
+                .with_noise_scales(scales)?,
+        ),
         _ => Box::new(
             FlowSdeSampler::new(grid, config.noise_level)?
                 .with_window(window)?
@@ -556,6 +570,72 @@ impl<P: Pipeline> OnlineJob<P> {
 }
 
 impl<P: Pipeline> OnlineJob<P> {
+    /// DiffusionNFT: the rollout (by the old policy) and its rewards turned into optimality
+    /// probabilities, the forward-process loss's optimizer steps, then the old policy moved
+    /// toward the trained one by the decay schedule.
+    fn nft_iteration(
+        &mut self,
+        model: P,
+        iteration: usize,
+        traj: &align_core::Trajectory,
+        rewards: &[f64],
+        config: &align_rl::DiffusionNftConfig,
+        apply: &mut dyn FnMut(P, GradientsParams) -> align_core::Result<P>,
+    ) -> align_core::Result<(P, Metrics)> {
+        let old = self
+            .nft_old
+            .take()
+            .ok_or_else(|| CoreError::Job("DiffusionNFT has no old policy".into()))?;
+        let table = &self.prompts;
+        let encode = |m: &P, ids: &[usize]| conditions(table, m, ids);
+        let mut apply_rl = |m, g: GradientsParams| apply(m, g).map_err(RlError::Core);
+        let (model, stats) = align_rl::run_nft_iteration(
+            config,
+            model,
+            align_rl::NftIteration {
+                old: &old,
+                reference: Some(&self.reference),
+                trajectory: traj,
+                rewards,
+                encode: &encode,
+                guidance: self.config.guidance,
+                seed: self.config.seed.wrapping_add(iteration as u64),
+                micro_batch: (self.config.train_micro_batch > 0)
+                    .then_some(self.config.train_micro_batch),
+            },
+            &mut apply_rl,
+        )
+        .map_err(rl_err)?;
+        self.nft_steps += stats.optimizer_steps as u64;
+        let decay = config.old_decay.decay(self.nft_steps);
+        let old = align_rl::update_old_policy(old, &model, decay).map_err(rl_err)?;
+        self.nft_values = align_rl::old_policy_values(&old, &model).map_err(rl_err)?;
+        self.nft_old = Some(old);
+        let (mean, std) = mean_std(rewards);
+        let mut m = Metrics::new();
+        m.insert("reward_mean".into(), mean);
+        m.insert("reward_std".into(), std);
+        m.insert("loss".into(), stats.loss);
+        m.insert("nft_positive".into(), stats.positive);
+        m.insert("nft_negative".into(), stats.negative);
+        m.insert("nft_reference_mse".into(), stats.reference_mse);
+        m.insert("nft_probability_mean".into(), stats.probability_mean);
+        m.insert("nft_old_decay".into(), decay);
+        m.insert("optimizer_steps".into(), stats.optimizer_steps as f64);
+        m.insert("trained_steps".into(), stats.timesteps as f64);
+        m.insert(
+            "samples".into(),
+            ((iteration + 1) * traj.batch_size()) as f64,
+        );
+        self.observer.iteration(&format!(
+            "reward {mean:.3}  loss {:.4}  ref mse {:.2e}",
+            stats.loss, stats.reference_mse
+        ));
+        Ok((model, m))
+    }
+}
+
+impl<P: Pipeline> OnlineJob<P> {
     /// SPO: one chain per sample from its keyed initial noise. At every stochastic step the
     /// frozen policy draws `pool` candidates from the shared state, each is scored by the
     /// reward of its clean-sample prediction (the final sample itself at the last step), the
@@ -777,9 +857,20 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                 apply_any(m, g.into())
             });
         }
+        // DiffusionNFT rolls out with its old policy (from the checkpoint's values on resume,
+        // else the model itself at the first iteration).
+        if matches!(self.algorithm, Algorithm::Nft(_)) && self.nft_old.is_none() {
+            self.nft_old = Some(match self.nft_restored.take() {
+                Some(values) => align_rl::restore_old_policy(&model, &values).map_err(rl_err)?,
+                None => model.clone().no_grad(),
+            });
+        }
         // Roll out on the training device without a graph: the update re-scores with the same
         // kernels, so the PPO ratio at θ_old is exactly 1.
-        let frozen = model.clone().no_grad();
+        let frozen = match &self.nft_old {
+            Some(old) => old.clone(),
+            None => model.clone().no_grad(),
+        };
         let (cond, uncond) = conditions(&self.prompts, &frozen, &ids).map_err(job)?;
         // Data parallelism: replicas in step with the model, and the batch's shards.
         if self.devices.len() > 1 {
@@ -901,6 +992,12 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         let steps = self
             .config
             .train_step_subset(&traj.stochastic_steps(), iteration);
+        if let Algorithm::Nft(config) = &self.algorithm {
+            let config = config.clone();
+            return self.nft_iteration(model, iteration, &traj, &rewards, &config, &mut |m, g| {
+                apply_any(m, g.into())
+            });
+        }
         if let Algorithm::D3po(beta) = self.algorithm {
             return self.d3po_iteration(
                 model,
@@ -973,7 +1070,10 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                 }
                 .map_err(rl_err)?
             }
-            Algorithm::Backprop(_) | Algorithm::D3po(_) | Algorithm::Spo(..) => {
+            Algorithm::Backprop(_)
+            | Algorithm::D3po(_)
+            | Algorithm::Spo(..)
+            | Algorithm::Nft(_) => {
                 unreachable!("returned above")
             }
             Algorithm::Sdpo(sdpo) => {
@@ -1019,6 +1119,16 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
 
     fn state(&self) -> align_core::Result<serde_json::Value> {
         let mut state = serde_json::json!({ "algorithm": self.algorithm.state() });
+        if matches!(self.algorithm, Algorithm::Nft(_)) {
+            // The old policy's trainable values as f32 bit patterns (exact through JSON) and
+            // the step count of its decay schedule.
+            let bits: Vec<Vec<u32>> = self
+                .nft_values
+                .iter()
+                .map(|v| v.iter().map(|x| x.to_bits()).collect())
+                .collect();
+            state["nft"] = serde_json::json!({ "steps": self.nft_steps, "old_bits": bits });
+        }
         let evaluator = self.evaluator.state().map_err(TrainError::into_core)?;
         if !evaluator.is_null() {
             state["monitor"] = evaluator;
@@ -1030,6 +1140,20 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         self.algorithm
             .restore(&state["algorithm"])
             .map_err(rl_err)?;
+        if matches!(self.algorithm, Algorithm::Nft(_)) {
+            let nft = &state["nft"];
+            let bad = |what: &str| CoreError::Job(format!("DiffusionNFT checkpoint state: {what}"));
+            self.nft_steps = nft["steps"].as_u64().ok_or_else(|| bad("no step count"))?;
+            let bits: Vec<Vec<u32>> = serde_json::from_value(nft["old_bits"].clone())
+                .map_err(|e| bad(&format!("old policy: {e}")))?;
+            let values: Vec<Vec<f32>> = bits
+                .iter()
+                .map(|v| v.iter().map(|&b| f32::from_bits(b)).collect())
+                .collect();
+            self.nft_values = values.clone();
+            self.nft_restored = Some(values);
+            self.nft_old = None;
+        }
         if !state["monitor"].is_null() {
             self.evaluator
                 .restore(&state["monitor"])
@@ -1147,6 +1271,10 @@ pub fn train_pipeline<P: Pipeline>(
         evaluator,
         devices,
         replicas: None,
+        nft_old: None,
+        nft_restored: None,
+        nft_values: Vec::new(),
+        nft_steps: 0,
     };
     observer.start(config.runner.iterations, 0);
     let outcome = runner.run(policy, &mut job, resume)?;
@@ -1264,6 +1392,18 @@ mod tests {
         iterations: usize,
         resume: bool,
     ) -> Outcome {
+        run_job(base, out, devices, iterations, resume, &|_| {})
+    }
+
+    /// [`flow_grpo`]'s job with the configuration changed by `configure` first.
+    fn run_job(
+        base: &Path,
+        out: &Path,
+        devices: &[&str],
+        iterations: usize,
+        resume: bool,
+        configure: &dyn Fn(&mut TrainConfig),
+    ) -> Outcome {
         let mut config = TrainConfig {
             model: base.to_path_buf(),
             out: out.to_path_buf(),
@@ -1284,6 +1424,7 @@ mod tests {
         // gradients the devices computed, which is what data parallelism must preserve.
         config.runner.adam_eps = 1e-3;
         config.runner.checkpoint_every = 1;
+        configure(&mut config);
         let home = config
             .home_device(&align_core::select_device(Some("flex")).expect("flex"))
             .expect("devices");
@@ -1418,6 +1559,55 @@ mod tests {
         }
         let digest = |d: &Path| align_core::burnpack_digest(&at(d, "optimizer.bpk")).expect("bpk");
         assert_eq!(digest(&resumed_dir), digest(&dir.join("mixed")));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// DiffusionNFT on the shipped DiT with ODE rollouts and an old policy that lags (decay
+    /// 0.1 per step): the update moves the weights, the old policy's decay is logged, and a run
+    /// stopped after one iteration and resumed ends bit-identical to the uninterrupted one —
+    /// weights, metrics and checkpoint state (the old policy is part of it).
+    #[test]
+    fn diffusion_nft_trains_and_resumes_bit_for_bit() {
+        let dir = std::env::temp_dir().join(format!("align-nft-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let base = crate::test_model_dir("shapes-dit");
+        let nft = |c: &mut TrainConfig| {
+            c.algorithm = crate::config::AlgorithmName::DiffusionNft;
+            c.noise_level = 0.0;
+            c.diffusion_nft.old_decay = align_rl::OldPolicyDecay::Linear {
+                rate: 0.1,
+                max: 0.5,
+            };
+        };
+        let whole = run_job(&base, &dir.join("whole"), &[], 3, false, &nft);
+        assert_eq!(whole.metrics.len(), 3);
+        for (i, row) in whole.metrics.iter().enumerate() {
+            assert_eq!(row["optimizer_steps"].as_f64(), Some(1.0), "{row}");
+            assert_eq!(
+                row["trained_steps"].as_f64(),
+                Some(3.0),
+                "⌊0.99 · 4⌋: {row}"
+            );
+            let d = row["nft_old_decay"].as_f64().expect("decay");
+            assert!((d - 0.1 * (i + 1) as f64).abs() < 1e-12, "{row}");
+            assert!(row["loss"].as_f64().expect("loss").is_finite(), "{row}");
+        }
+        // The update moved the adapters, and the old policy (which rolls out) with them: the
+        // third iteration's images differ from the first's prompts' images of a fresh run.
+        let fresh = run_job(&base, &dir.join("fresh"), &[], 1, false, &nft);
+        assert!(max_abs_diff(&whole.weights, &fresh.weights) > 0.0);
+        let resumed_dir = dir.join("resumed");
+        run_job(&base, &resumed_dir, &[], 1, false, &nft);
+        let resumed = run_job(&base, &resumed_dir, &[], 3, true, &nft);
+        assert_eq!(resumed.weights, whole.weights);
+        assert_eq!(resumed.metrics, whole.metrics);
+        assert_eq!(resumed.images, whole.images[1..].to_vec());
+        let state = |d: &Path| {
+            std::fs::read(d.join("checkpoint-000003").join("state.json")).expect("state")
+        };
+        assert!(state(&resumed_dir) == state(&dir.join("whole")));
+        let text = String::from_utf8(state(&resumed_dir)).expect("utf-8");
+        assert!(text.contains("old_bits"), "the old policy is checkpointed");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -130,6 +130,8 @@ pub(crate) enum Algorithm {
     D3po(f64),
     /// SPO with its β and pool size.
     Spo(f64, usize),
+    /// DiffusionNFT (its old policy lives in the job).
+    Nft(align_rl::DiffusionNftConfig),
 }
 
 impl Algorithm {
@@ -137,16 +139,20 @@ impl Algorithm {
         match self {
             Algorithm::Online(a) => a.state(),
             Algorithm::Sdpo(s) => s.state(),
-            Algorithm::Backprop(_) | Algorithm::D3po(_) | Algorithm::Spo(..) => {
-                serde_json::Value::Null
-            }
+            Algorithm::Backprop(_)
+            | Algorithm::D3po(_)
+            | Algorithm::Spo(..)
+            | Algorithm::Nft(_) => serde_json::Value::Null,
         }
     }
     pub(crate) fn restore(&mut self, state: &serde_json::Value) -> Result<(), RlError> {
         match self {
             Algorithm::Online(a) => a.restore(state),
             Algorithm::Sdpo(s) => s.restore(state),
-            Algorithm::Backprop(_) | Algorithm::D3po(_) | Algorithm::Spo(..) => Ok(()),
+            Algorithm::Backprop(_)
+            | Algorithm::D3po(_)
+            | Algorithm::Spo(..)
+            | Algorithm::Nft(_) => Ok(()),
         }
     }
 }
@@ -525,6 +531,10 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
     if config.algorithm == AlgorithmName::Spo {
         return Ok(Algorithm::Spo(config.spo.beta, config.spo.candidates));
     }
+    if config.algorithm == AlgorithmName::DiffusionNft {
+        config.diffusion_nft.validate()?;
+        return Ok(Algorithm::Nft(config.diffusion_nft.clone()));
+    }
     if config.algorithm == AlgorithmName::Sdpo {
         return Ok(Algorithm::Sdpo(Sdpo::new(
             config.sdpo.clone(),
@@ -557,7 +567,8 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
         | AlgorithmName::Adjoint
         | AlgorithmName::AdjointMatching
         | AlgorithmName::D3po
-        | AlgorithmName::Spo => {
+        | AlgorithmName::Spo
+        | AlgorithmName::DiffusionNft => {
             unreachable!("handled above")
         }
     }))
@@ -614,6 +625,12 @@ pub(crate) fn train_sampler(
             noise_level: config.noise_level,
             window,
         },
+        (R::DanceSde, true) => SamplerConfig::DanceSde {
+            num_steps: config.train_steps,
+            shift: 1.0,
+            noise_level: config.noise_level,
+            window,
+        },
         (R::Cps, true) => SamplerConfig::Cps {
             num_steps: config.train_steps,
             shift: 1.0,
@@ -639,6 +656,7 @@ pub(crate) fn train_sampler(
         },
         (R::Sde, false) => return family_error("sde"),
         (R::Cps, false) => return family_error("cps"),
+        (R::DanceSde, false) => return family_error("dance-sde"),
         (R::Ddim, true) => return family_error("ddim"),
         (R::Ddpm, true) => return family_error("ddpm"),
     };
@@ -768,7 +786,7 @@ pub fn train(
     let (model_config, model) = ShapesModel::load(&config.model, &config.train_device(device))?;
     let wants_flow = matches!(
         config.algorithm,
-        AlgorithmName::FlowGrpo | AlgorithmName::DenseGrpo
+        AlgorithmName::FlowGrpo | AlgorithmName::DenseGrpo | AlgorithmName::DiffusionNft
     );
     let either = matches!(
         config.algorithm,

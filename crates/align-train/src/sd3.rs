@@ -63,6 +63,12 @@ fn rollout_sampler(
                 .and_then(|s| s.with_window(window))
                 .map_err(named)?,
         ),
+        RolloutSampler::DanceSde => Box::new(
+            FlowSdeSampler::new(grid.clone(), config.noise_level)
+                .map(FlowSdeSampler::with_constant_sigma)
+                .and_then(|s| s.with_window(window))
+                .map_err(named)?,
+        ),
         RolloutSampler::Cps => Box::new(
             CpsSampler::new(grid.clone(), config.noise_level)
                 .and_then(|s| s.with_window(window))
@@ -71,7 +77,7 @@ fn rollout_sampler(
         RolloutSampler::Ddim | RolloutSampler::Ddpm => {
             return Err(TrainError::config(
                 "rollout_sampler",
-                "SD3 is a flow-matching model: use \"sde\" (Flow-GRPO's, the default) or \"cps\"",
+                "SD3 is a flow-matching model: use \"sde\" (Flow-GRPO's, the default), \"dance-sde\" or \"cps\"",
             ));
         }
     };
