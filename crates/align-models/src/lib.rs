@@ -82,7 +82,7 @@ pub use ema::{Ema, EmaConfig};
 pub use error::{ModelError, Result};
 pub use lora::{
     LoraConfig, apply_lora, apply_lora_exact, lora_factor_count, lora_parameter_count,
-    with_lora_scale,
+    rescale_lora, with_lora_scale,
 };
 pub use lora_file::{
     BurnNaming, LoraFactors, LoraFormat, LoraNaming, LoraWeights, Sd3TransformerNaming,

@@ -155,6 +155,49 @@ pub fn with_lora_scale<M: Module>(model: M, scale: f64) -> M {
     })
 }
 
+/// Multiplies every LoRA `B` factor of `model` by `factor` **in place of training**: the
+/// adapters' deltas `B A` scale by `factor`, the factors stay trainable leaves (unlike
+/// [`with_lora_scale`]'s view, whose mapped factors are not) — LoRA-scale annealing during a
+/// run rescales them between optimizer steps.
+pub fn rescale_lora<M: Module>(model: M, factor: f64) -> M {
+    model.map(&mut RescaleB {
+        path: Path::default(),
+        factor,
+    })
+}
+
+struct RescaleB {
+    path: Path,
+    factor: f64,
+}
+
+impl ModuleMapper for RescaleB {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.0.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.path.is_lora_b() {
+            let factor = self.factor;
+            param.map(|b| {
+                let trainable = b.is_require_grad();
+                let scaled = b.mul_scalar(factor).detach();
+                if trainable {
+                    scaled.require_grad()
+                } else {
+                    scaled
+                }
+            })
+        } else {
+            param
+        }
+    }
+}
+
 struct CountFactors {
     path: Path,
     factors: usize,

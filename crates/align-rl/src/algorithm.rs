@@ -62,6 +62,11 @@ pub trait OnlineAlgorithm {
             format!("{} learns from terminal rewards only", self.name()),
         ))
     }
+    /// β_r when the algorithm takes KL as a reward ([`crate::kl_reward`]): the job then
+    /// supplies [`Iteration::dense_rewards`] = `r_i − β_r KL_{i,k}`. `None` = no KL reward.
+    fn kl_reward(&self) -> Option<f64> {
+        None
+    }
     /// Per-step multipliers of the sampler's noise level the next rollout should use
     /// (DenseGRPO's calibrated exploration); `None` = the configured noise everywhere.
     fn noise_scales(&self) -> Option<Vec<f64>> {

@@ -50,6 +50,9 @@ pub struct FlowGrpoConfig {
     /// policy loss divided by its `|Δt|` ([`crate::grpo_guard`]); `clip_range` is then on the
     /// normalised scale (the public recipes: 2e-6).
     pub ratio_norm: bool,
+    /// KL as a reward ([`crate::kl_reward`]): β_r of `R_{i,k} = r_i − β_r KL_{i,k}`, the
+    /// advantages then per step; 0 = off (the KL in the loss, `beta`, is separate).
+    pub kl_reward: f64,
 }
 
 impl Default for FlowGrpoConfig {
@@ -63,6 +66,7 @@ impl Default for FlowGrpoConfig {
             inner_epochs: 1,
             minibatches: 2,
             ratio_norm: false,
+            kl_reward: 0.0,
         }
     }
 }
@@ -93,6 +97,12 @@ impl FlowGrpo {
         }
         if !(config.adv_clip_max.is_finite() && config.adv_clip_max > 0.0) {
             return Err(RlError::config("adv_clip_max", "must be positive"));
+        }
+        if !(config.kl_reward.is_finite() && config.kl_reward >= 0.0) {
+            return Err(RlError::config(
+                "kl_reward",
+                format!("{} must be a finite number ≥ 0", config.kl_reward),
+            ));
         }
         Ok(Self { config })
     }
@@ -135,7 +145,109 @@ impl OnlineAlgorithm for FlowGrpo {
         clip_advantages(&mut adv, self.config.adv_clip_max);
         Ok(adv)
     }
+    fn uses_dense_rewards(&self) -> bool {
+        self.config.kl_reward > 0.0
+    }
+    fn kl_reward(&self) -> Option<f64> {
+        (self.config.kl_reward > 0.0).then_some(self.config.kl_reward)
+    }
+    /// With `kl_reward`: per step, the group-relative advantages of the KL-penalised step
+    /// rewards `dense[i][k] = r_i − β_r KL_{i,k}` ([`crate::kl_rewards`]).
+    fn step_advantages(
+        &mut self,
+        trajectory: &Trajectory,
+        dense: &[Vec<f64>],
+        steps: &[usize],
+    ) -> Result<Vec<Vec<f64>>> {
+        if !self.uses_dense_rewards() {
+            return Err(RlError::config(
+                "dense_rewards",
+                "flow-grpo takes per-step rewards only with kl_reward > 0",
+            ));
+        }
+        let b = trajectory.batch_size();
+        let k_total = trajectory.num_steps();
+        if dense.len() != b || dense.iter().any(|d| d.len() != k_total) {
+            return Err(align_core::CoreError::shape(
+                "step rewards",
+                format!("{b} × {k_total}"),
+                format!("{} rows", dense.len()),
+            )
+            .into());
+        }
+        let std = if self.config.global_std {
+            GroupStd::Global
+        } else {
+            GroupStd::Group
+        };
+        let mut adv = vec![vec![0.0; k_total]; b];
+        for &k in steps {
+            if k >= k_total {
+                return Err(align_core::CoreError::shape("step", format!("< {k_total}"), k).into());
+            }
+            let column: Vec<f64> = dense.iter().map(|d| d[k]).collect();
+            let mut a = group_advantages(&column, &trajectory.group_ids, std, 1e-4)?;
+            clip_advantages(&mut a, self.config.adv_clip_max);
+            for (row, v) in adv.iter_mut().zip(a) {
+                row[k] = v;
+            }
+        }
+        Ok(adv)
+    }
     fn drop_zero_advantages(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the KL reward, two samples of a group with the same terminal reward are ranked by
+    /// their step KL: the one further from the reference gets the negative advantage, step by
+    /// step; without it, they tie.
+    #[test]
+    fn the_kl_reward_ranks_equal_rewards_by_their_step_kl() {
+        let device = align_core::test_device();
+        let traj = Trajectory {
+            latents: vec![burn::tensor::Tensor::zeros([2, 1, 1, 1], &device); 3],
+            times: vec![1.0, 0.5, 0.0],
+            log_probs: vec![None, None],
+            stds: vec![0.1, 0.1],
+            means: Vec::new(),
+            pred_x0: Vec::new(),
+            reduction: align_core::LogProbReduction::Mean,
+            guidance_scale: 1.0,
+            seed: 0,
+            sample_ids: vec![0, 1],
+            condition_ids: vec![0, 0],
+            group_ids: vec![0, 0],
+            rewards: None,
+        };
+        let mut algo = FlowGrpo::new(FlowGrpoConfig {
+            kl_reward: 0.5,
+            ..FlowGrpoConfig::default()
+        })
+        .unwrap();
+        assert_eq!(algo.kl_reward(), Some(0.5));
+        let dense = crate::kl_rewards(&[1.0, 1.0], &[vec![0.0, 0.4], vec![0.2, 0.0]], 0.5).unwrap();
+        let adv = algo.step_advantages(&traj, &dense, &[0, 1]).unwrap();
+        assert!(adv[0][0] > 0.0 && adv[1][0] < 0.0, "{adv:?}");
+        assert!(adv[0][1] < 0.0 && adv[1][1] > 0.0, "{adv:?}");
+        assert!((adv[0][0] + adv[1][0]).abs() < 1e-12);
+        let mut plain = FlowGrpo::new(FlowGrpoConfig::default()).unwrap();
+        assert!(!plain.uses_dense_rewards() && plain.kl_reward().is_none());
+        assert_eq!(
+            plain.advantages(&traj, &[1.0, 1.0]).unwrap(),
+            vec![0.0, 0.0]
+        );
+        assert!(plain.step_advantages(&traj, &dense, &[0]).is_err());
+        assert!(
+            FlowGrpo::new(FlowGrpoConfig {
+                kl_reward: -1.0,
+                ..FlowGrpoConfig::default()
+            })
+            .is_err()
+        );
     }
 }

@@ -66,6 +66,8 @@ pub mod dpok;
 pub mod error;
 pub mod flow_grpo;
 pub mod grpo_guard;
+pub mod kl_reward;
+pub mod mix_grpo;
 pub mod objective;
 pub mod sdpo;
 pub mod update;
@@ -87,6 +89,8 @@ pub use dpok::{Dpok, DpokConfig};
 pub use error::{Result, RlError};
 pub use flow_grpo::{FlowGrpo, FlowGrpoConfig};
 pub use grpo_guard::{normalized_log_ratio, ratio_bias};
+pub use kl_reward::{kl_rewards, trajectory_step_kl};
+pub use mix_grpo::{MixGrpoWindow, WindowDecay};
 pub use objective::{KlEstimator, KlPenalty, Objective, StepInputs, StepLoss, step_loss};
 pub use sdpo::{
     Sdpo, SdpoConfig, anchor_step, cosine_similarity, dense_rewards, sdpo_pair_loss, step_weight,

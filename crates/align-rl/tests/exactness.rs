@@ -328,6 +328,49 @@ fn kl_to_adapters_off_reference_is_zero_before_training_and_positive_after() {
     );
 }
 
+/// KL as a reward: the rollout policy's per-step KL to the adapters-off reference is exactly 0
+/// for fresh adapters, and for moved adapters equals `mean (μ_old − μ_ref)² / (2 s_k²)` computed
+/// here on the host from the stored rollout means and the reference's re-scored means.
+#[test]
+fn the_kl_reward_measures_the_step_kl_of_the_rollout_policy() {
+    let device = test_device().autodiff();
+    let s = sampler();
+    let steps: Vec<usize> = (0..4).collect();
+    let fresh = base(&device);
+    let traj = roll(&fresh, 2, 3.0);
+    let reference = with_lora_scale(fresh.clone(), 0.0).no_grad();
+    let kl = align_rl::trajectory_step_kl(&reference, &s, &traj, &steps, &encode).expect("kl");
+    assert!(kl.iter().flatten().all(|&v| v == 0.0), "{kl:?}");
+    let moved = policy(&device);
+    let reference = with_lora_scale(moved.clone(), 0.0).no_grad();
+    let traj = roll(&moved, 2, 3.0);
+    let kl = align_rl::trajectory_step_kl(&reference, &s, &traj, &[1, 3], &encode).expect("kl");
+    let (rc, ru) = encode(&reference, &traj.condition_ids).expect("encode");
+    for k in [1, 3] {
+        let r =
+            align_samplers::rescore(&reference, &s, &traj, k, &rc, ru.as_ref()).expect("rescore");
+        let a: Vec<f32> = traj.means[k].clone().into_data().try_to_vec().expect("f32");
+        let b: Vec<f32> = r.mean.into_data().try_to_vec().expect("f32");
+        let n = a.len() / 2;
+        for (i, row) in kl.iter().enumerate() {
+            let want = (i * n..(i + 1) * n)
+                .map(|e| f64::from(a[e] - b[e]).powi(2))
+                .sum::<f64>()
+                / n as f64
+                / (2.0 * traj.stds[k] * traj.stds[k]);
+            assert!(want > 0.0, "moved adapters change the step");
+            assert!(
+                (row[k] - want).abs() <= 1e-4 * want,
+                "step {k}: {} vs {want}",
+                row[k]
+            );
+        }
+    }
+    assert_eq!((kl[0][0], kl[0][2]), (0.0, 0.0), "untrained steps stay 0");
+    let rewards = align_rl::kl_rewards(&[1.0, 1.0], &kl, 0.5).expect("rewards");
+    assert!((rewards[0][1] - (1.0 - 0.5 * kl[0][1])).abs() < 1e-15);
+}
+
 #[test]
 #[ignore = "diagnostic: prints a gradient checksum; compare two processes"]
 fn gradient_checksum() {

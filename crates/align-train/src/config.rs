@@ -6,7 +6,8 @@ use align_backprop::{DraftConfig, ReflLoss, Truncation};
 use align_core::RunnerConfig;
 use align_rewards::HackingMonitorConfig;
 use align_rl::{
-    DdpoConfig, DenseGrpoConfig, DiffusionNftConfig, DpokConfig, FlowGrpoConfig, SdpoConfig,
+    DdpoConfig, DenseGrpoConfig, DiffusionNftConfig, DpokConfig, FlowGrpoConfig, MixGrpoWindow,
+    SdpoConfig,
 };
 
 use rand_chacha::ChaCha8Rng;
@@ -158,6 +159,18 @@ pub enum TimestepOrder {
     /// The first steps of the rollout, as Flow-GRPO's code does (with 10 steps and 0.99 it
     /// skips the last step).
     First,
+}
+
+/// Which part of the evaluation set the reward-hacking monitor reads its gold from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitorSplit {
+    /// The held-out prompts (the default: the monitor as a diagnostic).
+    #[default]
+    HeldOut,
+    /// The training prompts: what an early stop (`stop_on_hacking`) should read, so that the
+    /// checkpoint a run ends on is never chosen by the held-out score.
+    Train,
 }
 
 /// The `[refl]` table (ReFL).
@@ -348,6 +361,10 @@ pub struct TrainConfig {
     pub sde_window_size: usize,
     /// See `sde_window_size`; absent = `[0, train_steps / 2)` (the public code's first half).
     pub sde_window_range: Option<(usize, usize)>,
+    /// Flow models, MixGRPO: the `[mix_grpo]` table — a window of SDE (and trained) steps that
+    /// slides from the noisy end toward the clean end as training proceeds (progressive, or
+    /// with a decaying shift interval); the other steps are ODE steps. Absent = off.
+    pub mix_grpo: Option<MixGrpoWindow>,
     /// The rollout sampler (`"sde"`, `"dance-sde"` or `"cps"` on flow models, `"ddim"` or
     /// `"ddpm"` on ε models); absent = the family's default (SDE / DDIM).
     pub rollout_sampler: RolloutSampler,
@@ -373,6 +390,11 @@ pub struct TrainConfig {
     pub finetune: Finetune,
     /// LoRA adapters (`finetune = "lora"`).
     pub lora: LoraSection,
+    /// LoRA-scale annealing: the `[lora_anneal]` table (`start`, `end`) — the adapters'
+    /// deltas scaled linearly from `start` to `end` over the run ([`crate::LoraAnneal`]); with
+    /// `[monitor] stop_on_hacking` the reward-hacking mitigation the source documents name.
+    /// Absent = off.
+    pub lora_anneal: Option<crate::LoraAnneal>,
     /// Start from this LoRA adapter instead of fresh adapters: a PEFT adapter directory (or
     /// its `adapter_model.safetensors`) or a diffusers `pytorch_lora_weights.safetensors`, as
     /// `align export` writes and other tools publish. Its rank, α and modules replace
@@ -384,6 +406,9 @@ pub struct TrainConfig {
     /// Reward-hacking monitor, consulted at each evaluation (`eval_every`); with
     /// `stop_on_hacking` a warning stops the run (after a checkpoint).
     pub monitor: HackingMonitorConfig,
+    /// Shapes models: the evaluation part the monitor's gold reading comes from (`"held-out"`,
+    /// the default, or `"train"` — use it for an early stop).
+    pub monitor_split: MonitorSplit,
     /// Flow-GRPO hyper-parameters.
     pub flow_grpo: FlowGrpoConfig,
     /// DenseGRPO hyper-parameters.
@@ -490,6 +515,7 @@ impl Default for TrainConfig {
             sde_window: None,
             sde_window_size: 0,
             sde_window_range: None,
+            mix_grpo: None,
             rollout_sampler: RolloutSampler::Default,
             timestep_fraction: 1.0,
             timestep_order: TimestepOrder::Random,
@@ -503,12 +529,14 @@ impl Default for TrainConfig {
             train_micro_batch: 0,
             gradient_checkpointing: false,
             lora: LoraSection::default(),
+            lora_anneal: None,
             runner: RunnerConfig {
                 iterations: 10,
                 learning_rate: 3e-4,
                 ..RunnerConfig::default()
             },
             monitor: HackingMonitorConfig::default(),
+            monitor_split: MonitorSplit::HeldOut,
             flow_grpo: FlowGrpoConfig::default(),
             dense_grpo: DenseGrpoConfig::default(),
             diffusion_nft: DiffusionNftConfig::default(),
@@ -633,10 +661,14 @@ impl TrainConfig {
             .unwrap_or((0, (self.train_steps / 2).max(1)))
     }
 
-    /// The SDE window of iteration `iteration`: `sde_window` when fixed; with
+    /// The SDE window of iteration `iteration`: MixGRPO's ([`MixGrpoWindow::window`]) with
+    /// `[mix_grpo]`; `sde_window` when fixed; with
     /// `sde_window_size = n > 0`, `[s, s + n)` with `s` uniform in `lo ..= hi − n`, drawn from a
     /// generator keyed by the run seed and the iteration (so a resumed run draws the same).
     pub fn iteration_window(&self, iteration: usize) -> Option<(usize, usize)> {
+        if let Some(mix) = &self.mix_grpo {
+            return Some(mix.window(iteration, self.train_steps));
+        }
         if self.sde_window_size == 0 {
             return self.sde_window;
         }
@@ -875,6 +907,49 @@ impl TrainConfig {
                 "sde_window_range",
                 "has no effect without sde_window_size ≥ 1".into(),
             );
+        }
+        if let Some(anneal) = &self.lora_anneal {
+            anneal.validate()?;
+            if self.finetune == Finetune::Full {
+                return bad(
+                    "lora_anneal",
+                    "scales the LoRA adapters' deltas; finetune = \"full\" has none".into(),
+                );
+            }
+            if self.devices.len() > 1 {
+                return bad(
+                    "lora_anneal",
+                    "rescales the adapters between steps on one device; list one device".into(),
+                );
+            }
+        }
+        if let Some(mix) = &self.mix_grpo {
+            if self.sde_window.is_some() || self.sde_window_size > 0 {
+                return bad(
+                    "mix_grpo",
+                    "MixGRPO's sliding window and sde_window / sde_window_size exclude each \
+                     other: set one"
+                        .into(),
+                );
+            }
+            if self.algorithm != AlgorithmName::FlowGrpo {
+                return bad(
+                    "mix_grpo",
+                    format!(
+                        "slides the SDE window of flow-grpo's rollouts; {:?} does not use it",
+                        self.algorithm
+                    ),
+                );
+            }
+            mix.validate(self.train_steps).map_err(|e| match e {
+                align_rl::RlError::Config { field, reason } if field == "train_steps" => {
+                    TrainError::config("train_steps", reason)
+                }
+                align_rl::RlError::Config { field, reason } => {
+                    TrainError::config(format!("mix_grpo.{field}"), reason)
+                }
+                other => TrainError::config("mix_grpo", other.to_string()),
+            })?;
         }
         if !(self.timestep_fraction.is_finite()
             && self.timestep_fraction > 0.0
@@ -1197,6 +1272,53 @@ mod tests {
         c.adjoint_matching.lambda = 1.0;
         c.sde_window = Some((0, 2));
         assert!(err(c).starts_with("sde_window:"));
+        // MixGRPO's window: exclusive with the other windows, flow-grpo only, sized to fit.
+        let mix: TrainConfig = toml::from_str(
+            "out = \"o\"\n[mix_grpo]\nsize = 3\nshift_every = 2\ndecay = { linear = { min = 1, max = 4 } }",
+        )
+        .unwrap();
+        mix.validate_job().unwrap();
+        assert_eq!(mix.iteration_window(0), Some((0, 3)));
+        assert_eq!(mix.iteration_window(4), Some((1, 4)));
+        let mut c = mix.clone();
+        c.sde_window = Some((0, 2));
+        assert!(err(c).starts_with("mix_grpo:"));
+        let mut c = mix.clone();
+        c.algorithm = AlgorithmName::DenseGrpo;
+        assert!(err(c).starts_with("mix_grpo:"));
+        let mut c = mix.clone();
+        c.mix_grpo.as_mut().unwrap().size = 9;
+        assert!(err(c).starts_with("mix_grpo.size:"));
+        let mut c = mix.clone();
+        c.train_steps = 2;
+        assert!(err(c).starts_with("train_steps:"));
+        // LoRA-scale annealing: positive scales, adapters, one device.
+        let mut c = base.clone();
+        c.lora_anneal = Some(crate::LoraAnneal {
+            start: 1.0,
+            end: 0.0,
+        });
+        assert!(err(c.clone()).starts_with("lora_anneal.end:"));
+        c.lora_anneal = Some(crate::LoraAnneal::default());
+        c.validate_job().unwrap();
+        c.finetune = Finetune::Full;
+        assert!(err(c.clone()).starts_with("lora_anneal:"));
+        c.finetune = Finetune::Lora;
+        c.devices = vec!["flex".into(), "flex".into()];
+        assert!(err(c).starts_with("lora_anneal:"));
+        // DiffusionNFT: its table's fields by name, and ODE rollouts allowed.
+        let mut c = base.clone();
+        c.algorithm = AlgorithmName::DiffusionNft;
+        c.noise_level = 0.0;
+        c.validate_job().unwrap();
+        c.diffusion_nft.beta = 0.0;
+        assert!(err(c.clone()).starts_with("diffusion_nft.beta:"));
+        c.diffusion_nft.beta = 1.0;
+        c.diffusion_nft.timestep_fraction = 1.5;
+        assert!(err(c).starts_with("diffusion_nft.timestep_fraction:"));
+        let mut c = base.clone();
+        c.noise_level = 0.0;
+        assert!(err(c).starts_with("noise_level:"), "Flow-GRPO needs noise");
         // The defaults are valid, and so is a drawn window of the public recipe (3 of the
         // first 5 of 10 steps) with CPS.
         base.validate_job().unwrap();

@@ -838,6 +838,58 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         iteration: usize,
         apply_any: &mut dyn FnMut(P, Gradients) -> align_core::Result<P>,
     ) -> align_core::Result<(P, Metrics)> {
+        // LoRA-scale annealing: the adapters' deltas rescaled to this iteration's scale.
+        let anneal = self
+            .config
+            .lora_anneal
+            .map(|a| a.scale(iteration, self.config.runner.iterations));
+        let model = match &self.config.lora_anneal {
+            Some(a) => align_models::rescale_lora(
+                model,
+                a.factor(iteration, self.config.runner.iterations),
+            ),
+            None => model,
+        };
+        let (model, mut metrics) = self.iteration_inner(model, iteration, apply_any)?;
+        if let Some(scale) = anneal {
+            metrics.insert("lora_scale".into(), scale);
+        }
+        Ok((model, metrics))
+    }
+
+    fn state(&self) -> align_core::Result<serde_json::Value> {
+        OnlineJob::job_state(self)
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> align_core::Result<()> {
+        OnlineJob::job_restore(self, state)
+    }
+
+    fn notice(&mut self, message: &str) {
+        self.observer.say(message);
+    }
+
+    fn after_iteration(
+        &mut self,
+        model: &P,
+        _average: Option<&P>,
+        iteration: usize,
+        metrics: &mut Metrics,
+    ) -> align_core::Result<align_core::Control> {
+        self.evaluator
+            .periodic(model, iteration, metrics, &self.observer)
+            .map_err(TrainError::into_core)
+    }
+}
+
+impl<P: Pipeline> OnlineJob<P> {
+    /// One iteration of the job (after the LoRA-scale annealing's rescale).
+    fn iteration_inner(
+        &mut self,
+        model: P,
+        iteration: usize,
+        apply_any: &mut dyn FnMut(P, Gradients) -> align_core::Result<P>,
+    ) -> align_core::Result<(P, Metrics)> {
         let job = |e: String| CoreError::Job(e);
         let ids = self.batch_prompts(iteration);
         let b = ids.len();
@@ -847,7 +899,7 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             Algorithm::Online(a) => a.noise_scales(),
             _ => None,
         };
-        if scales.is_some() || self.config.sde_window_size > 0 {
+        if scales.is_some() || self.config.sde_window_size > 0 || self.config.mix_grpo.is_some() {
             self.sampler =
                 flow_iteration_sampler(&self.config, self.flow_grid.as_ref(), iteration, scales)
                     .map_err(|e| job(e.to_string()))?;
@@ -1020,8 +1072,32 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             )
             .map_err(|e| RlError::Reward(e.to_string()))
         };
-        // DenseGRPO: step-wise reward gains from ODE completions with the rollout policy.
+        let table = &self.prompts;
+        let encode = |m: &P, ids: &[usize]| conditions(table, m, ids);
+        // KL as a reward: each trained step's reward is r − β_r KL(rollout policy ‖ reference)
+        // at the rollout's state. DenseGRPO: step-wise reward gains from ODE completions with
+        // the rollout policy.
+        let mut step_kl_mean = None;
         let dense = match &self.algorithm {
+            Algorithm::Online(a) if a.kl_reward().is_some() => {
+                let beta = a.kl_reward().unwrap_or(0.0);
+                let kl = align_rl::trajectory_step_kl(
+                    &self.reference,
+                    self.sampler.as_ref(),
+                    &traj,
+                    &steps,
+                    &encode,
+                )
+                .map_err(rl_err)?;
+                let n = (kl.len() * steps.len()).max(1) as f64;
+                step_kl_mean = Some(
+                    kl.iter()
+                        .map(|row| steps.iter().map(|&k| row[k]).sum::<f64>())
+                        .sum::<f64>()
+                        / n,
+                );
+                Some(align_rl::kl_rewards(&rewards, &kl, beta).map_err(rl_err)?)
+            }
             Algorithm::Online(a) if a.uses_dense_rewards() => Some(
                 step_reward_gains(
                     &frozen,
@@ -1036,8 +1112,6 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             ),
             _ => None,
         };
-        let table = &self.prompts;
-        let encode = |m: &P, ids: &[usize]| conditions(table, m, ids);
         let mut apply_rl = |m, g: GradientsParams| apply_any(m, g.into()).map_err(RlError::Core);
         let shuffle_seed = self.config.seed.wrapping_add(iteration as u64);
         let (model, stats) = match &mut self.algorithm {
@@ -1103,11 +1177,15 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
             }
         };
         let mut m = iteration_metrics(&stats, &self.observer);
+        if let Some(kl) = step_kl_mean {
+            // The rollout policy's mean per-step KL to the reference behind the KL reward.
+            m.insert("kl_reward_step_kl".into(), kl);
+        }
         if !matches!(self.algorithm, Algorithm::Sdpo(_)) {
             m.insert("trained_steps".into(), steps.len() as f64);
         }
         if let Some((a, b)) = self.config.iteration_window(iteration)
-            && self.config.sde_window_size > 0
+            && (self.config.sde_window_size > 0 || self.config.mix_grpo.is_some())
         {
             m.insert("sde_window_start".into(), a as f64);
             m.insert("sde_window_end".into(), b as f64);
@@ -1117,7 +1195,7 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         Ok((model, m))
     }
 
-    fn state(&self) -> align_core::Result<serde_json::Value> {
+    fn job_state(&self) -> align_core::Result<serde_json::Value> {
         let mut state = serde_json::json!({ "algorithm": self.algorithm.state() });
         if matches!(self.algorithm, Algorithm::Nft(_)) {
             // The old policy's trainable values as f32 bit patterns (exact through JSON) and
@@ -1136,7 +1214,7 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         Ok(state)
     }
 
-    fn restore(&mut self, state: &serde_json::Value) -> align_core::Result<()> {
+    fn job_restore(&mut self, state: &serde_json::Value) -> align_core::Result<()> {
         self.algorithm
             .restore(&state["algorithm"])
             .map_err(rl_err)?;
@@ -1160,22 +1238,6 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
                 .map_err(TrainError::into_core)?;
         }
         Ok(())
-    }
-
-    fn notice(&mut self, message: &str) {
-        self.observer.say(message);
-    }
-
-    fn after_iteration(
-        &mut self,
-        model: &P,
-        _average: Option<&P>,
-        iteration: usize,
-        metrics: &mut Metrics,
-    ) -> align_core::Result<align_core::Control> {
-        self.evaluator
-            .periodic(model, iteration, metrics, &self.observer)
-            .map_err(TrainError::into_core)
     }
 }
 
@@ -1608,6 +1670,37 @@ mod tests {
         assert!(state(&resumed_dir) == state(&dir.join("whole")));
         let text = String::from_utf8(state(&resumed_dir)).expect("utf-8");
         assert!(text.contains("old_bits"), "the old policy is checkpointed");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// LoRA-scale annealing on Flow-GRPO: the logged scale runs from `start` to `end`, the
+    /// adapters' B factors are rescaled between iterations (the weights differ from the run
+    /// without it), and a resumed run applies the same rescalings (bit-identical weights).
+    #[test]
+    fn lora_annealing_rescales_the_adapters_and_resumes_bit_for_bit() {
+        let dir = std::env::temp_dir().join(format!("align-anneal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let base = crate::test_model_dir("shapes-dit");
+        let anneal = |c: &mut TrainConfig| {
+            c.lora_anneal = Some(crate::LoraAnneal {
+                start: 1.0,
+                end: 0.25,
+            });
+        };
+        let whole = run_job(&base, &dir.join("whole"), &[], 3, false, &anneal);
+        let scales: Vec<f64> = whole
+            .metrics
+            .iter()
+            .map(|r| r["lora_scale"].as_f64().expect("lora_scale"))
+            .collect();
+        assert_eq!(scales, vec![1.0, 0.625, 0.25]);
+        let plain = run_job(&base, &dir.join("plain"), &[], 3, false, &|_| {});
+        assert!(max_abs_diff(&whole.weights, &plain.weights) > 0.0);
+        let resumed_dir = dir.join("resumed");
+        run_job(&base, &resumed_dir, &[], 1, false, &anneal);
+        let resumed = run_job(&base, &resumed_dir, &[], 3, true, &anneal);
+        assert_eq!(resumed.weights, whole.weights);
+        assert_eq!(resumed.metrics, whole.metrics);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -75,6 +75,7 @@ pub mod error;
 pub mod evaluator;
 pub mod images;
 pub mod job;
+pub mod lora_anneal;
 pub mod observer;
 pub mod online;
 pub mod pref;
@@ -90,12 +91,13 @@ pub mod trained;
 pub mod win_rate;
 
 pub use config::{
-    AdjointMatchingSection, AlgorithmName, DraftLvSection, Finetune, LoraSection, ReflSection,
-    RewardName, RolloutSampler, TimestepOrder, TrainConfig, read_toml,
+    AdjointMatchingSection, AlgorithmName, DraftLvSection, Finetune, LoraSection, MonitorSplit,
+    ReflSection, RewardName, RolloutSampler, TimestepOrder, TrainConfig, read_toml,
 };
 pub use error::{Result, TrainError};
 pub use evaluator::{Evaluator, RewardEvaluator, SharedReward};
 pub use job::{OnlineJob, OnlineTask, train_pipeline};
+pub use lora_anneal::LoraAnneal;
 pub use observer::{Observer, PrintLines, SharedObserver, Silent};
 pub use online::{open_runner, train};
 pub use pref::{

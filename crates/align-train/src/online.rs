@@ -327,7 +327,10 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
                 iteration + 1,
                 config.reward.named(),
                 metrics.get("reward_mean").copied().unwrap_or(0.0),
-                &held,
+                match config.monitor_split {
+                    crate::config::MonitorSplit::HeldOut => &held,
+                    crate::config::MonitorSplit::Train => &train,
+                },
                 diversity,
                 metrics.get("kl").copied().unwrap_or(0.0),
             ))
@@ -397,18 +400,19 @@ impl<D: Module + Denoiser + ModuleDisplay> Evaluator<TextToImage<D>> for ShapesE
         Ok(())
     }
 }
-/// A monitor reading from a held-out evaluation: the optimized reward (proxy) against the gold
-/// pass rate, with diversity and KL.
+/// A monitor reading from an evaluation (held-out or training part, `monitor_split`): the
+/// optimized reward (proxy) against the gold pass rate, with diversity and KL.
 /// With the learned proxy as the reward, the proxy reading is the last training batch's mean
 /// proxy score (held-out images are scored by the gold verifier only).
 fn monitor_reading(
     step: usize,
     reward: Option<RewardName>,
     batch_reward: f64,
-    held: &Accuracy,
+    gold: &Accuracy,
     diversity: f64,
     kl: f64,
 ) -> Reading {
+    let held = gold;
     Reading {
         step: step as u64,
         proxy: match reward {
@@ -586,10 +590,14 @@ pub(crate) fn train_sampler(
 ) -> Result<Box<dyn Sampler + Send + Sync>> {
     use crate::config::RolloutSampler as R;
     let flow = model.is_flow();
-    if !flow && (config.sde_window.is_some() || config.sde_window_size > 0) {
+    if !flow
+        && (config.sde_window.is_some() || config.sde_window_size > 0 || config.mix_grpo.is_some())
+    {
         return Err(TrainError::config(
             if config.sde_window.is_some() {
                 "sde_window"
+            } else if config.mix_grpo.is_some() {
+                "mix_grpo"
             } else {
                 "sde_window_size"
             },
@@ -1369,6 +1377,44 @@ mod tests {
             assert_eq!(row["trained_steps"].as_f64(), Some(2.0), "{row}");
             assert!(row["loss"].as_f64().unwrap().is_finite(), "{row}");
         }
+        // MixGRPO's sliding window with DanceGRPO's constant-σ SDE and the KL reward: K = 4,
+        // L = 2, a window of 2 moving every iteration: [0, 2), [1, 2), then rolled back to
+        // [0, 2); the step KL behind the reward is logged.
+        config.out = dir.join("mix-dance");
+        config.rollout_sampler = RolloutSampler::DanceSde;
+        config.noise_level = 0.3;
+        config.sde_window_size = 0;
+        config.sde_window_range = None;
+        config.mix_grpo = Some(align_rl::MixGrpoWindow {
+            size: 2,
+            shift_every: 1,
+            stride: 1,
+            decay: align_rl::WindowDecay::Constant,
+        });
+        config.flow_grpo.kl_reward = 0.1;
+        train(&config, false, &crate::observer::silent(), &device).unwrap();
+        let step_kl: Vec<f64> = rows(&config.out)
+            .iter()
+            .map(|r| r["kl_reward_step_kl"].as_f64().unwrap())
+            .collect();
+        // (The tiny random DiT's adaLN-Zero output keeps its adapters from moving: the value
+        // of a moved policy's step KL is checked in align-rl's exactness tests.)
+        assert!(step_kl.iter().all(|&v| v == 0.0), "{step_kl:?}");
+        let windows: Vec<(f64, f64, f64)> = rows(&config.out)
+            .iter()
+            .map(|r| {
+                assert!(r["loss"].as_f64().unwrap().is_finite(), "{r}");
+                (
+                    r["sde_window_start"].as_f64().unwrap(),
+                    r["sde_window_end"].as_f64().unwrap(),
+                    r["trained_steps"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            windows,
+            vec![(0.0, 2.0, 2.0), (1.0, 2.0, 1.0), (0.0, 2.0, 2.0)]
+        );
         let mut eps = TrainConfig {
             algorithm: AlgorithmName::DdpoIs,
             model: crate::test_model_dir("shapes-unet"),
@@ -1389,6 +1435,12 @@ mod tests {
         assert!(row["loss"].as_f64().unwrap().is_finite(), "{row}");
         eps.out = dir.join("cps-eps");
         eps.rollout_sampler = RolloutSampler::Cps;
+        let err = train(&eps, false, &crate::observer::silent(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("rollout_sampler:"), "{err}");
+        eps.out = dir.join("dance-eps");
+        eps.rollout_sampler = RolloutSampler::DanceSde;
         let err = train(&eps, false, &crate::observer::silent(), &device)
             .unwrap_err()
             .to_string();
