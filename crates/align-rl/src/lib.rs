@@ -69,6 +69,7 @@ pub mod grpo_guard;
 pub mod kl_reward;
 pub mod mix_grpo;
 pub mod objective;
+pub mod opd;
 pub mod sdpo;
 pub mod update;
 
@@ -91,6 +92,7 @@ pub use flow_grpo::{FlowGrpo, FlowGrpoConfig};
 pub use grpo_guard::{normalized_log_ratio, ratio_bias};
 pub use kl_reward::{kl_rewards, trajectory_step_kl};
 pub use mix_grpo::{MixGrpoWindow, WindowDecay};
+pub use opd::{OpdConfig, OpdStats, opd_gradients, teacher_step_mean};
 pub use objective::{KlEstimator, KlPenalty, Objective, StepInputs, StepLoss, step_loss};
 pub use sdpo::{
     Sdpo, SdpoConfig, anchor_step, cosine_similarity, dense_rewards, sdpo_pair_loss, step_weight,

@@ -7,7 +7,7 @@ use align_core::RunnerConfig;
 use align_rewards::HackingMonitorConfig;
 use align_rl::{
     DdpoConfig, DenseGrpoConfig, DiffusionNftConfig, DpokConfig, FlowGrpoConfig, MixGrpoWindow,
-    SdpoConfig,
+    OpdConfig, SdpoConfig,
 };
 
 use rand_chacha::ChaCha8Rng;
@@ -28,6 +28,11 @@ pub enum AlgorithmName {
     /// and negative policies around the old (rollout) policy (`[diffusion_nft]`; flow model,
     /// any rollout sampler, `noise_level = 0` for ODE rollouts).
     DiffusionNft,
+    /// On-policy distillation (OPD): the student (the model with its adapters, sampled with
+    /// `train_steps` SDE steps) is pulled toward the teacher (the base model, adapters off,
+    /// integrating each student step with `[opd] substeps` Euler steps) by the per-step
+    /// closed-form Gaussian KL at the student's own states, summed over steps (flow model).
+    Opd,
     /// DDPO, score-function estimator (UNet).
     DdpoSf,
     /// DDPO, importance sampling with PPO-clip (UNet).
@@ -88,6 +93,7 @@ impl AlgorithmName {
             AlgorithmName::FlowGrpo
                 | AlgorithmName::DenseGrpo
                 | AlgorithmName::DiffusionNft
+                | AlgorithmName::Opd
                 | AlgorithmName::DraftLv
                 | AlgorithmName::Adjoint
                 | AlgorithmName::AdjointMatching
@@ -415,6 +421,8 @@ pub struct TrainConfig {
     pub dense_grpo: DenseGrpoConfig,
     /// DiffusionNFT hyper-parameters (`algorithm = "diffusion-nft"`).
     pub diffusion_nft: DiffusionNftConfig,
+    /// On-policy distillation's teacher substeps and minibatches (`algorithm = "opd"`).
+    pub opd: OpdConfig,
     /// DDPO hyper-parameters (`variant` is set by `algorithm`).
     pub ddpo: DdpoConfig,
     /// DPOK hyper-parameters.
@@ -540,6 +548,7 @@ impl Default for TrainConfig {
             flow_grpo: FlowGrpoConfig::default(),
             dense_grpo: DenseGrpoConfig::default(),
             diffusion_nft: DiffusionNftConfig::default(),
+            opd: OpdConfig::default(),
             ddpo: DdpoConfig::default(),
             dpok: DpokConfig::default(),
             sdpo: SdpoConfig::default(),
@@ -1004,6 +1013,20 @@ impl TrainConfig {
                 && !margin.is_finite()
             {
                 return bad("refl.loss", format!("margin {margin} must be finite"));
+            }
+        }
+        if self.algorithm == AlgorithmName::Opd {
+            self.opd.validate().map_err(|e| match e {
+                align_rl::RlError::Config { field, reason } => {
+                    TrainError::config(format!("opd.{field}"), reason)
+                }
+                other => TrainError::config("opd", other.to_string()),
+            })?;
+            if self.opd.minibatches > self.prompts_per_iteration * self.group_size {
+                return bad(
+                    "opd.minibatches",
+                    "more minibatches than samples per iteration".into(),
+                );
             }
         }
         if self.algorithm == AlgorithmName::DiffusionNft {

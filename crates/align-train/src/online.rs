@@ -132,6 +132,8 @@ pub(crate) enum Algorithm {
     Spo(f64, usize),
     /// DiffusionNFT (its old policy lives in the job).
     Nft(align_rl::DiffusionNftConfig),
+    /// On-policy distillation toward the reference (the teacher).
+    Opd(align_rl::OpdConfig),
 }
 
 impl Algorithm {
@@ -142,7 +144,8 @@ impl Algorithm {
             Algorithm::Backprop(_)
             | Algorithm::D3po(_)
             | Algorithm::Spo(..)
-            | Algorithm::Nft(_) => serde_json::Value::Null,
+            | Algorithm::Nft(_)
+            | Algorithm::Opd(_) => serde_json::Value::Null,
         }
     }
     pub(crate) fn restore(&mut self, state: &serde_json::Value) -> Result<(), RlError> {
@@ -152,7 +155,8 @@ impl Algorithm {
             Algorithm::Backprop(_)
             | Algorithm::D3po(_)
             | Algorithm::Spo(..)
-            | Algorithm::Nft(_) => Ok(()),
+            | Algorithm::Nft(_)
+            | Algorithm::Opd(_) => Ok(()),
         }
     }
 }
@@ -539,6 +543,10 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
         config.diffusion_nft.validate()?;
         return Ok(Algorithm::Nft(config.diffusion_nft.clone()));
     }
+    if config.algorithm == AlgorithmName::Opd {
+        config.opd.validate()?;
+        return Ok(Algorithm::Opd(config.opd.clone()));
+    }
     if config.algorithm == AlgorithmName::Sdpo {
         return Ok(Algorithm::Sdpo(Sdpo::new(
             config.sdpo.clone(),
@@ -572,7 +580,8 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
         | AlgorithmName::AdjointMatching
         | AlgorithmName::D3po
         | AlgorithmName::Spo
-        | AlgorithmName::DiffusionNft => {
+        | AlgorithmName::DiffusionNft
+        | AlgorithmName::Opd => {
             unreachable!("handled above")
         }
     }))
@@ -794,7 +803,10 @@ pub fn train(
     let (model_config, model) = ShapesModel::load(&config.model, &config.train_device(device))?;
     let wants_flow = matches!(
         config.algorithm,
-        AlgorithmName::FlowGrpo | AlgorithmName::DenseGrpo | AlgorithmName::DiffusionNft
+        AlgorithmName::FlowGrpo
+            | AlgorithmName::DenseGrpo
+            | AlgorithmName::DiffusionNft
+            | AlgorithmName::Opd
     );
     let either = matches!(
         config.algorithm,
