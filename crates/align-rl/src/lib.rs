@@ -65,6 +65,7 @@ pub mod diffusion_nft;
 pub mod dpok;
 pub mod error;
 pub mod flow_grpo;
+pub mod g2rpo;
 pub mod grpo_guard;
 pub mod kl_reward;
 pub mod mix_grpo;
@@ -89,11 +90,12 @@ pub use diffusion_nft::{
 pub use dpok::{Dpok, DpokConfig};
 pub use error::{Result, RlError};
 pub use flow_grpo::{FlowGrpo, FlowGrpoConfig};
+pub use g2rpo::{G2rpoConfig, granular_times, multi_granularity_advantages};
 pub use grpo_guard::{normalized_log_ratio, ratio_bias};
 pub use kl_reward::{kl_rewards, trajectory_step_kl};
 pub use mix_grpo::{MixGrpoWindow, WindowDecay};
-pub use opd::{OpdConfig, OpdStats, opd_gradients, teacher_step_mean};
 pub use objective::{KlEstimator, KlPenalty, Objective, StepInputs, StepLoss, step_loss};
+pub use opd::{OpdConfig, OpdStats, opd_gradients, teacher_step_mean};
 pub use sdpo::{
     Sdpo, SdpoConfig, anchor_step, cosine_similarity, dense_rewards, sdpo_pair_loss, step_weight,
     trajectory_dense_rewards,

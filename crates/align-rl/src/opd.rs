@@ -101,7 +101,10 @@ where
     if k + 1 >= trajectory.times.len() || substeps == 0 {
         return Err(RlError::config(
             "step",
-            format!("step {k} of {} (substeps {substeps})", trajectory.num_steps()),
+            format!(
+                "step {k} of {} (substeps {substeps})",
+                trajectory.num_steps()
+            ),
         ));
     }
     let device = condition.context.device();

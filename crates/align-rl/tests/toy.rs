@@ -610,7 +610,8 @@ fn opd_kl_matches_its_closed_form_and_finite_differences() {
     let steps: Vec<usize> = (0..4).collect();
     let same = toy_with_offset([0.3, -0.2], &device);
     let traj = student_rollout(&same, &sampler, 0);
-    let (_, stats) = opd_gradients(&same, &teacher, &sampler, &traj, &steps, &encode, 1).expect("opd");
+    let (_, stats) =
+        opd_gradients(&same, &teacher, &sampler, &traj, &steps, &encode, 1).expect("opd");
     assert_eq!(stats.kl_sum, 0.0, "the teacher distilled into itself");
     let offset = [0.5f32, 0.1];
     let student = toy_with_offset(offset, &device);
@@ -626,7 +627,11 @@ fn opd_kl_matches_its_closed_form_and_finite_differences() {
         let c = 1.0 + sigma * sigma * (1.0 - t) / (2.0 * t);
         let s = sampler.step_std(k);
         let want = d_o.iter().map(|d| (c * dt * d).powi(2)).sum::<f64>() / 2.0 / (2.0 * s * s);
-        assert!((stats.step_kl[i] - want).abs() < 1e-4 * want, "step {k}: {} vs {want}", stats.step_kl[i]);
+        assert!(
+            (stats.step_kl[i] - want).abs() < 1e-4 * want,
+            "step {k}: {} vs {want}",
+            stats.step_kl[i]
+        );
         want_sum += want;
     }
     assert!((stats.kl_sum - want_sum).abs() < 1e-4 * want_sum);
@@ -648,7 +653,11 @@ fn opd_kl_matches_its_closed_form_and_finite_differences() {
                 .kl_sum
         };
         let fd = (kl_at(h) - kl_at(-h)) / (2.0 * f64::from(h));
-        assert!((f64::from(g[ch]) - fd).abs() < 2e-2 * fd.abs().max(1e-3), "channel {ch}: {} vs fd {fd}", g[ch]);
+        assert!(
+            (f64::from(g[ch]) - fd).abs() < 2e-2 * fd.abs().max(1e-3),
+            "channel {ch}: {} vs fd {fd}",
+            g[ch]
+        );
     }
 }
 
@@ -665,8 +674,8 @@ fn opd_distils_the_teacher_into_the_student() {
     let mut kl = Vec::new();
     for it in 0..60 {
         let traj = student_rollout(&student, &sampler, it);
-        let (g, s) = opd_gradients(&student, &teacher, &sampler, &traj, &steps, &encode, 16)
-            .expect("opd");
+        let (g, s) =
+            opd_gradients(&student, &teacher, &sampler, &traj, &steps, &encode, 16).expect("opd");
         kl.push(s.kl_sum);
         student = adam.step(0.05, student, g);
     }

@@ -28,6 +28,10 @@ pub struct RolloutConfig {
     pub keep_means: bool,
     /// Keep each step's `x̂₀` (SDPO, ReFL, DenseGRPO).
     pub keep_pred_x0: bool,
+    /// Every sample of a group starts from the group's initial noise (the noise of its first
+    /// sample in the batch) instead of its own: the group shares its trajectory up to its first
+    /// stochastic step (G²RPO's singular stochastic sampling). Transition noise stays per sample.
+    pub group_initial_noise: bool,
 }
 
 impl Default for RolloutConfig {
@@ -38,6 +42,7 @@ impl Default for RolloutConfig {
             reduction: LogProbReduction::Mean,
             keep_means: false,
             keep_pred_x0: false,
+            group_initial_noise: false,
         }
     }
 }
@@ -142,10 +147,18 @@ pub fn rollout<M: Denoiser + ?Sized, S: Sampler + ?Sized>(
         return Err(CoreError::shape("condition batch", b, batch.condition.batch_size()).into());
     }
     let device = batch.condition.context.device();
-    let keys: Vec<NoiseKey> = batch
-        .sample_ids
-        .iter()
-        .map(|&s| NoiseKey::initial(config.seed, s))
+    let keys: Vec<NoiseKey> = (0..b)
+        .map(|i| {
+            let owner = if config.group_initial_noise {
+                group_ids
+                    .iter()
+                    .position(|g| *g == group_ids[i])
+                    .unwrap_or(i)
+            } else {
+                i
+            };
+            NoiseKey::initial(config.seed, batch.sample_ids[owner])
+        })
         .collect();
     let mut x = noise_tensor(&keys, batch.sample_shape, &device)?;
     let k_steps = sampler.num_steps();
@@ -335,6 +348,7 @@ pub fn replay<M: Denoiser + ?Sized, S: Sampler + ?Sized>(
         reduction: trajectory.reduction,
         keep_means: !trajectory.means.is_empty(),
         keep_pred_x0: !trajectory.pred_x0.is_empty(),
+        group_initial_noise: false,
     };
     rollout(model, sampler, &batch, &config)
 }

@@ -81,6 +81,7 @@ fn replay_rederives_every_noise_and_sample_bit_exactly() {
             reduction: LogProbReduction::Mean,
             keep_means: true,
             keep_pred_x0: true,
+            group_initial_noise: false,
         };
         let traj = rollout(&model, sampler.as_ref(), &batch, &config).unwrap();
         traj.validate().unwrap();
@@ -290,4 +291,87 @@ fn rollout_reports_bad_batches_and_non_finite_latents() {
     assert!(err.to_string().contains("non-finite"), "{err}");
     batch.condition_ids = vec![0, 1];
     assert!(rollout(&model, sampler.as_ref(), &batch, &RolloutConfig::default()).is_err());
+}
+
+/// G²RPO's shared start: with `group_initial_noise` the samples of a group start from the same
+/// noise and stay identical through the ODE steps before the window, then differ after the
+/// window's one SDE step; other groups start elsewhere.
+#[test]
+fn group_initial_noise_shares_the_prefix_until_the_stochastic_step() {
+    use align_core::Denoiser;
+    struct Linear;
+    impl Denoiser for Linear {
+        fn parameterization(&self) -> align_core::Parameterization {
+            align_core::Parameterization::FlowVelocity
+        }
+        fn predict(
+            &self,
+            x: burn::tensor::Tensor<4>,
+            _t: burn::tensor::Tensor<1>,
+            _c: &align_core::Condition,
+        ) -> burn::tensor::Tensor<4> {
+            x.mul_scalar(0.5)
+        }
+    }
+    let device = align_core::test_device();
+    let cond = align_core::Condition::new(burn::tensor::Tensor::zeros([4, 1, 1], &device));
+    let sampler = FlowSdeSampler::new(FlowGrid::new(4, 1.0).unwrap(), 0.7)
+        .unwrap()
+        .with_window(Some(2..3))
+        .unwrap();
+    let traj = rollout(
+        &Linear,
+        &sampler,
+        &RolloutBatch {
+            condition: &cond,
+            uncond: None,
+            sample_ids: vec![10, 11, 12, 13],
+            condition_ids: vec![0, 0, 1, 1],
+            group_ids: None,
+            sample_shape: [1, 2, 2],
+        },
+        &RolloutConfig {
+            group_initial_noise: true,
+            ..RolloutConfig::default()
+        },
+    )
+    .unwrap();
+    let rows = |k: usize| -> Vec<Vec<f32>> {
+        let v = traj.latents[k]
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        v.chunks(4).map(|c| c.to_vec()).collect()
+    };
+    for k in 0..=2 {
+        let r = rows(k);
+        assert_eq!(r[0], r[1], "group 0 shares latent {k}");
+        assert_eq!(r[2], r[3], "group 1 shares latent {k}");
+        assert_ne!(r[0], r[2], "groups differ");
+    }
+    let after = rows(3);
+    assert_ne!(after[0], after[1], "the SDE step branches the group");
+    // The first sample of each group keeps its own noise: as without sharing.
+    let own = rollout(
+        &Linear,
+        &sampler,
+        &RolloutBatch {
+            condition: &cond,
+            uncond: None,
+            sample_ids: vec![10, 11, 12, 13],
+            condition_ids: vec![0, 0, 1, 1],
+            group_ids: None,
+            sample_shape: [1, 2, 2],
+        },
+        &RolloutConfig::default(),
+    )
+    .unwrap();
+    let own0: Vec<f32> = own.latents[0]
+        .clone()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert_eq!(rows(0)[0], own0[..4].to_vec());
+    assert_eq!(rows(0)[2], own0[8..12].to_vec());
 }

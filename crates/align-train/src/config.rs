@@ -6,8 +6,8 @@ use align_backprop::{DraftConfig, ReflLoss, Truncation};
 use align_core::RunnerConfig;
 use align_rewards::HackingMonitorConfig;
 use align_rl::{
-    DdpoConfig, DenseGrpoConfig, DiffusionNftConfig, DpokConfig, FlowGrpoConfig, MixGrpoWindow,
-    OpdConfig, SdpoConfig,
+    DdpoConfig, DenseGrpoConfig, DiffusionNftConfig, DpokConfig, FlowGrpoConfig, G2rpoConfig,
+    MixGrpoWindow, OpdConfig, SdpoConfig,
 };
 
 use rand_chacha::ChaCha8Rng;
@@ -28,6 +28,11 @@ pub enum AlgorithmName {
     /// and negative policies around the old (rollout) policy (`[diffusion_nft]`; flow model,
     /// any rollout sampler, `noise_level = 0` for ODE rollouts).
     DiffusionNft,
+    /// G²RPO: singular stochastic sampling (each group shares its noise and ODE prefix and
+    /// branches with one SDE step at a branch step, the only step trained) and
+    /// multi-granularity advantages (ODE completions at several strides, group z-scores
+    /// summed); one PPO step per branch step (`[g2rpo]`; flow model).
+    G2rpo,
     /// On-policy distillation (OPD): the student (the model with its adapters, sampled with
     /// `train_steps` SDE steps) is pulled toward the teacher (the base model, adapters off,
     /// integrating each student step with `[opd] substeps` Euler steps) by the per-step
@@ -94,6 +99,7 @@ impl AlgorithmName {
                 | AlgorithmName::DenseGrpo
                 | AlgorithmName::DiffusionNft
                 | AlgorithmName::Opd
+                | AlgorithmName::G2rpo
                 | AlgorithmName::DraftLv
                 | AlgorithmName::Adjoint
                 | AlgorithmName::AdjointMatching
@@ -423,6 +429,8 @@ pub struct TrainConfig {
     pub diffusion_nft: DiffusionNftConfig,
     /// On-policy distillation's teacher substeps and minibatches (`algorithm = "opd"`).
     pub opd: OpdConfig,
+    /// G²RPO's branch steps, granularities and clip (`algorithm = "g2rpo"`).
+    pub g2rpo: G2rpoConfig,
     /// DDPO hyper-parameters (`variant` is set by `algorithm`).
     pub ddpo: DdpoConfig,
     /// DPOK hyper-parameters.
@@ -549,6 +557,7 @@ impl Default for TrainConfig {
             dense_grpo: DenseGrpoConfig::default(),
             diffusion_nft: DiffusionNftConfig::default(),
             opd: OpdConfig::default(),
+            g2rpo: G2rpoConfig::default(),
             ddpo: DdpoConfig::default(),
             dpok: DpokConfig::default(),
             sdpo: SdpoConfig::default(),
@@ -1013,6 +1022,30 @@ impl TrainConfig {
                 && !margin.is_finite()
             {
                 return bad("refl.loss", format!("margin {margin} must be finite"));
+            }
+        }
+        if self.algorithm == AlgorithmName::G2rpo {
+            self.g2rpo.validate(self.train_steps).map_err(|e| match e {
+                align_rl::RlError::Config { field, reason } => {
+                    TrainError::config(format!("g2rpo.{field}"), reason)
+                }
+                other => TrainError::config("g2rpo", other.to_string()),
+            })?;
+            if self.sde_window.is_some() || self.sde_window_size > 0 || self.mix_grpo.is_some() {
+                return bad(
+                    "sde_window",
+                    "g2rpo places its one SDE step itself (its branch steps): remove the window"
+                        .into(),
+                );
+            }
+            if !matches!(
+                self.rollout_sampler,
+                RolloutSampler::Default | RolloutSampler::Sde | RolloutSampler::DanceSde
+            ) {
+                return bad(
+                    "rollout_sampler",
+                    "g2rpo branches with the flow SDE: \"sde\" or \"dance-sde\"".into(),
+                );
             }
         }
         if self.algorithm == AlgorithmName::Opd {

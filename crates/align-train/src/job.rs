@@ -570,6 +570,150 @@ impl<P: Pipeline> OnlineJob<P> {
 }
 
 impl<P: Pipeline> OnlineJob<P> {
+    /// G²RPO: for every branch step `k`, a rollout of the frozen policy in which each group
+    /// shares its initial noise (so its ODE prefix) and branches with one SDE step at `k`;
+    /// each granularity's ODE completion scored; the summed group z-scores as advantages;
+    /// then one PPO-clip step on transition `k` per branch step (all rollouts drawn first).
+    fn g2rpo_iteration(
+        &mut self,
+        model: P,
+        iteration: usize,
+        ids: &[usize],
+        config: &align_rl::G2rpoConfig,
+        apply: &mut dyn FnMut(P, GradientsParams) -> align_core::Result<P>,
+    ) -> align_core::Result<(P, Metrics)> {
+        let job = |e: String| CoreError::Job(e);
+        let b = ids.len();
+        let k_total = self.config.train_steps;
+        let frozen = model.clone().no_grad();
+        let (cond, uncond) = conditions(&self.prompts, &frozen, ids).map_err(job)?;
+        let grid = match &self.flow_grid {
+            Some(g) => g.clone(),
+            None => FlowGrid::new(k_total, 1.0).map_err(|e| job(e.to_string()))?,
+        };
+        let prompts: Vec<String> = ids.iter().map(|&i| self.prompts[i].clone()).collect();
+        let branches: Vec<usize> = config.branch_range(k_total).collect();
+        let n = branches.len();
+        let guidance = self.config.guidance;
+        let mut rolled = Vec::with_capacity(n);
+        let mut first_rewards = Vec::new();
+        for (j, &k) in branches.iter().enumerate() {
+            let sde = FlowSdeSampler::new(grid.clone(), self.config.noise_level)
+                .map_err(|e| job(e.to_string()))?;
+            let sde = if self.config.rollout_sampler == RolloutSampler::DanceSde {
+                sde.with_constant_sigma()
+            } else {
+                sde
+            };
+            let sampler = sde
+                .with_window(Some(k..k + 1))
+                .map_err(|e| job(e.to_string()))?;
+            let traj = rollout(
+                &frozen,
+                &sampler,
+                &RolloutBatch {
+                    condition: &cond,
+                    uncond: uncond.as_ref(),
+                    sample_ids: (0..b)
+                        .map(|i| ((iteration * n + j) * b + i) as u64)
+                        .collect(),
+                    condition_ids: ids.to_vec(),
+                    group_ids: None,
+                    sample_shape: self.shape,
+                },
+                &RolloutConfig {
+                    seed: self.config.seed,
+                    guidance_scale: guidance,
+                    keep_means: true,
+                    group_initial_noise: true,
+                    ..RolloutConfig::default()
+                },
+            )
+            .map_err(|e| job(e.to_string()))?;
+            let mut per_g = Vec::with_capacity(config.granularities.len());
+            for &g in &config.granularities {
+                let x = if g == 1 {
+                    traj.final_sample().clone()
+                } else {
+                    let times = align_rl::granular_times(&traj.times, k, g).map_err(rl_err)?;
+                    align_rl::ode_complete(
+                        &frozen,
+                        traj.latents[k + 1].clone(),
+                        &times,
+                        &cond,
+                        uncond.as_ref(),
+                        guidance,
+                    )
+                    .map_err(rl_err)?
+                };
+                let images = frozen.sample_images(x).clamp(-1.0, 1.0);
+                per_g.push(checked_scores(
+                    self.reward.as_ref(),
+                    &images,
+                    &prompts,
+                    iteration,
+                )?);
+            }
+            first_rewards.extend(per_g[0].iter().copied());
+            let adv = align_rl::multi_granularity_advantages(
+                &per_g,
+                &traj.group_ids,
+                config.adv_clip_max,
+            )
+            .map_err(rl_err)?;
+            rolled.push((k, sampler, traj, adv));
+        }
+        let table = &self.prompts;
+        let encode = |m: &P, ids: &[usize]| conditions(table, m, ids);
+        let mut model = model;
+        let (mut steps_taken, mut clip, mut ratio_dev, mut loss) = (0usize, 0.0, 0.0f64, 0.0);
+        for (k, sampler, traj, adv) in &rolled {
+            if adv.iter().all(|&a| a == 0.0) {
+                continue; // every group tied at every granularity: nothing to learn here
+            }
+            let (grads, stats) = align_rl::policy_gradients(align_rl::PolicyGradientInputs {
+                policy: &model,
+                reference: None,
+                sampler,
+                trajectory: traj,
+                advantages: align_rl::Advantages::PerSample(adv),
+                steps: &[*k],
+                encode: &encode,
+                objective: align_rl::Objective::PpoClip {
+                    clip_range: config.clip_range,
+                },
+                kl: None,
+                micro_batch: (self.config.train_micro_batch > 0)
+                    .then_some(self.config.train_micro_batch),
+            })
+            .map_err(rl_err)?;
+            if steps_taken == 0 {
+                // The first branch is re-scored at θ_old: its ratio is exactly 1.
+                ratio_dev = stats.max_ratio_deviation;
+            }
+            clip += stats.clip_fraction;
+            loss += stats.loss;
+            steps_taken += 1;
+            model = apply(model, grads)?;
+        }
+        let (mean, std) = mean_std(&first_rewards);
+        let mut m = Metrics::new();
+        m.insert("reward_mean".into(), mean);
+        m.insert("reward_std".into(), std);
+        m.insert("loss".into(), loss / steps_taken.max(1) as f64);
+        m.insert("clip_fraction".into(), clip / steps_taken.max(1) as f64);
+        m.insert("max_ratio_deviation".into(), ratio_dev);
+        m.insert("optimizer_steps".into(), steps_taken as f64);
+        m.insert("trained_steps".into(), n as f64);
+        m.insert("samples".into(), ((iteration + 1) * n * b) as f64);
+        self.observer.iteration(&format!(
+            "reward {mean:.3}  {steps_taken} of {n} branch steps trained"
+        ));
+        Ok((model, m))
+    }
+}
+
+impl<P: Pipeline> OnlineJob<P> {
     /// On-policy distillation: the student's rollout (the policy's, already drawn), split into
     /// `minibatches`, each an optimizer step on `Σ_k mean KL(student ‖ teacher)` with the
     /// reference (adapters off: the base) as the teacher.
@@ -960,6 +1104,12 @@ impl<P: Pipeline> OnlineJob<P> {
                 flow_iteration_sampler(&self.config, self.flow_grid.as_ref(), iteration, scales)
                     .map_err(|e| job(e.to_string()))?;
         }
+        if let Algorithm::G2rpo(config) = &self.algorithm {
+            let config = config.clone();
+            return self.g2rpo_iteration(model, iteration, &ids, &config, &mut |m, g| {
+                apply_any(m, g.into())
+            });
+        }
         if let Algorithm::Spo(beta, pool) = self.algorithm {
             return self.spo_iteration(model, iteration, &ids, beta, pool, &mut |m, g| {
                 apply_any(m, g.into())
@@ -1216,7 +1366,8 @@ impl<P: Pipeline> OnlineJob<P> {
             | Algorithm::D3po(_)
             | Algorithm::Spo(..)
             | Algorithm::Nft(_)
-            | Algorithm::Opd(_) => {
+            | Algorithm::Opd(_)
+            | Algorithm::G2rpo(_) => {
                 unreachable!("returned above")
             }
             Algorithm::Sdpo(sdpo) => {
@@ -1765,6 +1916,40 @@ mod tests {
             let kl = row["opd_kl_sum"].as_f64().expect("kl");
             assert!(kl.is_finite() && kl > 0.0, "{row}");
             assert_eq!(row["optimizer_steps"].as_f64(), Some(2.0), "{row}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// G²RPO through the job on the shipped DiT (4 steps, branch steps 0 and 1, granularities
+    /// 1 and 2): one PPO step per branch step with untied rewards, the first re-scored at θ_old
+    /// with a ratio of exactly 1 (flex is bitwise reproducible), the rollouts counted per
+    /// branch step.
+    #[test]
+    fn g2rpo_trains_one_step_per_branch() {
+        let dir = std::env::temp_dir().join(format!("align-g2rpo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let base = crate::test_model_dir("shapes-dit");
+        let run = run_job(
+            &base,
+            &dir.join("run"),
+            &[],
+            2,
+            false,
+            &|c: &mut TrainConfig| {
+                c.algorithm = crate::config::AlgorithmName::G2rpo;
+            },
+        );
+        for (i, row) in run.metrics.iter().enumerate() {
+            let steps = row["optimizer_steps"].as_f64().expect("steps");
+            assert!((1.0..=2.0).contains(&steps), "{row}");
+            assert_eq!(row["trained_steps"].as_f64(), Some(2.0), "{row}");
+            assert_eq!(
+                row["samples"].as_f64(),
+                Some(((i + 1) * 2 * 8) as f64),
+                "{row}"
+            );
+            assert_eq!(row["max_ratio_deviation"].as_f64(), Some(0.0), "{row}");
+            assert!(row["loss"].as_f64().expect("loss").is_finite(), "{row}");
         }
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -134,6 +134,8 @@ pub(crate) enum Algorithm {
     Nft(align_rl::DiffusionNftConfig),
     /// On-policy distillation toward the reference (the teacher).
     Opd(align_rl::OpdConfig),
+    /// G²RPO.
+    G2rpo(align_rl::G2rpoConfig),
 }
 
 impl Algorithm {
@@ -145,7 +147,8 @@ impl Algorithm {
             | Algorithm::D3po(_)
             | Algorithm::Spo(..)
             | Algorithm::Nft(_)
-            | Algorithm::Opd(_) => serde_json::Value::Null,
+            | Algorithm::Opd(_)
+            | Algorithm::G2rpo(_) => serde_json::Value::Null,
         }
     }
     pub(crate) fn restore(&mut self, state: &serde_json::Value) -> Result<(), RlError> {
@@ -156,7 +159,8 @@ impl Algorithm {
             | Algorithm::D3po(_)
             | Algorithm::Spo(..)
             | Algorithm::Nft(_)
-            | Algorithm::Opd(_) => Ok(()),
+            | Algorithm::Opd(_)
+            | Algorithm::G2rpo(_) => Ok(()),
         }
     }
 }
@@ -547,6 +551,10 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
         config.opd.validate()?;
         return Ok(Algorithm::Opd(config.opd.clone()));
     }
+    if config.algorithm == AlgorithmName::G2rpo {
+        config.g2rpo.validate(config.train_steps)?;
+        return Ok(Algorithm::G2rpo(config.g2rpo.clone()));
+    }
     if config.algorithm == AlgorithmName::Sdpo {
         return Ok(Algorithm::Sdpo(Sdpo::new(
             config.sdpo.clone(),
@@ -581,7 +589,8 @@ pub(crate) fn build_algorithm(config: &TrainConfig, prompts: &[String]) -> Resul
         | AlgorithmName::D3po
         | AlgorithmName::Spo
         | AlgorithmName::DiffusionNft
-        | AlgorithmName::Opd => {
+        | AlgorithmName::Opd
+        | AlgorithmName::G2rpo => {
             unreachable!("handled above")
         }
     }))
@@ -807,6 +816,7 @@ pub fn train(
             | AlgorithmName::DenseGrpo
             | AlgorithmName::DiffusionNft
             | AlgorithmName::Opd
+            | AlgorithmName::G2rpo
     );
     let either = matches!(
         config.algorithm,
