@@ -441,7 +441,7 @@ const CRATES: &[CrateStatus] = &[
     CrateStatus {
         name: "align-rl",
         state: "ready",
-        what: "DDPO-SF/IS, DPOK, Flow-GRPO (+Fast window), DenseGRPO, SDPO on one exact update path; runner in align-core (`align train|quickstart`)",
+        what: "DDPO-SF/IS, DPOK, Flow-GRPO (+Fast window, GRPO-Guard's RatioNorm, KL reward, MixGRPO's sliding window, DanceGRPO's SDE), DenseGRPO, G²RPO, SDPO on one exact update path; DiffusionNFT (forward-process RL) and on-policy distillation (OPD); runner in align-core (`align train|quickstart`)",
     },
     CrateStatus {
         name: "align-backprop",
