@@ -806,6 +806,14 @@ impl TrainConfig {
                 | AlgorithmName::FlowGrpo
                 | AlgorithmName::DenseGrpo
         );
+        if self.rollout_batch > 0 && self.algorithm == AlgorithmName::G2rpo {
+            return bad(
+                "rollout_batch",
+                "g2rpo rolls out each branch step's whole batch at once (its groups share their \
+                 noise) and does not use it (remove the field)"
+                    .into(),
+            );
+        }
         if self.rollout_batch > 0 && self.algorithm == AlgorithmName::Spo {
             return bad(
                 "rollout_batch",
