@@ -18,7 +18,7 @@
 //! v⁺ = (1 − β) v_old + β v_θ,        v⁻ = (1 + β) v_old − β v_θ
 //! ```
 //!
-//! **Loss.** On each rollout's clean sample `x₀` (decoded latents for latent models), at a time
+//! **Loss.** On each rollout's clean sample `x₀` (its final latent), at a time
 //! `t` of the rollout's grid and fresh noise `ε`: `x_t = (1 − t) x₀ + t ε`, target `v = ε − x₀`,
 //! clean-sample predictions `x̂± = x_t − t v±`, and
 //!
@@ -42,8 +42,8 @@
 //! ```
 //!
 //! — advantage-weighted (`t²`- and `1/w`-weighted) flow matching on the samples, independent of
-//! β, zero at `r = ½`, and `C (2r − 1)` times plain flow matching when all rewards are equal to
-//! `r`. The loss *value* at the old policy is `(C / β)` times that flow-matching loss.
+//! β, zero at `r = ½`, and `C (2r − 1)` times plain flow matching when every sample's
+//! probability is `r`. The loss *value* at the old policy is `(C / β)` times that flow-matching loss.
 //!
 //! **Old policy.** `v_old` rolls out and anchors the branches. After every iteration
 //! `θ_old ← d θ_old + (1 − d) θ` with `d` from [`OldPolicyDecay`] at the optimizer step count:
@@ -662,8 +662,16 @@ where
                 order.swap(i, j);
             }
         }
-        let per = b.div_ceil(config.minibatches);
-        for chunk in order.chunks(per.max(1)) {
+        if config.minibatches > b {
+            return Err(RlError::config(
+                "minibatches",
+                format!("{} minibatches for a batch of {b}", config.minibatches),
+            ));
+        }
+        // Exactly `minibatches` near-equal parts.
+        let m = config.minibatches;
+        for part in 0..m {
+            let chunk = &order[part * b / m..(part + 1) * b / m];
             let sub = traj.select(chunk)?;
             let probs: Vec<f64> = chunk.iter().map(|&i| probabilities[i]).collect();
             let times = nft_timesteps(
@@ -707,8 +715,9 @@ where
     Ok((policy, total))
 }
 
-/// The trainable parameters of `policy` (those that require a gradient), by id.
-fn trainable_ids<M: Module>(policy: &M) -> Vec<ParamId> {
+/// The trainable parameters of `policy` (those that require a gradient), by id, in visiting
+/// order.
+pub fn trainable_ids<M: Module>(policy: &M) -> Vec<ParamId> {
     struct Ids(Vec<ParamId>);
     impl ModuleVisitor for Ids {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -787,7 +796,14 @@ pub fn update_old_policy<M: Module>(old: M, policy: &M, d: f64) -> Result<M> {
 /// # Errors
 /// A tensor that cannot be read back; a trainable parameter `old` lacks.
 pub fn old_policy_values<M: Module>(old: &M, policy: &M) -> Result<Vec<Vec<f32>>> {
-    let ids = trainable_ids(policy);
+    old_policy_values_of(old, &trainable_ids(policy))
+}
+
+/// The values of `old`'s parameters `ids` (as [`trainable_ids`] lists them), in that order.
+///
+/// # Errors
+/// A tensor that cannot be read back; an id `old` lacks.
+pub fn old_policy_values_of<M: Module>(old: &M, ids: &[ParamId]) -> Result<Vec<Vec<f32>>> {
     struct Read(HashMap<ParamId, Tensor<1>>);
     impl ModuleVisitor for Read {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {

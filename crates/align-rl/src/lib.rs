@@ -85,7 +85,8 @@ pub use dense_grpo::{
 pub use diffusion_nft::{
     DiffusionNftConfig, NftGradientInputs, NftIteration, NftLoss, NftLossInputs, NftStats,
     OldPolicyDecay, nft_gradients, nft_loss, nft_timesteps, old_policy_values,
-    optimality_probabilities, restore_old_policy, run_nft_iteration, update_old_policy,
+    old_policy_values_of, optimality_probabilities, restore_old_policy, run_nft_iteration,
+    trainable_ids, update_old_policy,
 };
 pub use dpok::{Dpok, DpokConfig};
 pub use error::{Result, RlError};

@@ -50,7 +50,8 @@ pub enum WindowDecay {
 pub struct MixGrpoWindow {
     /// SDE (and trained) steps per rollout.
     pub size: usize,
-    /// `τ`: iterations before the window moves (the start value under a decay).
+    /// `τ`: iterations before the window moves (constant schedule; the exponential decay's
+    /// starting value; unused by the linear decay, whose `τ` runs from `max` to `min`).
     pub shift_every: usize,
     /// Steps the window moves by (0 = frozen).
     pub stride: usize,

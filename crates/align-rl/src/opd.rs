@@ -22,8 +22,11 @@
 //! student equal to the teacher, `KL = 0` exactly (tested). The gradient reaches the student
 //! through `μ_S` only; the states are stored (no gradient through the rollout).
 //!
-//! Flow-OPD itself feeds the negative KL as a per-step reward to PPO; the direct loss here is the
-//! source documents' form (Eq. 128–130) — the same minimiser, without the clipped surrogate.
+//! Flow-OPD itself feeds the negative KL as a per-step reward to PPO; the loss here is the
+//! source documents' form (Eq. 128–130) differentiated at the stored states: a pathwise
+//! (fixed-state) estimator that leaves out the score-function term of the state distribution's
+//! own dependence on the student — the usual choice of on-policy distillation, whose fixed
+//! point (the student's kernel equal to the teacher's at every visited state) is the same.
 
 use align_core::{Denoiser, Parameterization, Trajectory};
 use align_samplers::{Sampler, Transition, guided_predict, rescore};

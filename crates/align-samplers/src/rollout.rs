@@ -31,6 +31,10 @@ pub struct RolloutConfig {
     /// Every sample of a group starts from the group's initial noise (the noise of its first
     /// sample in the batch) instead of its own: the group shares its trajectory up to its first
     /// stochastic step (G²RPO's singular stochastic sampling). Transition noise stays per sample.
+    /// The trajectory does not record it: [`replay`] and [`Trajectory::initial_key`] assume
+    /// per-sample initial noise.
+    ///
+    /// [`Trajectory::initial_key`]: align_core::Trajectory::initial_key
     pub group_initial_noise: bool,
 }
 

@@ -402,8 +402,9 @@ pub struct TrainConfig {
     pub finetune: Finetune,
     /// LoRA adapters (`finetune = "lora"`).
     pub lora: LoraSection,
-    /// LoRA-scale annealing: the `[lora_anneal]` table (`start`, `end`) — the adapters'
-    /// deltas scaled linearly from `start` to `end` over the run ([`crate::LoraAnneal`]); with
+    /// LoRA-scale annealing: the `[lora_anneal]` table (`start`, `end`) — before each
+    /// iteration the adapters are rescaled by the ratio of consecutive scales of a schedule
+    /// running linearly from `start` to `end` ([`crate::LoraAnneal`]); with
     /// `[monitor] stop_on_hacking` the reward-hacking mitigation the source documents name.
     /// Absent = off.
     pub lora_anneal: Option<crate::LoraAnneal>,
@@ -824,13 +825,16 @@ impl TrainConfig {
         }
         if self.train_micro_batch > 0
             && !policy_gradient
-            && self.algorithm != AlgorithmName::DiffusionNft
+            && !matches!(
+                self.algorithm,
+                AlgorithmName::DiffusionNft | AlgorithmName::G2rpo
+            )
         {
             return bad(
                 "train_micro_batch",
                 format!(
-                    "accumulates the update of ddpo-sf, ddpo-is, dpok, flow-grpo, dense-grpo \
-                     and diffusion-nft; {:?} does not use it (remove the field)",
+                    "accumulates the update of ddpo-sf, ddpo-is, dpok, flow-grpo, dense-grpo, \
+                     g2rpo and diffusion-nft; {:?} does not use it (remove the field)",
                     self.algorithm
                 ),
             );
@@ -940,6 +944,14 @@ impl TrainConfig {
                 return bad(
                     "lora_anneal",
                     "scales the LoRA adapters' deltas; finetune = \"full\" has none".into(),
+                );
+            }
+            if self.algorithm == AlgorithmName::DiffusionNft {
+                return bad(
+                    "lora_anneal",
+                    "diffusion-nft anchors its loss on an old policy that the rescale would not \
+                     follow: remove the table"
+                        .into(),
                 );
             }
             if self.devices.len() > 1 {
@@ -1069,6 +1081,14 @@ impl TrainConfig {
                     "more minibatches than samples per iteration".into(),
                 );
             }
+        }
+        if self.algorithm == AlgorithmName::DiffusionNft
+            && self.diffusion_nft.minibatches > self.prompts_per_iteration * self.group_size
+        {
+            return bad(
+                "diffusion_nft.minibatches",
+                "more minibatches than samples per iteration".into(),
+            );
         }
         if self.algorithm == AlgorithmName::DiffusionNft {
             self.diffusion_nft.validate().map_err(|e| match e {

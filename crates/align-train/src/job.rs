@@ -126,10 +126,13 @@ pub struct OnlineJob<P: Pipeline> {
     nft_old: Option<P>,
     /// The old policy's trainable values from a checkpoint, applied at the next iteration.
     nft_restored: Option<Vec<Vec<f32>>>,
-    /// The old policy's trainable values after the last iteration (for checkpoints).
-    nft_values: Vec<Vec<f32>>,
+    /// The ids of the policy's trainable parameters (the old policy's values are read by them
+    /// for a checkpoint).
+    nft_ids: Vec<burn::module::ParamId>,
     /// DiffusionNFT's optimizer steps so far (the old policy's decay schedule reads it).
     nft_steps: u64,
+    /// LoRA-scale annealing: the scale the adapters were last rescaled to (1 before the first).
+    anneal_applied: f64,
 }
 
 /// Conditions (and unconditional conditions) of prompt-table entries `ids`.
@@ -597,7 +600,7 @@ impl<P: Pipeline> OnlineJob<P> {
         let guidance = self.config.guidance;
         let mut rolled = Vec::with_capacity(n);
         let mut first_rewards = Vec::new();
-        for (j, &k) in branches.iter().enumerate() {
+        for &k in &branches {
             let sde = FlowSdeSampler::new(grid.clone(), self.config.noise_level)
                 .map_err(|e| job(e.to_string()))?;
             let sde = if self.config.rollout_sampler == RolloutSampler::DanceSde {
@@ -614,9 +617,9 @@ impl<P: Pipeline> OnlineJob<P> {
                 &RolloutBatch {
                     condition: &cond,
                     uncond: uncond.as_ref(),
-                    sample_ids: (0..b)
-                        .map(|i| ((iteration * n + j) * b + i) as u64)
-                        .collect(),
+                    // The same ids for every branch step: one shared start (anchor) per group
+                    // across the branch steps; each branch's noise is keyed by its own step.
+                    sample_ids: (0..b).map(|i| (iteration * b + i) as u64).collect(),
                     condition_ids: ids.to_vec(),
                     group_ids: None,
                     sample_shape: self.shape,
@@ -654,7 +657,13 @@ impl<P: Pipeline> OnlineJob<P> {
                     iteration,
                 )?);
             }
-            first_rewards.extend(per_g[0].iter().copied());
+            // The logged reward: the full completion's (granularity 1) where scored.
+            let shown = config
+                .granularities
+                .iter()
+                .position(|&g| g == 1)
+                .unwrap_or(0);
+            first_rewards.extend(per_g[shown].iter().copied());
             let adv = align_rl::multi_granularity_advantages(
                 &per_g,
                 &traj.group_ids,
@@ -731,11 +740,13 @@ impl<P: Pipeline> OnlineJob<P> {
         let b = traj.batch_size();
         let table = &self.prompts;
         let encode = |m: &P, ids: &[usize]| conditions(table, m, ids);
-        let per = b.div_ceil(config.minibatches);
         let mut model = model;
         let (mut kl_sum, mut parts) = (0.0, 0usize);
-        for chunk in (0..b).collect::<Vec<_>>().chunks(per.max(1)) {
-            let sub = traj.select(chunk)?;
+        let m = config.minibatches.clamp(1, b);
+        for part in 0..m {
+            // Exactly `minibatches` near-equal parts.
+            let chunk: Vec<usize> = (part * b / m..(part + 1) * b / m).collect();
+            let sub = traj.select(&chunk)?;
             let (grads, stats) = align_rl::opd_gradients(
                 &model,
                 &self.reference,
@@ -809,7 +820,9 @@ impl<P: Pipeline> OnlineJob<P> {
         self.nft_steps += stats.optimizer_steps as u64;
         let decay = config.old_decay.decay(self.nft_steps);
         let old = align_rl::update_old_policy(old, &model, decay).map_err(rl_err)?;
-        self.nft_values = align_rl::old_policy_values(&old, &model).map_err(rl_err)?;
+        if self.nft_ids.is_empty() {
+            self.nft_ids = align_rl::trainable_ids(&model);
+        }
         self.nft_old = Some(old);
         let (mean, std) = mean_std(rewards);
         let mut m = Metrics::new();
@@ -1038,20 +1051,19 @@ impl<P: Pipeline> Job<P> for OnlineJob<P> {
         iteration: usize,
         apply_any: &mut dyn FnMut(P, Gradients) -> align_core::Result<P>,
     ) -> align_core::Result<(P, Metrics)> {
-        // LoRA-scale annealing: the adapters' deltas rescaled to this iteration's scale.
+        // LoRA-scale annealing: the adapters rescaled from the scale applied so far (kept in
+        // the checkpoint state) to this iteration's.
         let anneal = self
             .config
             .lora_anneal
             .map(|a| a.scale(iteration, self.config.runner.iterations));
-        let model = match &self.config.lora_anneal {
-            Some(a) => align_models::rescale_lora(
-                model,
-                a.factor(iteration, self.config.runner.iterations),
-            ),
+        let model = match anneal {
+            Some(scale) => align_models::rescale_lora(model, scale / self.anneal_applied),
             None => model,
         };
         let (model, mut metrics) = self.iteration_inner(model, iteration, apply_any)?;
         if let Some(scale) = anneal {
+            self.anneal_applied = scale;
             metrics.insert("lora_scale".into(), scale);
         }
         Ok((model, metrics))
@@ -1299,14 +1311,31 @@ impl<P: Pipeline> OnlineJob<P> {
         let dense = match &self.algorithm {
             Algorithm::Online(a) if a.kl_reward().is_some() => {
                 let beta = a.kl_reward().unwrap_or(0.0);
-                let kl = align_rl::trajectory_step_kl(
-                    &self.reference,
-                    self.sampler.as_ref(),
-                    &traj,
-                    &steps,
-                    &encode,
-                )
-                .map_err(rl_err)?;
+                // In chunks of `train_micro_batch` samples (the reference's forward passes
+                // bounded like the update's).
+                let size = match self.config.train_micro_batch {
+                    0 => b,
+                    n => n.min(b),
+                };
+                let mut kl = Vec::with_capacity(b);
+                for start in (0..b).step_by(size) {
+                    let idx: Vec<usize> = (start..(start + size).min(b)).collect();
+                    let part = if idx.len() == b {
+                        traj.clone()
+                    } else {
+                        traj.select(&idx)?
+                    };
+                    kl.extend(
+                        align_rl::trajectory_step_kl(
+                            &self.reference,
+                            self.sampler.as_ref(),
+                            &part,
+                            &steps,
+                            &encode,
+                        )
+                        .map_err(rl_err)?,
+                    );
+                }
                 let n = (kl.len() * steps.len()).max(1) as f64;
                 step_kl_mean = Some(
                     kl.iter()
@@ -1417,15 +1446,22 @@ impl<P: Pipeline> OnlineJob<P> {
 
     fn job_state(&self) -> align_core::Result<serde_json::Value> {
         let mut state = serde_json::json!({ "algorithm": self.algorithm.state() });
-        if matches!(self.algorithm, Algorithm::Nft(_)) {
-            // The old policy's trainable values as f32 bit patterns (exact through JSON) and
+        if self.config.lora_anneal.is_some() {
+            state["lora_scale_applied"] = serde_json::json!(self.anneal_applied);
+        }
+        if let Some(old) = &self.nft_old {
+            // The old policy's trainable values, little-endian f32 bytes in base64 (exact), and
             // the step count of its decay schedule.
-            let bits: Vec<Vec<u32>> = self
-                .nft_values
+            use base64::Engine as _;
+            let values = align_rl::old_policy_values_of(old, &self.nft_ids).map_err(rl_err)?;
+            let encoded: Vec<String> = values
                 .iter()
-                .map(|v| v.iter().map(|x| x.to_bits()).collect())
+                .map(|v| {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    base64::engine::general_purpose::STANDARD.encode(bytes)
+                })
                 .collect();
-            state["nft"] = serde_json::json!({ "steps": self.nft_steps, "old_bits": bits });
+            state["nft"] = serde_json::json!({ "steps": self.nft_steps, "old_f32_le": encoded });
         }
         let evaluator = self.evaluator.state().map_err(TrainError::into_core)?;
         if !evaluator.is_null() {
@@ -1438,17 +1474,32 @@ impl<P: Pipeline> OnlineJob<P> {
         self.algorithm
             .restore(&state["algorithm"])
             .map_err(rl_err)?;
+        if self.config.lora_anneal.is_some() {
+            // A run resumed with another `iterations` continues from the scale it reached.
+            self.anneal_applied = state["lora_scale_applied"].as_f64().unwrap_or(1.0);
+        }
         if matches!(self.algorithm, Algorithm::Nft(_)) {
             let nft = &state["nft"];
             let bad = |what: &str| CoreError::Job(format!("DiffusionNFT checkpoint state: {what}"));
             self.nft_steps = nft["steps"].as_u64().ok_or_else(|| bad("no step count"))?;
-            let bits: Vec<Vec<u32>> = serde_json::from_value(nft["old_bits"].clone())
+            use base64::Engine as _;
+            let encoded: Vec<String> = serde_json::from_value(nft["old_f32_le"].clone())
                 .map_err(|e| bad(&format!("old policy: {e}")))?;
-            let values: Vec<Vec<f32>> = bits
-                .iter()
-                .map(|v| v.iter().map(|&b| f32::from_bits(b)).collect())
-                .collect();
-            self.nft_values = values.clone();
+            let mut values = Vec::with_capacity(encoded.len());
+            for e in &encoded {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(e)
+                    .map_err(|e| bad(&format!("old policy: {e}")))?;
+                if bytes.len() % 4 != 0 {
+                    return Err(bad("old policy: a tensor of a partial f32"));
+                }
+                values.push(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect::<Vec<f32>>(),
+                );
+            }
             self.nft_restored = Some(values);
             self.nft_old = None;
         }
@@ -1555,8 +1606,9 @@ pub fn train_pipeline<P: Pipeline>(
         replicas: None,
         nft_old: None,
         nft_restored: None,
-        nft_values: Vec::new(),
+        nft_ids: Vec::new(),
         nft_steps: 0,
+        anneal_applied: 1.0,
     };
     observer.start(config.runner.iterations, 0);
     let outcome = runner.run(policy, &mut job, resume)?;
@@ -1874,10 +1926,24 @@ mod tests {
             assert!((d - 0.1 * (i + 1) as f64).abs() < 1e-12, "{row}");
             assert!(row["loss"].as_f64().expect("loss").is_finite(), "{row}");
         }
-        // The update moved the adapters, and the old policy (which rolls out) with them: the
-        // third iteration's images differ from the first's prompts' images of a fresh run.
-        let fresh = run_job(&base, &dir.join("fresh"), &[], 1, false, &nft);
-        assert!(max_abs_diff(&whole.weights, &fresh.weights) > 0.0);
+        // The old policy (which rolls out) lags the trained one: with `copy` (d = 0) the second
+        // iteration's rollouts come from the trained weights, with the decay from a blend.
+        let copy = run_job(
+            &base,
+            &dir.join("copy"),
+            &[],
+            2,
+            false,
+            &|c: &mut TrainConfig| {
+                nft(c);
+                c.diffusion_nft.old_decay = align_rl::OldPolicyDecay::Copy;
+            },
+        );
+        assert_eq!(copy.images[0], whole.images[0], "the same first rollout");
+        assert_ne!(
+            copy.images[1], whole.images[1],
+            "the lagging old policy rolls out"
+        );
         let resumed_dir = dir.join("resumed");
         run_job(&base, &resumed_dir, &[], 1, false, &nft);
         let resumed = run_job(&base, &resumed_dir, &[], 3, true, &nft);
@@ -1889,7 +1955,10 @@ mod tests {
         };
         assert!(state(&resumed_dir) == state(&dir.join("whole")));
         let text = String::from_utf8(state(&resumed_dir)).expect("utf-8");
-        assert!(text.contains("old_bits"), "the old policy is checkpointed");
+        assert!(
+            text.contains("old_f32_le"),
+            "the old policy is checkpointed"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -1954,6 +2023,34 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// KL as a reward on the shipped DiT: the step KL behind the reward is 0 at the first
+    /// iteration (fresh adapters) and positive once the adapters have moved.
+    #[test]
+    fn the_kl_reward_reads_the_step_kl_of_the_moved_policy() {
+        let dir = std::env::temp_dir().join(format!("align-klr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let base = crate::test_model_dir("shapes-dit");
+        let run = run_job(
+            &base,
+            &dir.join("run"),
+            &[],
+            2,
+            false,
+            &|c: &mut TrainConfig| {
+                c.flow_grpo.kl_reward = 10.0;
+                c.flow_grpo.beta = 0.0;
+            },
+        );
+        let kl: Vec<f64> = run
+            .metrics
+            .iter()
+            .map(|r| r["kl_reward_step_kl"].as_f64().expect("step kl"))
+            .collect();
+        assert_eq!(kl[0], 0.0);
+        assert!(kl[1] > 0.0, "{kl:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// LoRA-scale annealing on Flow-GRPO: the logged scale runs from `start` to `end`, the
     /// adapters' B factors are rescaled between iterations (the weights differ from the run
     /// without it), and a resumed run applies the same rescalings (bit-identical weights).
@@ -1982,6 +2079,10 @@ mod tests {
         let resumed = run_job(&base, &resumed_dir, &[], 3, true, &anneal);
         assert_eq!(resumed.weights, whole.weights);
         assert_eq!(resumed.metrics, whole.metrics);
+        let state =
+            std::fs::read_to_string(resumed_dir.join("checkpoint-000003").join("state.json"))
+                .expect("state");
+        assert!(state.contains("lora_scale_applied"), "{state}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,21 +1,25 @@
 //! LoRA-scale annealing: the mitigation of reward hacking the source documents name for reward
-//! backprop (AlignProp: "LoRA scale annealing + early stop"). The adapters' deltas `B A` are
-//! scaled by `s_n` at iteration `n`, linearly from `start` to `end` over the run,
+//! backprop (AlignProp: "LoRA scale annealing + early stop"). A scale runs linearly from
+//! `start` to `end` over the run,
 //!
 //! ```text
 //! s_n = start + (end − start) · n / (N − 1),       N = runner.iterations
 //! ```
 //!
-//! applied by rescaling every LoRA `B` factor before iteration `n` by `s_n / s_{n−1}` (by `s_0`
-//! before the first): the effect of what was learned so far shrinks as the run goes on, so the
-//! policy drifts back toward the base unless the reward keeps pulling it out — a soft,
-//! time-growing anchor. The scalings are a pure function of the iteration, so a resumed run
-//! applies the same ones (with the same `runner.iterations`: the schedule is spread over
-//! them). The **early stop** is the reward-hacking monitor's
-//! (`[monitor] stop_on_hacking = true`): the run stops at the evaluation that raises the
-//! warning, after a checkpoint.
+//! and before iteration `n` every LoRA `B` factor is multiplied by `s_n / s_{n−1}` (by `s_0`
+//! before the first; [`LoraAnneal::factor`]): a multiplicative decay of the adapters as they
+//! stand — what was learned before iteration `n` ends the run scaled by `s_{N−1}/s_{n−1}`, so
+//! the policy drifts back toward the base unless the reward keeps pulling it out (a soft anchor
+//! that tightens over the run). The job keeps the scale it last applied in the checkpoint state
+//! and rescales from it, so a resumed run — even one given another `iterations` — continues
+//! from where the adapters stand. The weight average (`runner.ema_decay`) is not rescaled: it
+//! mixes adapters from before and after each rescale. The **early stop** is the reward-hacking
+//! monitor's (`[monitor] stop_on_hacking = true`; with `monitor_split = "train"` so that it never
+//! reads the held-out part): the run stops at the evaluation that raises the warning, after a
+//! checkpoint.
 //!
-//! Adapters only (`finetune = "lora"`), one device.
+//! Adapters only (`finetune = "lora"`), one device, not with diffusion-nft (whose old policy
+//! the rescale would not follow).
 
 use crate::error::{Result, TrainError};
 

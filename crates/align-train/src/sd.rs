@@ -140,6 +140,13 @@ pub(crate) fn real_model_run(config: &TrainConfig, device: &Device) -> Result<Re
              which real images do not have: remove the [monitor] table",
         ));
     }
+    if config.monitor_split != crate::config::MonitorSplit::HeldOut {
+        return Err(TrainError::config(
+            "monitor_split",
+            "chooses the ShapeEval part the Shapes runs' monitor reads; a Stable Diffusion run \
+             has no monitor: remove the field",
+        ));
+    }
     let prompt_file: PathBuf = config.prompts.clone().ok_or_else(|| {
         TrainError::config(
             "prompts",
