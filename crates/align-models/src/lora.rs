@@ -120,9 +120,12 @@ impl Path {
     }
 }
 
+/// Multiplies the LoRA `B` factors by `scale`; with `leaf`, the results are detached and keep
+/// their trainability (a new leaf), else they are a view of the originals.
 struct ScaleB {
     path: Path,
     scale: f64,
+    leaf: bool,
 }
 
 impl ModuleMapper for ScaleB {
@@ -135,12 +138,22 @@ impl ModuleMapper for ScaleB {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.path.is_lora_b() {
-            let scale = self.scale;
-            param.map(|b| b.mul_scalar(scale))
-        } else {
-            param
+        if !self.path.is_lora_b() {
+            return param;
         }
+        let (scale, leaf) = (self.scale, self.leaf);
+        param.map(|b| {
+            if !leaf {
+                return b.mul_scalar(scale);
+            }
+            let trainable = b.is_require_grad();
+            let scaled = b.mul_scalar(scale).detach();
+            if trainable {
+                scaled.require_grad()
+            } else {
+                scaled
+            }
+        })
     }
 }
 
@@ -152,6 +165,7 @@ pub fn with_lora_scale<M: Module>(model: M, scale: f64) -> M {
     model.map(&mut ScaleB {
         path: Path::default(),
         scale,
+        leaf: false,
     })
 }
 
@@ -160,42 +174,11 @@ pub fn with_lora_scale<M: Module>(model: M, scale: f64) -> M {
 /// [`with_lora_scale`]'s view, whose mapped factors are not) — LoRA-scale annealing during a
 /// run rescales them between optimizer steps.
 pub fn rescale_lora<M: Module>(model: M, factor: f64) -> M {
-    model.map(&mut RescaleB {
+    model.map(&mut ScaleB {
         path: Path::default(),
-        factor,
+        scale: factor,
+        leaf: true,
     })
-}
-
-struct RescaleB {
-    path: Path,
-    factor: f64,
-}
-
-impl ModuleMapper for RescaleB {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.0.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.0.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.path.is_lora_b() {
-            let factor = self.factor;
-            param.map(|b| {
-                let trainable = b.is_require_grad();
-                let scaled = b.mul_scalar(factor).detach();
-                if trainable {
-                    scaled.require_grad()
-                } else {
-                    scaled
-                }
-            })
-        } else {
-            param
-        }
-    }
 }
 
 struct CountFactors {

@@ -230,6 +230,50 @@ pub fn completion_times(times: &[f64], k: usize, ode_steps: Option<usize>) -> Re
         .collect())
 }
 
+/// Per-step group-relative advantages `Â[i][k]` of dense per-step rewards `dense[i][k]` (only
+/// the entries at `steps`; the others 0): for each step, the rewards' group advantages (mean
+/// per group, std of the batch when `global_std`, of the group otherwise), clipped to
+/// `±adv_clip_max`. DenseGRPO's reward gains and Flow-GRPO's KL-penalised rewards use it.
+///
+/// # Errors
+/// A `dense` that is not `B × K`, a step beyond the trajectory, non-finite rewards.
+pub fn step_group_advantages(
+    trajectory: &Trajectory,
+    dense: &[Vec<f64>],
+    steps: &[usize],
+    global_std: bool,
+    adv_clip_max: f64,
+) -> Result<Vec<Vec<f64>>> {
+    let b = trajectory.batch_size();
+    let k_total = trajectory.num_steps();
+    if dense.len() != b || dense.iter().any(|d| d.len() != k_total) {
+        return Err(align_core::CoreError::shape(
+            "dense rewards",
+            format!("{b} × {k_total}"),
+            format!("{} rows", dense.len()),
+        )
+        .into());
+    }
+    let std = if global_std {
+        GroupStd::Global
+    } else {
+        GroupStd::Group
+    };
+    let mut adv = vec![vec![0.0; k_total]; b];
+    for &k in steps {
+        if k >= k_total {
+            return Err(align_core::CoreError::shape("step", format!("< {k_total}"), k).into());
+        }
+        let column: Vec<f64> = dense.iter().map(|d| d[k]).collect();
+        let mut a = group_advantages(&column, &trajectory.group_ids, std, 1e-4)?;
+        clip_advantages(&mut a, adv_clip_max);
+        for (row, v) in adv.iter_mut().zip(a) {
+            row[k] = v;
+        }
+    }
+    Ok(adv)
+}
+
 /// Integrates the Euler ODE `dx/dt = v(x, t)` (guided with `scale`) through `times`, from
 /// `x` at `times[0]`: the deterministic completion of a partially denoised latent.
 ///
@@ -357,36 +401,20 @@ impl OnlineAlgorithm for DenseGrpo {
         dense: &[Vec<f64>],
         steps: &[usize],
     ) -> Result<Vec<Vec<f64>>> {
-        let b = trajectory.batch_size();
         let k_total = trajectory.num_steps();
-        if dense.len() != b || dense.iter().any(|d| d.len() != k_total) {
-            return Err(align_core::CoreError::shape(
-                "dense rewards",
-                format!("{b} × {k_total}"),
-                format!("{} rows", dense.len()),
-            )
-            .into());
-        }
-        let std = if self.config.global_std {
-            GroupStd::Global
-        } else {
-            GroupStd::Group
-        };
         if self.config.calibration.is_some() && self.scales.len() != k_total {
             self.scales = vec![1.0; k_total];
         }
-        let mut adv = vec![vec![0.0; k_total]; b];
-        for &k in steps {
-            if k >= k_total {
-                return Err(align_core::CoreError::shape("step", format!("< {k_total}"), k).into());
-            }
-            let gains: Vec<f64> = dense.iter().map(|d| d[k]).collect();
-            let mut a = group_advantages(&gains, &trajectory.group_ids, std, 1e-4)?;
-            clip_advantages(&mut a, self.config.adv_clip_max);
-            for (row, v) in adv.iter_mut().zip(a) {
-                row[k] = v;
-            }
-            if let Some(c) = &self.config.calibration {
+        let adv = step_group_advantages(
+            trajectory,
+            dense,
+            steps,
+            self.config.global_std,
+            self.config.adv_clip_max,
+        )?;
+        if let Some(c) = &self.config.calibration {
+            for &k in steps {
+                let gains: Vec<f64> = dense.iter().map(|d| d[k]).collect();
                 self.scales[k] = c.update(self.scales[k], &gains);
             }
         }

@@ -165,34 +165,13 @@ impl OnlineAlgorithm for FlowGrpo {
                 "flow-grpo takes per-step rewards only with kl_reward > 0",
             ));
         }
-        let b = trajectory.batch_size();
-        let k_total = trajectory.num_steps();
-        if dense.len() != b || dense.iter().any(|d| d.len() != k_total) {
-            return Err(align_core::CoreError::shape(
-                "step rewards",
-                format!("{b} × {k_total}"),
-                format!("{} rows", dense.len()),
-            )
-            .into());
-        }
-        let std = if self.config.global_std {
-            GroupStd::Global
-        } else {
-            GroupStd::Group
-        };
-        let mut adv = vec![vec![0.0; k_total]; b];
-        for &k in steps {
-            if k >= k_total {
-                return Err(align_core::CoreError::shape("step", format!("< {k_total}"), k).into());
-            }
-            let column: Vec<f64> = dense.iter().map(|d| d[k]).collect();
-            let mut a = group_advantages(&column, &trajectory.group_ids, std, 1e-4)?;
-            clip_advantages(&mut a, self.config.adv_clip_max);
-            for (row, v) in adv.iter_mut().zip(a) {
-                row[k] = v;
-            }
-        }
-        Ok(adv)
+        crate::dense_grpo::step_group_advantages(
+            trajectory,
+            dense,
+            steps,
+            self.config.global_std,
+            self.config.adv_clip_max,
+        )
     }
     fn drop_zero_advantages(&self) -> bool {
         true

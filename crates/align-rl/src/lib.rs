@@ -80,7 +80,8 @@ pub use algorithm::{
 };
 pub use ddpo::{Ddpo, DdpoConfig, DdpoVariant};
 pub use dense_grpo::{
-    DenseGrpo, DenseGrpoConfig, NoiseCalibration, completion_times, ode_complete, step_reward_gains,
+    DenseGrpo, DenseGrpoConfig, NoiseCalibration, completion_times, ode_complete,
+    step_group_advantages, step_reward_gains,
 };
 pub use diffusion_nft::{
     DiffusionNftConfig, NftGradientInputs, NftIteration, NftLoss, NftLossInputs, NftStats,
