@@ -22,7 +22,11 @@ import json, random, sys
 tmp, out, run = sys.argv[1], sys.argv[2], sys.argv[3]
 def load(name):
     rows = [json.loads(l) for l in open(f"{tmp}/{name}.jsonl")]
-    return {p: [float(r["pass"]) for r in rows if r["part"] == p] for p in ("train", "held-out")}
+    parts = {"train": "train", "held-out": "heldout"}
+    out = {k: [float(r["pass"]) for r in rows if r["part"] == v] for k, v in parts.items()}
+    if any(not v for v in out.values()):
+        sys.exit(f"{name}: no verdicts for a part (parts seen: {sorted({r['part'] for r in rows})})")
+    return out
 def ci(v, reps=2000):
     rng = random.Random(0)
     n = len(v)
