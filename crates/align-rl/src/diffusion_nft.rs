@@ -73,7 +73,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::error::{Result, RlError};
-use crate::update::Encode;
+use crate::update::{Encode, scalar};
 
 /// How the old policy follows the trained one after each iteration:
 /// `θ_old ← d θ_old + (1 − d) θ`, `d` a function of the optimizer steps taken so far.
@@ -443,24 +443,6 @@ pub struct NftStats {
     pub timesteps: usize,
     /// Optimizer steps taken.
     pub optimizer_steps: usize,
-}
-
-fn scalar(t: Tensor<1>, what: &str) -> Result<f64> {
-    let v: f32 = t
-        .mean()
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| RlError::Readback(format!("reading {what}: {e:?}")))?
-        .first()
-        .copied()
-        .unwrap_or(f32::NAN);
-    if !v.is_finite() {
-        return Err(RlError::NonFinite {
-            what: what.to_string(),
-            value: f64::from(v),
-        });
-    }
-    Ok(f64::from(v))
 }
 
 /// The gradient of the mean DiffusionNFT loss over a minibatch's timesteps, one timestep's

@@ -30,10 +30,11 @@
 //! At `θ = θ_old`, `Δμ = 0` and `log p_θ = log p_old` bit for bit (the re-scored step is the
 //! rollout's), so `b = 0` and `ρ̂ = 1` exactly.
 
-use align_core::LogProbReduction;
+use align_core::{LogProbReduction, gaussian_kl};
 use burn::tensor::Tensor;
 
-/// `b = R((μ_θ − μ_old)²) / (2 s²)`: minus the expected log-ratio of a step (the bias).
+/// `b = R((μ_θ − μ_old)²) / (2 s²)`: minus the expected log-ratio of a step (the bias) — the
+/// per-step KL between the two kernels, which share their standard deviation.
 ///
 /// # Shapes
 /// - `mean`, `old_mean`: `[B, C, H, W]`; output `[B]`.
@@ -43,8 +44,8 @@ pub fn ratio_bias(
     std: f64,
     reduction: LogProbReduction,
 ) -> Tensor<1> {
-    let d = mean - old_mean;
-    reduction.reduce(d.clone() * d).div_scalar(2.0 * std * std)
+    // The closed-form KL of two Gaussians with the same std is exactly R(Δμ²)/(2 s²).
+    gaussian_kl(mean, std, old_mean, std, reduction)
 }
 
 /// GRPO-Guard's normalised log-ratio `log ρ̂ = (log p_θ − log p_old + b) · s` (module docs).

@@ -28,14 +28,14 @@
 //! own dependence on the student — the usual choice of on-policy distillation, whose fixed
 //! point (the student's kernel equal to the teacher's at every visited state) is the same.
 
-use align_core::{Denoiser, Parameterization, Trajectory};
+use align_core::{Denoiser, Parameterization, Trajectory, gaussian_kl};
 use align_samplers::{Sampler, Transition, guided_predict, rescore};
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 
 use crate::error::{Result, RlError};
-use crate::update::Encode;
+use crate::update::{Encode, scalar};
 
 /// OPD hyper-parameters (the `[opd]` table of `align train`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -114,44 +114,29 @@ where
     let x_k = trajectory.latents[k].clone().to_device(&device);
     let (t0, t1) = (trajectory.times[k], trajectory.times[k + 1]);
     let b = x_k.dims()[0];
-    if substeps == 1 {
+    let velocity = |x: Tensor<4>, t: f64| {
+        guided_predict(
+            teacher,
+            x,
+            Tensor::<1>::full([b], t, &device),
+            condition,
+            uncond,
+            trajectory.guidance_scale,
+        )
+        .map(|v| v.detach())
+    };
+    let v_bar = if substeps == 1 {
         // v̄ = v_T(x_k, t_k) exactly (no round trip through x + Δt v).
-        let v = guided_predict(
-            teacher,
-            x_k.clone(),
-            Tensor::<1>::full([b], t0, &device),
-            condition,
-            uncond,
-            trajectory.guidance_scale,
-        )?
-        .detach();
-        let out = sampler.step(
-            k,
-            x_k,
-            v,
-            Parameterization::FlowVelocity,
-            Transition::Mean,
-            trajectory.reduction,
-        )?;
-        return Ok(out.mean.detach());
-    }
-    let mut x = x_k.clone();
-    for j in 0..substeps {
-        let t = t0 + (t1 - t0) * j as f64 / substeps as f64;
-        let t_next = t0 + (t1 - t0) * (j + 1) as f64 / substeps as f64;
-        let tt = Tensor::<1>::full([b], t, &device);
-        let v = guided_predict(
-            teacher,
-            x.clone(),
-            tt,
-            condition,
-            uncond,
-            trajectory.guidance_scale,
-        )?
-        .detach();
-        x = x + v.mul_scalar(t_next - t);
-    }
-    let v_bar = (x - x_k.clone()).div_scalar(t1 - t0);
+        velocity(x_k.clone(), t0)?
+    } else {
+        let mut x = x_k.clone();
+        for j in 0..substeps {
+            let t = t0 + (t1 - t0) * j as f64 / substeps as f64;
+            let t_next = t0 + (t1 - t0) * (j + 1) as f64 / substeps as f64;
+            x = x.clone() + velocity(x, t)?.mul_scalar(t_next - t);
+        }
+        (x - x_k.clone()).div_scalar(t1 - t0)
+    };
     let out = sampler.step(
         k,
         x_k,
@@ -208,29 +193,17 @@ where
             ));
         }
         let mu_t = teacher_step_mean(teacher, sampler, trajectory, k, &tc, tu.as_ref(), substeps)?;
-        let d = out.mean - mu_t.to_device(&c.context.device());
-        let kl = trajectory
-            .reduction
-            .reduce(d.clone() * d)
-            .div_scalar(2.0 * out.std * out.std)
-            .mean();
-        let value: f32 = kl
-            .clone()
-            .detach()
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| RlError::Readback(format!("reading the step KL: {e:?}")))?
-            .first()
-            .copied()
-            .unwrap_or(f32::NAN);
-        if !value.is_finite() {
-            return Err(RlError::NonFinite {
-                what: format!("the OPD KL at step {k}"),
-                value: f64::from(value),
-            });
-        }
-        stats.kl_sum += f64::from(value);
-        stats.step_kl.push(f64::from(value));
+        let kl = gaussian_kl(
+            out.mean,
+            out.std,
+            mu_t.to_device(&c.context.device()),
+            out.std,
+            trajectory.reduction,
+        )
+        .mean();
+        let value = scalar(kl.clone().detach(), &format!("the OPD KL at step {k}"))?;
+        stats.kl_sum += value;
+        stats.step_kl.push(value);
         if !kl.is_tracked() {
             return Err(RlError::config(
                 "student",

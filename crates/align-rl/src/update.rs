@@ -110,7 +110,8 @@ pub struct PolicyGradientInputs<'a, M, S: ?Sized> {
     pub micro_batch: Option<usize>,
 }
 
-fn scalar(t: Tensor<1>, what: &str) -> Result<f64> {
+/// The mean of `t` read back to the host, refused when not finite (`what` names it).
+pub(crate) fn scalar(t: Tensor<1>, what: &str) -> Result<f64> {
     let v: f32 = t
         .mean()
         .try_into_scalar()

@@ -499,6 +499,20 @@ pub struct TrainConfig {
     pub devices: Vec<String>,
 }
 
+/// An `align-rl` error of the `[section]` table, its field named `section.field` (a top-level
+/// field the section's check refers to, `train_steps`, keeps its own name).
+fn section_error(section: &'static str) -> impl Fn(align_rl::RlError) -> TrainError {
+    move |e| match e {
+        align_rl::RlError::Config { field, reason } if field == "train_steps" => {
+            TrainError::config("train_steps", reason)
+        }
+        align_rl::RlError::Config { field, reason } => {
+            TrainError::config(format!("{section}.{field}"), reason)
+        }
+        other => TrainError::config(section, other.to_string()),
+    }
+}
+
 /// The devices of a `devices` list, in order, each mapped by `to`.
 pub(crate) fn parse_devices(
     names: &[String],
@@ -979,15 +993,8 @@ impl TrainConfig {
                     ),
                 );
             }
-            mix.validate(self.train_steps).map_err(|e| match e {
-                align_rl::RlError::Config { field, reason } if field == "train_steps" => {
-                    TrainError::config("train_steps", reason)
-                }
-                align_rl::RlError::Config { field, reason } => {
-                    TrainError::config(format!("mix_grpo.{field}"), reason)
-                }
-                other => TrainError::config("mix_grpo", other.to_string()),
-            })?;
+            mix.validate(self.train_steps)
+                .map_err(section_error("mix_grpo"))?;
         }
         if !(self.timestep_fraction.is_finite()
             && self.timestep_fraction > 0.0
@@ -1045,12 +1052,9 @@ impl TrainConfig {
             }
         }
         if self.algorithm == AlgorithmName::G2rpo {
-            self.g2rpo.validate(self.train_steps).map_err(|e| match e {
-                align_rl::RlError::Config { field, reason } => {
-                    TrainError::config(format!("g2rpo.{field}"), reason)
-                }
-                other => TrainError::config("g2rpo", other.to_string()),
-            })?;
+            self.g2rpo
+                .validate(self.train_steps)
+                .map_err(section_error("g2rpo"))?;
             if self.sde_window.is_some() || self.sde_window_size > 0 || self.mix_grpo.is_some() {
                 return bad(
                     "sde_window",
@@ -1069,12 +1073,7 @@ impl TrainConfig {
             }
         }
         if self.algorithm == AlgorithmName::Opd {
-            self.opd.validate().map_err(|e| match e {
-                align_rl::RlError::Config { field, reason } => {
-                    TrainError::config(format!("opd.{field}"), reason)
-                }
-                other => TrainError::config("opd", other.to_string()),
-            })?;
+            self.opd.validate().map_err(section_error("opd"))?;
             if self.opd.minibatches > self.prompts_per_iteration * self.group_size {
                 return bad(
                     "opd.minibatches",
@@ -1091,12 +1090,9 @@ impl TrainConfig {
             );
         }
         if self.algorithm == AlgorithmName::DiffusionNft {
-            self.diffusion_nft.validate().map_err(|e| match e {
-                align_rl::RlError::Config { field, reason } => {
-                    TrainError::config(format!("diffusion_nft.{field}"), reason)
-                }
-                other => TrainError::config("diffusion_nft", other.to_string()),
-            })?;
+            self.diffusion_nft
+                .validate()
+                .map_err(section_error("diffusion_nft"))?;
         }
         if self.algorithm == AlgorithmName::DraftLv && self.draft_lv.copies == 0 {
             return bad("draft_lv.copies", "must be ≥ 1".into());

@@ -164,17 +164,25 @@ fn flow_iteration_sampler(
         RolloutSampler::Cps => {
             Box::new(CpsSampler::new(grid, config.noise_level)?.with_window(window)?)
         }
-        RolloutSampler::DanceSde => Box::new(
-            FlowSdeSampler::new(grid, config.noise_level)?
-                .with_constant_sigma()
-                .with_window(window)?
-                .with_noise_scales(scales)?,
-        ),
         _ => Box::new(
-            FlowSdeSampler::new(grid, config.noise_level)?
+            flow_sde(config, grid)?
                 .with_window(window)?
                 .with_noise_scales(scales)?,
         ),
+    })
+}
+
+/// The flow SDE of `rollout_sampler` on `grid`: DanceGRPO's constant σ for `"dance-sde"`,
+/// Flow-GRPO's schedule otherwise.
+fn flow_sde(
+    config: &TrainConfig,
+    grid: FlowGrid,
+) -> std::result::Result<FlowSdeSampler, align_samplers::SamplerError> {
+    let sde = FlowSdeSampler::new(grid, config.noise_level)?;
+    Ok(if config.rollout_sampler == RolloutSampler::DanceSde {
+        sde.with_constant_sigma()
+    } else {
+        sde
     })
 }
 
@@ -601,15 +609,8 @@ impl<P: Pipeline> OnlineJob<P> {
         let mut rolled = Vec::with_capacity(n);
         let mut first_rewards = Vec::new();
         for &k in &branches {
-            let sde = FlowSdeSampler::new(grid.clone(), self.config.noise_level)
-                .map_err(|e| job(e.to_string()))?;
-            let sde = if self.config.rollout_sampler == RolloutSampler::DanceSde {
-                sde.with_constant_sigma()
-            } else {
-                sde
-            };
-            let sampler = sde
-                .with_window(Some(k..k + 1))
+            let sampler = flow_sde(&self.config, grid.clone())
+                .and_then(|s| s.with_window(Some(k..k + 1)))
                 .map_err(|e| job(e.to_string()))?;
             let traj = rollout(
                 &frozen,
